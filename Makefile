@@ -1,0 +1,36 @@
+# One command per action. Each target creates .venv and installs Kiln with the pinned
+# versions in constraints.txt when needed, so any of them works first on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export RAY_USAGE_STATS_ENABLED ?= 0
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: demo test bench lint install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,export,tune]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)  ## train digits-cnn on 2 Ray workers, register it, show its model card
+	KILN_HOME=$${KILN_HOME:-.kiln} $(BIN)/python -m kiln.demo
+
+test: $(STAMP)  ## the whole suite, slow fault-injection tests included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## benchmarks; figures land in bench-results/
+	$(BIN)/python -m tests.benchmarks $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check platform tests
+	$(BIN)/ruff format --check platform tests
+	$(BIN)/mypy platform/kiln
+
+clean:
+	rm -rf $(VENV) .kiln bench-results .pytest_cache .ruff_cache .mypy_cache

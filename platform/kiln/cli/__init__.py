@@ -1,0 +1,48 @@
+"""The `kiln` command. Each sub-command lives in its own module; this one composes them and
+turns every `KilnError` into one line on stderr and its exit code (never a traceback).
+
+    kiln train jobs/digits-cnn.yaml
+    kiln validate jobs/*.yaml
+    kiln models show digits-cnn@staging
+"""
+
+import sys
+
+import typer
+from rich.console import Console
+
+from kiln.cli import models, specs, train
+from kiln.errors import KilnError
+
+app = typer.Typer(
+    name="kiln", help="Train, tune and serve deep-learning models on Ray.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+app.command("train")(train.train)
+app.command("validate")(specs.validate)
+app.command("schema")(specs.schema)
+app.add_typer(models.app, name="models")
+
+err = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except KilnError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

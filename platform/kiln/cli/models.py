@@ -1,0 +1,98 @@
+"""`kiln models list | show | promote | export`: the model registry from the terminal."""
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from kiln.cli.output import console, number, print_json
+from kiln.registry import ModelRegistry
+
+app = typer.Typer(help="Registered models: versions, aliases, cards, export.", no_args_is_help=True)
+
+JSON = typer.Option(False, "--json", help="JSON on stdout")
+
+
+@app.command("list")
+def list_models(json_output: bool = JSON) -> None:
+    """Every model with its versions and aliases."""
+    registry = ModelRegistry.open()
+    rows = [{"name": n, "versions": registry.versions(n), "aliases": registry.aliases(n)}
+            for n in registry.models()]
+    if json_output:
+        print_json(rows)
+        return
+    table = Table("model", "versions", "aliases", title=f"registry {registry.uri}")
+    for row in rows:
+        aliases = ", ".join(f"{a}→{v}" for a, v in sorted(row["aliases"].items()))
+        table.add_row(row["name"], ", ".join(map(str, row["versions"])), aliases)
+    console.print(table)
+
+
+@app.command()
+def show(ref: str = typer.Argument(..., help="NAME, NAME@VERSION or NAME@ALIAS"), json_output: bool = JSON) -> None:
+    """The model card of one version: model, data, metrics, lineage, files."""
+    registry = ModelRegistry.open()
+    version = registry.resolve(ref)
+    card = registry.read_json(version, "model.json")
+    metrics = registry.read_json(version, "metrics.json")
+    lineage = registry.read_json(version, "lineage.json")
+    aliases = sorted(a for a, v in registry.aliases(version.name).items() if v == version.version)
+    if json_output:
+        print_json({"name": version.name, "version": version.version, "aliases": aliases,
+                    "path": f"{registry.uri}/{version.name}/{version.version}", "card": card,
+                    "metrics": metrics["best"], "baselines": metrics["baselines"],
+                    "lineage": lineage, "files": version.manifest["files"]})
+        return
+    model = card["model"].get("family") or card["model"].get("import")
+    table = Table(show_header=False, title=f"{version.ref}  {' '.join('@' + a for a in aliases)}")
+    table.add_row("task", card["task"])
+    table.add_row("model", f"{model} {card['model']['params'] or ''}")
+    table.add_row("input", f"{card['inputs'][0]['datatype']} {card['inputs'][0]['shape']}")
+    table.add_row("output", f"{card['outputs'][0]['datatype']} {card['outputs'][0]['shape']}")
+    for key, value in sorted(metrics["best"].items()):
+        if key.startswith("val_") or key == "epoch":
+            table.add_row(key, number(value))
+    for key, value in sorted(metrics["baselines"].items()):
+        table.add_row(f"{key} (baseline)", number(value))
+    table.add_row("git", f"{lineage['git_commit'] or '-'}{' (dirty)' if lineage['git_dirty'] else ''}")
+    table.add_row("spec sha256", lineage["spec_sha256"][:16])
+    table.add_row("data", lineage["data_fingerprint"][:16])
+    table.add_row("run", lineage["run_path"])
+    table.add_row("ray / torch", f"{lineage['ray_version']} / {lineage['torch_version']}")
+    table.add_row("created", lineage["created_at"])
+    table.add_row("files", ", ".join(sorted(version.manifest["files"])))
+    console.print(table)
+
+
+@app.command()
+def promote(
+    name: str, version: int, alias: str = typer.Option(..., "--alias", help="e.g. production"),
+    json_output: bool = JSON,
+) -> None:
+    """Point an alias at a version (atomically)."""
+    registry = ModelRegistry.open()
+    registry.promote(name, version, alias)
+    if json_output:
+        print_json({"name": name, "version": version, "alias": alias})
+    else:
+        console.print(f"{name}@{alias} → version {version}")
+
+
+@app.command()
+def export(
+    ref: str,
+    format: str = typer.Option(..., "--format", help="onnx or torchscript"),
+    output: Path = typer.Option(..., "-o", "--output", help="file to write"),
+    json_output: bool = JSON,
+) -> None:
+    """Export a registered model for runtimes outside Kiln."""
+    from kiln.export import export_model
+
+    registry = ModelRegistry.open()
+    loaded = registry.load(ref)
+    size = export_model(loaded, format, output)
+    if json_output:
+        print_json({"model": loaded.version.ref, "format": format, "path": str(output), "bytes": size})
+    else:
+        console.print(f"wrote {output} ({format}, {size:,} bytes) from {loaded.version.ref}")

@@ -1,0 +1,49 @@
+"""`kiln train SPEC`: run a job spec on Ray Train and register the model."""
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from kiln.cli.output import console, number, print_json
+from kiln.spec import load_spec
+
+
+def train(
+    spec_file: Path = typer.Argument(..., help="the job spec (YAML)"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: PATH=VALUE"),
+    address: str = typer.Option(None, help="an existing Ray cluster (default: KILN_RAY_ADDRESS, else a local one)"),
+    run_name: str = typer.Option(None, help="resume this run, or give a new run this name"),
+    json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
+    verbose: bool = typer.Option(False, "--verbose", help="show Ray's worker logs"),
+) -> None:
+    """Train a job spec on Ray Train and register the best checkpoint as a new version."""
+    spec = load_spec(spec_file, set_)  # every spec error surfaces here, before Ray starts
+    from kiln.raycluster import connect
+    from kiln.train import run_job
+    from kiln.train.progress import ProgressView
+
+    connect(address, show_logs=verbose and not json_output)
+    metric = spec.checkpoint.metric or "val_loss"
+    view = ProgressView(spec.name, spec.train.epochs, metric, console, quiet=quiet or json_output)
+    outcome = run_job(spec, view, run_name=run_name)
+    if json_output:
+        print_json(outcome.to_json())
+    elif not quiet:
+        _summary(outcome)
+
+
+def _summary(outcome) -> None:
+    table = Table(title=f"{outcome.model} v{outcome.version}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(outcome.metrics.items()):
+        if key.startswith(("val_", "train_")) or key == "epoch":
+            table.add_row(key, number(value))
+    for key, value in sorted(outcome.baselines.items()):
+        table.add_row(f"{key} (baseline)", number(value))
+    console.print(table)
+    alias = f" as {outcome.model}@{outcome.alias}" if outcome.alias else ""
+    console.print(f"registered [bold]{outcome.model}@{outcome.version}[/bold]{alias}; "
+                  f"run {outcome.run_path}")

@@ -1,0 +1,8 @@
+"""The dataset registry. A builder takes (task, val_fraction, seed) and keyword-only params."""
+
+from collections.abc import Callable
+
+from kiln.data.base import Dataset
+from kiln.naming import Registry
+
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")

@@ -1,0 +1,66 @@
+"""Text classification from a CSV of `text,label`: a vocabulary built from the training split,
+token ids padded on the left so that an RNN's last step is the text's last word."""
+
+import re
+from collections import Counter
+
+import numpy as np
+
+from kiln.data.base import Dataset, classification, require_task, shuffled_split
+from kiln.data.files import read_table
+from kiln.data.registry import DATASETS
+from kiln.errors import DataError
+
+PAD, UNKNOWN = 0, 1
+TOKEN = re.compile(r"[a-z0-9']+")
+
+
+def tokenize(text: str) -> list[str]:
+    return TOKEN.findall(str(text).lower())
+
+
+@DATASETS.register("text_csv")
+def text_csv(
+    task: str,
+    val_fraction: float,
+    seed: int,
+    *,
+    path: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    max_vocab: int = 20000,
+    max_len: int = 64,
+) -> Dataset:
+    require_task("text_csv", task, ("classification",))
+    frame = read_table(path)
+    for name in (text_column, label_column):
+        if name not in frame.columns:
+            raise DataError(f"{path} has no column {name!r}; columns: {', '.join(frame.columns)}")
+    tokens = [tokenize(t) for t in frame[text_column]]
+    labels = frame[label_column].astype(str).to_numpy()
+    placeholder = np.zeros((len(tokens), max_len), np.int64)
+    data = classification(placeholder, labels, val_fraction, seed)
+    train_rows, val_rows = shuffled_split(len(tokens), val_fraction, seed)
+    vocab = build_vocab([tokens[i] for i in train_rows], max_vocab)
+    data.x_train = encode([tokens[i] for i in train_rows], vocab, max_len)
+    data.x_val = encode([tokens[i] for i in val_rows], vocab, max_len)
+    data.schema.vocab_size = len(vocab) + 2
+    data.schema.transform = {"tokenize": TOKEN.pattern, "vocab": vocab, "max_len": max_len}
+    return data
+
+
+
+def build_vocab(texts: list[list[str]], max_vocab: int) -> dict[str, int]:
+    """Most frequent words first (ties alphabetical, so the vocabulary is deterministic)."""
+    counts = Counter(word for words in texts for word in words)
+    ranked = sorted(counts, key=lambda w: (-counts[w], w))[:max_vocab]
+    return {word: i + 2 for i, word in enumerate(ranked)}
+
+
+def encode(texts: list[list[str]], vocab: dict[str, int], max_len: int) -> np.ndarray:
+    out = np.full((len(texts), max_len), PAD, np.int64)
+    for row, words in enumerate(texts):
+        ids = [vocab.get(w, UNKNOWN) for w in words][-max_len:]
+        if ids:
+            out[row, -len(ids) :] = ids
+    return out

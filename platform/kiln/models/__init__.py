@@ -1,0 +1,64 @@
+"""Model families, by name, in the style of timm.
+
+    model = create(spec.model, schema)     # an nn.Module for this data
+    list_models()                          # ["cnn", "mlp", "rnn", ...]
+
+A spec names a registered `family`, or its own builder with `import: "pkg.module:function"`;
+either way the builder is called as `builder(schema, **params)`.
+"""
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from kiln.data import DataSchema
+from kiln.errors import SpecError
+from kiln.models import cnn, mlp, rnn  # noqa: F401  (registers the families)
+from kiln.models.registry import MODELS
+from kiln.spec import ModelSpec
+
+__all__ = ["MODELS", "check", "create", "list_models"]
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def check(spec: ModelSpec) -> None:
+    """The family or import exists and the params fit its builder; nothing is built."""
+    if spec.family is not None:
+        try:
+            MODELS.get(spec.family)
+        except SpecError as e:
+            raise SpecError(str(e), field="model.family") from None
+        MODELS.validate_params(spec.family, spec.params)
+        return
+    builder = _import_builder(spec.import_path or "")
+    try:
+        inspect.signature(builder).bind(None, **spec.params)
+    except TypeError as e:
+        raise SpecError(f"{spec.import_path}: {e}", field="model.params") from None
+
+
+def create(spec: ModelSpec, schema: DataSchema) -> nn.Module:
+    if spec.family is not None:
+        params = MODELS.validate_params(spec.family, spec.params)
+        return MODELS.get(spec.family)(schema, **params)
+    model = _import_builder(spec.import_path or "")(schema, **spec.params)
+    if not isinstance(model, nn.Module):
+        raise SpecError(f"{spec.import_path} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _import_builder(path: str) -> Callable[..., Any]:
+    module_name, _, attr = path.partition(":")
+    try:
+        builder = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise SpecError(f"cannot import {path}: {e}", field="model.import") from None
+    if not callable(builder):
+        raise SpecError(f"{path} is not callable", field="model.import")
+    return builder

@@ -1,0 +1,66 @@
+"""A registry of named builders in the style of timm: a dict plus a decorator.
+
+    MODELS = Registry("model family")
+    @MODELS.register("cnn")
+    def cnn(schema, *, channels=(32, 64)): ...
+    MODELS.create("cnn", schema, channels=[16])
+
+Each builder's keyword-only parameters form a pydantic model (extra="forbid"), so a spec's
+`params` are type-checked, and unknown ones refused, before anything runs.
+"""
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import pydantic
+
+from kiln.errors import UnknownNameError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Registry(Generic[F]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._builders: dict[str, F] = {}
+        self._params: dict[str, type[pydantic.BaseModel]] = {}
+
+    def register(self, name: str) -> Callable[[F], F]:
+        def decorate(builder: F) -> F:
+            if name in self._builders:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._builders[name] = builder
+            self._params[name] = params_model(builder)
+            return builder
+
+        return decorate
+
+    def names(self) -> list[str]:
+        return sorted(self._builders)
+
+    def get(self, name: str) -> F:
+        if name not in self._builders:
+            raise UnknownNameError(self.kind, name, self.names())
+        return self._builders[name]
+
+    def params_model(self, name: str) -> type[pydantic.BaseModel]:
+        self.get(name)
+        return self._params[name]
+
+    def validate_params(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Checked and defaulted params; raises pydantic.ValidationError."""
+        return self.params_model(name).model_validate(params).model_dump()
+
+
+def params_model(builder: Callable[..., Any]) -> type[pydantic.BaseModel]:
+    """A pydantic model of a builder's keyword-only parameters (the ones a spec may set)."""
+    fields: dict[str, Any] = {}
+    for p in inspect.signature(builder).parameters.values():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[p.name] = (annotation, default)
+    config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    return pydantic.create_model(f"{builder.__name__}_params", __config__=config, **fields)

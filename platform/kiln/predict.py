@@ -1,0 +1,65 @@
+"""What a trained model is outside of training: its card (`model.json`), its weights as
+safetensors, and how to build it back from the registry."""
+
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from kiln import models
+from kiln.data import DataSchema
+from kiln.errors import IntegrityError
+from kiln.registry import WEIGHTS, LoadedModel, ModelRegistry, ModelVersion
+from kiln.spec import JobSpec, ModelSpec
+
+DATATYPES = {"float32": "FP32", "int64": "INT64"}  # Open Inference Protocol names
+
+
+def model_card(spec: JobSpec, schema: DataSchema) -> dict[str, Any]:
+    return {
+        "name": spec.model_name,
+        "task": spec.task,
+        "model": spec.model.model_dump(mode="json", by_alias=True),
+        "schema": schema.to_json(),
+        "inputs": [
+            {"name": "input", "datatype": DATATYPES[schema.input_dtype],
+             "shape": [-1, *schema.input_shape]}
+        ],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, schema.output_dim]}],
+    }
+
+
+def weights_bytes(module: nn.Module) -> bytes:
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(module).state_dict().items()}
+    return save_safetensors(state)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel, if it is wrapped."""
+    inner = getattr(module, "module", None)
+    return inner if isinstance(inner, nn.Module) else module
+
+
+def build_from_card(card: dict[str, Any]) -> nn.Module:
+    spec = ModelSpec.model_validate(card["model"])
+    return models.create(spec, DataSchema(**card["schema"]))
+
+
+def load_model(registry: ModelRegistry, version: ModelVersion) -> LoadedModel:
+    card = registry.read_json(version, "model.json")
+    module = build_from_card(card)
+    state = load_safetensors(registry.read(version, WEIGHTS))
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1:2] or [str(e)]
+        raise IntegrityError(f"{version.ref}: weights do not fit its model: {first[0].strip()}") from None
+    module.eval()
+    return LoadedModel(version, card, module)
+
+
+def card_schema(card: dict[str, Any]) -> DataSchema:
+    return DataSchema(**card["schema"])
+

@@ -1,0 +1,242 @@
+"""The model registry: versioned models on any `pyarrow.fs` filesystem (a local path, s3://, gs://).
+
+    registry = ModelRegistry.open()                # KILN_REGISTRY or KILN_HOME/registry
+    version = registry.register("digits-cnn", files, alias="staging", run_id=...)
+    model = registry.load("digits-cnn@staging")    # weights checked against their sha256
+
+Layout, one folder per version, complete once its MANIFEST.json (written last) exists:
+
+    <root>/<name>/<version>/weights.safetensors  model.json  spec.yaml  metrics.json
+                            lineage.json  curves.png  MANIFEST.json (sha256 of each file)
+    <root>/<name>/aliases/<alias>.json    {"version": 3}, replaced atomically
+    <root>/<name>/runs/<run_id>.json      the version a training run registered (idempotence)
+
+Aliases are written to a temporary name and renamed over the old one, so a reader sees the
+old or the new alias, never a torn one. Version numbers are claimed with an exclusive mkdir on
+local disks; on object stores two writers racing for one number is possible and documented.
+"""
+
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from kiln.errors import IntegrityError, ModelNotFoundError, RegistryError
+from kiln.settings import absolute, get_settings
+
+MANIFEST = "MANIFEST.json"
+WEIGHTS = "weights.safetensors"
+REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]*)(@(?P<tag>[A-Za-z0-9._-]+))?$")
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: int
+    path: str  # folder inside the registry's filesystem
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class ModelRegistry:
+    def __init__(self, uri: str):
+        self.uri = absolute(uri)
+        try:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+        except (pafs.ArrowInvalid, OSError, ValueError) as e:  # type: ignore[attr-defined]
+            raise RegistryError(f"cannot open registry {uri}: {e}") from None
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    @classmethod
+    def open(cls, uri: str | None = None) -> "ModelRegistry":
+        return cls(uri or get_settings().registry_uri)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        return sorted(
+            info.base_name
+            for info in self._list(self.root)
+            if info.type == pafs.FileType.Directory and not info.base_name.startswith(".")
+        )
+
+    def versions(self, name: str) -> list[int]:
+        """Complete versions only (a version without its manifest is still being written)."""
+        numbers = [
+            int(info.base_name)
+            for info in self._list(f"{self.root}/{name}")
+            if info.base_name.isdigit()
+        ]
+        return sorted(v for v in numbers if self._exists(f"{self._dir(name, v)}/{MANIFEST}"))
+
+    def aliases(self, name: str) -> dict[str, int]:
+        found = {}
+        for info in self._list(f"{self.root}/{name}/aliases"):
+            if info.base_name.endswith(".json"):
+                found[info.base_name[:-5]] = self._read_json(info.path)["version"]
+        return found
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """`name`, `name@3` or `name@production` (a bare name is its latest version)."""
+        match = REF.match(ref)
+        if not match:
+            raise ModelNotFoundError(f"{ref!r} is not a model reference (NAME[@VERSION|@ALIAS])")
+        name, tag = match["name"], match["tag"]
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFoundError(f"no model named {name!r} in {self.uri}")
+        if tag is None or tag == "latest":
+            version = versions[-1]
+        elif tag.isdigit():
+            version = int(tag)
+        else:
+            aliases = self.aliases(name)
+            if tag not in aliases:
+                known = ", ".join(sorted(aliases)) or "none"
+                raise ModelNotFoundError(f"{name} has no alias {tag!r} (aliases: {known})")
+            version = aliases[tag]
+        if version not in versions:
+            raise ModelNotFoundError(f"{name} has no version {version} (versions: {versions})")
+        path = self._dir(name, version)
+        return ModelVersion(name, version, path, self._read_json(f"{path}/{MANIFEST}"))
+
+    def read(self, version: ModelVersion, filename: str) -> bytes:
+        """A file of a version, refused unless its size and sha256 match the manifest."""
+        expected = version.manifest["files"].get(filename)
+        if expected is None:
+            raise IntegrityError(f"{version.ref} has no file {filename}")
+        try:
+            data = self._read_bytes(f"{version.path}/{filename}")
+        except FileNotFoundError:
+            raise IntegrityError(f"{version.ref}: {filename} is missing") from None
+        if len(data) != expected["size"] or sha256(data) != expected["sha256"]:
+            raise IntegrityError(
+                f"{version.ref}: {filename} is corrupt ({len(data)} of {expected['size']} bytes, "
+                "sha256 mismatch); re-register or restore it"
+            )
+        return data
+
+    def read_json(self, version: ModelVersion, filename: str) -> Any:
+        return json.loads(self.read(version, filename))
+
+    def load(self, ref: str) -> "LoadedModel":
+        from kiln.predict import load_model
+
+        return load_model(self, self.resolve(ref))
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        files: dict[str, bytes],
+        alias: str | None = None,
+        run_id: str | None = None,
+    ) -> ModelVersion:
+        """Store a new version. A run that already registered (a retried job) gets its version
+        back instead of a second one."""
+        if run_id and (existing := self._version_of_run(name, run_id)) is not None:
+            return self.resolve(f"{name}@{existing}")
+        version = self._claim_version(name)
+        path = self._dir(name, version)
+        manifest = {"name": name, "version": version, "created_at": time.time(), "files": {}}
+        for filename, data in files.items():
+            self._write_bytes(f"{path}/{filename}", data)
+            manifest["files"][filename] = {"sha256": sha256(data), "size": len(data)}
+        self._write_bytes(f"{path}/{MANIFEST}", _json_bytes(manifest))
+        if run_id:
+            self._write_atomic(f"{self.root}/{name}/runs/{run_id}.json", {"version": version})
+        if alias:
+            self.promote(name, version, alias)
+        return ModelVersion(name, version, path, manifest)
+
+    def promote(self, name: str, version: int, alias: str) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_-]*", alias) or alias == "latest":
+            raise RegistryError(f"{alias!r} is not a valid alias (lowercase letters, digits, -_)")
+        if version not in self.versions(name):
+            raise ModelNotFoundError(f"{name} has no version {version} to promote")
+        record = {"version": version, "updated_at": time.time()}
+        self._write_atomic(f"{self.root}/{name}/aliases/{alias}.json", record)
+
+    # --- storage helpers -------------------------------------------------------------------
+
+    def _dir(self, name: str, version: int) -> str:
+        return f"{self.root}/{name}/{version}"
+
+    def _version_of_run(self, name: str, run_id: str) -> int | None:
+        path = f"{self.root}/{name}/runs/{run_id}.json"
+        return self._read_json(path)["version"] if self._exists(path) else None
+
+    def _claim_version(self, name: str) -> int:
+        self.fs.create_dir(f"{self.root}/{name}", recursive=True)
+        taken = [int(i.base_name) for i in self._list(f"{self.root}/{name}") if i.base_name.isdigit()]
+        version = max(taken, default=0) + 1
+        while True:
+            path = self._dir(name, version)
+            if self.local:
+                try:
+                    os.mkdir(path)  # exclusive: two writers never share a number
+                    return version
+                except FileExistsError:
+                    version += 1
+                    continue
+            if not self._exists(path):
+                self.fs.create_dir(path)
+                return version
+            version += 1
+
+    def _write_atomic(self, path: str, record: dict[str, Any]) -> None:
+        parent = path.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        temporary = f"{parent}/.{uuid.uuid4().hex}.tmp"
+        self._write_bytes(temporary, _json_bytes(record))
+        self.fs.move(temporary, path)  # a rename locally; one PUT-copy on object stores
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
+        with self.fs.open_output_stream(path) as out:
+            out.write(data)
+
+    def _read_bytes(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as stream:
+            return bytes(stream.readall())
+
+    def _read_json(self, path: str) -> Any:
+        try:
+            return json.loads(self._read_bytes(path))
+        except FileNotFoundError:
+            raise IntegrityError(f"{path} is missing") from None
+        except json.JSONDecodeError:
+            raise IntegrityError(f"{path} is not valid JSON") from None
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def _list(self, path: str) -> list[pafs.FileInfo]:
+        try:
+            return self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        except OSError as e:
+            raise RegistryError(f"cannot list {path}: {e}") from None
+
+
+@dataclass
+class LoadedModel:
+    version: ModelVersion
+    card: dict[str, Any]  # model.json
+    module: Any  # torch.nn.Module in eval mode on the CPU
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode()

@@ -1,0 +1,37 @@
+"""Kiln's settings, read from the environment (KILN_*) when asked for, never at import.
+
+    settings = get_settings()
+    settings.registry_uri      # KILN_REGISTRY, else KILN_HOME/registry
+"""
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KILN_", extra="ignore")
+
+    home: str = Field(".kiln", description="local state: registry, runs, embedded services")
+    registry: str | None = Field(None, description="registry URI (path, s3://, gs://)")
+    storage: str | None = Field(None, description="Ray Train storage for runs and checkpoints")
+    ray_address: str | None = Field(None, description="an existing Ray cluster to use")
+
+    @property
+    def registry_uri(self) -> str:
+        return absolute(self.registry or f"{self.home}/registry")
+
+    @property
+    def storage_uri(self) -> str:
+        return absolute(self.storage or f"{self.home}/runs")
+
+
+def get_settings() -> Settings:
+    return Settings()
+
+
+def absolute(uri: str) -> str:
+    """Local paths made absolute (Ray workers run elsewhere); URIs left as they are."""
+    return uri if "://" in uri else str(Path(os.path.expanduser(uri)).resolve())

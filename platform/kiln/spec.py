@@ -1,0 +1,341 @@
+"""Job specs: the YAML a user writes, as typed pydantic models.
+
+    spec = load_spec("jobs/digits-cnn.yaml", overrides=["train.epochs=3"])
+
+A spec may `extends: base.yaml` (deep-merged, the child wins) and take `--set a.b=value`
+overrides (values parsed as YAML). Every mistake becomes one `SpecError` line naming the file
+and the YAML path of the bad field, raised before any Ray process starts.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from kiln.errors import SpecError
+
+Task = Literal["classification", "regression", "forecasting"]
+Mode = Literal["min", "max"]
+
+# The validation metrics each task reports every epoch, and the one a spec optimises by default.
+TASK_METRICS: dict[str, list[str]] = {
+    "classification": ["val_accuracy", "val_loss", "train_loss"],
+    "regression": ["val_mae", "val_rmse", "val_loss", "train_loss"],
+    "forecasting": ["val_mae", "val_rmse", "val_loss", "train_loss"],
+}
+DEFAULT_METRIC: dict[str, tuple[str, Mode]] = {
+    "classification": ("val_accuracy", "max"),
+    "regression": ("val_mae", "min"),
+    "forecasting": ("val_mae", "min"),
+}
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataSpec(Strict):
+    name: str = Field(description="a registered dataset (`kiln.data`), e.g. digits")
+    params: dict[str, Any] = Field(default_factory=dict, description="the dataset's parameters")
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = Field(0, description="seed of the train/validation split")
+
+
+class ModelSpec(Strict):
+    family: str | None = Field(None, description="a registered model family, e.g. cnn")
+    import_path: str | None = Field(
+        None,
+        alias="import",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="your own builder, 'package.module:function'",
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        if (self.family is None) == (self.import_path is None):
+            raise ValueError("give exactly one of 'family' or 'import'")
+        return self
+
+
+class OptimizerSpec(Strict):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+
+
+class ScheduleSpec(Strict):
+    name: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    step_size: PositiveInt = Field(10, description="step only: epochs between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="step only: decay factor")
+
+
+class EarlyStoppingSpec(Strict):
+    metric: str | None = Field(None, description="defaults to checkpoint.metric")
+    mode: Mode | None = None
+    patience: PositiveInt = 3
+    min_delta: NonNegativeFloat = 0.0
+
+
+class TrainSpec(Strict):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    early_stopping: EarlyStoppingSpec | None = None
+    grad_clip: PositiveFloat | None = Field(1.0, description="max gradient norm; null disables")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on GPUs that support it, fp32 on CPU"
+    )
+    seed: int = 0
+
+
+class ScalingSpec(Strict):
+    num_workers: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
+        1, description="a count, or [min, max] for elastic training"
+    )
+    use_gpu: bool = False
+    resources_per_worker: dict[str, NonNegativeFloat] | None = None
+
+    @model_validator(mode="after")
+    def _elastic_range(self) -> "ScalingSpec":
+        if isinstance(self.num_workers, tuple) and self.num_workers[0] > self.num_workers[1]:
+            raise ValueError("num_workers: [min, max] needs min <= max")
+        return self
+
+
+class CheckpointSpec(Strict):
+    metric: str | None = Field(None, description="defaults to the task's main metric")
+    mode: Mode | None = None
+    keep: PositiveInt = Field(2, description="how many best checkpoints to keep")
+
+
+class FailureSpec(Strict):
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts; -1 = unlimited")
+
+
+class RegisterSpec(Strict):
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="defaults to the job name")
+    alias: str | None = Field("staging", pattern=NAME_PATTERN)
+
+
+class JobSpec(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    task: Task
+    description: str = ""
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    failure: FailureSpec = Field(default_factory=FailureSpec)
+    registration: RegisterSpec | None = Field(default_factory=RegisterSpec, alias="register")
+    storage_path: str | None = Field(
+        None, description="where Ray Train keeps runs and checkpoints; default KILN_HOME/runs"
+    )
+
+    @model_validator(mode="after")
+    def _metrics_of_task(self) -> "JobSpec":
+        metric, mode = DEFAULT_METRIC[self.task]
+        self.checkpoint.metric = self.checkpoint.metric or metric
+        self.checkpoint.mode = self.checkpoint.mode or mode
+        stop = self.train.early_stopping
+        if stop is not None:
+            stop.metric = stop.metric or self.checkpoint.metric
+            stop.mode = stop.mode or self.checkpoint.mode
+        for where, name in [("checkpoint", self.checkpoint.metric), ("early_stopping", stop and stop.metric)]:
+            if name is not None and name not in TASK_METRICS[self.task]:
+                known = ", ".join(TASK_METRICS[self.task])
+                raise ValueError(f"{where}.metric {name!r} is not a {self.task} metric ({known})")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return (self.registration and self.registration.name) or self.name
+
+    def digest(self) -> str:
+        """sha256 of the resolved spec: two runs of equal specs share it."""
+        text = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
+    """Read, merge, override, validate and check a job spec against the registries."""
+    path = Path(path)
+    raw = _read_with_extends(path, chain=())
+    for item in overrides:
+        _apply_override(raw, item, path)
+    spec = parse_spec(raw, source=str(path))
+    check_spec(spec, source=str(path))
+    return spec
+
+
+def parse_spec(raw: Any, source: str) -> JobSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a job spec is a YAML mapping, got {type(raw).__name__}")
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_first_error(e, source, JobSpec)) from None
+
+
+def check_spec(spec: JobSpec, source: str) -> None:
+    """What pydantic cannot know: registry names, builder params, data files."""
+    from kiln import data, models  # the registries import torch: only once the YAML is sound
+
+    checks = [
+        ("data", lambda: data.check(spec.data)),
+        ("model", lambda: models.check(spec.model)),
+    ]
+    for prefix, check in checks:
+        try:
+            check()
+        except ValidationError as e:
+            raise SpecError(_first_error(e, source, prefix=f"{prefix}.params")) from None
+        except SpecError as e:
+            where = getattr(e, "field", None) or prefix
+            raise SpecError(f"{source}: {where}: {e}") from None
+
+
+def spec_to_yaml(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+def _read_yaml(path: Path, source: str) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{source}: file not found: {path}") from None
+    except OSError as e:
+        raise SpecError(f"{source}: cannot read {path}: {e.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or "not valid YAML"
+        raise SpecError(f"{path}: {where}{problem}") from None
+
+
+def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    source = f"{chain[-1]}: extends" if chain else str(path)
+    raw = _read_yaml(path, source)
+    if not isinstance(raw, dict):
+        return raw
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise SpecError(f"{path}: extends: expected a file name, got {parent!r}")
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in chain or parent_path == path.resolve():
+        raise SpecError(f"{path}: extends: {parent} extends itself (a cycle)")
+    base = _read_with_extends(parent_path, (*chain, path.resolve()))
+    if not isinstance(base, dict):
+        raise SpecError(f"{path}: extends: {parent} is not a YAML mapping")
+    return deep_merge(base, raw)
+
+
+# A model or data section that names another family or dataset than its base replaces the
+# base's section instead of merging into it: cnn params make no sense to an mlp.
+KIND_OF_SECTION = {"model": ("family", "import"), "data": ("name",)}
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any], level: int = 0) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        old = merged.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and not (
+            level == 0 and _kind_changes(key, old, value)
+        ):
+            merged[key] = deep_merge(old, value, level + 1)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _kind_changes(section: str, base: dict[str, Any], top: dict[str, Any]) -> bool:
+    keys = KIND_OF_SECTION.get(section, ())
+    return any(k in top for k in keys) and any(base.get(k) != top.get(k) for k in keys)
+
+
+def _apply_override(raw: dict[str, Any], item: str, source: Path) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"{source}: --set {item!r}: expected PATH=VALUE, e.g. train.epochs=3")
+    set_path(raw, key.strip(), yaml.safe_load(text) if text else None, source=str(source))
+
+
+def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise SpecError(f"{source}: {dotted}: {where} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _first_error(
+    e: ValidationError,
+    source: str,
+    model: type[BaseModel] | None = None,
+    prefix: str = "",
+) -> str:
+    """One line for the first error: file, YAML path, what is expected (and how many more)."""
+    errors = e.errors()
+    err = errors[0]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-after", "tuple["))]
+    where = ".".join([prefix, *loc] if prefix else loc) or "(top level)"
+    message = err["msg"]
+    if err["type"] == "extra_forbidden":
+        known = _fields_at(model, loc[:-1]) if model else []
+        message = "unknown key" + (f"; expected one of: {', '.join(known)}" if known else "")
+    elif err["type"] == "missing":
+        message = "required field is missing"
+    elif err["type"] == "value_error":
+        message = message.removeprefix("Value error, ")
+    else:
+        message += f" (got {err['input']!r})"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: {where}: {message}{more}"
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        inner = _model_of(field.annotation) if field else None
+        if inner is None:
+            return []
+        model = inner
+    return sorted(f.alias or name for name, f in model.model_fields.items())
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, BaseModel):
+            return c
+    return None

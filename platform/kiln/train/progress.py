@@ -1,0 +1,80 @@
+"""Live progress: a `ray.train.UserCallback` on the Train controller sends every report to a
+Ray queue; the driver reads the queue and draws it (rich progress bar, a line per epoch)."""
+
+import time
+from typing import Any
+
+import ray.train
+from ray.util.queue import Empty, Queue
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class ReportForwarder(ray.train.UserCallback):
+    """Runs on the controller process: forwards rank 0's metrics and worker failures."""
+
+    def __init__(self, queue: Queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        event = {"kind": "report", "metrics": metrics[0]}
+        if checkpoint is not None:
+            event["checkpoint"] = checkpoint.path
+        self.queue.put(event)
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
+        first = next(iter(worker_exceptions.values()), None)
+        reason = str(first).strip().splitlines()[-1][:160] if first else "unknown"
+        self.queue.put({"kind": "failure", "ranks": ranks, "reason": reason})
+
+
+class ProgressView:
+    """Draws events on the terminal; `quiet` keeps it silent (for --json and scripts)."""
+
+    def __init__(self, job: str, epochs: int, metric: str, console: Console, quiet: bool = False):
+        self.job, self.metric, self.quiet = job, metric, quiet
+        self.console = console
+        self.events: list[dict[str, Any]] = []
+        self.first_report_s: float | None = None
+        self.started = time.monotonic()
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=console, disable=quiet, transient=True,
+        )
+        self.task = self.bar.add_task(job, total=epochs, status="starting workers")
+
+    def __enter__(self) -> "ProgressView":
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def drain(self, queue: Queue, timeout: float = 0.2) -> None:
+        try:
+            events = [queue.get(timeout=timeout)]
+            while not queue.empty():
+                events.append(queue.get_nowait())
+        except Empty:
+            return
+        for event in events:
+            self.show(event)
+
+    def show(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if event["kind"] == "failure":
+            self.bar.console.print(f"[yellow]worker {event['ranks']} failed ({event['reason']}); "
+                                   "restarting from the last checkpoint")
+            return
+        m = event["metrics"]
+        if self.first_report_s is None:
+            self.first_report_s = time.monotonic() - self.started
+        status = f"{self.metric}={m[self.metric]:.4f}"
+        self.bar.update(self.task, completed=m["epoch"], status=status)
+        if not self.quiet:
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith(("val_", "train_")))
+            resumed = f"  (resumed at epoch {m['resumed_from']})" if m["resumed_from"] >= 0 else ""
+            self.bar.console.print(f"epoch {m['epoch']:>3}/{m['epochs']}  {shown}  "
+                                   f"{m['epoch_time_s']:.1f}s{resumed}")

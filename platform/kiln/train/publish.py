@@ -1,0 +1,87 @@
+"""Registering a finished run: weights, card, resolved spec, metrics, curves and lineage."""
+
+import io
+import json
+import subprocess
+import time
+from typing import Any
+
+import ray
+import ray.train
+import torch
+
+from kiln.data import Dataset
+from kiln.predict import model_card
+from kiln.registry import WEIGHTS, ModelRegistry, ModelVersion
+from kiln.spec import JobSpec, spec_to_yaml
+from kiln.train.loop import MODEL_FILE
+
+
+def publish(spec: JobSpec, dataset: Dataset, checkpoint: ray.train.Checkpoint, outcome) -> ModelVersion:
+    with checkpoint.as_directory() as folder, open(f"{folder}/{MODEL_FILE}", "rb") as f:
+        weights = f.read()
+    metrics = {"best": outcome.metrics, "baselines": outcome.baselines, "history": outcome.history}
+    files = {
+        WEIGHTS: weights,
+        "model.json": _json(model_card(spec, dataset.schema)),
+        "spec.yaml": spec_to_yaml(spec).encode(),
+        "metrics.json": _json(metrics),
+        "lineage.json": _json(lineage(spec, dataset, outcome)),
+    }
+    if outcome.history:
+        files["curves.png"] = curves_png(outcome.history, spec.checkpoint.metric or "val_loss")
+    registry = ModelRegistry.open()
+    alias = spec.registration.alias if spec.registration else None
+    return registry.register(spec.model_name, files, alias=alias, run_id=outcome.run_name)
+
+
+def lineage(spec: JobSpec, dataset: Dataset, outcome) -> dict[str, Any]:
+    return {
+        **git_state(),
+        "spec_sha256": spec.digest(),
+        "data_fingerprint": dataset.fingerprint(),
+        "run_name": outcome.run_name,
+        "run_path": outcome.run_path,
+        "worker_failures": outcome.failures,
+        "ray_version": ray.__version__,
+        "torch_version": torch.__version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain")
+    return {"git_commit": commit, "git_dirty": bool(dirty) if commit else None}
+
+
+def curves_png(history: list[dict[str, float]], metric: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.plot(epochs, [h["train_loss"] for h in history], label="train")
+    left.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    left.set(title="loss", xlabel="epoch")
+    left.legend()
+    right.plot(epochs, [h[metric] for h in history], color="tab:green")
+    right.set(title=metric, xlabel="epoch")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode()

@@ -1,0 +1,155 @@
+"""From a job spec to a registered model: data on the driver, a `TorchTrainer` on Ray Train V2,
+live progress, and the best checkpoint registered with its card, metrics and lineage."""
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
+
+from kiln import data as datasets
+from kiln.errors import TrainingError
+from kiln.settings import absolute, get_settings
+from kiln.spec import JobSpec
+from kiln.train.loop import train_loop_per_worker
+from kiln.train.progress import ProgressView, ReportForwarder
+
+
+@dataclass
+class TrainOutcome:
+    model: str
+    version: int | None
+    alias: str | None
+    metrics: dict[str, float]  # of the registered (best) checkpoint
+    baselines: dict[str, float]
+    run_name: str
+    run_path: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    failures: int = 0
+    first_report_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "version": self.version, "alias": self.alias,
+            "metrics": self.metrics, "baselines": self.baselines, "run_name": self.run_name,
+            "run_path": self.run_path, "epochs_run": len(self.history), "worker_failures": self.failures,
+        }
+
+
+def new_run_name(spec: JobSpec) -> str:
+    """Unique per new run; pass the same name again (--run-name) to resume that run."""
+    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def run_job(spec: JobSpec, view: ProgressView, run_name: str | None = None,
+            register: bool = True) -> TrainOutcome:
+    """Train `spec` on the connected Ray cluster and register the best checkpoint."""
+    run_name = run_name or new_run_name(spec)
+    storage = absolute(spec.storage_path or get_settings().storage_uri)
+    dataset = datasets.build(spec.data, spec.task)
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = _trainer(spec, dataset, run_name, storage, queue)
+    result = _fit_with_progress(trainer, queue, view)
+    queue.shutdown()
+
+    best_checkpoint, best_metrics = _best(result, spec)
+    history = _history(result.checkpoint)
+    outcome = TrainOutcome(
+        model=spec.model_name, version=None, alias=None, metrics=best_metrics,
+        baselines=dataset.baselines, run_name=run_name, run_path=f"{storage}/{run_name}",
+        history=history, failures=sum(e["kind"] == "failure" for e in view.events),
+        first_report_s=view.first_report_s,
+    )
+    if register and spec.registration is not None:
+        from kiln.train.publish import publish
+
+        version = publish(spec, dataset, best_checkpoint, outcome)
+        outcome.version, outcome.alias = version.version, spec.registration.alias
+    return outcome
+
+
+def _trainer(spec: JobSpec, dataset, run_name: str, storage: str, queue: Queue) -> TorchTrainer:
+    scaling = spec.scaling
+    workers = scaling.num_workers
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json", by_alias=True),
+                           "data": ray.put(dataset)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tuple(workers) if isinstance(workers, tuple) else workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=scaling.resources_per_worker,
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=spec.failure.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=spec.checkpoint.keep,
+                checkpoint_score_attribute=spec.checkpoint.metric,
+                checkpoint_score_order=spec.checkpoint.mode or "max",
+            ),
+            callbacks=[ReportForwarder(queue)],
+        ),
+    )
+
+
+def _fit_with_progress(trainer: TorchTrainer, queue: Queue, view: ProgressView):
+    """fit() blocks, so it runs in a thread while this one draws progress."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except Exception as e:  # re-raised below, on the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, name="kiln-fit", daemon=True)
+    thread.start()
+    with view:
+        while thread.is_alive():
+            view.drain(queue)
+        view.drain(queue, timeout=0.5)
+    if "error" in outcome:
+        raise TrainingError(f"training failed: {_root_cause(outcome['error'])}") from outcome["error"]
+    return outcome["result"]
+
+
+def _best(result, spec: JobSpec) -> tuple[ray.train.Checkpoint, dict[str, float]]:
+    checkpoints = result.best_checkpoints or []
+    if not checkpoints:
+        raise TrainingError("training ended without a checkpoint")
+    sign = 1 if spec.checkpoint.mode == "max" else -1
+    checkpoint, metrics = max(checkpoints, key=lambda cm: sign * cm[1][spec.checkpoint.metric])
+    return checkpoint, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _history(checkpoint: ray.train.Checkpoint | None) -> list[dict[str, float]]:
+    """Every epoch's metrics, from the latest checkpoint (so epochs redone after a resume
+    appear once)."""
+    import os
+
+    import torch
+
+    from kiln.train.loop import STATE_FILE
+
+    if checkpoint is None:
+        return []
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
+    return state["progress"]["history"]
+
+
+def _root_cause(error: BaseException) -> str:
+    messages = []
+    while error is not None:
+        text = str(error).strip()
+        if text:
+            messages.append(text.splitlines()[-1])
+        error = error.__cause__  # type: ignore[assignment]
+    return messages[-1][:300] if messages else "unknown error"
