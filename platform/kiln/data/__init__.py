@@ -12,7 +12,7 @@ from kiln.data import images, series, tables, text  # noqa: F401  (registers the
 from kiln.data.base import DataSchema, Dataset
 from kiln.data.files import check_exists
 from kiln.data.registry import DATASETS
-from kiln.errors import DataError
+from kiln.errors import DataError, SpecError
 from kiln.spec import DataSpec
 
 __all__ = ["DATASETS", "DataSchema", "Dataset", "build", "check"]
@@ -20,6 +20,10 @@ __all__ = ["DATASETS", "DataSchema", "Dataset", "build", "check"]
 
 def check(spec: DataSpec) -> None:
     """Names and params are valid and local files exist; nothing is read."""
+    try:
+        DATASETS.get(spec.name)
+    except SpecError as e:
+        raise SpecError(str(e), field="data.name") from None
     params = DATASETS.validate_params(spec.name, spec.params)
     if params.get("path"):
         try:

@@ -7,6 +7,7 @@ from pydantic import confloat
 from torch import nn
 
 from kiln.data import DataSchema
+from kiln.errors import SpecError
 from kiln.models.registry import MODELS
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -36,6 +37,8 @@ def mlp(
     dropout: confloat(ge=0, lt=1) = 0.1,  # type: ignore[valid-type]
     activation: Literal["relu", "gelu", "tanh"] = "relu",
 ) -> nn.Module:
+    if schema.input_dtype != "float32":
+        raise SpecError("mlp needs float features; this data gives token ids (use rnn)")
     in_features = 1
     for size in schema.input_shape:
         in_features *= size

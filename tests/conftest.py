@@ -1,0 +1,50 @@
+"""Shared fixtures: one local Ray cluster per test session, a Kiln home per session, and
+helpers to run the CLI as a user does."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Before Ray starts: fast health checks (crashed workers are noticed quickly), no telemetry,
+# and no token auth for this hermetic, loopback-only cluster.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def kiln_home(tmp_path_factory) -> Path:
+    """One KILN_HOME (registry and runs) for the session; tests that need their own set it."""
+    home = tmp_path_factory.mktemp("kiln-home")
+    os.environ["KILN_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(kiln_home):
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch) -> Path:
+    """A KILN_HOME of this test's own (an empty registry)."""
+    monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def run_kiln(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`kiln ARGS` in a new process, from the repo root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "kiln", *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})},
+    )

@@ -1,0 +1,101 @@
+"""Dataset builders: shapes, deterministic splits, no leakage, and the user's own files."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kiln import data
+from kiln.data.series import seasonal_naive, windowed
+from kiln.data.text import encode
+from kiln.errors import DataError
+from kiln.spec import DataSpec
+
+
+def build(name: str, task: str = "classification", **params):
+    return data.build(DataSpec(name=name, params=params), task)
+
+
+def test_digits_image_and_sequence_layouts():
+    image, sequence = build("digits"), build("digits", layout="sequence")
+    assert image.x_train.shape[1:] == (1, 8, 8) and sequence.x_train.shape[1:] == (8, 8)
+    assert len(image.x_train) + len(image.x_val) == 1797
+    assert image.schema.output_dim == 10 and image.x_train.max() <= 1.0
+    np.testing.assert_array_equal(image.x_val[:, 0], sequence.x_val)  # same split
+
+
+def test_splits_are_deterministic_and_seeded():
+    a, b = build("digits"), build("digits")
+    np.testing.assert_array_equal(a.y_val, b.y_val)
+    assert a.fingerprint() == b.fingerprint()
+    other = data.build(DataSpec(name="digits", seed=1), "classification")
+    assert other.fingerprint() != a.fingerprint()
+
+
+def test_breast_cancer_is_standardised_by_the_training_split_only():
+    d = build("breast_cancer")
+    assert d.x_train.shape[1] == 30 and d.schema.classes == ["malignant", "benign"]
+    np.testing.assert_allclose(d.x_train.mean(axis=0), 0, atol=1e-4)
+    assert not np.allclose(d.x_val.mean(axis=0), 0, atol=1e-4)
+    assert len(d.schema.transform["standardize"]["mean"]) == 30
+
+
+def test_co2_windows_come_in_time_order_with_a_seasonal_naive_baseline():
+    d = build("co2", task="forecasting", window=24, horizon=1)
+    assert d.x_train.shape[1:] == (24, 1) and d.y_train.shape[1:] == (1,)
+    assert 0 < d.baselines["seasonal_naive_val_mae"] < 5  # ppm
+    assert d.schema.target_scale > 0
+
+
+def test_seasonal_naive_on_a_known_series():
+    series = np.tile(np.arange(4.0), 10)  # period 4, no noise: seasonal naive is exact
+    d = windowed(series, window=8, horizon=2, val_fraction=0.25, season=4)
+    assert d.baselines["seasonal_naive_val_mae"] == 0.0
+    inputs, targets = np.array([[1.0, 2.0, 3.0]]), np.array([[5.0]])
+    assert seasonal_naive(inputs, targets, season=2)["seasonal_naive_val_mae"] == 3.0
+
+
+def test_text_is_encoded_with_left_padding():
+    ids = encode([["good", "film"], []], {"good": 2, "film": 3}, max_len=4)
+    assert ids.tolist() == [[0, 0, 2, 3], [0, 0, 0, 0]]
+
+
+def test_wrong_task_for_a_dataset_is_refused():
+    with pytest.raises(DataError, match="digits is a classification dataset"):
+        build("digits", task="forecasting")
+
+
+@pytest.mark.usefixtures("ray_cluster")
+class TestFiles:
+    """The user's own files, read through Ray Data."""
+
+    def test_text_csv(self, tmp_path):
+        rows = [("a wonderful delightful film", "pos"), ("dull boring awful film", "neg")] * 20
+        path = tmp_path / "reviews.csv"
+        pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
+        d = build("text_csv", path=str(path), max_len=6)
+        assert d.schema.classes == ["neg", "pos"] and d.schema.input_dtype == "int64"
+        assert d.x_train.shape[1] == 6 and d.schema.vocab_size == len(d.schema.transform["vocab"]) + 2
+
+    @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+    def test_table(self, tmp_path, suffix):
+        rng = np.random.default_rng(0)
+        frame = pd.DataFrame(rng.normal(size=(50, 3)), columns=["a", "b", "c"])
+        frame["label"] = np.where(frame.a > 0, "yes", "no")
+        path = tmp_path / f"table{suffix}"
+        frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
+        d = build("table", path=str(path), label="label")
+        assert d.x_train.shape[1] == 3 and d.schema.classes == ["no", "yes"]
+
+    def test_table_with_a_missing_label_column(self, tmp_path):
+        path = tmp_path / "t.csv"
+        pd.DataFrame({"a": [1.0, 2.0]}).to_csv(path, index=False)
+        with pytest.raises(DataError, match="no column 'label'"):
+            build("table", path=str(path), label="label")
+
+    def test_csv_series_sorted_by_time(self, tmp_path):
+        t = np.arange(120)
+        frame = pd.DataFrame({"t": t, "y": np.sin(2 * np.pi * t / 12)}).sample(frac=1, random_state=0)
+        path = tmp_path / "series.csv"
+        frame.to_csv(path, index=False)
+        d = build("csv_series", task="forecasting", path=str(path), column="y", time_column="t")
+        assert d.baselines["seasonal_naive_val_mae"] < 1e-6  # a pure 12-step season, once sorted

@@ -1,0 +1,66 @@
+"""Forward and backward shapes for every registered family, on every input it accepts."""
+
+import pytest
+import torch
+
+from kiln import models
+from kiln.data import DataSchema
+from kiln.errors import SpecError
+from kiln.spec import ModelSpec
+
+INPUTS = {
+    "image": DataSchema("classification", [1, 8, 8], "float32", output_dim=10),
+    "sequence": DataSchema("forecasting", [24, 1], "float32", output_dim=3),
+    "tokens": DataSchema("classification", [16], "int64", output_dim=2, vocab_size=50),
+    "table": DataSchema("classification", [30], "float32", output_dim=2),
+}
+
+
+def example(schema: DataSchema, batch: int = 4) -> torch.Tensor:
+    if schema.input_dtype == "int64":
+        return torch.randint(0, schema.vocab_size, (batch, *schema.input_shape))
+    return torch.randn(batch, *schema.input_shape)
+
+
+@pytest.mark.parametrize("family", models.list_models())
+@pytest.mark.parametrize("kind", list(INPUTS))
+def test_forward_backward(family, kind):
+    schema = INPUTS[kind]
+    try:
+        model = models.create(ModelSpec(family=family), schema)
+    except SpecError as e:
+        pytest.skip(f"{family} does not take {kind} inputs: {e}")
+    out = model(example(schema))
+    assert out.shape == (4, schema.output_dim)
+    out.float().pow(2).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("family", models.list_models())
+def test_every_family_takes_some_input(family):
+    accepted = []
+    for kind, schema in INPUTS.items():
+        try:
+            models.create(ModelSpec(family=family), schema)
+            accepted.append(kind)
+        except SpecError:
+            pass
+    assert accepted
+
+
+def test_params_are_checked_against_the_builder():
+    with pytest.raises(Exception, match="dropout"):
+        models.check(ModelSpec(family="mlp", params={"dropout": "high"}))
+
+
+def test_users_own_model_by_import_path():
+    spec = ModelSpec.model_validate({"import": "tests.models.custom:tiny", "params": {"width": 8}})
+    models.check(spec)
+    model = models.create(spec, INPUTS["table"])
+    assert model(example(INPUTS["table"])).shape == (4, 2)
+
+
+def test_import_errors_name_the_path():
+    with pytest.raises(SpecError, match="cannot import no_such_pkg.nets:build"):
+        models.check(ModelSpec.model_validate({"import": "no_such_pkg.nets:build"}))

@@ -1,0 +1,131 @@
+"""The model registry: versions, aliases under concurrency, integrity checks."""
+
+import multiprocessing
+import os
+
+import pytest
+
+from kiln.errors import IntegrityError, ModelNotFoundError, RegistryError
+from kiln.registry import WEIGHTS, ModelRegistry
+
+
+def files(tag: str) -> dict[str, bytes]:
+    return {WEIGHTS: f"weights {tag}".encode() * 100, "model.json": b"{}"}
+
+
+@pytest.fixture
+def registry(tmp_path) -> ModelRegistry:
+    return ModelRegistry(str(tmp_path / "registry"))
+
+
+def test_versions_aliases_and_references(registry):
+    one = registry.register("m", files("1"), alias="staging")
+    two = registry.register("m", files("2"))
+    assert (one.version, two.version) == (1, 2)
+    assert registry.resolve("m").version == 2
+    assert registry.resolve("m@1").version == 1
+    assert registry.resolve("m@staging").version == 1
+    registry.promote("m", 2, "production")
+    assert registry.aliases("m") == {"staging": 1, "production": 2}
+    assert registry.models() == ["m"]
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("nope", "no model named 'nope'"), ("m@9", "no version 9"), ("m@prod", "no alias 'prod'"),
+    ("Bad Ref!", "not a model reference"),
+])
+def test_unknown_references(registry, ref, message):
+    registry.register("m", files("1"))
+    with pytest.raises(ModelNotFoundError, match=message):
+        registry.resolve(ref)
+
+
+def test_promoting_a_missing_version_is_refused(registry):
+    registry.register("m", files("1"))
+    with pytest.raises(ModelNotFoundError):
+        registry.promote("m", 5, "production")
+    with pytest.raises(RegistryError):
+        registry.promote("m", 1, "Not Valid")
+
+
+def test_a_run_registers_once(registry):
+    first = registry.register("m", files("1"), run_id="run-a")
+    again = registry.register("m", files("1"), run_id="run-a")
+    assert first.version == again.version == 1 and registry.versions("m") == [1]
+
+
+def test_truncated_weights_are_refused(registry):
+    version = registry.register("m", files("1"))
+    path = f"{version.path}/{WEIGHTS}"
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(IntegrityError, match="corrupt"):
+        registry.read(registry.resolve("m@1"), WEIGHTS)
+
+
+def test_missing_and_tampered_files_are_refused(registry):
+    version = registry.register("m", files("1"))
+    with open(f"{version.path}/{WEIGHTS}", "r+b") as f:
+        f.write(b"X")  # same size, different bytes
+    with pytest.raises(IntegrityError, match="sha256"):
+        registry.read(registry.resolve("m@1"), WEIGHTS)
+    os.remove(f"{version.path}/model.json")
+    with pytest.raises(IntegrityError, match="missing"):
+        registry.read(registry.resolve("m@1"), "model.json")
+
+
+def test_a_version_without_manifest_is_invisible(registry):
+    registry.register("m", files("1"))
+    os.makedirs(f"{registry.root}/m/2")  # a writer that died half-way
+    assert registry.versions("m") == [1]
+    assert registry.register("m", files("3")).version == 3
+
+
+def _promote_many(uri: str, version: int, rounds: int) -> None:
+    registry = ModelRegistry(uri)
+    for _ in range(rounds):
+        registry.promote("m", version, "production")
+
+
+def _read_many(uri: str, rounds: int, errors) -> None:
+    registry = ModelRegistry(uri)
+    for _ in range(rounds):
+        try:
+            assert registry.resolve("m@production").version in (1, 2, 3)
+        except Exception as e:  # any torn read is a failure
+            errors.put(repr(e))
+
+
+def test_concurrent_promotions_never_break_the_alias(registry):
+    for tag in "123":
+        registry.register("m", files(tag))
+    registry.promote("m", 1, "production")
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    workers = [context.Process(target=_promote_many, args=(registry.uri, v, 150)) for v in (1, 2, 3)]
+    workers += [context.Process(target=_read_many, args=(registry.uri, 300, errors)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+        assert w.exitcode == 0
+    assert errors.empty(), errors.get()
+    assert registry.resolve("m@production").version in (1, 2, 3)
+    assert not [f for f in os.listdir(f"{registry.root}/m/aliases") if f.endswith(".tmp")]
+
+
+def _register_one(uri: str, tag: str) -> None:
+    ModelRegistry(uri).register("m", files(tag))
+
+
+def test_concurrent_registrations_get_distinct_versions(registry):
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_register_one, args=(registry.uri, str(i))) for i in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert registry.versions("m") == [1, 2, 3, 4, 5, 6]
+    contents = {registry.read(registry.resolve(f"m@{v}"), WEIGHTS) for v in range(1, 7)}
+    assert len(contents) == 6
