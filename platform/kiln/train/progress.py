@@ -7,6 +7,7 @@ from typing import Any
 import ray.train
 from ray.util.queue import Empty, Queue
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -65,7 +66,8 @@ class ProgressView:
     def show(self, event: dict[str, Any]) -> None:
         self.events.append(event)
         if event["kind"] == "failure":
-            self.bar.console.print(f"[yellow]worker {event['ranks']} failed ({event['reason']}); "
+            reason = escape(event["reason"])  # error text may hold [brackets]
+            self.bar.console.print(f"[yellow]worker {event['ranks']} failed ({reason}); "
                                    "restarting from the last checkpoint")
             return
         m = event["metrics"]

@@ -1,0 +1,117 @@
+"""Training on a real local Ray cluster: accuracy, reload, forecasting baseline, CLI output,
+and a worker killed mid-run."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+from rich.console import Console
+
+from kiln import data as datasets
+from kiln.cli import main
+from kiln.evaluate import evaluate
+from kiln.registry import ModelRegistry
+from kiln.spec import load_spec
+from kiln.train import run_job
+from kiln.train.progress import ProgressView
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def quiet_view(spec) -> ProgressView:
+    return ProgressView(spec.name, spec.train.epochs, spec.checkpoint.metric, Console(quiet=True), quiet=True)
+
+
+def train(job: str, *overrides: str):
+    spec = load_spec(ROOT / "jobs" / job, overrides)
+    return spec, run_job(spec, quiet_view(spec))
+
+
+@pytest.fixture(scope="module")
+def digits_cnn(kiln_home):
+    return train("digits-cnn.yaml")
+
+
+def test_digits_cnn_on_two_workers_reaches_97_percent(digits_cnn):
+    spec, outcome = digits_cnn
+    assert spec.scaling.num_workers == 2
+    assert outcome.metrics["val_accuracy"] >= 0.97, outcome.metrics
+    assert outcome.version is not None and outcome.alias == "staging"
+
+
+def test_registered_model_reloads_to_the_same_accuracy(digits_cnn):
+    spec, outcome = digits_cnn
+    loaded = ModelRegistry.open().load(f"{outcome.model}@{outcome.version}")
+    data = datasets.build(spec.data, spec.task)
+    metrics = evaluate(loaded.module, data.x_val, data.y_val, data.schema)
+    assert metrics["val_accuracy"] == pytest.approx(outcome.metrics["val_accuracy"], abs=1e-9)
+
+
+def test_registered_version_holds_card_curves_and_lineage(digits_cnn):
+    _, outcome = digits_cnn
+    registry = ModelRegistry.open()
+    version = registry.resolve(f"{outcome.model}@staging")
+    assert set(version.manifest["files"]) >= {
+        "weights.safetensors", "model.json", "spec.yaml", "metrics.json", "lineage.json", "curves.png"}
+    assert registry.read(version, "curves.png").startswith(b"\x89PNG")
+    lineage = registry.read_json(version, "lineage.json")
+    assert lineage["run_name"] == outcome.run_name and len(lineage["data_fingerprint"]) == 64
+    assert registry.read_json(version, "model.json")["inputs"][0]["shape"] == [-1, 1, 8, 8]
+
+
+def test_forecaster_beats_seasonal_naive():
+    _, outcome = train("timeseries-lstm.yaml")
+    model_mae = outcome.metrics["val_mae"]
+    naive_mae = outcome.baselines["seasonal_naive_val_mae"]
+    print(f"\nCO2 validation MAE: LSTM {model_mae:.3f} ppm, seasonal naive {naive_mae:.3f} ppm")
+    assert model_mae < naive_mae
+
+
+def test_train_json_output(capsys):
+    main(["train", str(ROOT / "jobs/tabular-breast-cancer.yaml"), "--json",
+          "--set", "train.epochs=3", "--set", "register.name=bc-json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "bc-json" and result["version"] == 1
+    assert 0.5 < result["metrics"]["val_accuracy"] <= 1.0
+    assert os.path.isdir(result["run_path"])
+
+
+def train_worker_pids() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_its_last_checkpoint(fresh_home):
+    spec = load_spec(ROOT / "jobs/digits-mlp.yaml",
+                     ["train.epochs=40", "train.early_stopping=null", "register.name=resilient"])
+    view = quiet_view(spec)
+    done: dict = {}
+    thread = threading.Thread(target=lambda: done.update(outcome=run_job(spec, view)))
+    thread.start()
+
+    def epochs_reported() -> int:
+        return max((e["metrics"]["epoch"] for e in list(view.events) if e["kind"] == "report"), default=0)
+
+    deadline = time.monotonic() + 120
+    while epochs_reported() < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pids = train_worker_pids()
+    assert pids, "no training worker to kill"
+    reached = epochs_reported()
+    os.kill(pids[-1], signal.SIGKILL)
+    thread.join(timeout=240)
+
+    outcome = done["outcome"]
+    assert outcome.failures >= 1
+    resumed = [e["metrics"]["resumed_from"] for e in view.events
+               if e["kind"] == "report" and e["metrics"]["resumed_from"] >= 0]
+    assert resumed, "the run never resumed from a checkpoint"
+    assert resumed[0] >= reached - 1, f"killed after epoch {reached}, resumed from {resumed[0]}"
+    assert [h["epoch"] for h in outcome.history] == list(range(1, 41))
+    assert ModelRegistry.open().versions("resilient") == [outcome.version] == [1]
