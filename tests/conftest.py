@@ -29,8 +29,9 @@ def kiln_home(tmp_path_factory) -> Path:
 def ray_cluster(kiln_home):
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False,
-             log_to_driver=False)
+    ray.init(
+        num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False, log_to_driver=False
+    )
     yield ray
     ray.shutdown()
 
@@ -42,9 +43,15 @@ def fresh_home(tmp_path, monkeypatch) -> Path:
     return tmp_path / "home"
 
 
-def run_kiln(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_kiln(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """`kiln ARGS` in a new process, from the repo root, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "kiln", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "kiln", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )

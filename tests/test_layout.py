@@ -15,7 +15,9 @@ def test_no_platform_package():
 def test_standard_platform_module_wins_from_repo_root():
     # `python -c` puts the current directory first on sys.path: the worst case.
     code = "import platform, uuid; print(platform.__file__); print(platform.system())"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     path = out.stdout.splitlines()[0]
     assert path.startswith(sysconfig.get_paths()["stdlib"]), path
 
@@ -28,7 +30,8 @@ def test_pytest_sees_the_standard_platform_module():
 
 def test_only_tests_is_importable_at_root():
     importable = sorted(
-        p.name for p in ROOT.iterdir()
+        p.name
+        for p in ROOT.iterdir()
         if (p.suffix == ".py" and p.is_file()) or (p.is_dir() and (p / "__init__.py").exists())
     )
     assert importable == ["tests"]

@@ -30,10 +30,15 @@ def test_versions_aliases_and_references(registry):
     assert registry.models() == ["m"]
 
 
-@pytest.mark.parametrize("ref, message", [
-    ("nope", "no model named 'nope'"), ("m@9", "no version 9"), ("m@prod", "no alias 'prod'"),
-    ("Bad Ref!", "not a model reference"),
-])
+@pytest.mark.parametrize(
+    "ref, message",
+    [
+        ("nope", "no model named 'nope'"),
+        ("m@9", "no version 9"),
+        ("m@prod", "no alias 'prod'"),
+        ("Bad Ref!", "not a model reference"),
+    ],
+)
 def test_unknown_references(registry, ref, message):
     registry.register("m", files("1"))
     with pytest.raises(ModelNotFoundError, match=message):
@@ -103,8 +108,12 @@ def test_concurrent_promotions_never_break_the_alias(registry):
     registry.promote("m", 1, "production")
     context = multiprocessing.get_context("spawn")
     errors = context.Queue()
-    workers = [context.Process(target=_promote_many, args=(registry.uri, v, 150)) for v in (1, 2, 3)]
-    workers += [context.Process(target=_read_many, args=(registry.uri, 300, errors)) for _ in range(2)]
+    workers = [
+        context.Process(target=_promote_many, args=(registry.uri, v, 150)) for v in (1, 2, 3)
+    ]
+    workers += [
+        context.Process(target=_read_many, args=(registry.uri, 300, errors)) for _ in range(2)
+    ]
     for w in workers:
         w.start()
     for w in workers:

@@ -26,27 +26,69 @@ train: {epochs: 1}
 # name -> (YAML, --set overrides, what the one-line error must say)
 BROKEN = {
     "unknown_key": (GOOD + "trian: {epochs: 2}\n", [], "trian: unknown key; expected one of:"),
-    "unknown_nested_key": (GOOD.replace("epochs: 1", "epochs: 1, bacth_size: 8"), [],
-                           "train.bacth_size: unknown key"),
-    "wrong_type": (GOOD.replace("epochs: 1", "epochs: many"), [], "train.epochs: Input should be a valid integer"),
-    "negative_lr": (GOOD + "", ["train.optimizer.lr=-0.1"], "train.optimizer.lr: Input should be greater than 0"),
-    "unknown_model": (GOOD.replace("family: mlp", "family: resnet9000"), [],
-                      "model.family: unknown model family 'resnet9000'; known: cnn, mlp, rnn"),
-    "unknown_model_param": (GOOD.replace("{family: mlp}", "{family: mlp, params: {width: 3}}"), [],
-                            "model.params.width: unknown key"),
-    "bad_model_param": (GOOD.replace("{family: mlp}", "{family: mlp, params: {dropout: 2}}"), [],
-                        "model.params.dropout: Input should be less than 1"),
-    "unknown_dataset": (GOOD.replace("name: digits", "name: imagenet"), [], "data.name: unknown dataset 'imagenet'"),
-    "missing_data_file": (GOOD.replace("{name: digits}", "{name: text_csv, params: {path: no/such.csv}}"), [],
-                          "data.params.path: file not found: no/such.csv"),
+    "unknown_nested_key": (
+        GOOD.replace("epochs: 1", "epochs: 1, bacth_size: 8"),
+        [],
+        "train.bacth_size: unknown key",
+    ),
+    "wrong_type": (
+        GOOD.replace("epochs: 1", "epochs: many"),
+        [],
+        "train.epochs: Input should be a valid integer",
+    ),
+    "negative_lr": (
+        GOOD + "",
+        ["train.optimizer.lr=-0.1"],
+        "train.optimizer.lr: Input should be greater than 0",
+    ),
+    "unknown_model": (
+        GOOD.replace("family: mlp", "family: resnet9000"),
+        [],
+        "model.family: unknown model family 'resnet9000'; known: cnn, mlp, rnn",
+    ),
+    "unknown_model_param": (
+        GOOD.replace("{family: mlp}", "{family: mlp, params: {width: 3}}"),
+        [],
+        "model.params.width: unknown key",
+    ),
+    "bad_model_param": (
+        GOOD.replace("{family: mlp}", "{family: mlp, params: {dropout: 2}}"),
+        [],
+        "model.params.dropout: Input should be less than 1",
+    ),
+    "unknown_dataset": (
+        GOOD.replace("name: digits", "name: imagenet"),
+        [],
+        "data.name: unknown dataset 'imagenet'",
+    ),
+    "missing_data_file": (
+        GOOD.replace("{name: digits}", "{name: text_csv, params: {path: no/such.csv}}"),
+        [],
+        "data.params.path: file not found: no/such.csv",
+    ),
     "bad_extends": ("extends: missing-base.yaml\nname: x\n", [], "extends: file not found"),
     "extends_cycle": ("extends: broken.yaml\n" + GOOD, [], "extends itself"),
-    "missing_field": ("name: x\ntask: classification\nmodel: {family: mlp}\n", [], "data: required field is missing"),
-    "bad_task": (GOOD.replace("task: classification", "task: clustering"), [], "task: Input should be"),
-    "metric_of_other_task": (GOOD + "checkpoint: {metric: val_mae}\n", [], "is not a classification metric"),
+    "missing_field": (
+        "name: x\ntask: classification\nmodel: {family: mlp}\n",
+        [],
+        "data: required field is missing",
+    ),
+    "bad_task": (
+        GOOD.replace("task: classification", "task: clustering"),
+        [],
+        "task: Input should be",
+    ),
+    "metric_of_other_task": (
+        GOOD + "checkpoint: {metric: val_mae}\n",
+        [],
+        "is not a classification metric",
+    ),
     "elastic_min_above_max": (GOOD + "scaling: {num_workers: [4, 2]}\n", [], "min <= max"),
-    "both_family_and_import": (GOOD.replace("{family: mlp}", "{family: mlp, import: 'a.b:c'}"), [],
-                               "exactly one of 'family' or 'import'"),
+    "both_family_and_import": (
+        GOOD.replace("{family: mlp}", "{family: mlp, import: 'a.b:c'}"),
+        [],
+        "exactly one of 'family' or 'import'",
+    ),
     "bad_yaml": (GOOD + "train: [unclosed\n", [], "line "),
     "not_a_mapping": ("- just\n- a list\n", [], "a job spec is a YAML mapping"),
     "bad_override": (GOOD, ["train.epochs"], "expected PATH=VALUE"),
@@ -88,8 +130,13 @@ def test_broken_specs_fail_in_one_line_without_ray(tmp_path):
         results["__ray_imported__"] = "ray" in sys.modules
         print(json.dumps(results))
     """)
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(files)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(files)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout.splitlines()[-1])
     assert results.pop("__ray_imported__") is False
@@ -106,22 +153,30 @@ def test_broken_specs_fail_in_one_line_without_ray(tmp_path):
 def test_extends_merges_and_overrides_win(tmp_path):
     (tmp_path / "base.yaml").write_text(GOOD + "train: {epochs: 5, batch_size: 16}\n")
     (tmp_path / "child.yaml").write_text("extends: base.yaml\nname: child\ntrain: {epochs: 7}\n")
-    spec = load_spec(tmp_path / "child.yaml", ["train.optimizer.lr=0.01", "model.params.hidden=[32]"])
+    spec = load_spec(
+        tmp_path / "child.yaml", ["train.optimizer.lr=0.01", "model.params.hidden=[32]"]
+    )
     assert (spec.name, spec.train.epochs, spec.train.batch_size) == ("child", 7, 16)
     assert spec.train.optimizer.lr == 0.01
     assert spec.model.params == {"hidden": [32]}
 
 
 def test_extends_replaces_a_model_of_another_family():
-    merged = deep_merge({"model": {"family": "cnn", "params": {"channels": [8]}}},
-                       {"model": {"family": "mlp", "params": {"hidden": [8]}}})
+    merged = deep_merge(
+        {"model": {"family": "cnn", "params": {"channels": [8]}}},
+        {"model": {"family": "mlp", "params": {"hidden": [8]}}},
+    )
     assert merged["model"] == {"family": "mlp", "params": {"hidden": [8]}}
 
 
 def test_defaults_follow_the_task(tmp_path):
     path = tmp_path / "f.yaml"
-    path.write_text(GOOD.replace("classification", "forecasting").replace("{name: digits}", "{name: co2}")
-                    .replace("{family: mlp}", "{family: rnn}") + "train: {early_stopping: {patience: 2}}\n")
+    path.write_text(
+        GOOD.replace("classification", "forecasting")
+        .replace("{name: digits}", "{name: co2}")
+        .replace("{family: mlp}", "{family: rnn}")
+        + "train: {early_stopping: {patience: 2}}\n"
+    )
     spec = load_spec(path)
     assert (spec.checkpoint.metric, spec.checkpoint.mode) == ("val_mae", "min")
     assert spec.train.early_stopping.metric == "val_mae"

@@ -36,7 +36,9 @@ def batch_sums(outputs: torch.Tensor, targets: torch.Tensor, task: str) -> torch
     )
 
 
-def metrics_from_sums(sums: torch.Tensor, schema: DataSchema, prefix: str = "val_") -> dict[str, float]:
+def metrics_from_sums(
+    sums: torch.Tensor, schema: DataSchema, prefix: str = "val_"
+) -> dict[str, float]:
     total = dict(zip(SUMS, sums.tolist(), strict=True))
     metrics = {f"{prefix}loss": total["loss"] / max(total["examples"], 1)}
     if schema.task == "classification":
@@ -50,7 +52,11 @@ def metrics_from_sums(sums: torch.Tensor, schema: DataSchema, prefix: str = "val
 
 @torch.inference_mode()
 def evaluation_sums(
-    module: nn.Module, x: np.ndarray, y: np.ndarray, task: str, batch_size: int = 512,
+    module: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    task: str,
+    batch_size: int = 512,
     device: torch.device | None = None,
 ) -> torch.Tensor:
     module.eval()
@@ -63,5 +69,7 @@ def evaluation_sums(
     return sums
 
 
-def evaluate(module: nn.Module, x: np.ndarray, y: np.ndarray, schema: DataSchema) -> dict[str, float]:
+def evaluate(
+    module: nn.Module, x: np.ndarray, y: np.ndarray, schema: DataSchema
+) -> dict[str, float]:
     return metrics_from_sums(evaluation_sums(module, x, y, schema.task), schema)

@@ -40,7 +40,14 @@ def _onnx(module: torch.nn.Module, example: torch.Tensor, output: Path) -> None:
         raise KilnError("ONNX export needs the export extra: pip install 'kiln[export]'") from None
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(
-        module, (example,), input_names=["input"], output_names=["output"],
-        dynamic_shapes=({0: batch},), dynamo=True, verbose=False,
+        module,
+        (example,),
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        verbose=False,
     )
+    if program is None:
+        raise KilnError("the ONNX exporter returned nothing")
     program.save(str(output))

@@ -3,7 +3,6 @@ safetensors, and how to build it back from the registry."""
 
 from typing import Any
 
-import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
@@ -24,8 +23,11 @@ def model_card(spec: JobSpec, schema: DataSchema) -> dict[str, Any]:
         "model": spec.model.model_dump(mode="json", by_alias=True),
         "schema": schema.to_json(),
         "inputs": [
-            {"name": "input", "datatype": DATATYPES[schema.input_dtype],
-             "shape": [-1, *schema.input_shape]}
+            {
+                "name": "input",
+                "datatype": DATATYPES[schema.input_dtype],
+                "shape": [-1, *schema.input_shape],
+            }
         ],
         "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, schema.output_dim]}],
     }
@@ -55,11 +57,12 @@ def load_model(registry: ModelRegistry, version: ModelVersion) -> LoadedModel:
         module.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[1:2] or [str(e)]
-        raise IntegrityError(f"{version.ref}: weights do not fit its model: {first[0].strip()}") from None
+        raise IntegrityError(
+            f"{version.ref}: weights do not fit its model: {first[0].strip()}"
+        ) from None
     module.eval()
     return LoadedModel(version, card, module)
 
 
 def card_schema(card: dict[str, Any]) -> DataSchema:
     return DataSchema(**card["schema"])
-

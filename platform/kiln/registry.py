@@ -52,7 +52,7 @@ class ModelRegistry:
         self.uri = absolute(uri)
         try:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
-        except (pafs.ArrowInvalid, OSError, ValueError) as e:  # type: ignore[attr-defined]
+        except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
             raise RegistryError(f"cannot open registry {uri}: {e}") from None
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
@@ -148,10 +148,11 @@ class ModelRegistry:
             return self.resolve(f"{name}@{existing}")
         version = self._claim_version(name)
         path = self._dir(name, version)
-        manifest = {"name": name, "version": version, "created_at": time.time(), "files": {}}
+        checksums = {}
         for filename, data in files.items():
             self._write_bytes(f"{path}/{filename}", data)
-            manifest["files"][filename] = {"sha256": sha256(data), "size": len(data)}
+            checksums[filename] = {"sha256": sha256(data), "size": len(data)}
+        manifest = {"name": name, "version": version, "created_at": time.time(), "files": checksums}
         self._write_bytes(f"{path}/{MANIFEST}", _json_bytes(manifest))
         if run_id:
             self._write_atomic(f"{self.root}/{name}/runs/{run_id}.json", {"version": version})
@@ -178,7 +179,9 @@ class ModelRegistry:
 
     def _claim_version(self, name: str) -> int:
         self.fs.create_dir(f"{self.root}/{name}", recursive=True)
-        taken = [int(i.base_name) for i in self._list(f"{self.root}/{name}") if i.base_name.isdigit()]
+        taken = [
+            int(i.base_name) for i in self._list(f"{self.root}/{name}") if i.base_name.isdigit()
+        ]
         version = max(taken, default=0) + 1
         while True:
             path = self._dir(name, version)

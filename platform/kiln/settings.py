@@ -1,7 +1,7 @@
 """Kiln's settings, read from the environment (KILN_*) when asked for, never at import.
 
-    settings = get_settings()
-    settings.registry_uri      # KILN_REGISTRY, else KILN_HOME/registry
+settings = get_settings()
+settings.registry_uri      # KILN_REGISTRY, else KILN_HOME/registry
 """
 
 import os

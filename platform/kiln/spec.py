@@ -160,7 +160,10 @@ class JobSpec(Strict):
         if stop is not None:
             stop.metric = stop.metric or self.checkpoint.metric
             stop.mode = stop.mode or self.checkpoint.mode
-        for where, name in [("checkpoint", self.checkpoint.metric), ("early_stopping", stop and stop.metric)]:
+        for where, name in [
+            ("checkpoint", self.checkpoint.metric),
+            ("early_stopping", stop and stop.metric),
+        ]:
             if name is not None and name not in TASK_METRICS[self.task]:
                 known = ", ".join(TASK_METRICS[self.task])
                 raise ValueError(f"{where}.metric {name!r} is not a {self.task} metric ({known})")
@@ -265,8 +268,10 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any], level: int = 0) -> dic
     merged = dict(base)
     for key, value in top.items():
         old = merged.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and not (
-            level == 0 and _kind_changes(key, old, value)
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and not (level == 0 and _kind_changes(key, old, value))
         ):
             merged[key] = deep_merge(old, value, level + 1)
         else:

@@ -74,7 +74,9 @@ class TestFiles:
         pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
         d = build("text_csv", path=str(path), max_len=6)
         assert d.schema.classes == ["neg", "pos"] and d.schema.input_dtype == "int64"
-        assert d.x_train.shape[1] == 6 and d.schema.vocab_size == len(d.schema.transform["vocab"]) + 2
+        assert (
+            d.x_train.shape[1] == 6 and d.schema.vocab_size == len(d.schema.transform["vocab"]) + 2
+        )
 
     @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
     def test_table(self, tmp_path, suffix):
@@ -94,7 +96,9 @@ class TestFiles:
 
     def test_csv_series_sorted_by_time(self, tmp_path):
         t = np.arange(120)
-        frame = pd.DataFrame({"t": t, "y": np.sin(2 * np.pi * t / 12)}).sample(frac=1, random_state=0)
+        frame = pd.DataFrame({"t": t, "y": np.sin(2 * np.pi * t / 12)}).sample(
+            frac=1, random_state=0
+        )
         path = tmp_path / "series.csv"
         frame.to_csv(path, index=False)
         d = build("csv_series", task="forecasting", path=str(path), column="y", time_column="t")

@@ -4,5 +4,9 @@ from torch import nn
 
 
 def tiny(schema, width: int = 4) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(schema.input_shape[0], width), nn.ReLU(),
-                         nn.Linear(width, schema.output_dim))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(schema.input_shape[0], width),
+        nn.ReLU(),
+        nn.Linear(width, schema.output_dim),
+    )

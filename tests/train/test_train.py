@@ -24,7 +24,9 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def quiet_view(spec) -> ProgressView:
-    return ProgressView(spec.name, spec.train.epochs, spec.checkpoint.metric, Console(quiet=True), quiet=True)
+    return ProgressView(
+        spec.name, spec.train.epochs, spec.checkpoint.metric, Console(quiet=True), quiet=True
+    )
 
 
 def train(job: str, *overrides: str):
@@ -57,7 +59,13 @@ def test_registered_version_holds_card_curves_and_lineage(digits_cnn):
     registry = ModelRegistry.open()
     version = registry.resolve(f"{outcome.model}@staging")
     assert set(version.manifest["files"]) >= {
-        "weights.safetensors", "model.json", "spec.yaml", "metrics.json", "lineage.json", "curves.png"}
+        "weights.safetensors",
+        "model.json",
+        "spec.yaml",
+        "metrics.json",
+        "lineage.json",
+        "curves.png",
+    }
     assert registry.read(version, "curves.png").startswith(b"\x89PNG")
     lineage = registry.read_json(version, "lineage.json")
     assert lineage["run_name"] == outcome.run_name and len(lineage["data_fingerprint"]) == 64
@@ -73,8 +81,17 @@ def test_forecaster_beats_seasonal_naive():
 
 
 def test_train_json_output(capsys):
-    main(["train", str(ROOT / "jobs/tabular-breast-cancer.yaml"), "--json",
-          "--set", "train.epochs=3", "--set", "register.name=bc-json"])
+    main(
+        [
+            "train",
+            str(ROOT / "jobs/tabular-breast-cancer.yaml"),
+            "--json",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "register.name=bc-json",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "bc-json" and result["version"] == 1
     assert 0.5 < result["metrics"]["val_accuracy"] <= 1.0
@@ -82,21 +99,28 @@ def test_train_json_output(capsys):
 
 
 def train_worker_pids() -> list[int]:
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
+    ]
 
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_its_last_checkpoint(fresh_home):
-    spec = load_spec(ROOT / "jobs/digits-mlp.yaml",
-                     ["train.epochs=40", "train.early_stopping=null", "register.name=resilient"])
+    spec = load_spec(
+        ROOT / "jobs/digits-mlp.yaml",
+        ["train.epochs=40", "train.early_stopping=null", "register.name=resilient"],
+    )
     view = quiet_view(spec)
     done: dict = {}
     thread = threading.Thread(target=lambda: done.update(outcome=run_job(spec, view)))
     thread.start()
 
     def epochs_reported() -> int:
-        return max((e["metrics"]["epoch"] for e in list(view.events) if e["kind"] == "report"), default=0)
+        return max(
+            (e["metrics"]["epoch"] for e in list(view.events) if e["kind"] == "report"), default=0
+        )
 
     deadline = time.monotonic() + 120
     while epochs_reported() < 5 and time.monotonic() < deadline:
@@ -109,8 +133,11 @@ def test_killed_worker_resumes_from_its_last_checkpoint(fresh_home):
 
     outcome = done["outcome"]
     assert outcome.failures >= 1
-    resumed = [e["metrics"]["resumed_from"] for e in view.events
-               if e["kind"] == "report" and e["metrics"]["resumed_from"] >= 0]
+    resumed = [
+        e["metrics"]["resumed_from"]
+        for e in view.events
+        if e["kind"] == "report" and e["metrics"]["resumed_from"] >= 0
+    ]
     assert resumed, "the run never resumed from a checkpoint"
     assert resumed[0] >= reached - 1, f"killed after epoch {reached}, resumed from {resumed[0]}"
     assert [h["epoch"] for h in outcome.history] == list(range(1, 41))

@@ -15,8 +15,11 @@ from kiln.cli import models, specs, train
 from kiln.errors import KilnError
 
 app = typer.Typer(
-    name="kiln", help="Train, tune and serve deep-learning models on Ray.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    name="kiln",
+    help="Train, tune and serve deep-learning models on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
 )
 app.command("train")(train.train)
 app.command("validate")(specs.validate)

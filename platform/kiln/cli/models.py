@@ -1,6 +1,7 @@
 """`kiln models list | show | promote | export`: the model registry from the terminal."""
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -17,8 +18,10 @@ JSON = typer.Option(False, "--json", help="JSON on stdout")
 def list_models(json_output: bool = JSON) -> None:
     """Every model with its versions and aliases."""
     registry = ModelRegistry.open()
-    rows = [{"name": n, "versions": registry.versions(n), "aliases": registry.aliases(n)}
-            for n in registry.models()]
+    rows: list[dict[str, Any]] = [
+        {"name": n, "versions": registry.versions(n), "aliases": registry.aliases(n)}
+        for n in registry.models()
+    ]
     if json_output:
         print_json(rows)
         return
@@ -30,7 +33,10 @@ def list_models(json_output: bool = JSON) -> None:
 
 
 @app.command()
-def show(ref: str = typer.Argument(..., help="NAME, NAME@VERSION or NAME@ALIAS"), json_output: bool = JSON) -> None:
+def show(
+    ref: str = typer.Argument(..., help="NAME, NAME@VERSION or NAME@ALIAS"),
+    json_output: bool = JSON,
+) -> None:
     """The model card of one version: model, data, metrics, lineage, files."""
     registry = ModelRegistry.open()
     version = registry.resolve(ref)
@@ -39,10 +45,19 @@ def show(ref: str = typer.Argument(..., help="NAME, NAME@VERSION or NAME@ALIAS")
     lineage = registry.read_json(version, "lineage.json")
     aliases = sorted(a for a, v in registry.aliases(version.name).items() if v == version.version)
     if json_output:
-        print_json({"name": version.name, "version": version.version, "aliases": aliases,
-                    "path": f"{registry.uri}/{version.name}/{version.version}", "card": card,
-                    "metrics": metrics["best"], "baselines": metrics["baselines"],
-                    "lineage": lineage, "files": version.manifest["files"]})
+        print_json(
+            {
+                "name": version.name,
+                "version": version.version,
+                "aliases": aliases,
+                "path": f"{registry.uri}/{version.name}/{version.version}",
+                "card": card,
+                "metrics": metrics["best"],
+                "baselines": metrics["baselines"],
+                "lineage": lineage,
+                "files": version.manifest["files"],
+            }
+        )
         return
     model = card["model"].get("family") or card["model"].get("import")
     table = Table(show_header=False, title=f"{version.ref}  {' '.join('@' + a for a in aliases)}")
@@ -55,7 +70,9 @@ def show(ref: str = typer.Argument(..., help="NAME, NAME@VERSION or NAME@ALIAS")
             table.add_row(key, number(value))
     for key, value in sorted(metrics["baselines"].items()):
         table.add_row(f"{key} (baseline)", number(value))
-    table.add_row("git", f"{lineage['git_commit'] or '-'}{' (dirty)' if lineage['git_dirty'] else ''}")
+    table.add_row(
+        "git", f"{lineage['git_commit'] or '-'}{' (dirty)' if lineage['git_dirty'] else ''}"
+    )
     table.add_row("spec sha256", lineage["spec_sha256"][:16])
     table.add_row("data", lineage["data_fingerprint"][:16])
     table.add_row("run", lineage["run_path"])
@@ -67,7 +84,9 @@ def show(ref: str = typer.Argument(..., help="NAME, NAME@VERSION or NAME@ALIAS")
 
 @app.command()
 def promote(
-    name: str, version: int, alias: str = typer.Option(..., "--alias", help="e.g. production"),
+    name: str,
+    version: int,
+    alias: str = typer.Option(..., "--alias", help="e.g. production"),
     json_output: bool = JSON,
 ) -> None:
     """Point an alias at a version (atomically)."""
@@ -93,6 +112,8 @@ def export(
     loaded = registry.load(ref)
     size = export_model(loaded, format, output)
     if json_output:
-        print_json({"model": loaded.version.ref, "format": format, "path": str(output), "bytes": size})
+        print_json(
+            {"model": loaded.version.ref, "format": format, "path": str(output), "bytes": size}
+        )
     else:
         console.print(f"wrote {output} ({format}, {size:,} bytes) from {loaded.version.ref}")

@@ -19,8 +19,10 @@ def validate(
     for path in files:
         try:
             spec = load_spec(path, set_)
-            console.print(f"[green]ok[/green] {path} ({spec.name}: {spec.task}, "
-                          f"{spec.model.family or spec.model.import_path} on {spec.data.name})")
+            console.print(
+                f"[green]ok[/green] {path} ({spec.name}: {spec.task}, "
+                f"{spec.model.family or spec.model.import_path} on {spec.data.name})"
+            )
         except SpecError as e:
             broken.append(str(e))
     if broken:

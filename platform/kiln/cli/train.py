@@ -12,7 +12,9 @@ from kiln.spec import load_spec
 def train(
     spec_file: Path = typer.Argument(..., help="the job spec (YAML)"),
     set_: list[str] = typer.Option([], "--set", help="override a field: PATH=VALUE"),
-    address: str = typer.Option(None, help="an existing Ray cluster (default: KILN_RAY_ADDRESS, else a local one)"),
+    address: str = typer.Option(
+        None, help="an existing Ray cluster (default: KILN_RAY_ADDRESS, else a local one)"
+    ),
     run_name: str = typer.Option(None, help="resume this run, or give a new run this name"),
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
@@ -45,5 +47,6 @@ def _summary(outcome) -> None:
         table.add_row(f"{key} (baseline)", number(value))
     console.print(table)
     alias = f" as {outcome.model}@{outcome.alias}" if outcome.alias else ""
-    console.print(f"registered [bold]{outcome.model}@{outcome.version}[/bold]{alias}; "
-                  f"run {outcome.run_path}")
+    console.print(
+        f"registered [bold]{outcome.model}@{outcome.version}[/bold]{alias}; run {outcome.run_path}"
+    )

@@ -75,4 +75,6 @@ def classification(
 
 def require_task(dataset: str, task: str, supported: tuple[str, ...]) -> None:
     if task not in supported:
-        raise DataError(f"{dataset} is a {' or '.join(supported)} dataset; the job's task is {task}")
+        raise DataError(
+            f"{dataset} is a {' or '.join(supported)} dataset; the job's task is {task}"
+        )

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.csv
 
 from kiln.errors import DataError
 
@@ -12,10 +13,11 @@ def read_table(path: str, **csv_options: object) -> pd.DataFrame:
     globs, folders of part files and object stores."""
     import ray.data
 
-    reader = ray.data.read_parquet if _is_parquet(path) else ray.data.read_csv
     try:
-        options = {} if _is_parquet(path) else _csv_options(path, csv_options)
-        frame = reader(path, **options).to_pandas()
+        if _is_parquet(path):
+            frame = ray.data.read_parquet(path).to_pandas()
+        else:
+            frame = ray.data.read_csv(path, parse_options=_parse_options(csv_options)).to_pandas()
     except Exception as e:  # Ray Data wraps reader errors in its own types
         raise DataError(f"cannot read {path}: {_root_cause(e)}") from None
     if frame.empty:
@@ -24,7 +26,7 @@ def read_table(path: str, **csv_options: object) -> pd.DataFrame:
 
 
 def check_exists(path: str) -> None:
-    """Refuse a missing local file before any Ray process starts (remote URIs are checked at read)."""
+    """Refuse a missing local file before Ray starts (remote URIs are checked at read time)."""
     if "://" not in path and not Path(path).exists():
         raise DataError(f"file not found: {path}")
 
@@ -35,13 +37,9 @@ def _is_parquet(path: str) -> bool:
     )
 
 
-def _csv_options(path: str, options: dict[str, object]) -> dict[str, object]:
-    import pyarrow.csv as pv
-
+def _parse_options(options: dict[str, object]) -> pyarrow.csv.ParseOptions | None:
     delimiter = options.get("delimiter")
-    if delimiter is None:
-        return {}
-    return {"parse_options": pv.ParseOptions(delimiter=str(delimiter))}
+    return None if delimiter is None else pyarrow.csv.ParseOptions(delimiter=str(delimiter))
 
 
 def _root_cause(e: BaseException) -> str:

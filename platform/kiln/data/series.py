@@ -58,9 +58,7 @@ def windowed(
 ) -> Dataset:
     n_windows = len(series) - window - horizon + 1
     if window < 1 or horizon < 1 or n_windows < 10:
-        raise DataError(
-            f"{len(series)} values are too few for window={window}, horizon={horizon}"
-        )
+        raise DataError(f"{len(series)} values are too few for window={window}, horizon={horizon}")
     starts = np.arange(n_windows)
     inputs = series[starts[:, None] + np.arange(window)]  # (N, window)
     targets = series[starts[:, None] + window + np.arange(horizon)]  # (N, horizon)

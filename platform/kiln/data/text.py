@@ -49,7 +49,6 @@ def text_csv(
     return data
 
 
-
 def build_vocab(texts: list[list[str]], max_vocab: int) -> dict[str, int]:
     """Most frequent words first (ties alphabetical, so the vocabulary is deterministic)."""
     counts = Counter(word for words in texts for word in words)

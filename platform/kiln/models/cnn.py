@@ -13,13 +13,24 @@ from kiln.models.registry import MODELS
 
 
 def conv_block(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
-            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, in_channels: int, size: int, channels: tuple[int, ...], kernel: int,
-                 hidden: int, dropout: float, num_classes: int):
+    def __init__(
+        self,
+        in_channels: int,
+        size: int,
+        channels: tuple[int, ...],
+        kernel: int,
+        hidden: int,
+        dropout: float,
+        num_classes: int,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
@@ -31,8 +42,12 @@ class SmallCNN(nn.Module):
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-            nn.Linear(c_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(c_in, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
@@ -51,5 +66,4 @@ def cnn(
     if len(schema.input_shape) != 3:
         raise SpecError(f"cnn needs images (C, H, W); the data gives shape {schema.input_shape}")
     c, h, w = schema.input_shape
-    return SmallCNN(c, min(h, w), tuple(channels), kernel_size, hidden, dropout,
-                    schema.output_dim)
+    return SmallCNN(c, min(h, w), tuple(channels), kernel_size, hidden, dropout, schema.output_dim)

@@ -14,8 +14,14 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
 class MLP(nn.Module):
-    def __init__(self, in_features: int, hidden: tuple[int, ...], out_features: int,
-                 dropout: float, activation: str):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: tuple[int, ...],
+        out_features: int,
+        dropout: float,
+        activation: str,
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features

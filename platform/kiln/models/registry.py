@@ -1,7 +1,7 @@
 """The model registry. A builder takes the data schema and keyword-only params:
 
-    @MODELS.register("mlp")
-    def mlp(schema: DataSchema, *, hidden: tuple[int, ...] = (128,)) -> nn.Module: ...
+@MODELS.register("mlp")
+def mlp(schema: DataSchema, *, hidden: tuple[int, ...] = (128,)) -> nn.Module: ...
 """
 
 from collections.abc import Callable

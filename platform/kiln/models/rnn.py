@@ -14,15 +14,27 @@ from kiln.models.registry import MODELS
 
 
 class SequenceRNN(nn.Module):
-    def __init__(self, in_features: int, out_features: int, cell: str, hidden: int,
-                 layers: int, bidirectional: bool, dropout: float,
-                 vocab_size: int | None, embed_dim: int):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        cell: str,
+        hidden: int,
+        layers: int,
+        bidirectional: bool,
+        dropout: float,
+        vocab_size: int | None,
+        embed_dim: int,
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0) if vocab_size else None
         rnn_class = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn_class(
-            embed_dim if vocab_size else in_features, hidden, num_layers=layers,
-            batch_first=True, bidirectional=bidirectional,
+            embed_dim if vocab_size else in_features,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
             dropout=dropout if layers > 1 else 0.0,
         )
         width = hidden * (2 if bidirectional else 1)
@@ -52,5 +64,14 @@ def rnn(
     if not tokens and len(schema.input_shape) != 2:
         raise SpecError(f"rnn needs sequences (T, F); the data gives shape {schema.input_shape}")
     in_features = 0 if tokens else schema.input_shape[-1]
-    return SequenceRNN(in_features, schema.output_dim, cell, hidden, layers, bidirectional,
-                       dropout, schema.vocab_size if tokens else None, embed_dim)
+    return SequenceRNN(
+        in_features,
+        schema.output_dim,
+        cell,
+        hidden,
+        layers,
+        bidirectional,
+        dropout,
+        schema.vocab_size if tokens else None,
+        embed_dim,
+    )

@@ -13,7 +13,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from kiln import models
 from kiln.data import Dataset
-from kiln.evaluate import batch_sums, evaluation_sums, loss_function, metrics_from_sums
+from kiln.evaluate import evaluation_sums, loss_function, metrics_from_sums
 from kiln.predict import unwrap
 from kiln.spec import JobSpec, TrainSpec
 
@@ -108,7 +107,7 @@ def _train_epoch(model, loader, optimizer, scaler, precision, spec: JobSpec, dev
     sums = torch.tensor([total, count], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
-    return float(sums[0] / max(sums[1], 1))
+    return float(sums[0] / sums[1].clamp(min=1))
 
 
 def _validate(model, data: Dataset, device, world: int) -> dict[str, float]:
@@ -175,13 +174,16 @@ def _restore(model, optimizer, scheduler, scaler) -> Progress:
 def _optimizer(model: torch.nn.Module, train: TrainSpec) -> torch.optim.Optimizer:
     o = train.optimizer
     if o.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
-                               weight_decay=o.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
     optimizer_class = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
     return optimizer_class(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec) -> torch.optim.lr_scheduler.LRScheduler:
+def _scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainSpec
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped once per epoch: linear warm-up, then constant, cosine or step decay."""
     s = train.schedule
     warmup = min(s.warmup_epochs, train.epochs - 1)

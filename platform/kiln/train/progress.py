@@ -40,9 +40,16 @@ class ProgressView:
         self.first_report_s: float | None = None
         self.started = time.monotonic()
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=console, disable=quiet, transient=True,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} epochs"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=quiet,
+            transient=True,
         )
         self.task = self.bar.add_task(job, total=epochs, status="starting workers")
 
@@ -67,8 +74,10 @@ class ProgressView:
         self.events.append(event)
         if event["kind"] == "failure":
             reason = escape(event["reason"])  # error text may hold [brackets]
-            self.bar.console.print(f"[yellow]worker {event['ranks']} failed ({reason}); "
-                                   "restarting from the last checkpoint")
+            self.bar.console.print(
+                f"[yellow]worker {event['ranks']} failed ({reason}); "
+                "restarting from the last checkpoint"
+            )
             return
         m = event["metrics"]
         if self.first_report_s is None:
@@ -76,7 +85,10 @@ class ProgressView:
         status = f"{self.metric}={m[self.metric]:.4f}"
         self.bar.update(self.task, completed=m["epoch"], status=status)
         if not self.quiet:
-            shown = "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith(("val_", "train_")))
+            shown = "  ".join(
+                f"{k}={v:.4f}" for k, v in m.items() if k.startswith(("val_", "train_"))
+            )
             resumed = f"  (resumed at epoch {m['resumed_from']})" if m["resumed_from"] >= 0 else ""
-            self.bar.console.print(f"epoch {m['epoch']:>3}/{m['epochs']}  {shown}  "
-                                   f"{m['epoch_time_s']:.1f}s{resumed}")
+            self.bar.console.print(
+                f"epoch {m['epoch']:>3}/{m['epochs']}  {shown}  {m['epoch_time_s']:.1f}s{resumed}"
+            )

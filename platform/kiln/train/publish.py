@@ -17,7 +17,9 @@ from kiln.spec import JobSpec, spec_to_yaml
 from kiln.train.loop import MODEL_FILE
 
 
-def publish(spec: JobSpec, dataset: Dataset, checkpoint: ray.train.Checkpoint, outcome) -> ModelVersion:
+def publish(
+    spec: JobSpec, dataset: Dataset, checkpoint: ray.train.Checkpoint, outcome
+) -> ModelVersion:
     with checkpoint.as_directory() as folder, open(f"{folder}/{MODEL_FILE}", "rb") as f:
         weights = f.read()
     metrics = {"best": outcome.metrics, "baselines": outcome.baselines, "history": outcome.history}

@@ -35,9 +35,15 @@ class TrainOutcome:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "model": self.model, "version": self.version, "alias": self.alias,
-            "metrics": self.metrics, "baselines": self.baselines, "run_name": self.run_name,
-            "run_path": self.run_path, "epochs_run": len(self.history), "worker_failures": self.failures,
+            "model": self.model,
+            "version": self.version,
+            "alias": self.alias,
+            "metrics": self.metrics,
+            "baselines": self.baselines,
+            "run_name": self.run_name,
+            "run_path": self.run_path,
+            "epochs_run": len(self.history),
+            "worker_failures": self.failures,
         }
 
 
@@ -46,8 +52,9 @@ def new_run_name(spec: JobSpec) -> str:
     return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def run_job(spec: JobSpec, view: ProgressView, run_name: str | None = None,
-            register: bool = True) -> TrainOutcome:
+def run_job(
+    spec: JobSpec, view: ProgressView, run_name: str | None = None, register: bool = True
+) -> TrainOutcome:
     """Train `spec` on the connected Ray cluster and register the best checkpoint."""
     run_name = run_name or new_run_name(spec)
     storage = absolute(spec.storage_path or get_settings().storage_uri)
@@ -60,9 +67,15 @@ def run_job(spec: JobSpec, view: ProgressView, run_name: str | None = None,
     best_checkpoint, best_metrics = _best(result, spec)
     history = _history(result.checkpoint)
     outcome = TrainOutcome(
-        model=spec.model_name, version=None, alias=None, metrics=best_metrics,
-        baselines=dataset.baselines, run_name=run_name, run_path=f"{storage}/{run_name}",
-        history=history, failures=sum(e["kind"] == "failure" for e in view.events),
+        model=spec.model_name,
+        version=None,
+        alias=None,
+        metrics=best_metrics,
+        baselines=dataset.baselines,
+        run_name=run_name,
+        run_path=f"{storage}/{run_name}",
+        history=history,
+        failures=sum(e["kind"] == "failure" for e in view.events),
         first_report_s=view.first_report_s,
     )
     if register and spec.registration is not None:
@@ -75,13 +88,15 @@ def run_job(spec: JobSpec, view: ProgressView, run_name: str | None = None,
 
 def _trainer(spec: JobSpec, dataset, run_name: str, storage: str, queue: Queue) -> TorchTrainer:
     scaling = spec.scaling
-    workers = scaling.num_workers
+    workers: Any = scaling.num_workers  # an int, or a (min, max) tuple for elastic training
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json", by_alias=True),
-                           "data": ray.put(dataset)},
+        train_loop_config={
+            "spec": spec.model_dump(mode="json", by_alias=True),
+            "data": ray.put(dataset),
+        },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=tuple(workers) if isinstance(workers, tuple) else workers,
+            num_workers=workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=scaling.resources_per_worker,
         ),
@@ -94,7 +109,7 @@ def _trainer(spec: JobSpec, dataset, run_name: str, storage: str, queue: Queue) 
                 checkpoint_score_attribute=spec.checkpoint.metric,
                 checkpoint_score_order=spec.checkpoint.mode or "max",
             ),
-            callbacks=[ReportForwarder(queue)],
+            callbacks=[ReportForwarder(queue)],  # type: ignore[list-item]
         ),
     )
 
@@ -116,7 +131,9 @@ def _fit_with_progress(trainer: TorchTrainer, queue: Queue, view: ProgressView):
             view.drain(queue)
         view.drain(queue, timeout=0.5)
     if "error" in outcome:
-        raise TrainingError(f"training failed: {_root_cause(outcome['error'])}") from outcome["error"]
+        raise TrainingError(f"training failed: {_root_cause(outcome['error'])}") from outcome[
+            "error"
+        ]
     return outcome["result"]
 
 

@@ -1,0 +1,16 @@
+"""`make bench`: run every benchmark and write its figures under bench-results/.
+
+python -m tests.benchmarks            # all
+python -m tests.benchmarks train      # one
+"""
+
+import sys
+
+from tests.benchmarks import bench_train
+
+BENCHMARKS = {"train": bench_train.main}
+
+if __name__ == "__main__":
+    chosen = sys.argv[1:] or list(BENCHMARKS)
+    for name in chosen:
+        BENCHMARKS[name]()
