@@ -9,7 +9,6 @@ import math
 import os
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +25,7 @@ from kiln.data import Dataset
 from kiln.evaluate import evaluation_sums, loss_function, metrics_from_sums
 from kiln.predict import unwrap
 from kiln.spec import JobSpec, TrainSpec
+from kiln.train import amp
 
 MODEL_FILE, STATE_FILE = "model.safetensors", "state.pt"
 
@@ -52,7 +52,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loader = _train_loader(data, spec.train.batch_size, world)
     optimizer = _optimizer(model, spec.train)
     scheduler = _scheduler(optimizer, spec.train)
-    precision = _precision(spec.train.precision, device)
+    precision = amp.precision(spec.train.precision, device)
     scaler = torch.amp.GradScaler(enabled=precision == torch.float16)
     progress = _restore(model, optimizer, scheduler, scaler)
 
@@ -93,7 +93,7 @@ def _train_epoch(model, loader, optimizer, scaler, precision, spec: JobSpec, dev
     criterion = loss_function(spec.task)
     total, count = 0.0, 0
     for inputs, targets in loader:
-        with _autocast(device, precision):
+        with amp.autocast(device, precision):
             loss = criterion(model(inputs).float(), targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -200,18 +200,3 @@ def _scheduler(
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _precision(choice: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPUs."""
-    if device.type != "cuda":
-        return torch.bfloat16 if choice == "bf16" else torch.float32
-    if choice == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
-
-
-def _autocast(device: torch.device, precision: torch.dtype):
-    if precision == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=precision)
