@@ -44,7 +44,7 @@ BROKEN = {
     "unknown_model": (
         GOOD.replace("family: mlp", "family: resnet9000"),
         [],
-        "model.family: unknown model family 'resnet9000'; known: cnn, mlp, rnn",
+        "model.family: unknown model family 'resnet9000'; known: cnn, gan,",
     ),
     "unknown_model_param": (
         GOOD.replace("{family: mlp}", "{family: mlp, params: {width: 3}}"),

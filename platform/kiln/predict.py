@@ -17,19 +17,21 @@ DATATYPES = {"float32": "FP32", "int64": "INT64"}  # Open Inference Protocol nam
 
 
 def model_card(spec: JobSpec, schema: DataSchema) -> dict[str, Any]:
+    if spec.task == "generation":  # latent vectors in, images out
+        latent = models.family_params(spec.model).get("latent_dim")
+        inputs = {"name": "latent", "datatype": "FP32", "shape": [-1, latent]}
+        outputs = {"name": "images", "datatype": "FP32", "shape": [-1, *schema.input_shape]}
+    else:
+        dtype = DATATYPES[schema.input_dtype]
+        inputs = {"name": "input", "datatype": dtype, "shape": [-1, *schema.input_shape]}
+        outputs = {"name": "output", "datatype": "FP32", "shape": [-1, schema.output_dim]}
     return {
         "name": spec.model_name,
         "task": spec.task,
         "model": spec.model.model_dump(mode="json", by_alias=True),
         "schema": schema.to_json(),
-        "inputs": [
-            {
-                "name": "input",
-                "datatype": DATATYPES[schema.input_dtype],
-                "shape": [-1, *schema.input_shape],
-            }
-        ],
-        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, schema.output_dim]}],
+        "inputs": [inputs],
+        "outputs": [outputs],
     }
 
 

@@ -27,7 +27,7 @@ from pydantic import (
 
 from kiln.errors import SpecError
 
-Task = Literal["classification", "regression", "forecasting"]
+Task = Literal["classification", "regression", "forecasting", "generation"]
 Mode = Literal["min", "max"]
 
 # The validation metrics each task reports every epoch, and the one a spec optimises by default.
@@ -35,11 +35,13 @@ TASK_METRICS: dict[str, list[str]] = {
     "classification": ["val_accuracy", "val_loss", "train_loss"],
     "regression": ["val_mae", "val_rmse", "val_loss", "train_loss"],
     "forecasting": ["val_mae", "val_rmse", "val_loss", "train_loss"],
+    "generation": ["val_fid", "val_confident", "d_loss", "g_loss", "train_loss"],
 }
 DEFAULT_METRIC: dict[str, tuple[str, Mode]] = {
     "classification": ("val_accuracy", "max"),
     "regression": ("val_mae", "min"),
     "forecasting": ("val_mae", "min"),
+    "generation": ("val_fid", "min"),
 }
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -78,6 +80,15 @@ class OptimizerSpec(Strict):
     lr: PositiveFloat = 1e-3
     weight_decay: NonNegativeFloat = 0.0
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="adam and adamw; GANs use [0.5, 0.999]"
+    )
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> "OptimizerSpec":
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError("betas: each must be in [0, 1)")
+        return self
 
 
 class ScheduleSpec(Strict):

@@ -30,10 +30,12 @@ def test_forward_backward(family, kind):
         model = models.create(ModelSpec(family=family), schema)
     except SpecError as e:
         pytest.skip(f"{family} does not take {kind} inputs: {e}")
-    out = model(example(schema))
-    assert out.shape == (4, schema.output_dim)
+    latent = getattr(model, "latent_dim", None)  # a generator maps noise to data
+    out = model(torch.randn(4, latent) if latent else example(schema))
+    assert out.shape == ((4, *schema.input_shape) if latent else (4, schema.output_dim))
     out.float().pow(2).mean().backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    trained = model.generator if latent else model
+    grads = [p.grad for p in trained.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
@@ -47,6 +49,13 @@ def test_every_family_takes_some_input(family):
         except SpecError:
             pass
     assert accepted
+
+
+def test_gan_discriminator_scores_images():
+    gan = models.create(ModelSpec(family="gan"), INPUTS["image"])
+    images = gan(torch.randn(8, gan.latent_dim))
+    assert images.shape == (8, 1, 8, 8) and images.abs().max() <= 1
+    assert gan.discriminator(torch.cat([images, images])).shape == (16,)
 
 
 def test_params_are_checked_against_the_builder():

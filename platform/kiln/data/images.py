@@ -14,9 +14,11 @@ def digits(
     task: str, val_fraction: float, seed: int, *, layout: Literal["image", "sequence"] = "image"
 ) -> Dataset:
     """layout=image: (1, 8, 8) for MLP and CNN; layout=sequence: 8 rows of 8 pixels for an RNN."""
-    require_task("digits", task, ("classification",))
+    require_task("digits", task, ("classification", "generation"))
     bunch = load_digits()
     pixels = (bunch.images / 16.0).astype(np.float32)  # (N, 8, 8) in [0, 1]
     x = pixels[:, None] if layout == "image" else pixels
     transform = {"scale": 1 / 16.0, "note": "raw pixels are 0..16"}
-    return classification(x, bunch.target, val_fraction, seed, transform=transform)
+    data = classification(x, bunch.target, val_fraction, seed, transform=transform)
+    data.schema.task = task
+    return data

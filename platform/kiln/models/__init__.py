@@ -16,7 +16,7 @@ from torch import nn
 
 from kiln.data import DataSchema
 from kiln.errors import SpecError
-from kiln.models import cnn, mlp, rnn  # noqa: F401  (registers the families)
+from kiln.models import cnn, gan, mlp, rnn  # noqa: F401  (registers the families)
 from kiln.models.registry import MODELS
 from kiln.spec import ModelSpec
 
@@ -41,6 +41,11 @@ def check(spec: ModelSpec) -> None:
         inspect.signature(builder).bind(None, **spec.params)
     except TypeError as e:
         raise SpecError(f"{spec.import_path}: {e}", field="model.params") from None
+
+
+def family_params(spec: ModelSpec) -> dict[str, Any]:
+    """The params a registered family is built with, defaults included ({} for imports)."""
+    return MODELS.validate_params(spec.family, spec.params) if spec.family else dict(spec.params)
 
 
 def create(spec: ModelSpec, schema: DataSchema) -> nn.Module:

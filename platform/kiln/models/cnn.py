@@ -40,8 +40,8 @@ class SmallCNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
             c_in = c_out
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(
+        self.features: nn.Sequential = nn.Sequential(*layers)
+        self.head: nn.Sequential = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Dropout(dropout),

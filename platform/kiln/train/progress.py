@@ -86,7 +86,7 @@ class ProgressView:
         self.bar.update(self.task, completed=m["epoch"], status=status)
         if not self.quiet:
             shown = "  ".join(
-                f"{k}={v:.4f}" for k, v in m.items() if k.startswith(("val_", "train_"))
+                f"{k}={v:.4f}" for k, v in m.items() if k.startswith("val_") or k.endswith("_loss")
             )
             resumed = f"  (resumed at epoch {m['resumed_from']})" if m["resumed_from"] >= 0 else ""
             self.bar.console.print(

@@ -4,6 +4,7 @@ import io
 import json
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -14,14 +15,15 @@ from kiln.data import Dataset
 from kiln.predict import model_card
 from kiln.registry import WEIGHTS, ModelRegistry, ModelVersion
 from kiln.spec import JobSpec, spec_to_yaml
-from kiln.train.loop import MODEL_FILE
+from kiln.train.session import ARTIFACTS, MODEL_FILE
 
 
 def publish(
     spec: JobSpec, dataset: Dataset, checkpoint: ray.train.Checkpoint, outcome
 ) -> ModelVersion:
-    with checkpoint.as_directory() as folder, open(f"{folder}/{MODEL_FILE}", "rb") as f:
-        weights = f.read()
+    with checkpoint.as_directory() as folder:
+        weights = Path(folder, MODEL_FILE).read_bytes()
+        artifacts = {p.name: p.read_bytes() for p in sorted(Path(folder, ARTIFACTS).glob("*"))}
     metrics = {"best": outcome.metrics, "baselines": outcome.baselines, "history": outcome.history}
     files = {
         WEIGHTS: weights,
@@ -29,6 +31,7 @@ def publish(
         "spec.yaml": spec_to_yaml(spec).encode(),
         "metrics.json": _json(metrics),
         "lineage.json": _json(lineage(spec, dataset, outcome)),
+        **artifacts,  # what the loop chose to keep with the model, e.g. a GAN's sample grid
     }
     if outcome.history:
         files["curves.png"] = curves_png(outcome.history, spec.checkpoint.metric or "val_loss")
@@ -72,9 +75,9 @@ def curves_png(history: list[dict[str, float]], metric: str) -> bytes:
 
     epochs = [h["epoch"] for h in history]
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    left.plot(epochs, [h["train_loss"] for h in history], label="train")
-    left.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    left.set(title="loss", xlabel="epoch")
+    for loss in sorted(k for k in history[0] if k.endswith("_loss")):
+        left.plot(epochs, [h[loss] for h in history], label=loss)
+    left.set(title="losses", xlabel="epoch")
     left.legend()
     right.plot(epochs, [h[metric] for h in history], color="tab:green")
     right.set(title=metric, xlabel="epoch")

@@ -16,7 +16,7 @@ from kiln import data as datasets
 from kiln.errors import TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import JobSpec
-from kiln.train.loop import train_loop_per_worker
+from kiln.train import loops
 from kiln.train.progress import ProgressView, ReportForwarder
 
 
@@ -89,11 +89,14 @@ def run_job(
 def _trainer(spec: JobSpec, dataset, run_name: str, storage: str, queue: Queue) -> TorchTrainer:
     scaling = spec.scaling
     workers: Any = scaling.num_workers  # an int, or a (min, max) tuple for elastic training
+    loop = loops.for_task(spec.task)
+    extras = loop.prepare(spec, dataset) if hasattr(loop, "prepare") else {}
     return TorchTrainer(
-        train_loop_per_worker,
+        loop.train_loop_per_worker,
         train_loop_config={
             "spec": spec.model_dump(mode="json", by_alias=True),
             "data": ray.put(dataset),
+            "extras": extras,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers,
@@ -153,7 +156,7 @@ def _history(checkpoint: ray.train.Checkpoint | None) -> list[dict[str, float]]:
 
     import torch
 
-    from kiln.train.loop import STATE_FILE
+    from kiln.train.session import STATE_FILE
 
     if checkpoint is None:
         return []

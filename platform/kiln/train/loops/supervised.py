@@ -1,0 +1,60 @@
+"""Classification, regression and forecasting: one model, one loss, exact validation metrics.
+
+Validation is sharded (each rank scores every world-th example, the sums are all-reduced)
+with the unwrapped module: a DDP forward would sync buffers and hang on uneven shards."""
+
+from typing import Any
+
+import ray.train.torch
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from kiln import models
+from kiln.data import Dataset
+from kiln.evaluate import SUMS, evaluation_sums, loss_function, metrics_from_sums
+from kiln.predict import unwrap
+from kiln.train.session import WorkerSession
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    session = WorkerSession(config)
+    spec, data = session.spec, session.data
+    model = session.wrap(session.prepare(models.create(spec.model, data.schema)))
+    optimizer = session.optimizer(model)
+    loader = train_loader(data, spec.train.batch_size, session.world)
+    criterion = loss_function(spec.task)
+    for epoch in session.epochs():
+        if session.world > 1:
+            loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        model.train()
+        total, count = 0.0, 0.0
+        for inputs, targets in loader:
+            with session.autocast():
+                loss = criterion(model(inputs).float(), targets)
+            session.step(loss, model, optimizer)
+            total += loss.item() * len(targets)
+            count += len(targets)
+        total, count = session.all_sum([total, count])
+        metrics = {"train_loss": total / max(count, 1), **validate(session, model, data)}
+        if session.end_epoch(metrics):
+            break
+
+
+def train_loader(
+    data: Dataset, global_batch: int, world: int, drop_last: bool = False
+) -> DataLoader:
+    """`batch_size` in a spec is global: each of the `world` workers takes its share."""
+    tensors = TensorDataset(torch.as_tensor(data.x_train), torch.as_tensor(data.y_train))
+    batch = max(1, global_batch // world)
+    loader = DataLoader(tensors, batch_size=batch, shuffle=True, drop_last=drop_last)
+    return ray.train.torch.prepare_data_loader(loader)
+
+
+def validate(session: WorkerSession, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
+    shard = slice(session.rank, None, session.world)
+    sums = evaluation_sums(
+        unwrap(model), data.x_val[shard], data.y_val[shard], data.schema.task, device=session.device
+    )
+    total = session.all_sum(sums.tolist())
+    assert len(total) == len(SUMS)
+    return metrics_from_sums(torch.tensor(total, dtype=torch.float64), data.schema)

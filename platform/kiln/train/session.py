@@ -1,0 +1,224 @@
+"""What every per-worker loop shares: the Ray Train context, device and precision, the
+optimizers and schedulers the spec asks for, and one epoch protocol:
+
+    session = WorkerSession(config)
+    model = session.prepare(models.create(spec.model, schema))
+    optimizer = session.optimizer(model)            # tracked: checkpointed and restored
+    for epoch in session.epochs():                  # starts after the restored epoch
+        ...train and validate...
+        if session.end_epoch(metrics, artifacts):   # report + checkpoint; True = stop early
+            break
+
+Every rank calls `end_epoch` with the same metrics (loops all-reduce them), so every rank
+reaches `ray.train.report` (a barrier) the same number of times and stops together.
+"""
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kiln.data import Dataset
+from kiln.predict import unwrap
+from kiln.spec import JobSpec, TrainSpec
+from kiln.train import amp
+
+MODEL_FILE, STATE_FILE, ARTIFACTS = "model.safetensors", "state.pt", "artifacts"
+
+
+@dataclass
+class Progress:
+    """What survives a restart besides weights and optimizer state."""
+
+    epoch: int = 0  # epochs completed
+    best: float | None = None  # best early-stopping metric so far
+    stale_epochs: int = 0  # epochs since it improved
+    resumed_from: int | None = None  # the checkpoint's epoch, if this attempt resumed
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class WorkerSession:
+    def __init__(self, config: dict[str, Any]):
+        self.spec = JobSpec.model_validate(config["spec"])
+        self.data: Dataset = ray.get(config["data"])
+        self.extras: dict[str, Any] = config.get("extras", {})
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.dtype = amp.precision(self.spec.train.precision, self.device)
+        self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
+        self.model: nn.Module | None = None
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        self.progress = Progress()
+        self._started = time.monotonic()
+        self._epoch_started = self._started
+        torch.manual_seed(self.spec.train.seed)
+
+    # --- building -------------------------------------------------------------------------
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The whole model is what gets checkpointed and registered; pass parts of it to
+        `wrap` for DDP when a loop trains them separately (a GAN's two networks)."""
+        self.model = model.to(self.device)
+        return self.model
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """DDP around a module that is trained by its own forward calls."""
+        if self.world == 1:
+            return module
+        return ray.train.torch.prepare_model(module, move_to_device=False)
+
+    def optimizer(
+        self, module: nn.Module, name: str = "model", lr_scale: float = 1.0
+    ) -> torch.optim.Optimizer:
+        optimizer = make_optimizer(module.parameters(), self.spec.train, lr_scale)
+        self.optimizers[name] = optimizer
+        self.schedulers[name] = make_scheduler(optimizer, self.spec.train)
+        return optimizer
+
+    def autocast(self):
+        return amp.autocast(self.device, self.dtype)
+
+    def step(self, loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Backward, clip, step: with the fp16 GradScaler when that precision is in use."""
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.spec.train.grad_clip:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.spec.train.grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Sums across ranks (each rank passes its own partial sums)."""
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(tensor)
+        return tensor.cpu().tolist()
+
+    # --- the epoch protocol ---------------------------------------------------------------
+
+    def epochs(self) -> Iterator[int]:
+        self._restore()
+        for epoch in range(self.progress.epoch, self.spec.train.epochs):
+            self._epoch_started = time.monotonic()
+            yield epoch
+
+    def end_epoch(
+        self, metrics: dict[str, float], artifacts: dict[str, bytes] | None = None
+    ) -> bool:
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        progress = self.progress
+        progress.epoch += 1
+        first_optimizer = next(iter(self.optimizers.values()))
+        metrics = {
+            **metrics,
+            "epoch": progress.epoch,
+            "epochs": self.spec.train.epochs,
+            "lr": first_optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.monotonic() - self._epoch_started,
+            "elapsed_s": time.monotonic() - self._started,
+            "resumed_from": -1 if progress.resumed_from is None else progress.resumed_from,
+        }
+        stop = self._early_stop(metrics)
+        metrics["early_stopped"] = stop
+        progress.history.append({k: float(v) for k, v in metrics.items()})
+        self._report(metrics, artifacts or {})
+        return stop
+
+    def _early_stop(self, metrics: dict[str, Any]) -> bool:
+        rule = self.spec.train.early_stopping
+        if rule is None or rule.metric is None:
+            return False
+        value, progress = metrics[rule.metric], self.progress
+        sign = 1 if rule.mode == "max" else -1
+        if progress.best is None or sign * (value - progress.best) > rule.min_delta:
+            progress.best, progress.stale_epochs = value, 0
+        else:
+            progress.stale_epochs += 1
+        return progress.stale_epochs >= rule.patience
+
+    def _report(self, metrics: dict[str, Any], artifacts: dict[str, bytes]) -> None:
+        """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
+        if self.rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        assert self.model is not None, "call session.prepare(model) first"
+        with tempfile.TemporaryDirectory() as folder:
+            state = {
+                k: v.detach().cpu().contiguous() for k, v in unwrap(self.model).state_dict().items()
+            }
+            save_file(state, os.path.join(folder, MODEL_FILE))
+            torch.save(
+                {
+                    "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                    "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                    "scaler": self.scaler.state_dict(),
+                    "progress": asdict(self.progress),
+                },
+                os.path.join(folder, STATE_FILE),
+            )
+            if artifacts:
+                os.makedirs(os.path.join(folder, ARTIFACTS))
+                for name, data in artifacts.items():
+                    with open(os.path.join(folder, ARTIFACTS, name), "wb") as f:
+                        f.write(data)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def _restore(self) -> None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
+        assert self.model is not None, "call session.prepare(model) first"
+        with checkpoint.as_directory() as folder:
+            unwrap(self.model).load_state_dict(load_file(os.path.join(folder, MODEL_FILE)))
+            state = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+            self.schedulers[name].load_state_dict(state["schedulers"][name])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        self.progress.resumed_from = self.progress.epoch
+
+
+def make_optimizer(params, train: TrainSpec, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    o = train.optimizer
+    lr = o.lr * lr_scale
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    optimizer_class = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return optimizer_class(params, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, train: TrainSpec
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch: linear warm-up, then constant, cosine or step decay."""
+    s = train.schedule
+    warmup = min(s.warmup_epochs, train.epochs - 1)
+    decay_epochs = max(train.epochs - warmup, 1)
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        t = epoch - warmup
+        if s.name == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t / decay_epochs))
+        if s.name == "step":
+            return s.gamma ** (t // s.step_size)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
