@@ -62,9 +62,24 @@ BROKEN = {
         "data.name: unknown dataset 'imagenet'",
     ),
     "missing_data_file": (
-        GOOD.replace("{name: digits}", "{name: text_csv, params: {path: no/such.csv}}"),
+        GOOD.replace("{name: digits}", "{name: text_csv, path: no/such.csv}"),
         [],
-        "data.params.path: file not found: no/such.csv",
+        "data.path: file not found: no/such.csv",
+    ),
+    "file_for_a_bundled_dataset": (
+        GOOD.replace("{name: digits}", "{name: digits, path: x.csv}"),
+        [],
+        "data.path: dataset digits does not read files",
+    ),
+    "path_in_params": (
+        GOOD.replace("{name: digits}", "{name: text_csv, params: {path: x.csv}}"),
+        [],
+        "data.params.path: unknown key",
+    ),
+    "file_missing_for_a_file_dataset": (
+        GOOD.replace("{name: digits}", "{name: table, params: {label: y}}"),
+        [],
+        "data.path: dataset table reads a file: give data.path",
     ),
     "bad_extends": ("extends: missing-base.yaml\nname: x\n", [], "extends: file not found"),
     "extends_cycle": ("extends: broken.yaml\n" + GOOD, [], "extends itself"),

@@ -21,8 +21,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Registry(Generic[F]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, reserved: tuple[str, ...] = ()):
+        """`reserved`: keyword parameters a spec sets elsewhere than in `params`."""
         self.kind = kind
+        self.reserved = reserved
         self._builders: dict[str, F] = {}
         self._params: dict[str, type[pydantic.BaseModel]] = {}
 
@@ -31,7 +33,7 @@ class Registry(Generic[F]):
             if name in self._builders:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._builders[name] = builder
-            self._params[name] = params_model(builder)
+            self._params[name] = params_model(builder, skip=self.reserved)
             return builder
 
         return decorate
@@ -48,16 +50,22 @@ class Registry(Generic[F]):
         self.get(name)
         return self._params[name]
 
+    def accepts(self, name: str, parameter: str) -> inspect.Parameter | None:
+        return inspect.signature(self.get(name)).parameters.get(parameter)
+
     def validate_params(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Checked and defaulted params; raises pydantic.ValidationError."""
-        return self.params_model(name).model_validate(params).model_dump()
+        """Checked and defaulted params (nested models stay models); raises ValidationError."""
+        checked = self.params_model(name).model_validate(params)
+        return {field: getattr(checked, field) for field in type(checked).model_fields}
 
 
-def params_model(builder: Callable[..., Any]) -> type[pydantic.BaseModel]:
+def params_model(
+    builder: Callable[..., Any], skip: tuple[str, ...] = ()
+) -> type[pydantic.BaseModel]:
     """A pydantic model of a builder's keyword-only parameters (the ones a spec may set)."""
     fields: dict[str, Any] = {}
     for p in inspect.signature(builder).parameters.values():
-        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in skip:
             continue
         annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
         default = ... if p.default is inspect.Parameter.empty else p.default

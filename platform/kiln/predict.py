@@ -21,6 +21,9 @@ def model_card(spec: JobSpec, schema: DataSchema) -> dict[str, Any]:
         latent = models.family_params(spec.model).get("latent_dim")
         inputs = {"name": "latent", "datatype": "FP32", "shape": [-1, latent]}
         outputs = {"name": "images", "datatype": "FP32", "shape": [-1, *schema.input_shape]}
+    elif spec.task == "recommendation":  # (user index, recent items) in, a score per item out
+        inputs = {"name": "history", "datatype": "INT64", "shape": [-1, *schema.input_shape]}
+        outputs = {"name": "scores", "datatype": "FP32", "shape": [-1, schema.output_dim]}
     else:
         dtype = DATATYPES[schema.input_dtype]
         inputs = {"name": "input", "datatype": dtype, "shape": [-1, *schema.input_shape]}

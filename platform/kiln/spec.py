@@ -27,7 +27,7 @@ from pydantic import (
 
 from kiln.errors import SpecError
 
-Task = Literal["classification", "regression", "forecasting", "generation"]
+Task = Literal["classification", "regression", "forecasting", "generation", "recommendation"]
 Mode = Literal["min", "max"]
 
 # The validation metrics each task reports every epoch, and the one a spec optimises by default.
@@ -36,12 +36,14 @@ TASK_METRICS: dict[str, list[str]] = {
     "regression": ["val_mae", "val_rmse", "val_loss", "train_loss"],
     "forecasting": ["val_mae", "val_rmse", "val_loss", "train_loss"],
     "generation": ["val_fid", "val_confident", "d_loss", "g_loss", "train_loss"],
+    "recommendation": ["val_hr10", "val_ndcg10", "val_recall20", "train_loss"],
 }
 DEFAULT_METRIC: dict[str, tuple[str, Mode]] = {
     "classification": ("val_accuracy", "max"),
     "regression": ("val_mae", "min"),
     "forecasting": ("val_mae", "min"),
     "generation": ("val_fid", "min"),
+    "recommendation": ("val_ndcg10", "max"),
 }
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
@@ -53,6 +55,9 @@ class Strict(BaseModel):
 
 class DataSpec(Strict):
     name: str = Field(description="a registered dataset (`kiln.data`), e.g. digits")
+    path: str | None = Field(
+        None, description="your file (CSV/Parquet, local or s3://), for datasets that read one"
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="the dataset's parameters")
     val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, description="seed of the train/validation split")

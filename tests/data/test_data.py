@@ -11,8 +11,10 @@ from kiln.errors import DataError
 from kiln.spec import DataSpec
 
 
-def build(name: str, task: str = "classification", **params):
-    return data.build(DataSpec(name=name, params=params), task)
+def build(name: str, task: str = "classification", path=None, **params):
+    spec = DataSpec(name=name, path=path, params=params)
+    data.check(spec)
+    return data.build(spec, task)
 
 
 def test_digits_image_and_sequence_layouts():
@@ -60,7 +62,7 @@ def test_text_is_encoded_with_left_padding():
 
 
 def test_wrong_task_for_a_dataset_is_refused():
-    with pytest.raises(DataError, match="digits is a classification dataset"):
+    with pytest.raises(DataError, match="digits is a classification or generation dataset"):
         build("digits", task="forecasting")
 
 

@@ -8,7 +8,9 @@ rank sees the same split and vocabulary, and each epoch has a fixed number of ba
 ranks reach `ray.train.report` together. Files are read through Ray Data (`files.read_table`).
 """
 
-from kiln.data import images, series, tables, text  # noqa: F401  (registers the builders)
+import inspect
+
+from kiln.data import images, interactions, series, tables, text  # noqa: F401  (registers the builders)
 from kiln.data.base import DataSchema, Dataset
 from kiln.data.files import check_exists
 from kiln.data.registry import DATASETS
@@ -19,20 +21,28 @@ __all__ = ["DATASETS", "DataSchema", "Dataset", "build", "check"]
 
 
 def check(spec: DataSpec) -> None:
-    """Names and params are valid and local files exist; nothing is read."""
+    """Names, params and the file are valid; nothing is read."""
     try:
         DATASETS.get(spec.name)
     except SpecError as e:
         raise SpecError(str(e), field="data.name") from None
-    params = DATASETS.validate_params(spec.name, spec.params)
-    if params.get("path"):
-        try:
-            check_exists(params["path"])
-        except DataError as e:
-            raise DataError(str(e), field="data.params.path") from None
+    DATASETS.validate_params(spec.name, spec.params)
+    takes_path = DATASETS.accepts(spec.name, "path")
+    if spec.path is None:
+        if takes_path is not None and takes_path.default is inspect.Parameter.empty:
+            raise DataError(f"dataset {spec.name} reads a file: give data.path", field="data.path")
+        return
+    if takes_path is None:
+        raise DataError(f"dataset {spec.name} does not read files", field="data.path")
+    try:
+        check_exists(spec.path)
+    except DataError as e:
+        raise DataError(str(e), field="data.path") from None
 
 
 def build(spec: DataSpec, task: str) -> Dataset:
     builder = DATASETS.get(spec.name)
     params = DATASETS.validate_params(spec.name, spec.params)
+    if spec.path is not None:
+        params["path"] = spec.path
     return builder(task, spec.val_fraction, spec.seed, **params)

@@ -35,6 +35,7 @@ class Dataset:
     y_val: np.ndarray
     schema: DataSchema
     baselines: dict[str, float] = field(default_factory=dict)  # e.g. seasonal-naive val MAE
+    extras: dict[str, Any] = field(default_factory=dict)  # what a task's evaluation needs
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()

@@ -16,7 +16,7 @@ from torch import nn
 
 from kiln.data import DataSchema
 from kiln.errors import SpecError
-from kiln.models import cnn, gan, mlp, rnn  # noqa: F401  (registers the families)
+from kiln.models import cnn, gan, mlp, rnn, two_tower  # noqa: F401  (registers the families)
 from kiln.models.registry import MODELS
 from kiln.spec import ModelSpec
 

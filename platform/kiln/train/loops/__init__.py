@@ -10,6 +10,7 @@ LOOPS = {
     "regression": "supervised",
     "forecasting": "supervised",
     "generation": "gan",
+    "recommendation": "recommend",
 }
 
 

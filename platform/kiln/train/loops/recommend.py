@@ -1,0 +1,104 @@
+"""Two-tower training under Ray Train: sampled softmax or BPR, with in-batch or sampled
+negatives, and ranking metrics (HR@10, NDCG@10, Recall@20) every epoch.
+
+Each training example is (user, recent items) -> next item. One DDP forward computes the user
+vectors and the candidate item vectors together, so both towers' gradients are synchronised.
+"""
+
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kiln import models
+from kiln.models.two_tower import TwoTower
+from kiln.predict import unwrap
+from kiln.recsys import catalogue_hits, metrics_from_sums, sampled_sums
+from kiln.train.loops.supervised import train_loader
+from kiln.train.session import WorkerSession
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    session = WorkerSession(config)
+    spec, data = session.spec, session.data
+    model = cast(TwoTower, session.prepare(models.create(spec.model, data.schema)))
+    towers = session.wrap(model)
+    optimizer = session.optimizer(model)
+    loader = train_loader(data, spec.train.batch_size, session.world)
+    log_q = sampling_log_probability(data.extras["popularity"], session.device)
+    for epoch in session.epochs():
+        if session.world > 1:
+            loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        model.train()
+        total, count = 0.0, 0.0
+        for x, positives in loader:
+            with session.autocast():
+                loss = batch_loss(towers, model, x, positives, log_q)
+            session.step(loss, towers, optimizer)
+            total += loss.item() * len(x)
+            count += len(x)
+        total, count = session.all_sum([total, count])
+        metrics = {"train_loss": total / max(count, 1), **validate(session, model)}
+        if session.end_epoch(metrics):
+            break
+
+
+def sampling_log_probability(popularity: np.ndarray, device: torch.device) -> torch.Tensor:
+    """log q(item): how likely an item is to appear as an in-batch negative (its share of
+    training interactions). Subtracting it from the logits (the logQ correction of Yi et al.,
+    2019) stops in-batch softmax from learning to push popular items down."""
+    share = popularity / popularity.sum()
+    return torch.as_tensor(np.log(np.maximum(share, 1e-12)), dtype=torch.float32, device=device)
+
+
+def batch_loss(
+    towers, model: TwoTower, x: torch.Tensor, positives: torch.Tensor, log_q: torch.Tensor
+) -> torch.Tensor:
+    if model.negatives == "in_batch":
+        users, items = towers(x, positives)  # every other positive in the batch is a negative
+        scores = users @ items.T / model.temperature - log_q[positives][None, :]  # (B, B)
+        same_item = positives[:, None] == positives[None, :]
+        scores = scores.masked_fill(
+            same_item & ~torch.eye(len(x), dtype=torch.bool, device=x.device), -1e9
+        )
+        positive_scores, negative_scores = scores.diagonal()[:, None], scores
+    else:
+        sampled = torch.randint(1, model.num_items, (model.num_negatives,), device=x.device)
+        users, items = towers(x, torch.cat([positives, sampled]))
+        positive_scores = (users * items[: len(x)]).sum(-1, keepdim=True) / model.temperature
+        negative_scores = users @ items[len(x) :].T / model.temperature  # (B, K)
+        negative_scores = negative_scores.masked_fill(positives[:, None] == sampled[None, :], -1e9)
+    if model.loss == "bpr":  # one negative per example: the hardest of the candidates
+        if model.negatives == "in_batch":
+            negative_scores = negative_scores.masked_fill(
+                torch.eye(len(x), dtype=torch.bool, device=x.device), -1e9
+            )
+        return -F.logsigmoid(positive_scores[:, 0] - negative_scores.max(dim=1).values).mean()
+    if model.negatives == "in_batch":  # the diagonal is the positive
+        return F.cross_entropy(negative_scores, torch.arange(len(x), device=x.device))
+    logits = torch.cat([positive_scores, negative_scores], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(x), dtype=torch.long, device=x.device))
+
+
+@torch.no_grad()
+def validate(session: WorkerSession, model: TwoTower) -> dict[str, float]:
+    """Each rank ranks every world-th validation user; the sums are added across ranks."""
+    data, rows = session.data, slice(session.rank, None, session.world)
+    model = cast(TwoTower, unwrap(model)).eval()
+    device = session.device
+    users = model.user_vectors(torch.as_tensor(data.x_val[rows], device=device))
+    all_items = model.item_vectors()  # (num_items, D)
+    candidates = torch.as_tensor(data.extras["candidates"][rows], device=device)
+    candidate_scores = (users[:, None, :] * all_items[candidates]).sum(-1)  # (U, 101)
+    hits = sampled_sums(candidate_scores.float().cpu().numpy(), data.extras["candidates"][rows])
+    full = (users @ all_items.T).float().cpu().numpy()
+    recall = catalogue_hits(full, data.y_val[rows], data.extras["seen"][rows])
+    sums = session.all_sum([hits[0], hits[1], recall, float(len(candidates))])
+    return metrics_from_sums(sums)
+
+
+def score_items(model: TwoTower, x: np.ndarray) -> np.ndarray:
+    """Scores of every item for each row of x (what serving and tests use)."""
+    with torch.no_grad():
+        return (model.user_vectors(torch.as_tensor(x)) @ model.item_vectors().T).numpy()

@@ -1,0 +1,74 @@
+"""Interaction data: MovieLens layouts, remapping, leave-last-out, and messy inputs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kiln import data
+from kiln.data.interactions import NEGATIVES, leave_last_out, read_interactions
+from kiln.spec import DataSpec
+
+ROWS = [  # user, item, rating, timestamp; deliberately unsorted, with a duplicate
+    (1, 10, 4, 300),
+    (1, 11, 3, 100),
+    (1, 12, 5, 200),
+    (1, 11, 2, 400),
+    (2, 10, 4, 150),
+    (2, 13, 1, 50),
+    (3, 12, 5, 10),
+    (4, 10, 3, 1),
+    (4, 99, 4, 9),  # item 99 appears only as user 4's last: validation only
+]
+
+
+def write_movielens(tmp_path):
+    ratings = tmp_path / "ratings.csv"
+    pd.DataFrame(ROWS, columns=["userId", "movieId", "rating", "timestamp"]).to_csv(
+        ratings, index=False
+    )
+    udata = tmp_path / "u.data"
+    udata.write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ROWS))
+    return ratings, udata
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_both_movielens_layouts_load_to_the_same_interactions(tmp_path):
+    ratings, udata = write_movielens(tmp_path)
+    a = read_interactions(str(ratings), None, None, None).reset_index(drop=True)
+    b = read_interactions(str(udata), None, None, None).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.astype("int64"), b.astype("int64"))
+
+
+def test_leave_last_out_by_time_with_duplicates_and_cold_items():
+    frame = pd.DataFrame([(u, i, t) for u, i, _, t in ROWS], columns=["user", "item", "time"])
+    d = leave_last_out(frame, history_len=3, seed=0)
+    items = d.schema.transform["item_ids"]
+    users = d.schema.transform["user_ids"]
+    assert items == [10, 11, 12, 13] and users == [1, 2, 3, 4]  # 99 never in training
+    assert d.schema.transform["dropped_cold_items"] == 1  # user 4's held-out item 99
+    # User 1 by time: 11 (100), 12 (200), 10 (300); the re-watch of 11 at 400 is dropped,
+    # so 10 is held out and the history is [11, 12].
+    index = {v: k + 1 for k, v in enumerate(items)}
+    val = {int(x[0]): (x[1:].tolist(), int(y)) for x, y in zip(d.x_val, d.y_val, strict=True)}
+    assert val[1] == ([0, index[11], index[12]], index[10])
+    assert val[2] == ([0, 0, index[13]], index[10])  # 13 at t=50, then 10 at t=150
+    assert 3 not in val  # a single interaction: training only
+
+
+def test_training_examples_predict_each_next_item():
+    frame = pd.DataFrame({"user": [7, 7, 7], "item": [1, 2, 3], "time": [1, 2, 3]})
+    d = leave_last_out(frame, history_len=2, seed=0)
+    assert d.x_train.tolist() == [[1, 0, 0], [1, 0, 1]] and d.y_train.tolist() == [1, 2]
+
+
+def test_synthetic_interactions_are_seeded_and_negatives_unseen():
+    spec = DataSpec(name="interactions", params={"synthetic": {"users": 200, "items": 150}})
+    a, b = data.build(spec, "recommendation"), data.build(spec, "recommendation")
+    assert a.fingerprint() == b.fingerprint()
+    candidates = a.extras["candidates"]
+    assert candidates.shape == (len(a.y_val), 1 + NEGATIVES)
+    for row, seen in enumerate(a.extras["seen"]):
+        assert not set(candidates[row, 1:]) & set(seen.tolist())
+        assert a.y_val[row] not in candidates[row, 1:]
+    popularity = a.extras["popularity"]
+    assert popularity[1:].max() > 5 * np.median(popularity[1:])  # a popularity skew
