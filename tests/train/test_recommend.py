@@ -21,11 +21,10 @@ def test_two_tower_beats_popularity_by_a_clear_margin():
     spec = load_spec(ROOT / "jobs/recsys-two-tower.yaml")
     outcome = run_job(spec, quiet_view(spec))
     m, b = outcome.metrics, outcome.baselines
-    print(
-        f"\ntwo-tower HR@10 {m['val_hr10']:.3f} NDCG@10 {m['val_ndcg10']:.3f} Recall@20 {m['val_recall20']:.3f}"
-        f" | popularity HR@10 {b['popularity_val_hr10']:.3f} NDCG@10 {b['popularity_val_ndcg10']:.3f}"
-        f" Recall@20 {b['popularity_val_recall20']:.3f}"
-    )
+    names = ("hr10", "ndcg10", "recall20")
+    model = " ".join(f"{k}={m[f'val_{k}']:.3f}" for k in names)
+    popular = " ".join(f"{k}={b[f'popularity_val_{k}']:.3f}" for k in names)
+    print(f"\ntwo-tower {model} | popularity {popular}")
     assert m["val_hr10"] > 1.15 * b["popularity_val_hr10"]
     assert m["val_ndcg10"] > 1.15 * b["popularity_val_ndcg10"]
 
