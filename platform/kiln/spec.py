@@ -152,6 +152,57 @@ class RegisterSpec(Strict):
     alias: str | None = Field("staging", pattern=NAME_PATTERN)
 
 
+class Domain(Strict):
+    """One search dimension: exactly one of the keys, e.g. {loguniform: [1e-4, 1e-1]}."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[PositiveFloat, PositiveFloat] | None = None
+    randint: tuple[int, int] | None = Field(None, description="[low, high], both included")
+    choice: list[Any] | None = Field(None, min_length=1)
+    grid: list[Any] | None = Field(
+        None, min_length=1, description="every value, in every combination"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Domain":
+        given = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of uniform, loguniform, randint, choice, grid")
+        bounds = getattr(self, given[0])
+        if given[0] in ("uniform", "loguniform", "randint") and bounds[0] > bounds[1]:
+            raise ValueError(f"{given[0]}: low {bounds[0]} > high {bounds[1]}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in type(self).model_fields if getattr(self, k) is not None)
+
+    def corners(self) -> list[Any]:
+        """Values that stand for the whole domain when checking it against the job spec."""
+        values = getattr(self, self.kind)
+        return list(values)
+
+
+class SchedulerSpec(Strict):
+    name: Literal["fifo", "asha"] = "asha"
+    grace_period: PositiveInt = Field(2, description="asha: epochs every trial runs")
+    reduction_factor: float = Field(2.0, gt=1, description="asha: keep 1/reduction_factor per rung")
+
+
+class TuneSpec(Strict):
+    metric: str | None = Field(None, description="defaults to checkpoint.metric")
+    mode: Mode | None = None
+    num_samples: PositiveInt = Field(8, description="trials (per grid point, with grid)")
+    max_concurrent_trials: PositiveInt = 2
+    time_budget_s: PositiveFloat | None = None
+    search: Literal["random", "grid", "optuna"] = "random"
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    seed: int = 0
+    space: dict[str, Domain] = Field(
+        min_length=1, description="spec paths, e.g. train.optimizer.lr"
+    )
+
+
 class JobSpec(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     task: Task
@@ -166,6 +217,7 @@ class JobSpec(Strict):
     storage_path: str | None = Field(
         None, description="where Ray Train keeps runs and checkpoints; default KILN_HOME/runs"
     )
+    tune: TuneSpec | None = Field(None, description="hyperparameter search (kiln tune)")
 
     @model_validator(mode="after")
     def _metrics_of_task(self) -> "JobSpec":
@@ -176,9 +228,13 @@ class JobSpec(Strict):
         if stop is not None:
             stop.metric = stop.metric or self.checkpoint.metric
             stop.mode = stop.mode or self.checkpoint.mode
+        if self.tune is not None:
+            self.tune.metric = self.tune.metric or self.checkpoint.metric
+            self.tune.mode = self.tune.mode or self.checkpoint.mode
         for where, name in [
             ("checkpoint", self.checkpoint.metric),
             ("early_stopping", stop and stop.metric),
+            ("tune", self.tune and self.tune.metric),
         ]:
             if name is not None and name not in TASK_METRICS[self.task]:
                 known = ", ".join(TASK_METRICS[self.task])
@@ -206,6 +262,7 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
         _apply_override(raw, item, path)
     spec = parse_spec(raw, source=str(path))
     check_spec(spec, source=str(path))
+    check_space(spec, source=str(path))
     return spec
 
 
@@ -234,6 +291,28 @@ def check_spec(spec: JobSpec, source: str) -> None:
         except SpecError as e:
             where = getattr(e, "field", None) or prefix
             raise SpecError(f"{source}: {where}: {e}") from None
+
+
+def check_space(spec: JobSpec, source: str) -> None:
+    """Every corner of every search dimension must make a valid job spec, so a bad space fails
+    before any trial runs."""
+    if spec.tune is None:
+        return
+    base = spec.model_dump(mode="json", by_alias=True, exclude={"tune"})
+    for path, domain in spec.tune.space.items():
+        for value in domain.corners():
+            raw = json.loads(json.dumps(base))
+            where = f"{source}: tune.space.{path}={value!r} gives"
+            set_path(raw, path, value, source=where)
+            check_spec(parse_spec(raw, source=where), source=where)
+
+
+def apply_overrides(spec: JobSpec, values: dict[str, Any]) -> JobSpec:
+    """A copy of `spec` with `values` set at their dotted paths (a trial's configuration)."""
+    raw = spec.model_dump(mode="json", by_alias=True)
+    for path, value in values.items():
+        set_path(raw, path, value, source=spec.name)
+    return JobSpec.model_validate(raw)
 
 
 def spec_to_yaml(spec: JobSpec) -> str:

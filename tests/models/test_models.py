@@ -13,12 +13,23 @@ INPUTS = {
     "sequence": DataSchema("forecasting", [24, 1], "float32", output_dim=3),
     "tokens": DataSchema("classification", [16], "int64", output_dim=2, vocab_size=50),
     "table": DataSchema("classification", [30], "float32", output_dim=2),
+    "interactions": DataSchema(
+        "recommendation",
+        [1 + 5],
+        "int64",
+        output_dim=40,
+        vocab_size=40,
+        transform={"user_ids": list(range(1, 11)), "item_ids": list(range(1, 40))},
+    ),
 }
 
 
 def example(schema: DataSchema, batch: int = 4) -> torch.Tensor:
     if schema.input_dtype == "int64":
-        return torch.randint(0, schema.vocab_size, (batch, *schema.input_shape))
+        ids = torch.randint(0, schema.vocab_size, (batch, *schema.input_shape))
+        if schema.task == "recommendation":  # column 0 is a user index, the rest items
+            ids[:, 0] = torch.randint(0, len(schema.transform["user_ids"]) + 1, (batch,))
+        return ids
     return torch.randn(batch, *schema.input_shape)
 
 

@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from kiln.cli import models, specs, train
+from kiln.cli import models, specs, train, tune
 from kiln.errors import KilnError
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("train")(train.train)
+app.command("tune")(tune.tune)
 app.command("validate")(specs.validate)
 app.command("schema")(specs.schema)
 app.add_typer(models.app, name="models")

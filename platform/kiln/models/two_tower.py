@@ -74,9 +74,10 @@ class TwoTower(nn.Module):
     def forward(
         self, x: torch.Tensor, items: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """User vectors; with `items`, also their vectors (one forward for DDP in training)."""
+        """A score per catalogue item (B, num_items); with `items`, the user vectors and those
+        items' vectors instead (training: one forward through both towers, for DDP)."""
         if items is None:
-            return self.user_vectors(x)
+            return self.user_vectors(x) @ self.item_vectors().T
         return self.user_vectors(x), self.item_vectors(items)
 
 

@@ -19,7 +19,12 @@ from kiln.train.session import ARTIFACTS, MODEL_FILE
 
 
 def publish(
-    spec: JobSpec, dataset: Dataset, checkpoint: ray.train.Checkpoint, outcome
+    spec: JobSpec,
+    dataset: Dataset,
+    checkpoint: ray.train.Checkpoint,
+    outcome,
+    extra_files: dict[str, bytes] | None = None,
+    extra_lineage: dict[str, Any] | None = None,
 ) -> ModelVersion:
     with checkpoint.as_directory() as folder:
         weights = Path(folder, MODEL_FILE).read_bytes()
@@ -30,8 +35,9 @@ def publish(
         "model.json": _json(model_card(spec, dataset.schema)),
         "spec.yaml": spec_to_yaml(spec).encode(),
         "metrics.json": _json(metrics),
-        "lineage.json": _json(lineage(spec, dataset, outcome)),
+        "lineage.json": _json({**lineage(spec, dataset, outcome), **(extra_lineage or {})}),
         **artifacts,  # what the loop chose to keep with the model, e.g. a GAN's sample grid
+        **(extra_files or {}),
     }
     if outcome.history:
         files["curves.png"] = curves_png(outcome.history, spec.checkpoint.metric or "val_loss")

@@ -60,12 +60,12 @@ def run_job(
     storage = absolute(spec.storage_path or get_settings().storage_uri)
     dataset = datasets.build(spec.data, spec.task)
     queue = Queue(actor_options={"num_cpus": 0})
-    trainer = _trainer(spec, dataset, run_name, storage, queue)
+    trainer = build_trainer(spec, dataset, run_name, storage, [ReportForwarder(queue)])
     result = _fit_with_progress(trainer, queue, view)
     queue.shutdown()
 
-    best_checkpoint, best_metrics = _best(result, spec)
-    history = _history(result.checkpoint)
+    checkpoint, best_metrics = best_checkpoint(result, spec)
+    history = run_history(result.checkpoint)
     outcome = TrainOutcome(
         model=spec.model_name,
         version=None,
@@ -81,12 +81,14 @@ def run_job(
     if register and spec.registration is not None:
         from kiln.train.publish import publish
 
-        version = publish(spec, dataset, best_checkpoint, outcome)
+        version = publish(spec, dataset, checkpoint, outcome)
         outcome.version, outcome.alias = version.version, spec.registration.alias
     return outcome
 
 
-def _trainer(spec: JobSpec, dataset, run_name: str, storage: str, queue: Queue) -> TorchTrainer:
+def build_trainer(
+    spec: JobSpec, dataset, run_name: str, storage: str, callbacks: list
+) -> TorchTrainer:
     scaling = spec.scaling
     workers: Any = scaling.num_workers  # an int, or a (min, max) tuple for elastic training
     loop = loops.for_task(spec.task)
@@ -112,7 +114,7 @@ def _trainer(spec: JobSpec, dataset, run_name: str, storage: str, queue: Queue) 
                 checkpoint_score_attribute=spec.checkpoint.metric,
                 checkpoint_score_order=spec.checkpoint.mode or "max",
             ),
-            callbacks=[ReportForwarder(queue)],  # type: ignore[list-item]
+            callbacks=callbacks,
         ),
     )
 
@@ -140,7 +142,7 @@ def _fit_with_progress(trainer: TorchTrainer, queue: Queue, view: ProgressView):
     return outcome["result"]
 
 
-def _best(result, spec: JobSpec) -> tuple[ray.train.Checkpoint, dict[str, float]]:
+def best_checkpoint(result, spec: JobSpec) -> tuple[ray.train.Checkpoint, dict[str, float]]:
     checkpoints = result.best_checkpoints or []
     if not checkpoints:
         raise TrainingError("training ended without a checkpoint")
@@ -149,7 +151,7 @@ def _best(result, spec: JobSpec) -> tuple[ray.train.Checkpoint, dict[str, float]
     return checkpoint, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def _history(checkpoint: ray.train.Checkpoint | None) -> list[dict[str, float]]:
+def run_history(checkpoint: ray.train.Checkpoint | None) -> list[dict[str, float]]:
     """Every epoch's metrics, from the latest checkpoint (so epochs redone after a resume
     appear once)."""
     import os

@@ -1,0 +1,293 @@
+"""Building and running the search; registering the best trial with its story."""
+
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import ray.train
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from kiln import data as datasets
+from kiln.errors import SpecError, TrainingError
+from kiln.settings import absolute, get_settings
+from kiln.spec import Domain, JobSpec, TuneSpec, apply_overrides
+from kiln.train.runner import TrainOutcome, best_checkpoint, build_trainer, run_history
+from kiln.tune.progress import SearchView
+
+
+@dataclass
+class SearchOutcome:
+    name: str
+    path: str
+    best_trial: str
+    best_config: dict[str, Any]
+    best_metric: float
+    trials: pd.DataFrame = field(repr=False)
+    model: TrainOutcome | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        statuses = self.trials["status"].value_counts().to_dict() if "status" in self.trials else {}
+        return {
+            "search": self.name,
+            "path": self.path,
+            "best_trial": self.best_trial,
+            "best_config": self.best_config,
+            "best_metric": self.best_metric,
+            "trials": len(self.trials),
+            "statuses": statuses,
+            "model": self.model.to_json() if self.model else None,
+        }
+
+
+def run_search(
+    spec: JobSpec, quiet: bool = False, resume: bool = False, name: str | None = None
+) -> SearchOutcome:
+    if spec.tune is None:
+        raise SpecError(f"{spec.name}: no `tune` section; add one (see jobs/digits-cnn-tune.yaml)")
+    storage = absolute(spec.storage_path or get_settings().storage_uri)
+    root = f"{storage}/tune"
+    name = name or (_latest_search(root, spec.name) if resume else None) or _new_name(spec)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            base=spec.model_dump(mode="json", by_alias=True),
+            search=name,
+            storage=storage,
+        ),
+        # No CPU: the trial only waits on its Train workers, which hold the resources. Tune
+        # refuses an all-zero request, so the trial asks for a token 1 MiB of memory.
+        {"cpu": 0, "memory": 2**20},
+    )
+    path = f"{root}/{name}"
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise SpecError(f"no interrupted search of {spec.name} to resume under {root}")
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(spec.tune),
+            tune_config=_tune_config(spec),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=root,
+                callbacks=[SearchView(name, spec.tune, quiet)],
+                verbose=0,
+            ),
+        )
+    grid = tuner.fit()
+    return _finish(spec, grid, name, path, storage)
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any], search: str, storage: str) -> None:
+    """One trial: the job with this trial's values, as a Ray Train run."""
+    spec = apply_overrides(JobSpec.model_validate(base), config)
+    run_name = f"{search}-{tune.get_context().get_trial_id()}"  # stable across trial retries
+    dataset = datasets.build(spec.data, spec.task)
+    build_trainer(spec, dataset, run_name, storage, [TuneReportCallback()]).fit()
+
+
+def param_space(tune_spec: TuneSpec) -> dict[str, Any]:
+    return {path: _sampler(domain) for path, domain in tune_spec.space.items()}
+
+
+def _sampler(domain: Domain) -> Any:
+    kind, values = domain.kind, getattr(domain, domain.kind)
+    if kind == "uniform":
+        return tune.uniform(*values)
+    if kind == "loguniform":
+        return tune.loguniform(*values)
+    if kind == "randint":
+        return tune.randint(values[0], values[1] + 1)  # our bounds are inclusive
+    if kind == "choice":
+        return tune.choice(values)
+    return tune.grid_search(values)
+
+
+def max_concurrent(spec: JobSpec) -> int:
+    """At most as many trials as the cluster's CPUs (and GPUs) can train at once."""
+    workers = spec.scaling.num_workers
+    count = workers[0] if isinstance(workers, tuple) else workers
+    per_worker = spec.scaling.resources_per_worker or {"CPU": 1}
+    available = ray.cluster_resources()
+    fits = [
+        math.floor(available.get(resource, 0) / (amount * count))
+        for resource, amount in {
+            **per_worker,
+            **({"GPU": 1} if spec.scaling.use_gpu else {}),
+        }.items()
+        if amount > 0
+    ]
+    return max(1, min([spec.tune.max_concurrent_trials, *fits] if spec.tune else fits))
+
+
+def _tune_config(spec: JobSpec) -> tune.TuneConfig:
+    t = spec.tune
+    assert t is not None and t.metric is not None and t.mode is not None
+    if t.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg: Any = OptunaSearch(seed=t.seed)
+    else:
+        search_alg = BasicVariantGenerator(random_state=t.seed)
+    if t.scheduler.name == "asha":
+        scheduler: Any = ASHAScheduler(
+            time_attr="epoch",
+            max_t=spec.train.epochs,
+            grace_period=min(t.scheduler.grace_period, spec.train.epochs),
+            reduction_factor=t.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.TuneConfig(
+        metric=t.metric,
+        mode=t.mode,
+        num_samples=t.num_samples,
+        search_alg=search_alg,
+        scheduler=scheduler,
+        max_concurrent_trials=max_concurrent(spec),
+        time_budget_s=t.time_budget_s,
+    )
+
+
+def _finish(spec: JobSpec, grid, name: str, path: str, storage: str) -> SearchOutcome:
+    t = spec.tune
+    assert t is not None and t.metric is not None and t.mode is not None
+    finished = [r for r in grid if r.metrics and t.metric in r.metrics]
+    if not finished:
+        errors = [str(r.error).splitlines()[-1] for r in grid if r.error]
+        raise TrainingError(f"no trial of {name} reported {t.metric}: {errors[:1] or 'no results'}")
+    table = trials_table(grid, t.metric, t.mode)
+    best = grid.get_best_result(t.metric, t.mode, scope="all")
+    trial_id = best.metrics["trial_id"]
+    config = {k: v for k, v in best.config.items()}
+    outcome = SearchOutcome(
+        name,
+        path,
+        trial_id,
+        config,
+        float(table.loc[table.trial_id == trial_id, "best"].iloc[0]),
+        table,
+    )
+    Path(path).mkdir(parents=True, exist_ok=True)
+    table.to_csv(f"{path}/results.csv", index=False)
+    curves = trial_curves_png(grid, t.metric)
+    Path(f"{path}/curves.png").write_bytes(curves)
+    if spec.registration is not None:
+        outcome.model = _register_best(
+            spec, config, f"{storage}/{name}-{trial_id}", outcome, curves
+        )
+    return outcome
+
+
+def trials_table(grid, metric: str, mode: str) -> pd.DataFrame:
+    rows = []
+    for result in grid:
+        history = result.metrics_dataframe
+        values = history[metric].tolist() if history is not None and metric in history else []
+        rows.append(
+            {
+                "trial_id": (result.metrics or {}).get("trial_id", Path(result.path).name),
+                "status": "ERROR"
+                if result.error
+                else ("STOPPED" if _stopped_early(result) else "TERMINATED"),
+                "epochs": int((result.metrics or {}).get("epoch", 0)),
+                "last": values[-1] if values else float("nan"),
+                "best": (max if mode == "max" else min)(values) if values else float("nan"),
+                **{f"config/{k}": v for k, v in result.config.items()},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _stopped_early(result) -> bool:
+    metrics = result.metrics or {}
+    return metrics.get("epoch", 0) < metrics.get("epochs", 0) and not metrics.get(
+        "early_stopped", False
+    )
+
+
+def trial_curves_png(grid, metric: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for result in grid:
+        history = result.metrics_dataframe
+        if history is not None and metric in history:
+            axis.plot(
+                history["epoch"],
+                history[metric],
+                marker=".",
+                alpha=0.8,
+                label=(result.metrics or {}).get("trial_id", ""),
+            )
+    axis.set(xlabel="epoch", ylabel=metric, title="trials")
+    axis.legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _register_best(
+    spec: JobSpec, config: dict[str, Any], run_path: str, search: SearchOutcome, curves: bytes
+) -> TrainOutcome:
+    from kiln.train.publish import publish
+
+    trial_spec = apply_overrides(spec, config)
+    result = ray.train.Result.from_path(run_path)
+    checkpoint, metrics = best_checkpoint(result, trial_spec)
+    dataset = datasets.build(trial_spec.data, trial_spec.task)
+    outcome = TrainOutcome(
+        model=trial_spec.model_name,
+        version=None,
+        alias=None,
+        metrics=metrics,
+        baselines=dataset.baselines,
+        run_name=Path(run_path).name,
+        run_path=run_path,
+        history=run_history(result.checkpoint),
+    )
+    lineage = {
+        "search": {
+            "name": search.name,
+            "path": search.path,
+            "trial_id": search.best_trial,
+            "config": config,
+            "trials": len(search.trials),
+        }
+    }
+    files = {
+        "tune_results.csv": search.trials.to_csv(index=False).encode(),
+        "tune_curves.png": curves,
+    }
+    version = publish(
+        trial_spec, dataset, checkpoint, outcome, extra_files=files, extra_lineage=lineage
+    )
+    outcome.version = version.version
+    outcome.alias = trial_spec.registration.alias if trial_spec.registration else None
+    return outcome
+
+
+def _new_name(spec: JobSpec) -> str:
+    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _latest_search(root: str, job: str) -> str | None:
+    folder = Path(root)
+    names = (
+        sorted(p.name for p in folder.glob(f"{job}-2*") if p.is_dir()) if folder.exists() else []
+    )
+    return names[-1] if names else None
