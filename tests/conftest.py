@@ -29,9 +29,10 @@ def kiln_home(tmp_path_factory) -> Path:
 def ray_cluster(kiln_home):
     import ray
 
-    ray.init(
-        num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False, log_to_driver=False
-    )
+    # The dashboard stays on: Ray Train's placement-group cleaner asks the State API (served by
+    # the dashboard) whether a stopped trial's controller is gone; without it, the placement
+    # groups of trials that ASHA stops are never removed and later trials cannot start.
+    ray.init(num_cpus=2, object_store_memory=300 * 1024**2, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -16,6 +16,17 @@ STEPS = [
         "Train the digits CNN on 2 Ray Train workers (DDP) and register it",
         ["train", "jobs/digits-cnn.yaml"],
     ),
+    (
+        "A short hyperparameter search: 4 trials, ASHA stops the weak ones; the best is registered",
+        [
+            "tune",
+            "jobs/digits-cnn-tune.yaml",
+            "--set",
+            "tune.num_samples=4",
+            "--set",
+            "train.epochs=4",
+        ],
+    ),
     ("The registry", ["models", "list"]),
     ("The model card", ["models", "show", "digits-cnn@staging"]),
 ]

@@ -6,9 +6,9 @@ python -m tests.benchmarks train      # one
 
 import sys
 
-from tests.benchmarks import bench_amp, bench_train
+from tests.benchmarks import bench_amp, bench_train, bench_tune
 
-BENCHMARKS = {"train": bench_train.main, "amp": bench_amp.main}
+BENCHMARKS = {"train": bench_train.main, "tune": bench_tune.main, "amp": bench_amp.main}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(BENCHMARKS)

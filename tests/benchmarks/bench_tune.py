@@ -1,0 +1,67 @@
+"""ASHA against FIFO on digits-cnn, in one run: the same 8 trials (same seed, so the same
+sampled configurations) and the same epoch budget per trial. Reports wall time and the best
+validation accuracy of each; figures go to bench-results/tune.json."""
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kiln.spec import load_spec
+from kiln.tune import run_search
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "bench-results" / "tune.json"
+COMMON = ["tune.num_samples=8", "train.epochs=8", "tune.seed=0", "register=null"]
+
+
+def search(scheduler: str) -> dict:
+    spec = load_spec(
+        ROOT / "jobs/digits-cnn-tune.yaml", [*COMMON, f"tune.scheduler.name={scheduler}"]
+    )
+    started = time.perf_counter()
+    outcome = run_search(spec, quiet=True)
+    wall = time.perf_counter() - started
+    epochs = int(outcome.trials["epochs"].sum())
+    return {
+        "wall_s": wall,
+        "best_val_accuracy": outcome.best_metric,
+        "epochs_trained": epochs,
+        "trials_stopped": int((outcome.trials["status"] == "STOPPED").sum()),
+    }
+
+
+def main() -> None:
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    os.environ["KILN_HOME"] = tempfile.mkdtemp(prefix="kiln-bench-tune-")
+    ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
+    results = {"fifo": search("fifo"), "asha": search("asha")}
+    ray.shutdown()
+    results["asha_wall_vs_fifo"] = results["asha"]["wall_s"] / results["fifo"]["wall_s"]
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2))
+    table = Table(
+        "scheduler",
+        "wall s",
+        "best val acc",
+        "epochs trained",
+        "trials stopped",
+        title="tuning benchmark: 8 trials x 8 epochs, digits-cnn",
+    )
+    for name in ("fifo", "asha"):
+        r = results[name]
+        table.add_row(
+            name,
+            f"{r['wall_s']:.1f}",
+            f"{r['best_val_accuracy']:.4f}",
+            str(r["epochs_trained"]),
+            str(r["trials_stopped"]),
+        )
+    Console().print(table)
+    Console().print(f"ASHA wall time / FIFO: {results['asha_wall_vs_fifo']:.2f}")

@@ -1,0 +1,175 @@
+"""`kiln tune` on the session's Ray cluster: ASHA stops trials, Optuna is seeded, an
+interrupted search resumes without rerunning finished trials."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import ray
+
+from kiln import data as datasets
+from kiln.evaluate import evaluate
+from kiln.registry import ModelRegistry
+from kiln.spec import apply_overrides, load_spec
+from kiln.tune import run_search
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
+
+SMALL = [
+    "train.epochs=4",
+    "tune.num_samples=6",
+    "tune.scheduler.grace_period=1",
+    "model.params.channels=[16, 32]",
+    "train.optimizer.lr=0.003",
+]
+
+
+def test_asha_stops_trials_and_registers_the_best(fresh_home):
+    spec = load_spec(ROOT / "jobs/digits-cnn-tune.yaml", SMALL)
+    outcome = run_search(spec, quiet=True)
+    statuses = outcome.trials["status"].value_counts().to_dict()
+    print(f"\nASHA trials: {statuses}; best {outcome.best_metric:.4f} ({outcome.best_trial})")
+    assert statuses.get("STOPPED", 0) >= 1
+    assert outcome.model is not None and outcome.model.version == 1
+
+    registry = ModelRegistry.open()
+    version = registry.resolve(f"{outcome.model.model}@{outcome.model.version}")
+    lineage = registry.read_json(version, "lineage.json")
+    assert lineage["search"]["trial_id"] == outcome.best_trial and lineage["search"]["trials"] == 6
+    assert b"trial_id" in registry.read(version, "tune_results.csv")
+    trial_spec = apply_overrides(spec, outcome.best_config)
+    data = datasets.build(trial_spec.data, trial_spec.task)
+    loaded = registry.load(version.ref)
+    accuracy = evaluate(loaded.module, data.x_val, data.y_val, data.schema)["val_accuracy"]
+    assert accuracy == pytest.approx(outcome.model.metrics["val_accuracy"], abs=1e-9)
+    assert accuracy == pytest.approx(outcome.best_metric, abs=1e-9)
+
+    leaked = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+    assert not leaked, leaked
+
+
+def first_configs(seed: int) -> list[dict]:
+    spec = load_spec(
+        ROOT / "jobs/digits-cnn-tune.yaml",
+        [
+            "tune.search=optuna",
+            "tune.scheduler.name=fifo",
+            "tune.num_samples=2",
+            "tune.max_concurrent_trials=1",
+            f"tune.seed={seed}",
+            "train.epochs=1",
+            "register=null",
+            "model.params.channels=[8]",
+        ],
+    )
+    outcome = run_search(spec, quiet=True)
+    return outcome.trials.sort_values("trial_id").filter(like="config/").to_dict("records")
+
+
+def test_optuna_is_reproducible_with_a_seed(fresh_home):
+    first, again = first_configs(seed=7), first_configs(seed=7)
+    assert first == again
+    assert first != first_configs(seed=8)
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home):
+    job = [
+        "--set",
+        "tune.num_samples=4",
+        "--set",
+        "tune.max_concurrent_trials=1",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "tune.scheduler.name=fifo",
+        "--set",
+        "register=null",
+        "--name",
+        "resumable",
+    ]
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "kiln",
+        "tune",
+        str(ROOT / "jobs/digits-cnn-tune.yaml"),
+        "--quiet",
+        *job,
+    ]
+    driver = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    search = fresh_home / "runs" / "tune" / "resumable"
+
+    def finished() -> dict[str, float]:
+        done = {}
+        for result in search.glob("*/result.json"):
+            lines = result.read_text().splitlines()
+            if lines and json.loads(lines[-1]).get("epoch") == 2:
+                done[result.parent.name] = result.stat().st_mtime
+        return done
+
+    deadline = time.monotonic() + 180
+    while len(finished()) < 2 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    before = finished()
+    driver.send_signal(signal.SIGKILL)  # the driver dies without a word
+    driver.wait()
+    assert len(before) >= 2, "the search ended or stalled before two trials finished"
+    time.sleep(1.0)
+
+    resumed = subprocess.run(
+        [*command, "--resume", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    result = json.loads(resumed.stdout)
+    assert result["trials"] == 4
+    after = finished()
+    for trial, mtime in before.items():
+        assert after[trial] == mtime, f"{trial} was run again"
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ("train.optimzer.lr: {uniform: [0.1, 0.2]}", "train.optimzer: unknown key"),
+        (
+            "train.batch_size: {choice: []}",
+            "tune.space.train.batch_size.choice: List should have at least 1 item",
+        ),
+        ("model.params.dropout: {uniform: [0.5, 0.1]}", "low 0.5 > high 0.1"),
+        (
+            "train.optimizer.lr: {uniform: [-0.1, 0.1]}",
+            "train.optimizer.lr: Input should be greater than 0",
+        ),
+        ("model.params.widht: {randint: [1, 4]}", "model.params.widht: unknown key"),
+    ],
+)
+def test_bad_spaces_fail_before_ray_in_one_line(tmp_path, space, message):
+    path = tmp_path / "tune.yaml"
+    path.write_text(f"extends: {ROOT / 'jobs/digits-cnn.yaml'}\ntune:\n  space:\n    {space}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "kiln", "tune", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert message in lines[0], lines[0]
