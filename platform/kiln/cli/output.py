@@ -1,6 +1,9 @@
 """Shared output helpers: JSON for scripts, rich for people."""
 
+import contextlib
 import json
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -14,3 +17,14 @@ def print_json(value: Any) -> None:
 
 def number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@contextlib.contextmanager
+def stdout_for_json_only(enabled: bool) -> Iterator[None]:
+    """With --json, whatever libraries print while the command runs goes to stderr, so that
+    stdout holds exactly one JSON object."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield

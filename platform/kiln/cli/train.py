@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kiln.cli.output import console, number, print_json
+from kiln.cli.output import console, number, print_json, stdout_for_json_only
 from kiln.spec import load_spec
 
 
@@ -29,7 +29,8 @@ def train(
     connect(address, show_logs=verbose and not json_output)
     metric = spec.checkpoint.metric or "val_loss"
     view = ProgressView(spec.name, spec.train.epochs, metric, console, quiet=quiet or json_output)
-    outcome = run_job(spec, view, run_name=run_name)
+    with stdout_for_json_only(json_output):
+        outcome = run_job(spec, view, run_name=run_name)
     if json_output:
         print_json(outcome.to_json())
     elif not quiet:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from kiln.cli.output import console, print_json
+from kiln.cli.output import console, print_json, stdout_for_json_only
 from kiln.spec import load_spec
 
 
@@ -24,7 +24,8 @@ def tune(
     from kiln.tune import run_search
 
     connect(address, show_logs=verbose and not json_output)
-    outcome = run_search(spec, quiet=quiet or json_output, resume=resume, name=name)
+    with stdout_for_json_only(json_output):
+        outcome = run_search(spec, quiet=quiet or json_output, resume=resume, name=name)
     if json_output:
         print_json(outcome.to_json())
         return

@@ -4,7 +4,7 @@ optimizers and schedulers the spec asks for, and one epoch protocol:
     session = WorkerSession(config)
     model = session.prepare(models.create(spec.model, schema))
     optimizer = session.optimizer(model)            # tracked: checkpointed and restored
-    for epoch in session.epochs():                  # starts after the restored epoch
+    for epoch in session.epochs(loader):            # after the restored epoch
         ...train and validate...
         if session.end_epoch(metrics, artifacts):   # report + checkpoint; True = stop early
             break
@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
 
 from kiln.data import Dataset
 from kiln.predict import unwrap
@@ -110,10 +111,13 @@ class WorkerSession:
 
     # --- the epoch protocol ---------------------------------------------------------------
 
-    def epochs(self) -> Iterator[int]:
+    def epochs(self, loader: DataLoader | None = None) -> Iterator[int]:
+        """Epochs after the restored one; reshuffles `loader`'s distributed sampler each time."""
         self._restore()
         for epoch in range(self.progress.epoch, self.spec.train.epochs):
             self._epoch_started = time.monotonic()
+            if loader is not None and isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
             yield epoch
 
     def end_epoch(

@@ -13,6 +13,7 @@ import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from kiln import data as datasets
@@ -132,12 +133,13 @@ def max_concurrent(spec: JobSpec) -> int:
 def _tune_config(spec: JobSpec) -> tune.TuneConfig:
     t = spec.tune
     assert t is not None and t.metric is not None and t.mode is not None
+    concurrent = max_concurrent(spec)
     if t.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg: Any = OptunaSearch(seed=t.seed)
-    else:
-        search_alg = BasicVariantGenerator(random_state=t.seed)
+        search_alg: Any = ConcurrencyLimiter(OptunaSearch(seed=t.seed), max_concurrent=concurrent)
+    else:  # Tune ignores TuneConfig.max_concurrent_trials for a variant generator: set it here
+        search_alg = BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent)
     if t.scheduler.name == "asha":
         scheduler: Any = ASHAScheduler(
             time_attr="epoch",
@@ -153,7 +155,6 @@ def _tune_config(spec: JobSpec) -> tune.TuneConfig:
         num_samples=t.num_samples,
         search_alg=search_alg,
         scheduler=scheduler,
-        max_concurrent_trials=max_concurrent(spec),
         time_budget_s=t.time_budget_s,
     )
 

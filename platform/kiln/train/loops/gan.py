@@ -52,9 +52,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # real and fake images.
     loader = train_loader(data, spec.train.batch_size, session.world, drop_last=True)
     quality = Quality(config["extras"]["evaluator"], data, gan.latent_dim, session.device)
-    for epoch in session.epochs():
-        if session.world > 1:
-            loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+    for _ in session.epochs(loader):
         gan.train()
         sums = np.zeros(3)
         for images, _ in loader:

@@ -27,9 +27,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = session.optimizer(model)
     loader = train_loader(data, spec.train.batch_size, session.world)
     log_q = sampling_log_probability(data.extras["popularity"], session.device)
-    for epoch in session.epochs():
-        if session.world > 1:
-            loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+    for _ in session.epochs(loader):
         model.train()
         total, count = 0.0, 0.0
         for x, positives in loader:

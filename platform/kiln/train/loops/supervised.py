@@ -23,9 +23,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = session.optimizer(model)
     loader = train_loader(data, spec.train.batch_size, session.world)
     criterion = loss_function(spec.task)
-    for epoch in session.epochs():
-        if session.world > 1:
-            loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+    for _ in session.epochs(loader):
         model.train()
         total, count = 0.0, 0.0
         for inputs, targets in loader:
