@@ -56,3 +56,23 @@ def run_kiln(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def quiet_view(spec):
+    """A progress view that draws nothing (tests read its events)."""
+    from rich.console import Console
+
+    from kiln.train.progress import ProgressView
+
+    metric = spec.checkpoint.metric
+    return ProgressView(spec.name, spec.train.epochs, metric, Console(quiet=True), quiet=True)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(ray_cluster):
+    """digits-cnn trained once (2 DDP workers) and registered in the session's KILN_HOME."""
+    from kiln.spec import load_spec
+    from kiln.train import run_job
+
+    spec = load_spec(ROOT / "jobs" / "digits-cnn.yaml")
+    return spec, run_job(spec, quiet_view(spec))

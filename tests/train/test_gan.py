@@ -6,8 +6,7 @@ from kiln.registry import ModelRegistry
 from kiln.spec import load_spec
 from kiln.train import run_job
 from kiln.train.loops.gan import frechet_distance
-from tests.conftest import ROOT
-from tests.train.test_train import quiet_view
+from tests.conftest import ROOT, quiet_view
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -9,7 +9,6 @@ import time
 
 import psutil
 import pytest
-from rich.console import Console
 
 from kiln import data as datasets
 from kiln.cli import main
@@ -17,26 +16,14 @@ from kiln.evaluate import evaluate
 from kiln.registry import ModelRegistry
 from kiln.spec import load_spec
 from kiln.train import run_job
-from kiln.train.progress import ProgressView
-from tests.conftest import ROOT
+from tests.conftest import ROOT, quiet_view
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-
-def quiet_view(spec) -> ProgressView:
-    return ProgressView(
-        spec.name, spec.train.epochs, spec.checkpoint.metric, Console(quiet=True), quiet=True
-    )
 
 
 def train(job: str, *overrides: str):
     spec = load_spec(ROOT / "jobs" / job, overrides)
     return spec, run_job(spec, quiet_view(spec))
-
-
-@pytest.fixture(scope="module")
-def digits_cnn(kiln_home):
-    return train("digits-cnn.yaml")
 
 
 def test_digits_cnn_on_two_workers_reaches_97_percent(digits_cnn):

@@ -1,0 +1,70 @@
+"""`kiln models list | show | promote | export` on a model trained in this session."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kiln.cli import main
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def kiln_json(capsys, *args: str):
+    main([*args, "--json"])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_list_show_and_promote(digits_cnn, capsys):
+    _, outcome = digits_cnn
+    listed = {m["name"]: m for m in kiln_json(capsys, "models", "list")}
+    assert outcome.version in listed["digits-cnn"]["versions"]
+    card = kiln_json(capsys, "models", "show", f"digits-cnn@{outcome.version}")
+    assert card["metrics"]["val_accuracy"] == outcome.metrics["val_accuracy"]
+    assert card["lineage"]["run_name"] == outcome.run_name
+    kiln_json(
+        capsys, "models", "promote", "digits-cnn", str(outcome.version), "--alias", "production"
+    )
+    assert (
+        kiln_json(capsys, "models", "show", "digits-cnn@production")["version"] == outcome.version
+    )
+
+
+def test_unknown_model_is_one_line_and_exit_3(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["models", "show", "no-such-model@production"])
+    assert exit_info.value.code == 3
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_runs_like_the_original(digits_cnn, tmp_path, capsys, fmt):
+    _, outcome = digits_cnn
+    path = tmp_path / f"model.{fmt}"
+    result = kiln_json(
+        capsys,
+        "models",
+        "export",
+        f"digits-cnn@{outcome.version}",
+        "--format",
+        fmt,
+        "-o",
+        str(path),
+    )
+    assert result["bytes"] == path.stat().st_size > 0
+    from kiln.registry import ModelRegistry
+
+    original = ModelRegistry.open().load(f"digits-cnn@{outcome.version}").module
+    x = torch.rand(5, 1, 8, 8)  # another batch size than the export's example
+    with torch.no_grad():
+        expected = original(x).numpy()
+    if fmt == "torchscript":
+        got = torch.jit.load(str(path))(x).detach().numpy()
+    else:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        onnx.checker.check_model(onnx.load(str(path)))
+        got = ReferenceEvaluator(str(path)).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
