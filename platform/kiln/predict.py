@@ -4,7 +4,6 @@ safetensors, and how to build it back from the registry."""
 from typing import Any
 
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from kiln import models
@@ -38,11 +37,6 @@ def model_card(spec: JobSpec, schema: DataSchema) -> dict[str, Any]:
     }
 
 
-def weights_bytes(module: nn.Module) -> bytes:
-    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(module).state_dict().items()}
-    return save_safetensors(state)
-
-
 def unwrap(module: nn.Module) -> nn.Module:
     """The model inside DistributedDataParallel, if it is wrapped."""
     inner = getattr(module, "module", None)
@@ -67,7 +61,3 @@ def load_model(registry: ModelRegistry, version: ModelVersion) -> LoadedModel:
         ) from None
     module.eval()
     return LoadedModel(version, card, module)
-
-
-def card_schema(card: dict[str, Any]) -> DataSchema:
-    return DataSchema(**card["schema"])
