@@ -6,7 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from kiln.data.base import Dataset, classification, require_task, shuffled_split
+from kiln.data.base import DataSchema, Dataset, require_task, shuffled_split
 from kiln.data.files import read_table
 from kiln.data.registry import DATASETS
 from kiln.errors import DataError
@@ -37,16 +37,21 @@ def text_csv(
         if name not in frame.columns:
             raise DataError(f"{path} has no column {name!r}; columns: {', '.join(frame.columns)}")
     tokens = [tokenize(t) for t in frame[text_column]]
-    labels = frame[label_column].astype(str).to_numpy()
-    placeholder = np.zeros((len(tokens), max_len), np.int64)
-    data = classification(placeholder, labels, val_fraction, seed)
-    train_rows, val_rows = shuffled_split(len(tokens), val_fraction, seed)
-    vocab = build_vocab([tokens[i] for i in train_rows], max_vocab)
-    data.x_train = encode([tokens[i] for i in train_rows], vocab, max_len)
-    data.x_val = encode([tokens[i] for i in val_rows], vocab, max_len)
-    data.schema.vocab_size = len(vocab) + 2
-    data.schema.transform = {"tokenize": TOKEN.pattern, "vocab": vocab, "max_len": max_len}
-    return data
+    classes, y = np.unique(frame[label_column].astype(str).to_numpy(), return_inverse=True)
+    train, val = shuffled_split(len(tokens), val_fraction, seed)
+    vocab = build_vocab([tokens[i] for i in train], max_vocab)
+    schema = DataSchema(
+        task="classification",
+        input_shape=[max_len],
+        input_dtype="int64",
+        output_dim=len(classes),
+        classes=[str(c) for c in classes],
+        vocab_size=len(vocab) + 2,
+        transform={"tokenize": TOKEN.pattern, "vocab": vocab, "max_len": max_len},
+    )
+    x_train = encode([tokens[i] for i in train], vocab, max_len)
+    x_val = encode([tokens[i] for i in val], vocab, max_len)
+    return Dataset(x_train, y[train].astype(np.int64), x_val, y[val].astype(np.int64), schema)
 
 
 def build_vocab(texts: list[list[str]], max_vocab: int) -> dict[str, int]:
