@@ -2,6 +2,7 @@
 helpers to run the CLI as a user does."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,22 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Serving as `kiln serve` runs it (the HAProxy ingress), with metrics reported every second
+# instead of every ten so that a test sees its requests counted quickly.
+os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# HAProxy's own metrics and stats ports are fixed by default; a user's `kiln serve` on this
+# machine must not collide with the tests'.
+os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +49,12 @@ def ray_cluster(kiln_home):
     # The dashboard stays on: Ray Train's placement-group cleaner asks the State API (served by
     # the dashboard) whether a stopped trial's controller is gone; without it, the placement
     # groups of trials that ASHA stops are never removed and later trials cannot start.
-    ray.init(num_cpus=2, object_store_memory=300 * 1024**2, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        object_store_memory=300 * 1024**2,
+        log_to_driver=False,
+        _metrics_export_port=free_port(),
+    )
     yield ray
     ray.shutdown()
 

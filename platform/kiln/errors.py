@@ -8,7 +8,9 @@ the CLI prints it (no traceback) and exits with its `exit_code`.
     ├── RegistryError        the model registry refuses a read or write
     │   ├── ModelNotFoundError   no such model, version or alias
     │   └── IntegrityError       a file is missing, truncated or fails its sha256
-    └── TrainingError        a training run failed after its retries
+    ├── TrainingError        a training run failed after its retries
+    ├── RequestError         a request to a served model is malformed; HTTP 400
+    └── ServeError           a serving config cannot be deployed or a cluster cannot be reached
 """
 
 
@@ -48,4 +50,12 @@ class IntegrityError(RegistryError):
 
 
 class TrainingError(KilnError):
+    pass
+
+
+class RequestError(KilnError):
+    """Raised while serving; the route edge turns it into a 400 with this message."""
+
+
+class ServeError(KilnError):
     pass

@@ -272,7 +272,7 @@ def parse_spec(raw: Any, source: str) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(_first_error(e, source, JobSpec)) from None
+        raise SpecError(first_error(e, source, JobSpec)) from None
 
 
 def check_spec(spec: JobSpec, source: str) -> None:
@@ -287,7 +287,7 @@ def check_spec(spec: JobSpec, source: str) -> None:
         try:
             check()
         except ValidationError as e:
-            raise SpecError(_first_error(e, source, prefix=f"{prefix}.params")) from None
+            raise SpecError(first_error(e, source, prefix=f"{prefix}.params")) from None
         except SpecError as e:
             where = getattr(e, "field", None) or prefix
             raise SpecError(f"{source}: {where}: {e}") from None
@@ -319,7 +319,7 @@ def spec_to_yaml(spec: JobSpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False)
 
 
-def _read_yaml(path: Path, source: str) -> Any:
+def read_yaml(path: Path, source: str) -> Any:
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -337,7 +337,7 @@ def _read_yaml(path: Path, source: str) -> Any:
 
 def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     source = f"{chain[-1]}: extends" if chain else str(path)
-    raw = _read_yaml(path, source)
+    raw = read_yaml(path, source)
     if not isinstance(raw, dict):
         return raw
     parent = raw.pop("extends", None)
@@ -398,7 +398,7 @@ def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
     node[parts[-1]] = value
 
 
-def _first_error(
+def first_error(
     e: ValidationError,
     source: str,
     model: type[BaseModel] | None = None,

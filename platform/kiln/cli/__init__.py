@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from kiln.cli import models, specs, train, tune
+from kiln.cli import models, serve, specs, train, tune
 from kiln.errors import KilnError
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command("tune")(tune.tune)
 app.command("validate")(specs.validate)
 app.command("schema")(specs.schema)
 app.add_typer(models.app, name="models")
+app.add_typer(serve.app, name="serve")
 
 err = Console(stderr=True)
 

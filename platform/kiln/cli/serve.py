@@ -1,0 +1,188 @@
+"""`kiln serve CONFIG | status | shutdown`: registered models behind Ray Serve endpoints.
+
+kiln serve serving/digits.yaml               # local Ray; stays attached, Ctrl-C stops
+kiln serve serving/digits.yaml --detach      # leaves it running (a `ray start` cluster)
+kiln serve serving/digits.yaml --address http://head:8265
+kiln serve status --json
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+from typer.core import TyperGroup
+
+from kiln.cli.output import console, print_json
+from kiln.errors import ServeError
+from kiln.settings import get_settings
+
+LOCAL_DASHBOARD = "http://127.0.0.1:8265"
+METRICS_PORT = 8080
+
+
+class ConfigOrCommand(TyperGroup):
+    """`kiln serve FILE` runs the `up` command; `kiln serve status` the sub-command."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["up", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=ConfigOrCommand,
+    help="Serve registered models: kiln serve CONFIG | status | shutdown.",
+    no_args_is_help=True,
+)
+ADDRESS = typer.Option(
+    None, "--address", help="Ray dashboard URL (http://HEAD:8265); default: a local Ray"
+)
+
+
+@app.command("up")
+def up(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="a serving/*.yaml file"),
+    address: str | None = ADDRESS,
+    detach: bool = typer.Option(False, "--detach", help="deploy and return"),
+    port: int | None = typer.Option(None, "--port", help="HTTP port (default: the config's)"),
+    timeout: float = typer.Option(300, help="seconds to wait until every application runs"),
+) -> None:
+    """Deploy a serving config, wait until it is healthy, print its URLs."""
+    from kiln.serve import deploy
+
+    config = deploy.load_config(config_path, port=port)
+    _warn_if_open(config)
+    dashboard, started_here = _cluster(address, detach)
+    console.print(f"deploying {config_path} to {dashboard} ...")
+    deploy.deploy(config, dashboard)
+    deploy.wait_until_running(config, dashboard, timeout)
+    _print_urls(config)
+    if detach:
+        console.print(f"detached; stop with: kiln serve shutdown --address {dashboard}")
+        return
+    console.print("serving; Ctrl-C shuts down")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("shutting down ...")
+        deploy.shutdown(dashboard)
+        if started_here:
+            import ray
+
+            ray.shutdown()
+
+
+@app.command()
+def status(
+    address: str | None = ADDRESS, json_output: bool = typer.Option(False, "--json")
+) -> None:
+    """Applications, deployments and their replicas."""
+    from kiln.serve import deploy
+
+    details = deploy.details(_dashboard(address))
+    rows = [
+        {
+            "application": name,
+            "status": application["status"],
+            "route": application.get("route_prefix"),
+            "deployments": {
+                d_name: {
+                    "status": d["status"],
+                    "replicas": sum(r["state"] == "RUNNING" for r in d.get("replicas", [])),
+                    "target": d.get("target_num_replicas"),
+                }
+                for d_name, d in application.get("deployments", {}).items()
+            },
+        }
+        for name, application in details.get("applications", {}).items()
+    ]
+    if json_output:
+        print_json(rows)
+        return
+    table = Table("application", "status", "route", "deployment", "replicas (running/target)")
+    for row in rows:
+        for d_name, d in row["deployments"].items():
+            table.add_row(
+                row["application"],
+                row["status"],
+                row["route"],
+                d_name,
+                f"{d['replicas']}/{d['target']}",
+            )
+    console.print(table if rows else "no applications are deployed")
+
+
+@app.command()
+def shutdown(address: str | None = ADDRESS) -> None:
+    """Delete every Serve application on the cluster."""
+    from kiln.serve import deploy
+
+    dashboard = _dashboard(address)
+    deploy.shutdown(dashboard)
+    console.print(f"deleted the Serve applications on {dashboard}")
+
+
+def _dashboard(address: str | None) -> str:
+    return address or os.environ.get("RAY_DASHBOARD_ADDRESS") or LOCAL_DASHBOARD
+
+
+def _cluster(address: str | None, detach: bool) -> tuple[str, bool]:
+    """The dashboard to deploy to, and whether this process started the cluster (so that
+    Ctrl-C stops it). Kiln starts a local Ray with the HAProxy ingress, which serves small
+    models several times faster than Serve's Python proxy (see README, Serving)."""
+    if address:
+        return address, False
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    if detach:
+        _start_detached_cluster()
+        return LOCAL_DASHBOARD, False
+    import ray
+
+    from kiln import raycluster
+
+    running = raycluster.local_cluster_running()
+    raycluster.connect(get_settings().ray_address, metrics_export_port=METRICS_PORT)
+    return "http://" + ray._private.worker.get_dashboard_url(), not running
+
+
+def _start_detached_cluster() -> None:
+    from kiln import raycluster
+
+    if raycluster.local_cluster_running():
+        return
+    command = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        "--dashboard-host=127.0.0.1",
+        f"--metrics-export-port={METRICS_PORT}",
+        "--disable-usage-stats",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ServeError(f"ray start failed: {done.stderr.strip().splitlines()[-1:]}")
+
+
+def _warn_if_open(config: dict[str, Any]) -> None:
+    settings = get_settings()
+    files = [a.get("args", {}).get("api_keys_file") for a in config["applications"]]
+    if not (settings.api_keys or settings.api_keys_file or any(files)):
+        console.print(
+            "[yellow]warning:[/yellow] no API keys (KILN_API_KEYS or api_keys_file): "
+            "the model endpoints are open to anyone who can reach them"
+        )
+
+
+def _print_urls(config: dict[str, Any]) -> None:
+    port = config.get("http_options", {}).get("port", 8000)
+    base = f"http://127.0.0.1:{port}"
+    for application in config["applications"]:
+        console.print(f"  {application['name']:<14} {base}{application['route_prefix']}")
+    console.print(f"  docs           {base}/docs")
+    console.print(f"  metrics        http://127.0.0.1:{METRICS_PORT}/metrics (Prometheus)")

@@ -1,0 +1,188 @@
+"""The HTTP side of serving: FastAPI apps for one model (mounted at /v2/models/{name}) and for
+the server index (/, /v2, /v2/health/*, /docs). Errors are Open Inference Protocol bodies,
+`{"error": "..."}`, with 400 for a bad request, 401, 404, 413; never a traceback."""
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+import kiln
+from kiln.errors import KilnError, ModelNotFoundError
+from kiln.serve.auth import ApiKeys
+from kiln.serve.endpoint import ModelEndpoint
+from kiln.serve.middleware import BodyLimit, RootPathAsSlash
+from kiln.serve.protocol import (
+    ErrorBody,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ServerMetadata,
+    describe,
+    parse_request,
+)
+
+log = logging.getLogger("ray.serve")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 429, 503)
+}
+JSON = "application/json"
+# The body is parsed by Kiln (any Content-Type, pydantic's JSON parser) and documented here.
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {JSON: {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}},
+    }
+}
+
+
+def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> FastAPI:
+    api = FastAPI(
+        title=f"Kiln model {endpoint.name}",
+        version=kiln.__version__,
+        description="Open Inference Protocol (KServe v2) endpoints of one model.",
+    )
+    api.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    api.add_middleware(RootPathAsSlash)
+    _answer_errors_as_protocol(api)
+    _document_schemas(api, InferenceRequest)
+    Authorized = Annotated[None, Depends(keys.require)]
+
+    @api.get("/", response_model=ModelMetadata, responses=ERRORS)
+    def metadata(_: Authorized) -> ModelMetadata:
+        return endpoint.metadata()
+
+    @api.get("/ready", responses=ERRORS)
+    def ready() -> dict[str, bool]:
+        return {"ready": True}  # a replica exists only once its model has loaded
+
+    answers = {200: {"model": InferenceResponse}, **ERRORS}
+
+    @api.post("/infer", responses=answers, openapi_extra=INFER_BODY)
+    async def infer(request: Request, _: Authorized) -> Response:
+        return await _timed(endpoint, request, None)
+
+    @api.post("/versions/{version}/infer", responses=answers, openapi_extra=INFER_BODY)
+    async def infer_version(version: int, request: Request, _: Authorized) -> Response:
+        return await _timed(endpoint, request, version)
+
+    return api
+
+
+async def _timed(endpoint: ModelEndpoint, request: Request, version: int | None) -> Response:
+    start = time.perf_counter()
+    code, answered = 200, version or endpoint.current.version
+    try:
+        body = parse_request(await request.body())
+        answered, content = await endpoint.infer(body, version)
+        return Response(content, media_type=JSON)
+    except KilnError as e:
+        code = 404 if isinstance(e, ModelNotFoundError) else 400
+        return JSONResponse({"error": str(e)}, code)
+    finally:
+        endpoint.metrics.answered(answered, code, (time.perf_counter() - start) * 1000)
+
+
+def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
+    """`models()` gives each served model's name and whether it is ready."""
+    api = FastAPI(
+        title="Kiln",
+        version=kiln.__version__,
+        description=(
+            "Registered models behind the Open Inference Protocol (KServe v2 REST). Each model "
+            "answers under /v2/models/{name}; this app answers health, server metadata and "
+            "names that are not served."
+        ),
+    )
+    _answer_errors_as_protocol(api)
+    _document_schemas(api, InferenceRequest)
+
+    @api.get("/")
+    async def index() -> dict[str, Any]:
+        served = await models()
+        return {"server": "kiln", "models": {m: f"/v2/models/{m}" for m in served}, "docs": "/docs"}
+
+    @api.get("/v2", response_model=ServerMetadata)
+    def server_metadata() -> ServerMetadata:
+        return ServerMetadata(name="kiln", version=kiln.__version__, extensions=[])
+
+    @api.get("/v2/health/live")
+    def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready", responses=ERRORS)
+    async def ready() -> JSONResponse:
+        served = await models()
+        ok = bool(served) and all(served.values())
+        return JSONResponse({"ready": ok, "models": served}, 200 if ok else 503)
+
+    # A request reaches these only when no model app owns its name (the proxy routes by the
+    # longest prefix); they are here to give a 404 and to document the protocol in /docs.
+    @api.get("/v2/models/{name}", response_model=ModelMetadata, responses=ERRORS)
+    async def metadata(name: str) -> JSONResponse:
+        return await _not_served(name, models)
+
+    @api.get("/v2/models/{name}/ready", responses=ERRORS)
+    async def model_ready(name: str) -> JSONResponse:
+        return await _not_served(name, models)
+
+    answers = {200: {"model": InferenceResponse}, **ERRORS}
+
+    @api.post("/v2/models/{name}/infer", responses=answers, openapi_extra=INFER_BODY)
+    async def infer(name: str) -> JSONResponse:
+        return await _not_served(name, models)
+
+    @api.post(
+        "/v2/models/{name}/versions/{version}/infer", responses=answers, openapi_extra=INFER_BODY
+    )
+    async def infer_version(name: str, version: int) -> JSONResponse:
+        return await _not_served(name, models)
+
+    return api
+
+
+async def _not_served(name: str, models: Callable[[], Awaitable[dict[str, bool]]]) -> JSONResponse:
+    served = await models()
+    if name in served:
+        error = f"model {name!r} is not ready yet"
+        return JSONResponse({"error": error}, 503, {"Retry-After": "5"})
+    known = ", ".join(sorted(served)) or "none"
+    error = f"no model named {name!r} is served here (served: {known})"
+    return JSONResponse({"error": error}, 404)
+
+
+def _answer_errors_as_protocol(api: FastAPI) -> None:
+    @api.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": describe(exc.errors())}, 400)
+
+    @api.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, exc.status_code, exc.headers)
+
+    @api.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error answering %s", request.url.path)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, 500)
+
+
+def _document_schemas(api: FastAPI, *models: type[BaseModel]) -> None:
+    """Add request models that no route declares as a parameter to the OpenAPI components."""
+    generate = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            components = generate().setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+        return api.openapi_schema or {}
+
+    api.openapi = openapi  # type: ignore[method-assign]

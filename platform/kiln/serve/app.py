@@ -1,0 +1,91 @@
+"""Kiln's Ray Serve applications, named by `import_path` in a serving config:
+
+    kiln.serve:model_app   one model under /v2/models/{name} (the application's name)
+    kiln.serve:index_app   /, /v2, /v2/health/live|ready, /docs, and 404s for unknown models
+
+Each model is its own application, so that a request crosses one hop (proxy to the model's
+replica), and each model scales, upgrades and fails on its own, as KServe's InferenceServices do.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from kiln.registry import ModelRegistry
+from kiln.serve.api import index_api, model_api
+from kiln.serve.auth import ApiKeys
+from kiln.serve.config import MODEL_DEPLOYMENT, Batching, IndexArgs, ModelArgs
+from kiln.serve.endpoint import ModelEndpoint
+from kiln.serve.metrics import EndpointMetrics
+
+log = logging.getLogger("ray.serve")
+
+
+@serve.deployment(
+    name=MODEL_DEPLOYMENT,
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=32,
+    user_config=Batching().model_dump(),
+)
+@serve.ingress()
+class ModelDeployment:
+    def __init__(self, args: dict[str, Any]):
+        config = ModelArgs.model_validate(args)
+        torch.set_num_threads(config.torch_threads)  # replicas share the node's cores
+        name = serve.get_replica_context().app_name
+        self.keys = ApiKeys.load(config.api_keys_file)
+        if self.keys.open:
+            log.warning(f"{name}: no API keys configured; the endpoint is open to anyone")
+        self.max_body_bytes = config.max_body_bytes
+        self.endpoint = ModelEndpoint(
+            name,
+            config.model,
+            ModelRegistry.open(config.registry),
+            EndpointMetrics(name),
+            config.watch_interval_s,
+            config.versions_cached,
+        )
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return model_api(self.endpoint, self.keys, self.max_body_bytes)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.endpoint.set_batching(Batching.model_validate(user_config))
+
+    def is_ready(self) -> bool:
+        return True
+
+    def __del__(self) -> None:
+        self.endpoint.stop()
+
+
+@serve.deployment(name="Index", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=64)
+@serve.ingress()
+class IndexDeployment:
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return index_api(served_models)
+
+
+async def served_models() -> dict[str, bool]:
+    """Every model application on this Serve instance and whether it is running."""
+    status = await asyncio.to_thread(serve.status)  # a call to the Serve controller
+    return {
+        name: app.status == "RUNNING"
+        for name, app in status.applications.items()
+        if MODEL_DEPLOYMENT in app.deployments
+    }
+
+
+def model_app(args: dict[str, Any]) -> Application:
+    ModelArgs.model_validate(args)  # a wrong config fails when deployed, not in every replica
+    return ModelDeployment.bind(args)  # type: ignore[attr-defined]
+
+
+def index_app(args: dict[str, Any] | None = None) -> Application:
+    IndexArgs.model_validate(args or {})
+    return IndexDeployment.bind()  # type: ignore[attr-defined]

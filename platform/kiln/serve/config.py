@@ -1,0 +1,41 @@
+"""What a serving config may say to Kiln's application builders (`args`, `user_config`).
+
+applications:
+- name: digits-cnn                       # the model's name in /v2/models/{name}
+  route_prefix: /v2/models/digits-cnn
+  import_path: kiln.serve:model_app
+  args: {model: digits-cnn@production}   # ModelArgs
+  deployments:
+  - name: ModelDeployment
+    user_config: {max_batch_size: 16, batch_wait_ms: 2}   # Batching; changes in place
+"""
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+MODEL_DEPLOYMENT = "ModelDeployment"
+MODEL_ROUTE = "/v2/models/"
+
+
+class ModelArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="NAME@ALIAS (followed as it moves) or NAME@VERSION (pinned)")
+    registry: str | None = Field(None, description="registry URI; default KILN_REGISTRY")
+    watch_interval_s: PositiveFloat = Field(2.0, description="how often the alias is re-read")
+    max_body_bytes: PositiveInt = Field(4 * 2**20, description="larger request bodies get 413")
+    api_keys_file: str | None = Field(None, description="bearer keys, one per line")
+    versions_cached: PositiveInt = Field(2, description="other versions kept loaded")
+    torch_threads: PositiveInt = Field(1, description="intra-op threads per replica")
+
+
+class Batching(BaseModel):
+    """The deployment's `user_config`: Serve applies a change to it without a restart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: PositiveInt = 16  # 1 turns batching off
+    batch_wait_ms: NonNegativeFloat = 2.0
+
+
+class IndexArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")

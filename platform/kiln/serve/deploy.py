@@ -1,0 +1,112 @@
+"""Deploying a serving config the way `serve deploy` and KubeRay do (the dashboard's REST API,
+declarative: the config is the whole wanted state), after checking what Ray would only find
+out inside a replica: the models exist, arguments are known, routes match the model names.
+
+    config = load_config(Path("serving/digits.yaml"))
+    deploy(config, "http://127.0.0.1:8265"); wait_until_running(config, "http://127.0.0.1:8265")
+"""
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from kiln.errors import ServeError, SpecError
+from kiln.registry import ModelRegistry
+from kiln.serve.config import MODEL_DEPLOYMENT, MODEL_ROUTE, Batching, ModelArgs
+from kiln.settings import absolute
+from kiln.spec import first_error, read_yaml
+
+MODEL_APP = "kiln.serve:model_app"
+
+
+def load_config(path: Path, registry: str | None = None, port: int | None = None) -> dict[str, Any]:
+    """The config as Ray will receive it: checked, with the registry URI filled in."""
+    from ray.serve.schema import ServeDeploySchema
+
+    source = str(path)
+    raw = read_yaml(path, source)
+    try:
+        ServeDeploySchema.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(first_error(e, source)) from None
+    if port is not None:
+        raw.setdefault("http_options", {})["port"] = port
+    for index, app in enumerate(raw["applications"]):
+        if app["import_path"] == MODEL_APP:
+            _check_model_app(app, f"{source}: applications[{index}]", registry)
+    return raw
+
+
+def _check_model_app(app: dict[str, Any], where: str, registry: str | None) -> None:
+    try:
+        args = ModelArgs.model_validate(app.get("args") or {})
+    except ValidationError as e:
+        raise SpecError(first_error(e, where, ModelArgs, prefix="args")) from None
+    if app.get("route_prefix") != MODEL_ROUTE + app["name"]:
+        raise SpecError(f"{where}: route_prefix must be {MODEL_ROUTE}{app['name']} (its name)")
+    uri = absolute(args.registry) if args.registry else ModelRegistry.open(registry).uri
+    app.setdefault("args", {})["registry"] = uri  # replicas may run with another cwd and env
+    ModelRegistry.open(uri).resolve(args.model)  # ModelNotFoundError names what is missing
+    for deployment in app.get("deployments", []):
+        if deployment["name"] == MODEL_DEPLOYMENT:
+            _check_batching(deployment, where)
+
+
+def _check_batching(deployment: dict[str, Any], where: str) -> None:
+    try:
+        batching = Batching.model_validate(deployment.get("user_config") or {})
+    except ValidationError as e:
+        raise SpecError(first_error(e, where, Batching, prefix="user_config")) from None
+    ongoing = deployment.get("max_ongoing_requests", 32)
+    if ongoing < batching.max_batch_size:  # Serve never fills a batch past this
+        raise SpecError(
+            f"{where}: max_ongoing_requests ({ongoing}) must be at least "
+            f"max_batch_size ({batching.max_batch_size})"
+        )
+
+
+def model_names(config: dict[str, Any]) -> list[str]:
+    return [a["name"] for a in config["applications"] if a["import_path"] == MODEL_APP]
+
+
+def deploy(config: dict[str, Any], dashboard: str) -> None:
+    _client(dashboard).deploy_applications(config)
+
+
+def details(dashboard: str) -> dict[str, Any]:
+    """Serve's view of its applications (ServeInstanceDetails as JSON)."""
+    return dict(_client(dashboard).get_serve_details())
+
+
+def wait_until_running(config: dict[str, Any], dashboard: str, timeout_s: float = 300) -> None:
+    """Until every application is RUNNING; a DEPLOY_FAILED one raises with Serve's reason."""
+    names = {a["name"] for a in config["applications"]}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = details(dashboard).get("applications", {})
+        states = {n: apps.get(n, {}).get("status", "NOT_STARTED") for n in names}
+        if failed := [n for n, s in states.items() if s == "DEPLOY_FAILED"]:
+            message = apps[failed[0]].get("message", "").strip().splitlines()
+            raise ServeError(f"{failed[0]} failed to deploy: {message[-1] if message else ''}")
+        if all(s == "RUNNING" for s in states.values()):
+            return
+        if time.monotonic() > deadline:
+            waiting = ", ".join(f"{n} ({s})" for n, s in states.items() if s != "RUNNING")
+            raise ServeError(f"not running after {timeout_s:.0f} s: {waiting}")
+        time.sleep(1)
+
+
+def shutdown(dashboard: str) -> None:
+    _client(dashboard).delete_applications()
+
+
+def _client(dashboard: str) -> Any:
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    url = dashboard if "://" in dashboard else f"http://{dashboard}"
+    try:
+        return ServeSubmissionClient(url)
+    except Exception as e:  # it checks the address on creation
+        raise ServeError(f"cannot reach the Ray dashboard at {url}: {e}") from None

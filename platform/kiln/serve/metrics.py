@@ -1,0 +1,57 @@
+"""Kiln's serving metrics, exported with Ray Serve's own (`ray_serve_*`) on each node's metrics
+port. Ray prefixes names with `ray_` and counters end in `_total`:
+
+    ray_kiln_requests_total{model, version, code}          answered requests
+    ray_kiln_request_latency_ms_bucket{model, version}     time in the replica, parsing included
+    ray_kiln_batch_size_bucket{model, version}             examples per model call
+    ray_kiln_model_load_seconds{model, version}            load and warm-up time
+    ray_kiln_model_version{model}                          the version answering unversioned calls
+    ray_kiln_model_refusals_total{model, version}          versions that failed to load
+"""
+
+from typing import Any
+
+from ray.serve import metrics
+
+LATENCY_MS = [0.5, 1.0, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+BATCH = [1.0, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+class EndpointMetrics:
+    def __init__(self, model: str):
+        self.model = model
+        by_version: Any = ("model", "version")  # Ray's stubs say tuple[str]
+        self.requests = metrics.Counter(
+            "kiln_requests",
+            "requests answered",
+            tag_keys=("model", "version", "code"),  # type: ignore[arg-type]
+        )
+        self.latency = metrics.Histogram(
+            "kiln_request_latency_ms", "time in the replica", LATENCY_MS, tag_keys=by_version
+        )
+        self.batch = metrics.Histogram(
+            "kiln_batch_size", "examples per model call", BATCH, tag_keys=by_version
+        )
+        self.load_seconds = metrics.Gauge(
+            "kiln_model_load_seconds", "load and warm-up", tag_keys=by_version
+        )
+        self.version = metrics.Gauge("kiln_model_version", "version served", tag_keys=("model",))
+        self.refusals = metrics.Counter(
+            "kiln_model_refusals", "versions refused at load", tag_keys=by_version
+        )
+
+    def answered(self, version: int | None, code: int, latency_ms: float) -> None:
+        tags = {"model": self.model, "version": str(version or "")}
+        self.requests.inc(tags={**tags, "code": str(code)})
+        self.latency.observe(latency_ms, tags=tags)
+
+    def batched(self, version: int, examples: int) -> None:
+        self.batch.observe(examples, tags={"model": self.model, "version": str(version)})
+
+    def loaded(self, version: int, seconds: float, serving: bool) -> None:
+        self.load_seconds.set(seconds, tags={"model": self.model, "version": str(version)})
+        if serving:
+            self.version.set(version, tags={"model": self.model})
+
+    def refused(self, version: int) -> None:
+        self.refusals.inc(tags={"model": self.model, "version": str(version)})

@@ -1,0 +1,126 @@
+"""A registered model in eval mode, and the tensors it takes and gives over the protocol.
+
+    predictor = Predictor.load(registry, registry.resolve("digits-cnn@production"))
+    x = predictor.prepare(*pick_input(request.inputs, predictor.inputs))   # one request
+    outputs = predictor.run(torch.cat([x, ...]))                           # a batch of them
+
+Per task: classifiers give `probabilities` and `label`; generators take latent vectors (or one
+seed per image) and give `images` in [0, 1]; regressors, forecasters and recommenders give the
+model's `output` (or `scores`).
+"""
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from kiln.errors import RequestError
+from kiln.predict import load_model
+from kiln.registry import LoadedModel, ModelRegistry, ModelVersion
+from kiln.serve.protocol import TensorMetadata
+
+
+class Predictor:
+    def __init__(self, loaded: LoadedModel, load_seconds: float = 0.0):
+        self.name = loaded.version.name
+        self.version = loaded.version.version
+        self.module = loaded.module
+        self.card = loaded.card
+        self.schema: dict[str, Any] = loaded.card["schema"]
+        self.load_seconds = load_seconds
+        self.inputs = [TensorMetadata(**t) for t in loaded.card["inputs"]]
+        self.outputs = [TensorMetadata(**t) for t in loaded.card["outputs"]]
+
+    @classmethod
+    def load(cls, registry: ModelRegistry, version: ModelVersion) -> "Predictor":
+        """Load, then run one example through it: a version that cannot answer is refused
+        here, before it serves anything. Raises RegistryError (corrupt, wrong architecture)."""
+        start = time.perf_counter()
+        loaded = load_model(registry, version)
+        predictor = PREDICTORS.get(loaded.card["task"], cls)(loaded)
+        predictor.run(predictor.prepare(0, predictor.example()))
+        predictor.load_seconds = time.perf_counter() - start
+        return predictor
+
+    def example(self) -> np.ndarray:
+        """A one-example batch of zeros in the first input's shape."""
+        first = self.inputs[0]
+        dtype = np.float32 if first.datatype == "FP32" else np.int64
+        return np.zeros([1, *first.shape[1:]], dtype=dtype)
+
+    def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
+        """One request's input (input number `index` of `self.inputs`) as a model input."""
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        return {self.outputs[0].name: self.module(x).float().numpy()}
+
+
+class Classifier(Predictor):
+    def __init__(self, loaded: LoadedModel, load_seconds: float = 0.0):
+        super().__init__(loaded, load_seconds)
+        classes = self.schema["classes"] or [str(i) for i in range(self.schema["output_dim"])]
+        self.classes = np.array(classes, dtype=object)
+        width = self.schema["output_dim"]
+        self.outputs = [
+            TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, width]),
+            TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
+        ]
+
+    def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
+        if (vocab := self.schema.get("vocab_size")) and self.inputs[0].datatype == "INT64":
+            _check_ids(array, vocab, "token ids")
+        return super().prepare(index, array)
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        probabilities = torch.softmax(self.module(x).float(), dim=-1).numpy()
+        return {"probabilities": probabilities, "label": self.classes[probabilities.argmax(1)]}
+
+
+class Generator(Predictor):
+    """Images from latent vectors, or from seeds: seed s always draws the same image."""
+
+    def __init__(self, loaded: LoadedModel, load_seconds: float = 0.0):
+        super().__init__(loaded, load_seconds)
+        self.latent_dim = self.inputs[0].shape[1]
+        self.inputs.append(TensorMetadata(name="seed", datatype="INT64", shape=[-1]))
+
+    def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
+        if self.inputs[index].name == "latent":
+            return super().prepare(index, array)
+        _check_ids(array, 2**63 - 1, "seeds")
+        noise = [
+            torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(int(seed)))
+            for seed in array
+        ]
+        return torch.stack(noise)
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        images = (self.module(x).float() + 1) / 2  # the generator's [-1, 1] -> pixels in [0, 1]
+        return {"images": images.clamp(0, 1).numpy()}
+
+
+class Recommender(Predictor):
+    """Raw two-tower scores for (user index, recent item indices) rows; the recommendation
+    endpoint maps source ids and excludes seen items."""
+
+    def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
+        _check_ids(array[:, :1], len(self.schema["transform"]["user_ids"]) + 1, "user indices")
+        _check_ids(array[:, 1:], self.schema["output_dim"], "item indices")
+        return super().prepare(index, array)
+
+
+PREDICTORS: dict[str, type[Predictor]] = {
+    "classification": Classifier,
+    "generation": Generator,
+    "recommendation": Recommender,
+}
+
+
+def _check_ids(array: np.ndarray, bound: int, what: str) -> None:
+    if array.size and (array.min() < 0 or array.max() >= bound):
+        raise RequestError(f"{what} must lie in [0, {bound}); got {array.min()}..{array.max()}")

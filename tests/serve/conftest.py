@@ -1,0 +1,100 @@
+"""Real Ray Serve over real HTTP: the digits models trained (briefly) and registered, then
+serving/digits.yaml deployed as `kiln serve` deploys it, on its own port, for this package."""
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port, quiet_view
+
+QUICK = {"digits-mlp": 3, "digits-rnn": 3, "digits-gan": 3}  # epochs: serving needs weights
+API_KEY = "kiln-test-key-3f9a"
+SECURED = "digits-cnn-secured"
+
+
+@pytest.fixture(scope="package")
+def digits_models(digits_cnn):
+    """Every model serving/digits.yaml names, registered and promoted to production."""
+    from kiln.registry import ModelRegistry
+    from kiln.spec import load_spec
+    from kiln.train import run_job
+
+    registry = ModelRegistry.open()
+    for name, epochs in QUICK.items():
+        if not registry.versions(name):
+            spec = load_spec(ROOT / "jobs" / f"{name}.yaml", [f"train.epochs={epochs}"])
+            run_job(spec, quiet_view(spec))
+    for name in ["digits-cnn", *QUICK]:
+        registry.promote(name, 1, "production")
+    return registry
+
+
+@pytest.fixture(scope="package")
+def serving(digits_models, tmp_path_factory):
+    """The base URL of serving/digits.yaml, plus a copy of the CNN that needs an API key."""
+    import ray
+
+    from kiln.serve import deploy
+
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text(f"{API_KEY}\nanother-key\n")
+    config = deploy.load_config(ROOT / "serving" / "digits.yaml", port=free_port())
+    for app in config["applications"]:
+        if app["import_path"] == deploy.MODEL_APP:
+            app["args"]["watch_interval_s"] = 0.5
+            for d in app["deployments"]:  # one replica each: 2 CPUs hold them and the client
+                d["autoscaling_config"] = {**d["autoscaling_config"], "max_replicas": 1}
+    config["applications"].append(secured_copy(config, keys))
+    dashboard = "http://" + ray._private.worker.get_dashboard_url()
+    deploy.deploy(config, dashboard)
+    deploy.wait_until_running(config, dashboard, timeout_s=240)
+    yield f"http://127.0.0.1:{config['http_options']['port']}"
+    deploy.shutdown(dashboard)
+    wait_until_gone(dashboard)
+
+
+def secured_copy(config, keys: Path) -> dict:
+    cnn = next(a for a in config["applications"] if a["name"] == "digits-cnn")
+    return {
+        **cnn,
+        "name": SECURED,
+        "route_prefix": f"/v2/models/{SECURED}",
+        "args": {**cnn["args"], "api_keys_file": str(keys)},
+    }
+
+
+def wait_until_gone(dashboard: str) -> None:
+    """The replicas' CPUs are free again for the training tests that follow."""
+    from kiln.serve import deploy
+
+    for _ in range(60):
+        if not deploy.details(dashboard).get("applications"):
+            return
+        time.sleep(1)
+
+
+@pytest.fixture
+def http(serving):
+    with httpx.Client(base_url=serving, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="package")
+def metrics_url(ray_cluster) -> str:
+    port = ray_cluster._private.worker.global_worker.node.metrics_export_port
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+def infer_body(array, name: str = "input", datatype: str = "FP32") -> dict:
+    return {
+        "inputs": [
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": list(array.shape),
+                "data": array.ravel().tolist(),
+            }
+        ]
+    }
