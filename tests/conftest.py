@@ -17,6 +17,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Serving as `kiln serve` runs it (the HAProxy ingress), with metrics reported every second
 # instead of every ten so that a test sees its requests counted quickly.
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
 os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
 
 

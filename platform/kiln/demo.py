@@ -1,16 +1,24 @@
-"""`make demo`: Kiln's main job end to end on a local Ray, shown as the commands a user types.
+"""`make demo`: Kiln's main job end to end on a local Ray, shown as the commands a user types:
+train, tune, register, serve behind the Open Inference Protocol, send requests, load test.
 
 python -m kiln.demo
 """
 
+import json
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 
+import httpx
+import numpy as np
 from rich.console import Console
 from rich.rule import Rule
 
-STEPS = [
+SERVE_URL = "http://127.0.0.1:8000"
+QUICK = ["--set", "train.epochs=6", "--set", "register.alias=production"]
+TRAINING = [
     ("Check the job spec (no Ray needed)", ["validate", "jobs/digits-cnn.yaml"]),
     (
         "Train the digits CNN on 2 Ray Train workers (DDP) and register it",
@@ -27,24 +35,139 @@ STEPS = [
             "train.epochs=4",
         ],
     ),
+    (
+        "The other models serving/digits.yaml names (short runs)",
+        ["train", "jobs/digits-mlp.yaml", "--quiet", *QUICK],
+    ),
+    (None, ["train", "jobs/digits-rnn.yaml", "--quiet", *QUICK]),
+    (None, ["train", "jobs/digits-gan.yaml", "--quiet", *QUICK]),
     ("The registry", ["models", "list"]),
     ("The model card", ["models", "show", "digits-cnn@staging"]),
+    (
+        "Promote the CNN's first version to production (the endpoint follows this alias)",
+        ["models", "promote", "digits-cnn", "1", "--alias", "production"],
+    ),
 ]
+
+console = Console()
+
+
+def kiln(args: list[str]) -> None:
+    console.print(f"[bold]$ kiln {shlex.join(args)}[/bold]")
+    done = subprocess.run([sys.executable, "-m", "kiln", *args])
+    if done.returncode != 0:
+        console.print(f"[red]step failed with exit code {done.returncode}[/red]")
+        sys.exit(done.returncode)
+
+
+def start_serving() -> subprocess.Popen:
+    console.print(Rule("Serve the models (Ray Serve, one application per model)"))
+    console.print("[bold]$ kiln serve serving/digits.yaml[/bold]   (in the background)")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "kiln", "serve", "serving/digits.yaml"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    for line in server.stdout:
+        console.print(f"  {line.rstrip()}", highlight=False)
+        if "Ctrl-C" in line:
+            return server
+    sys.exit(f"kiln serve stopped with exit code {server.wait()}")
+
+
+def curl(method: str, path: str, body: dict | None = None) -> dict:
+    """Show the curl command, then send the request (with curl when it is installed)."""
+    data = json.dumps(body) if body is not None else None
+    shown = f"curl -s {'-X POST ' if method == 'POST' else ''}{SERVE_URL}{path}"
+    if data is not None:
+        shown += f" -d '{data if len(data) < 120 else data[:100] + '...'}'"
+    console.print(f"[bold]$ {shown}[/bold]")
+    if shutil.which("curl"):
+        command = ["curl", "-s", "-X", method, f"{SERVE_URL}{path}"]
+        output = subprocess.run(command + (["-d", data] if data else []), capture_output=True)
+        answer = json.loads(output.stdout)
+    else:
+        answer = httpx.request(method, f"{SERVE_URL}{path}", content=data, timeout=30).json()
+    return dict(answer)
+
+
+def requests() -> None:
+    from sklearn.datasets import load_digits
+
+    console.print(Rule("Real requests in the Open Inference Protocol (KServe v2)"))
+    console.print(curl("GET", "/v2/health/ready"))
+    meta = curl("GET", "/v2/models/digits-cnn")
+    console.print({k: meta[k] for k in ("name", "versions", "inputs", "outputs")})
+    digits = load_digits()
+    images = (digits.images[:5] / 16.0).astype(np.float32)[:, None]
+    body = {"inputs": [tensor("input", "FP32", images)], "outputs": [{"name": "label"}]}
+    answer = curl("POST", "/v2/models/digits-cnn/infer", body)
+    console.print(
+        f"  labels {answer['outputs'][0]['data']}, truth {digits.target[:5].tolist()}, "
+        f"version {answer['model_version']}"
+    )
+    seeds = {"inputs": [tensor("seed", "INT64", np.array([1, 2, 3]))]}
+    drawn = curl("POST", "/v2/models/digits-gan/infer", seeds)["outputs"][0]
+    pixels = np.array(drawn["data"], np.float32).reshape(drawn["shape"])
+    read = curl(
+        "POST",
+        "/v2/models/digits-cnn/infer",
+        {"inputs": [tensor("input", "FP32", pixels)], "outputs": [{"name": "label"}]},
+    )
+    console.print(f"  the CNN reads the GAN's digits as {read['outputs'][0]['data']}:")
+    console.print(ascii_digits(pixels[:, 0]), highlight=False)
+    error = curl(
+        "POST",
+        "/v2/models/digits-cnn/infer",
+        {"inputs": [{**tensor("input", "FP32", images), "shape": [5, 64]}]},
+    )
+    console.print(f"  a wrong shape is a 400: {error}")
+
+
+def tensor(name: str, datatype: str, array: np.ndarray) -> dict:
+    return {
+        "name": name,
+        "datatype": datatype,
+        "shape": list(array.shape),
+        "data": array.ravel().tolist(),
+    }
+
+
+def ascii_digits(images: np.ndarray) -> str:
+    shades = " .:-=+*#%@"
+    rows = []
+    for r in range(images.shape[1]):
+        rows.append(
+            "    ".join(
+                "".join(shades[min(int(v * 10), 9)] * 2 for v in image[r]) for image in images
+            )
+        )
+    return "\n".join("  " + row for row in rows)
+
+
+def stop(server: subprocess.Popen) -> None:
+    console.print(Rule("Stop serving (Ctrl-C)"))
+    server.send_signal(signal.SIGINT)
+    server.wait(timeout=120)
 
 
 def main() -> None:
-    console = Console()
-    for title, args in STEPS:
-        console.print(Rule(title))
-        console.print(f"[bold]$ kiln {shlex.join(args)}[/bold]")
-        done = subprocess.run([sys.executable, "-m", "kiln", *args])
-        if done.returncode != 0:
-            console.print(f"[red]step failed with exit code {done.returncode}[/red]")
-            sys.exit(done.returncode)
+    for title, args in TRAINING:
+        if title:
+            console.print(Rule(title))
+        kiln(args)
+    server = start_serving()
+    try:
+        requests()
+        console.print(Rule("A short load test"))
+        kiln(["bench", f"{SERVE_URL}/v2/models/digits-cnn", "-c", "16", "-d", "5"])
+    finally:
+        stop(server)
     console.print(Rule("done"))
     console.print(
-        "Next: kiln train jobs/timeseries-lstm.yaml, or kiln models export digits-cnn@staging "
-        "--format onnx -o digits.onnx"
+        "Next: kiln train jobs/timeseries-lstm.yaml, kiln serve serving/digits.yaml, or kiln "
+        "models export digits-cnn@staging --format onnx -o digits.onnx"
     )
 
 

@@ -6,9 +6,14 @@ python -m tests.benchmarks train      # one
 
 import sys
 
-from tests.benchmarks import bench_amp, bench_train, bench_tune
+from tests.benchmarks import bench_amp, bench_serve, bench_train, bench_tune
 
-BENCHMARKS = {"train": bench_train.main, "tune": bench_tune.main, "amp": bench_amp.main}
+BENCHMARKS = {
+    "train": bench_train.main,
+    "tune": bench_tune.main,
+    "amp": bench_amp.main,
+    "serve": bench_serve.main,
+}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(BENCHMARKS)

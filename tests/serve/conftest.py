@@ -11,6 +11,8 @@ from tests.conftest import ROOT, free_port, quiet_view
 
 QUICK = {"digits-mlp": 3, "digits-rnn": 3, "digits-gan": 3}  # epochs: serving needs weights
 API_KEY = "kiln-test-key-3f9a"
+# Serve keeps the HTTP port of its first start in a cluster: every deploy here uses this one.
+PORT = free_port()
 SECURED = "digits-cnn-secured"
 
 
@@ -34,25 +36,29 @@ def digits_models(digits_cnn):
 @pytest.fixture(scope="package")
 def serving(digits_models, tmp_path_factory):
     """The base URL of serving/digits.yaml, plus a copy of the CNN that needs an API key."""
-    import ray
-
     from kiln.serve import deploy
 
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"{API_KEY}\nanother-key\n")
-    config = deploy.load_config(ROOT / "serving" / "digits.yaml", port=free_port())
+    config = deploy.load_config(ROOT / "serving" / "digits.yaml", port=PORT)
     for app in config["applications"]:
         if app["import_path"] == deploy.MODEL_APP:
             app["args"]["watch_interval_s"] = 0.5
             for d in app["deployments"]:  # one replica each: 2 CPUs hold them and the client
                 d["autoscaling_config"] = {**d["autoscaling_config"], "max_replicas": 1}
     config["applications"].append(secured_copy(config, keys))
-    dashboard = "http://" + ray._private.worker.get_dashboard_url()
+    dashboard = dashboard_url()
     deploy.deploy(config, dashboard)
     deploy.wait_until_running(config, dashboard, timeout_s=240)
     yield f"http://127.0.0.1:{config['http_options']['port']}"
     deploy.shutdown(dashboard)
     wait_until_gone(dashboard)
+
+
+def dashboard_url() -> str:
+    import ray
+
+    return "http://" + ray._private.worker.get_dashboard_url()
 
 
 def secured_copy(config, keys: Path) -> dict:

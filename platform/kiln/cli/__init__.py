@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from kiln.cli import models, serve, specs, train, tune
+from kiln.cli import bench, models, serve, specs, train, tune
 from kiln.errors import KilnError
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.command("train")(train.train)
 app.command("tune")(tune.tune)
 app.command("validate")(specs.validate)
+app.command("bench")(bench.bench)
 app.command("schema")(specs.schema)
 app.add_typer(models.app, name="models")
 app.add_typer(serve.app, name="serve")

@@ -34,7 +34,9 @@ class Batching(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: PositiveInt = 16  # 1 turns batching off
-    batch_wait_ms: NonNegativeFloat = 2.0
+    # 0: a batch is whatever is queued when the model is free, so a lone request never waits
+    # (bench_serve: 2 ms of waiting cost 2.3 ms at concurrency 1 and 17% throughput at 32).
+    batch_wait_ms: NonNegativeFloat = 0.0
 
 
 class IndexArgs(BaseModel):

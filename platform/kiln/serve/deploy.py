@@ -6,13 +6,16 @@ out inside a replica: the models exist, arguments are known, routes match the mo
     deploy(config, "http://127.0.0.1:8265"); wait_until_running(config, "http://127.0.0.1:8265")
 """
 
+import re
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from kiln.errors import ServeError, SpecError
+from kiln.raycluster import auth_token
 from kiln.registry import ModelRegistry
 from kiln.serve.config import MODEL_DEPLOYMENT, MODEL_ROUTE, Batching, ModelArgs
 from kiln.settings import absolute
@@ -21,8 +24,14 @@ from kiln.spec import first_error, read_yaml
 MODEL_APP = "kiln.serve:model_app"
 
 
-def load_config(path: Path, registry: str | None = None, port: int | None = None) -> dict[str, Any]:
-    """The config as Ray will receive it: checked, with the registry URI filled in."""
+def load_config(
+    path: Path,
+    registry: str | None = None,
+    port: int | None = None,
+    only: Collection[str] = (),
+) -> dict[str, Any]:
+    """The config as Ray will receive it: checked, with the registry URI filled in. `only`
+    keeps the named model applications (and the index) and drops the others."""
     from ray.serve.schema import ServeDeploySchema
 
     source = str(path)
@@ -33,10 +42,23 @@ def load_config(path: Path, registry: str | None = None, port: int | None = None
         raise SpecError(first_error(e, source)) from None
     if port is not None:
         raw.setdefault("http_options", {})["port"] = port
+    if only:
+        _keep(raw, only, source)
     for index, app in enumerate(raw["applications"]):
         if app["import_path"] == MODEL_APP:
             _check_model_app(app, f"{source}: applications[{index}]", registry)
     return raw
+
+
+def _keep(raw: dict[str, Any], names: Collection[str], source: str) -> None:
+    models = model_names(raw)
+    if unknown := sorted(set(names) - set(models)):
+        raise SpecError(
+            f"{source} has no model application {unknown[0]!r} (has: {', '.join(models)})"
+        )
+    raw["applications"] = [
+        a for a in raw["applications"] if a["import_path"] != MODEL_APP or a["name"] in names
+    ]
 
 
 def _check_model_app(app: dict[str, Any], where: str, registry: str | None) -> None:
@@ -72,12 +94,12 @@ def model_names(config: dict[str, Any]) -> list[str]:
 
 
 def deploy(config: dict[str, Any], dashboard: str) -> None:
-    _client(dashboard).deploy_applications(config)
+    _call(dashboard, "deploy_applications", config)
 
 
 def details(dashboard: str) -> dict[str, Any]:
     """Serve's view of its applications (ServeInstanceDetails as JSON)."""
-    return dict(_client(dashboard).get_serve_details())
+    return dict(_call(dashboard, "get_serve_details"))
 
 
 def wait_until_running(config: dict[str, Any], dashboard: str, timeout_s: float = 300) -> None:
@@ -99,14 +121,34 @@ def wait_until_running(config: dict[str, Any], dashboard: str, timeout_s: float 
 
 
 def shutdown(dashboard: str) -> None:
-    _client(dashboard).delete_applications()
+    _call(dashboard, "delete_applications")
 
 
 def _client(dashboard: str) -> Any:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     url = dashboard if "://" in dashboard else f"http://{dashboard}"
+    token = auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return ServeSubmissionClient(url)
+        return ServeSubmissionClient(url, headers=headers)
     except Exception as e:  # it checks the address on creation
-        raise ServeError(f"cannot reach the Ray dashboard at {url}: {e}") from None
+        raise ServeError(f"cannot reach the Ray dashboard at {url}: {_first_line(e)}") from None
+
+
+def _call(dashboard: str, method: str, *args: Any) -> Any:
+    """A Serve REST call; Ray's multi-line errors (tracebacks included) become one line."""
+    client = _client(dashboard)
+    try:
+        return getattr(client, method)(*args)
+    except Exception as e:
+        raise ServeError(f"Ray Serve at {dashboard}: {method} failed: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    """The line of a Ray error (often a whole remote traceback) that says what went wrong."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if bound := [line for line in lines if "cannot bind" in line or "already in use" in line]:
+        return f"a port is in use (is another Ray Serve or HAProxy running?): {bound[0]}"
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
+    return (raised or lines or [type(e).__name__])[-1][:500]

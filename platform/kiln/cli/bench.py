@@ -1,0 +1,71 @@
+"""`kiln bench MODEL_URL`: load an endpoint and report throughput, latency and errors.
+
+kiln bench http://127.0.0.1:8000/v2/models/digits-cnn --concurrency 32 --duration 10
+kiln bench URL --rate 200 --duration 60 --histogram latency.png --output bench.json
+"""
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from kiln.cli.output import console, print_json
+from kiln.errors import ServeError
+
+
+def bench(
+    model_url: str = typer.Argument(..., help="e.g. http://127.0.0.1:8000/v2/models/digits-cnn"),
+    concurrency: int = typer.Option(8, "-c", "--concurrency", min=1, help="closed-loop clients"),
+    rate: float | None = typer.Option(None, "--rate", min=0.1, help="open loop: requests/s"),
+    duration: float = typer.Option(10.0, "-d", "--duration", min=0.1, help="seconds measured"),
+    warmup: float = typer.Option(1.0, "--warmup", min=0, help="seconds sent first, not counted"),
+    payload: Path | None = typer.Option(None, "--payload", help="a JSON request body file"),
+    batch: int = typer.Option(1, "--batch", min=1, help="examples per generated request"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="write figures as JSON"),
+    histogram: Path | None = typer.Option(None, "--histogram", help="latency histogram PNG"),
+    json_output: bool = typer.Option(False, "--json", help="JSON on stdout"),
+) -> None:
+    """Send requests for a while; print throughput, p50/p95/p99 and errors."""
+    from kiln.serve.loadgen import body_for, draw_histogram, fetch_metadata, generate_load
+
+    model_url = model_url.rstrip("/")
+    key = os.environ.get("KILN_API_KEY")  # a client's key, not the server's list
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if payload is not None:
+        try:
+            body = payload.read_bytes()
+        except OSError as e:
+            raise ServeError(f"cannot read payload {payload}: {e.strerror}") from None
+    else:
+        body = body_for(fetch_metadata(model_url, headers), batch)
+    result = asyncio.run(
+        generate_load(
+            f"{model_url}/infer",
+            body,
+            concurrency=concurrency,
+            rate=rate,
+            duration_s=duration,
+            warmup_s=warmup,
+            headers=headers,
+        )
+    )
+    load = f"{rate:g} req/s" if rate else f"concurrency {concurrency}"
+    summary = {"url": model_url, "load": load, **result.summary()}
+    if output:
+        output.write_text(json.dumps(summary, indent=2))
+    if histogram:
+        draw_histogram(result, f"{model_url.rsplit('/', 1)[-1]}, {load}", histogram)
+    if json_output:
+        print_json(summary)
+        return
+    table = Table("requests", "ok", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors")
+    table.add_row(
+        *(str(summary[k]) for k in ("requests", "ok", "throughput_rps", "p50_ms", "p95_ms")),
+        str(summary["p99_ms"]),
+        ", ".join(f"{c}: {n}" for c, n in summary["errors"].items()) or "none",
+    )
+    table.title = f"{model_url}, {load}, {duration:g} s"
+    console.print(table)

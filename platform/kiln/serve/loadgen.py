@@ -1,0 +1,160 @@
+"""A load generator for Open Inference Protocol endpoints (`kiln bench`).
+
+    result = asyncio.run(generate_load(url, body, concurrency=32, duration_s=10))
+    result.summary()   # throughput, p50/p95/p99 latency, errors by status
+
+Closed loop (`concurrency` clients, each sending when its last answer arrives) or open loop
+(`rate` requests per second on a fixed schedule, whatever the answers do: what a soak needs).
+Written by hand on aiohttp because the load must come from the same process, payload and
+connection reuse for Kiln and for any baseline it is compared with.
+"""
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from kiln.errors import ServeError
+
+RANDOM = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
+
+
+@dataclass
+class LoadResult:
+    duration_s: float
+    started: list[float] = field(default_factory=list)  # seconds since the start
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)  # 0: no answer (connection error)
+
+    def summary(self) -> dict[str, Any]:
+        statuses = np.array(self.statuses)
+        ok = np.array(self.latencies_ms)[statuses == 200] if self.statuses else np.array([])
+        errors: dict[str, int] = {}
+        for code in statuses[statuses != 200].tolist():
+            errors[str(code)] = errors.get(str(code), 0) + 1
+        return {
+            "requests": len(self.statuses),
+            "ok": int(len(ok)),
+            "errors": errors,
+            "duration_s": round(self.duration_s, 3),
+            "throughput_rps": round(len(ok) / self.duration_s, 1) if self.duration_s else 0.0,
+            **{
+                f"p{q}_ms": round(float(np.percentile(ok, q)), 3) if len(ok) else None
+                for q in (50, 95, 99)
+            },
+        }
+
+
+async def generate_load(
+    url: str,
+    body: bytes,
+    *,
+    concurrency: int = 1,
+    rate: float | None = None,
+    duration_s: float = 10.0,
+    warmup_s: float = 1.0,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> LoadResult:
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    limit = max(concurrency, 1) if rate is None else 0  # open loop: as many as it takes
+    connector = aiohttp.TCPConnector(limit=limit, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def send(result: LoadResult | None, start: float) -> None:
+            sent = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                status = 0
+            if result is not None:
+                result.started.append(sent - start)
+                result.latencies_ms.append((time.perf_counter() - sent) * 1000)
+                result.statuses.append(status)
+
+        if warmup_s > 0:
+            await _closed_loop(send, None, concurrency, warmup_s)
+        result = LoadResult(duration_s)
+        if rate is None:
+            await _closed_loop(send, result, concurrency, duration_s)
+        else:
+            await _open_loop(send, result, rate, duration_s)
+        return result
+
+
+async def _closed_loop(send: Any, result: LoadResult | None, clients: int, seconds: float) -> None:
+    start = time.perf_counter()
+
+    async def client() -> None:
+        while time.perf_counter() - start < seconds:
+            await send(result, start)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+
+
+async def _open_loop(send: Any, result: LoadResult, rate: float, seconds: float) -> None:
+    start = time.perf_counter()
+    tasks = []
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send(result, start)))
+    await asyncio.gather(*tasks)
+
+
+def body_for(metadata: dict[str, Any], batch: int = 1, seed: int = 0) -> bytes:
+    """A request for the model's first input: random values of its datatype and shape."""
+    first = metadata["inputs"][0]
+    shape = [batch if d == -1 else d for d in first["shape"]]
+    rng = np.random.default_rng(seed)
+    if first["datatype"] in RANDOM:
+        data = rng.random(shape).astype(RANDOM[first["datatype"]])
+    else:  # integer ids: small values are valid for every id-taking model
+        data = rng.integers(0, 2, shape)
+    tensor = {"name": first["name"], "datatype": first["datatype"], "shape": shape}
+    return json.dumps({"inputs": [{**tensor, "data": data.ravel().tolist()}]}).encode()
+
+
+def fetch_metadata(model_url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    import httpx
+
+    try:
+        response = httpx.get(model_url, headers=headers, timeout=10)
+    except httpx.HTTPError as e:
+        raise ServeError(f"cannot reach {model_url}: {e}") from None
+    if response.status_code != 200:
+        raise ServeError(f"{model_url} answered {response.status_code}: {response.text[:200]}")
+    return dict(response.json())
+
+
+def draw_histogram(result: LoadResult, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    statuses = np.array(result.statuses)
+    ok = np.array(result.latencies_ms)[statuses == 200]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if len(ok):
+        bins = np.logspace(np.log10(max(ok.min(), 0.01)), np.log10(ok.max() + 1e-9), 50)
+        ax.hist(ok, bins=bins.tolist())
+        ax.set_xscale("log")
+        for q, style in ((50, "-"), (99, "--")):
+            ax.axvline(np.percentile(ok, q), color="k", linestyle=style, label=f"p{q}")
+        ax.legend()
+    ax.set_xlabel("latency (ms, successful requests)")
+    ax.set_ylabel("requests")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,158 @@
+"""Kiln's digits-cnn endpoint against a plain FastAPI + uvicorn server of the same model, in
+one run, with the same load generator and payload: throughput and p50/p99 at concurrency 1
+and 32, Kiln with batching on and off, with one and two replicas. Figures go to
+bench-results/serve.json; the ratios are Kiln / plain at the same concurrency."""
+
+import asyncio
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from kiln.serve.loadgen import body_for, generate_load
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "bench-results" / "serve.json"
+SECONDS, WARMUP = 8.0, 2.0
+CONCURRENCY = (1, 32)
+KILN_SETUPS = {  # name: (replicas, max_batch_size)
+    "kiln, 1 replica, no batching": (1, 1),
+    "kiln, 1 replica, batching 16": (1, 16),
+    "kiln, 2 replicas, batching 16": (2, 16),
+}
+
+
+def measure(url: str, body: bytes) -> dict:
+    return {
+        c: asyncio.run(
+            generate_load(url, body, concurrency=c, duration_s=SECONDS, warmup_s=WARMUP)
+        ).summary()
+        for c in CONCURRENCY
+    }
+
+
+def train_model() -> None:
+    from kiln.registry import ModelRegistry
+    from kiln.spec import load_spec
+    from kiln.train import run_job
+    from tests.conftest import quiet_view
+
+    spec = load_spec(ROOT / "jobs/digits-cnn.yaml", ["train.epochs=3"])
+    run_job(spec, quiet_view(spec))
+    ModelRegistry.open().promote("digits-cnn", 1, "production")  # what the config follows
+
+
+def plain_server(registry: str, port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "tests.benchmarks.plain_server", "--registry", registry]
+    server = subprocess.Popen([*command, "--model", "digits-cnn@1", "--port", str(port)], cwd=ROOT)
+    for _ in range(120):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+            return server
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError("the plain server did not start")
+
+
+def kiln_config(port: int, replicas: int, batch: int) -> dict:
+    from kiln.serve import deploy
+
+    config = deploy.load_config(ROOT / "serving/digits.yaml", port=port, only=["digits-cnn"])
+    app = config["applications"][-1]
+    deployment = copy.deepcopy(app["deployments"][0])
+    deployment.pop("autoscaling_config")
+    deployment["num_replicas"] = replicas
+    deployment["user_config"] = {"max_batch_size": batch, "batch_wait_ms": 0}
+    app["deployments"] = [deployment]
+    return config
+
+
+def main() -> None:
+    import ray
+
+    from kiln.serve import deploy
+    from tests.conftest import free_port
+
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # as `kiln serve` starts Ray
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    os.environ["KILN_HOME"] = tempfile.mkdtemp(prefix="kiln-bench-serve-")
+    ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
+    train_model()
+    from kiln.registry import ModelRegistry
+
+    registry = ModelRegistry.open().uri
+    results: dict = {}
+
+    port = free_port()
+    server = plain_server(registry, port)
+    url = f"http://127.0.0.1:{port}/v2/models/digits-cnn"
+    body = body_for(METADATA)  # one random 8x8 image, the same bytes for every server
+    try:
+        results["plain fastapi + uvicorn"] = measure(f"{url}/infer", body)
+    finally:
+        server.terminate()
+        server.wait()
+
+    dashboard = "http://" + ray._private.worker.get_dashboard_url()
+    port = free_port()
+    for name, (replicas, batch) in KILN_SETUPS.items():
+        config = kiln_config(port, replicas, batch)
+        deploy.deploy(config, dashboard)  # batch size alone changes in place (user_config)
+        deploy.wait_until_running(config, dashboard)
+        time.sleep(3)  # replicas that were just replaced finish draining
+        results[name] = measure(f"http://127.0.0.1:{port}/v2/models/digits-cnn/infer", body)
+    deploy.shutdown(dashboard)
+    ray.shutdown()
+    report(results)
+
+
+METADATA = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]}
+
+
+def report(results: dict) -> None:
+    plain = results["plain fastapi + uvicorn"]
+    for runs in results.values():
+        for c, figures in runs.items():
+            figures["throughput_vs_plain"] = round(
+                figures["throughput_rps"] / plain[c]["throughput_rps"], 3
+            )
+            figures["p99_vs_plain"] = round(figures["p99_ms"] / plain[c]["p99_ms"], 3)
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps({"seconds": SECONDS, "results": results}, indent=2))
+    table = Table(
+        "server",
+        "c",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "× plain req/s",
+        "× plain p99",
+        "errors",
+        title=f"serving digits-cnn, {SECONDS:g} s per run (same load generator)",
+    )
+    for name, runs in results.items():
+        for c, f in runs.items():
+            table.add_row(
+                name,
+                str(c),
+                f"{f['throughput_rps']:.0f}",
+                f"{f['p50_ms']:.2f}",
+                f"{f['p99_ms']:.2f}",
+                f"{f['throughput_vs_plain']:.2f}",
+                f"{f['p99_vs_plain']:.2f}",
+                str(sum(f["errors"].values())),
+            )
+    Console().print(table)
+    print(f"figures: {OUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""`kiln serve`, `kiln serve status|shutdown` and `kiln bench` as a user runs them. This module
+runs first in the package: it deploys and deletes its own applications before the package's
+`serving` fixture deploys serving/digits.yaml."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_kiln
+from tests.serve.conftest import PORT, dashboard_url
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_serve_detach_status_bench_shutdown(digits_models, tmp_path):
+    dashboard = dashboard_url()
+    up = run_kiln(
+        "serve",
+        "serving/digits.yaml",
+        "--only",
+        "digits-cnn",
+        "--detach",
+        "--address",
+        dashboard,
+        "--port",
+        str(PORT),
+    )
+    assert up.returncode == 0, up.stderr
+    assert f"http://127.0.0.1:{PORT}/v2/models/digits-cnn" in up.stdout
+    assert "no API keys" in up.stdout  # an open endpoint is said out loud
+    try:
+        status = run_kiln("serve", "status", "--address", dashboard, "--json")
+        apps = {a["application"]: a for a in json.loads(status.stdout)}
+        assert set(apps) == {"kiln", "digits-cnn"}
+        assert apps["digits-cnn"]["status"] == "RUNNING"
+        assert apps["digits-cnn"]["deployments"]["ModelDeployment"]["replicas"] == 1
+
+        url = f"http://127.0.0.1:{PORT}/v2/models/digits-cnn"
+        out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+        bench = run_kiln(
+            "bench",
+            url,
+            "-c",
+            "4",
+            "-d",
+            "2",
+            "--warmup",
+            "0.5",
+            "--json",
+            "-o",
+            str(out),
+            "--histogram",
+            str(png),
+        )
+        assert bench.returncode == 0, bench.stderr
+        figures = json.loads(bench.stdout)
+        assert figures["ok"] == figures["requests"] > 0 and figures["errors"] == {}
+        assert figures["p50_ms"] <= figures["p99_ms"]
+        assert json.loads(out.read_text()) == figures
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    finally:
+        down = run_kiln("serve", "shutdown", "--address", dashboard)
+    assert down.returncode == 0, down.stderr
+    from tests.serve.conftest import wait_until_gone
+
+    wait_until_gone(dashboard)
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["serve", "missing.yaml"], 2, "file not found"),
+        (["serve", "serving/digits.yaml", "--only", "nope"], 2, "no model application 'nope'"),
+        (["serve", "status", "--address", "http://127.0.0.1:9"], 1, "cannot reach"),
+        (["bench", "http://127.0.0.1:9/v2/models/x", "-d", "1"], 1, "cannot reach"),
+    ],
+)
+def test_mistakes_are_one_line(args, code, message):
+    done = run_kiln(*args)
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_missing_model_is_refused_before_deploying(fresh_home):
+    done = run_kiln("serve", "serving/digits.yaml", env={"KILN_HOME": str(fresh_home)})
+    assert done.returncode == 3 and "no model named 'digits-cnn'" in done.stderr

@@ -1,0 +1,125 @@
+"""Pure logic of serving: protocol decoding, API keys, and serving-config checks (no Ray)."""
+
+import numpy as np
+import pytest
+import yaml
+
+from kiln.errors import ModelNotFoundError, RequestError, SpecError
+from kiln.serve.auth import ApiKeys
+from kiln.serve.protocol import (
+    RequestInput,
+    TensorMetadata,
+    decode,
+    encode,
+    parse_request,
+    pick_input,
+)
+from tests.conftest import ROOT
+
+IMAGE = TensorMetadata(name="input", datatype="FP32", shape=[-1, 1, 8, 8])
+
+
+def given(**changes) -> RequestInput:
+    fields = {"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8], "data": [0.5] * 128}
+    return RequestInput(**{**fields, **changes})
+
+
+def test_decode_flat_and_nested_data():
+    assert decode(given(), IMAGE).shape == (2, 1, 8, 8)
+    nested = np.full((2, 1, 8, 8), 0.5).tolist()
+    np.testing.assert_array_equal(decode(given(data=nested), IMAGE), decode(given(), IMAGE))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"datatype": "FP64"}, "expected FP32"),
+        ({"shape": [2, 64]}, "expected [-1, 1, 8, 8]"),
+        ({"shape": [2, 1, 8, 9]}, "expected [-1, 1, 8, 8]"),
+        ({"shape": [0, 1, 8, 8], "data": []}, "empty batch"),
+        ({"data": [0.5] * 127}, "do not fill"),
+        ({"data": [[0.5, 0.5], [0.5]]}, "not all FP32"),
+        ({"data": ["a"] * 128}, "not all FP32"),
+        ({"data": [float("nan")] * 128}, "NaN or infinity"),
+        ({"data": [float("inf")] * 128}, "NaN or infinity"),
+    ],
+)
+def test_decode_refuses_with_what_was_expected(changes, message):
+    with pytest.raises(RequestError, match=message.replace("[", r"\[")):
+        decode(given(**changes), IMAGE)
+
+
+def test_pick_input_among_alternatives():
+    seed = TensorMetadata(name="seed", datatype="INT64", shape=[-1])
+    index, array = pick_input(
+        [given(name="seed", datatype="INT64", shape=[3], data=[1, 2, 3])], [IMAGE, seed]
+    )
+    assert index == 1 and array.dtype == np.int64
+    with pytest.raises(RequestError, match="'input' or 'seed'"):
+        pick_input([given(name="x")], [IMAGE, seed])
+
+
+def test_parse_request_whatever_the_content_type_says():
+    assert (
+        parse_request(b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}]}')
+        .inputs[0]
+        .name
+        == "a"
+    )
+    with pytest.raises(RequestError, match="not valid JSON"):
+        parse_request(b"{")
+    with pytest.raises(RequestError, match="inputs.0.shape"):
+        parse_request(b'{"inputs": [{"name": "a", "datatype": "FP32", "data": [1]}]}')
+
+
+def test_encode_names_datatypes():
+    assert encode("p", np.zeros((2, 3), np.float32)).datatype == "FP32"
+    label = encode("label", np.array(["7", "1"], dtype=object))
+    assert (label.datatype, label.shape, label.data) == ("BYTES", [2], ["7", "1"])
+
+
+def test_api_keys_from_env_and_file(tmp_path, monkeypatch):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("from-file\n\n")
+    monkeypatch.setenv("KILN_API_KEYS", "one, two")
+    keys = ApiKeys.load(str(keys_file))
+    assert all(keys.matches(k) for k in ("one", "two", "from-file"))
+    assert not keys.matches("") and not keys.matches("on") and not keys.open
+    monkeypatch.delenv("KILN_API_KEYS")
+    assert ApiKeys.load().open
+
+
+@pytest.fixture
+def config_file(tmp_path, digits_cnn):
+    def write(mutate) -> str:
+        config = yaml.safe_load((ROOT / "serving/digits.yaml").read_text())
+        config["applications"] = config["applications"][:2]  # index + digits-cnn
+        config["applications"][1]["args"]["model"] = "digits-cnn@1"
+        mutate(config["applications"][1])
+        path = tmp_path / "serve.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+def test_config_checks_before_deploying(config_file):
+    from kiln.serve.deploy import load_config
+
+    config = load_config(config_file(lambda app: None))
+    assert config["applications"][1]["args"]["registry"].endswith("registry")
+    cases = {
+        "route_prefix must be /v2/models/digits-cnn": lambda a: a.update(route_prefix="/x"),
+        "args.modle: unknown key": lambda a: a["args"].update(modle=1),
+        "max_ongoing_requests (4) must be at least max_batch_size (16)": (
+            lambda a: a["deployments"][0].update(max_ongoing_requests=4)
+        ),
+        "user_config.max_batch_size": lambda a: a["deployments"][0].update(
+            user_config={"max_batch_size": 0}
+        ),
+    }
+    for message, mutate in cases.items():
+        with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_config(config_file(mutate))
+    with pytest.raises(ModelNotFoundError, match="no model named 'nope'"):
+        load_config(config_file(lambda a: a["args"].update(model="nope@production")))
