@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import httpx
 import numpy as np
@@ -40,14 +41,31 @@ TRAINING = [
         ["train", "jobs/digits-mlp.yaml", "--quiet", *QUICK],
     ),
     (None, ["train", "jobs/digits-rnn.yaml", "--quiet", *QUICK]),
-    (None, ["train", "jobs/digits-gan.yaml", "--quiet", *QUICK]),
+    (None, ["train", "jobs/digits-gan.yaml", "--quiet", *QUICK, "--set", "train.epochs=20"]),
     ("The registry", ["models", "list"]),
     ("The model card", ["models", "show", "digits-cnn@staging"]),
     (
         "Promote the CNN's first version to production (the endpoint follows this alias)",
         ["models", "promote", "digits-cnn", "1", "--alias", "production"],
     ),
+    (
+        "A two-tower recommender on synthetic interactions (1,000 users, 500 items)",
+        [
+            "train",
+            "jobs/recsys-two-tower.yaml",
+            "--quiet",
+            "--set",
+            "train.epochs=8",
+            "--set",
+            "register.alias=production",
+        ],
+    ),
+    (
+        "Users' recent histories into the feature cache (Kiln's embedded Redis)",
+        ["features", "load", "--model", "recsys-two-tower@production"],
+    ),
 ]
+CONFIGS = ["serving/digits.yaml", "serving/recsys.yaml"]
 
 console = Console()
 
@@ -62,21 +80,30 @@ def kiln(args: list[str]) -> None:
 
 def start_serving() -> subprocess.Popen:
     console.print(Rule("Serve the models (Ray Serve, one application per model)"))
-    console.print("[bold]$ kiln serve serving/digits.yaml[/bold]   (in the background)")
+    console.print(f"[bold]$ kiln serve {' '.join(CONFIGS)}[/bold]   (in the background)")
     server = subprocess.Popen(
-        [sys.executable, "-m", "kiln", "serve", "serving/digits.yaml"],
+        [sys.executable, "-m", "kiln", "serve", *CONFIGS],
         stdout=subprocess.PIPE,
         text=True,
     )
+    ready = threading.Event()
+    threading.Thread(target=relay, args=(server, ready), daemon=True).start()
+    while not ready.wait(1):
+        if server.poll() is not None:
+            sys.exit(f"kiln serve stopped with exit code {server.returncode}")
+    return server
+
+
+def relay(server: subprocess.Popen, ready: threading.Event) -> None:
+    """Show the server's output as it comes (a pipe nobody reads would block it)."""
     assert server.stdout is not None
     for line in server.stdout:
-        console.print(f"  {line.rstrip()}", highlight=False)
+        console.print(f"  [dim]{line.rstrip()}[/dim]", highlight=False)
         if "Ctrl-C" in line:
-            return server
-    sys.exit(f"kiln serve stopped with exit code {server.wait()}")
+            ready.set()
 
 
-def curl(method: str, path: str, body: dict | None = None) -> dict:
+def curl(method: str, path: str, body: dict | list | None = None) -> dict:
     """Show the curl command, then send the request (with curl when it is installed)."""
     data = json.dumps(body) if body is not None else None
     shown = f"curl -s {'-X POST ' if method == 'POST' else ''}{SERVE_URL}{path}"
@@ -125,6 +152,27 @@ def requests() -> None:
     console.print(f"  a wrong shape is a 400: {error}")
 
 
+def recommendations() -> None:
+    console.print(Rule("Real-time recommendations: Redis features, before and after events"))
+    user = "42"
+    for _ in range(2):  # the first computes the user's vector (miss), the second reuses it (hit)
+        answer = curl("GET", f"/v1/recommend/{user}?k=5")
+        console.print(f"  cache {answer['cache']}: {[i['item_id'] for i in answer['items']]}")
+    clicked = [i["item_id"] for i in answer["items"][:2]]
+    events = [{"user_id": user, "item_id": item, "type": "click"} for item in clicked]
+    console.print(curl("POST", "/v1/events", events))
+    answer = curl("GET", f"/v1/recommend/{user}?k=5")
+    console.print(
+        f"  cache {answer['cache']} after clicking {clicked}: "
+        f"{[i['item_id'] for i in answer['items']]}"
+    )
+    cold = curl("GET", "/v1/recommend/somebody-new?k=5")
+    console.print(
+        f"  an unknown user gets popular items (cold_start={cold['cold_start']}): "
+        f"{[i['item_id'] for i in cold['items']]}"
+    )
+
+
 def tensor(name: str, datatype: str, array: np.ndarray) -> dict:
     return {
         "name": name,
@@ -160,6 +208,7 @@ def main() -> None:
     server = start_serving()
     try:
         requests()
+        recommendations()
         console.print(Rule("A short load test"))
         kiln(["bench", f"{SERVE_URL}/v2/models/digits-cnn", "-c", "16", "-d", "5"])
     finally:

@@ -10,6 +10,7 @@ the CLI prints it (no traceback) and exits with its `exit_code`.
     │   └── IntegrityError       a file is missing, truncated or fails its sha256
     ├── TrainingError        a training run failed after its retries
     ├── RequestError         a request to a served model is malformed; HTTP 400
+    ├── FeatureStoreError    Redis (the feature cache) cannot be started or reached
     └── ServeError           a serving config cannot be deployed or a cluster cannot be reached
 """
 
@@ -58,4 +59,8 @@ class RequestError(KilnError):
 
 
 class ServeError(KilnError):
+    pass
+
+
+class FeatureStoreError(KilnError):
     pass

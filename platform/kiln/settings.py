@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     registry: str | None = Field(None, description="registry URI (path, s3://, gs://)")
     storage: str | None = Field(None, description="Ray Train storage for runs and checkpoints")
     ray_address: str | None = Field(None, description="an existing Ray cluster to use")
+    redis_url: str | None = Field(None, description="feature cache; default: embedded Redis")
     api_keys: str | None = Field(None, description="serving API keys, comma separated")
     api_keys_file: str | None = Field(None, description="a file of serving API keys, one a line")
 

@@ -34,7 +34,22 @@ def digits_models(digits_cnn):
 
 
 @pytest.fixture(scope="package")
-def serving(digits_models, tmp_path_factory):
+def recommender(ray_cluster):
+    """The two-tower model on synthetic interactions, promoted to production. Trained before
+    anything is deployed: serving replicas hold CPUs that training workers need."""
+    from kiln.registry import ModelRegistry
+    from kiln.spec import load_spec
+    from kiln.train import run_job
+
+    spec = load_spec(ROOT / "jobs/recsys-two-tower.yaml", ["train.epochs=4"])
+    run_job(spec, quiet_view(spec))
+    registry = ModelRegistry.open()
+    registry.promote("recsys-two-tower", registry.versions("recsys-two-tower")[-1], "production")
+    return registry.load("recsys-two-tower@production")
+
+
+@pytest.fixture(scope="package")
+def serving(digits_models, recommender, tmp_path_factory):
     """The base URL of serving/digits.yaml, plus a copy of the CNN that needs an API key."""
     from kiln.serve import deploy
 

@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from kiln.cli import bench, models, serve, specs, train, tune
+from kiln.cli import bench, features, models, serve, specs, train, tune
 from kiln.errors import KilnError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("bench")(bench.bench)
 app.command("schema")(specs.schema)
 app.add_typer(models.app, name="models")
 app.add_typer(serve.app, name="serve")
+app.add_typer(features.app, name="features")
 
 err = Console(stderr=True)
 

@@ -19,7 +19,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from kiln.cli.output import console, print_json
-from kiln.errors import ServeError
+from kiln.errors import ServeError, SpecError
 from kiln.settings import get_settings
 
 LOCAL_DASHBOARD = "http://127.0.0.1:8265"
@@ -47,7 +47,9 @@ ADDRESS = typer.Option(
 
 @app.command("up")
 def up(
-    config_path: Path = typer.Argument(..., metavar="CONFIG", help="a serving/*.yaml file"),
+    config_paths: list[Path] = typer.Argument(
+        ..., metavar="CONFIG...", help="serving/*.yaml files, deployed together"
+    ),
     address: str | None = ADDRESS,
     detach: bool = typer.Option(False, "--detach", help="deploy and return"),
     port: int | None = typer.Option(None, "--port", help="HTTP port (default: the config's)"),
@@ -57,15 +59,21 @@ def up(
     """Deploy a serving config, wait until it is healthy, print its URLs."""
     from kiln.serve import deploy
 
-    config = deploy.load_config(config_path, port=port, only=only)
+    configs = [deploy.load_config(path, port=port, only=only) for path in config_paths]
+    if unknown := set(only) - {name for c in configs for name in deploy.model_names(c)}:
+        raise SpecError(f"no model application {sorted(unknown)[0]!r} in {config_paths[0]}")
+    config = deploy.merge(configs)
     _warn_if_open(config)
+    redis = _embedded_redis(config)
     dashboard, started_here = _cluster(address, detach)
-    console.print(f"deploying {config_path} to {dashboard} ...")
+    console.print(f"deploying {' '.join(map(str, config_paths))} to {dashboard} ...")
     deploy.deploy(config, dashboard)
     deploy.wait_until_running(config, dashboard, timeout)
     _print_urls(config)
     if detach:
         console.print(f"detached; stop with: kiln serve shutdown --address {dashboard}")
+        if redis:
+            console.print(f"the embedded Redis ({redis.url}) keeps running under KILN_HOME")
         return
     console.print("serving; Ctrl-C shuts down")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` and Kubernetes stop it
@@ -79,6 +87,8 @@ def up(
             import ray
 
             ray.shutdown()
+        if redis:
+            redis.stop()  # saved to KILN_HOME/redis first
 
 
 @app.command()
@@ -172,6 +182,25 @@ def _start_detached_cluster() -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise ServeError(f"ray start failed: {done.stderr.strip().splitlines()[-1:]}")
+
+
+def _embedded_redis(config: dict[str, Any]) -> Any:
+    """Kiln's own Redis for recommendation apps that name none (and no KILN_REDIS_URL)."""
+    from kiln.serve import deploy
+
+    if not deploy.needs_redis(config):
+        return None
+    if url := get_settings().redis_url:  # the replicas may not share this environment
+        deploy.use_redis(config, url)
+        return None
+    from kiln.features import EmbeddedRedis
+
+    server = EmbeddedRedis(Path(get_settings().home).resolve() / "redis")
+    started = not server.running()
+    server.start()
+    deploy.use_redis(config, server.url)
+    console.print(f"feature cache: embedded Redis at {server.url} (data in {server.directory})")
+    return server if started else None
 
 
 def _warn_if_open(config: dict[str, Any]) -> None:

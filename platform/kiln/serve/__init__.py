@@ -6,6 +6,6 @@ A serving config's applications name `kiln.serve:model_app` (one per model) and
 `kiln.serve:index_app` (health, metadata, docs).
 """
 
-from kiln.serve.app import index_app, model_app
+from kiln.serve.app import index_app, model_app, recommend_app
 
-__all__ = ["index_app", "model_app"]
+__all__ = ["index_app", "model_app", "recommend_app"]

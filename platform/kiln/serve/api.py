@@ -50,8 +50,8 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     )
     api.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     api.add_middleware(RootPathAsSlash)
-    _answer_errors_as_protocol(api)
-    _document_schemas(api, InferenceRequest)
+    answer_errors_as_protocol(api)
+    document_schemas(api, InferenceRequest)
     Authorized = Annotated[None, Depends(keys.require)]
 
     @api.get("/", response_model=ModelMetadata, responses=ERRORS)
@@ -100,8 +100,8 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
             "names that are not served."
         ),
     )
-    _answer_errors_as_protocol(api)
-    _document_schemas(api, InferenceRequest)
+    answer_errors_as_protocol(api)
+    document_schemas(api, InferenceRequest)
 
     @api.get("/")
     async def index() -> dict[str, Any]:
@@ -157,10 +157,16 @@ async def _not_served(name: str, models: Callable[[], Awaitable[dict[str, bool]]
     return JSONResponse({"error": error}, 404)
 
 
-def _answer_errors_as_protocol(api: FastAPI) -> None:
+def answer_errors_as_protocol(api: FastAPI) -> None:
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": describe(exc.errors())}, 400)
+
+    @api.exception_handler(KilnError)
+    async def kiln_error(request: Request, exc: KilnError) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc)}, 404 if isinstance(exc, ModelNotFoundError) else 400
+        )
 
     @api.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -172,7 +178,7 @@ def _answer_errors_as_protocol(api: FastAPI) -> None:
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, 500)
 
 
-def _document_schemas(api: FastAPI, *models: type[BaseModel]) -> None:
+def document_schemas(api: FastAPI, *models: type[BaseModel]) -> None:
     """Add request models that no route declares as a parameter to the OpenAPI components."""
     generate = api.openapi
 

@@ -1,7 +1,8 @@
 """Kiln's Ray Serve applications, named by `import_path` in a serving config:
 
-    kiln.serve:model_app   one model under /v2/models/{name} (the application's name)
-    kiln.serve:index_app   /, /v2, /v2/health/live|ready, /docs, and 404s for unknown models
+    kiln.serve:model_app       one model under /v2/models/{name} (the application's name)
+    kiln.serve:index_app       /, /v2, /v2/health/live|ready, /docs, and 404s for unknown models
+    kiln.serve:recommend_app   /v1/recommend/{user_id} and /v1/events (a two-tower model, Redis)
 
 Each model is its own application, so that a request crosses one hop (proxy to the model's
 replica), and each model scales, upgrades and fails on its own, as KServe's InferenceServices do.
@@ -16,12 +17,25 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
+from kiln.errors import ServeError
+from kiln.features import FeatureStore, connect
+from kiln.features.breaker import CircuitBreaker
 from kiln.registry import ModelRegistry
 from kiln.serve.api import index_api, model_api
 from kiln.serve.auth import ApiKeys
-from kiln.serve.config import MODEL_DEPLOYMENT, Batching, IndexArgs, ModelArgs
+from kiln.serve.config import (
+    MODEL_DEPLOYMENT,
+    RECOMMEND_DEPLOYMENT,
+    Batching,
+    IndexArgs,
+    ModelArgs,
+    RecommendArgs,
+)
 from kiln.serve.endpoint import ModelEndpoint
-from kiln.serve.metrics import EndpointMetrics
+from kiln.serve.metrics import EndpointMetrics, RecommendMetrics
+from kiln.serve.predictor import Recommender
+from kiln.serve.recommend import RecommendEndpoint, recommend_api
+from kiln.settings import get_settings
 
 log = logging.getLogger("ray.serve")
 
@@ -89,3 +103,53 @@ def model_app(args: dict[str, Any]) -> Application:
 def index_app(args: dict[str, Any] | None = None) -> Application:
     IndexArgs.model_validate(args or {})
     return IndexDeployment.bind()  # type: ignore[attr-defined]
+
+
+@serve.deployment(
+    name=RECOMMEND_DEPLOYMENT, ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32
+)
+@serve.ingress()
+class RecommendDeployment:
+    def __init__(self, args: dict[str, Any]):
+        config = RecommendArgs.model_validate(args)
+        torch.set_num_threads(1)
+        name = serve.get_replica_context().app_name
+        self.keys = ApiKeys.load(config.api_keys_file)
+        if self.keys.open:
+            log.warning(f"{name}: no API keys configured; the endpoint is open to anyone")
+        self.max_k = config.max_k
+        url = config.redis_url or get_settings().redis_url
+        if not url:
+            raise ServeError("no Redis: set redis_url or KILN_REDIS_URL (kiln serve embeds one)")
+        model = ModelEndpoint(
+            name,
+            config.model,
+            ModelRegistry.open(config.registry),
+            EndpointMetrics(name),
+            config.watch_interval_s,
+        )
+        if not isinstance(model.current, Recommender):
+            raise ServeError(
+                f"{config.model} is a {model.current.card['task']} model, not a recommender"
+            )
+        store = FeatureStore(
+            connect(url, config.redis_timeout_s),
+            model.current.history_len,
+            config.namespace,
+            config.vector_ttl_s,
+            config.history_ttl_s,
+        )
+        breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
+        self.endpoint = RecommendEndpoint(model, store, breaker, RecommendMetrics(name))
+        model.on_switch = self.endpoint.on_switch
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return recommend_api(self.endpoint, self.keys, self.max_k)
+
+    def __del__(self) -> None:
+        self.endpoint.model.stop()
+
+
+def recommend_app(args: dict[str, Any]) -> Application:
+    RecommendArgs.model_validate(args)
+    return RecommendDeployment.bind(args)  # type: ignore[attr-defined]

@@ -41,3 +41,33 @@ class Batching(BaseModel):
 
 class IndexArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+RECOMMEND_DEPLOYMENT = "Recommender"
+
+
+class RecommendArgs(BaseModel):
+    """`kiln.serve:recommend_app`: /v1/recommend and /v1/events over a two-tower model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="a two-tower model: NAME@ALIAS or NAME@VERSION")
+    registry: str | None = None
+    redis_url: str | None = Field(
+        None, description="default KILN_REDIS_URL; kiln serve fills in its embedded Redis"
+    )
+    namespace: str = Field("kiln", pattern=r"^[a-z0-9_-]+$", description="key prefix in Redis")
+    vector_ttl_s: PositiveFloat = Field(
+        3600.0, description="a cached user vector older than this is stale"
+    )
+    history_ttl_s: PositiveFloat | None = Field(
+        None, description="history older than this is ignored"
+    )
+    max_k: PositiveInt = Field(100, le=1000)
+    redis_timeout_s: PositiveFloat = Field(0.05, description="per Redis call; slower is a failure")
+    breaker_failures: PositiveInt = Field(
+        3, description="consecutive failures that open the circuit"
+    )
+    breaker_reset_s: PositiveFloat = Field(2.0, description="open circuit: seconds before a retry")
+    watch_interval_s: PositiveFloat = 2.0
+    api_keys_file: str | None = None

@@ -17,11 +17,12 @@ from pydantic import ValidationError
 from kiln.errors import ServeError, SpecError
 from kiln.raycluster import auth_token
 from kiln.registry import ModelRegistry
-from kiln.serve.config import MODEL_DEPLOYMENT, MODEL_ROUTE, Batching, ModelArgs
+from kiln.serve.config import MODEL_DEPLOYMENT, MODEL_ROUTE, Batching, ModelArgs, RecommendArgs
 from kiln.settings import absolute
 from kiln.spec import first_error, read_yaml
 
 MODEL_APP = "kiln.serve:model_app"
+RECOMMEND_APP = "kiln.serve:recommend_app"
 
 
 def load_config(
@@ -31,7 +32,8 @@ def load_config(
     only: Collection[str] = (),
 ) -> dict[str, Any]:
     """The config as Ray will receive it: checked, with the registry URI filled in. `only`
-    keeps the named model applications (and the index) and drops the others."""
+    keeps the named model applications (and the others: index, recommendations) and drops the
+    other model applications."""
     from ray.serve.schema import ServeDeploySchema
 
     source = str(path)
@@ -43,19 +45,54 @@ def load_config(
     if port is not None:
         raw.setdefault("http_options", {})["port"] = port
     if only:
-        _keep(raw, only, source)
+        _keep(raw, only)
     for index, app in enumerate(raw["applications"]):
+        where = f"{source}: applications[{index}]"
         if app["import_path"] == MODEL_APP:
-            _check_model_app(app, f"{source}: applications[{index}]", registry)
+            _check_model_app(app, where, registry)
+        elif app["import_path"] == RECOMMEND_APP:
+            _check_recommend_app(app, where, registry)
     return raw
 
 
-def _keep(raw: dict[str, Any], names: Collection[str], source: str) -> None:
-    models = model_names(raw)
-    if unknown := sorted(set(names) - set(models)):
-        raise SpecError(
-            f"{source} has no model application {unknown[0]!r} (has: {', '.join(models)})"
-        )
+def _check_recommend_app(app: dict[str, Any], where: str, registry: str | None) -> None:
+    try:
+        args = RecommendArgs.model_validate(app.get("args") or {})
+    except ValidationError as e:
+        raise SpecError(first_error(e, where, RecommendArgs, prefix="args")) from None
+    _fill_registry(app, args.registry, registry).resolve(args.model)
+
+
+def needs_redis(config: dict[str, Any]) -> bool:
+    """Whether a recommendation app has no Redis of its own (KILN_REDIS_URL or redis_url)."""
+    return any(
+        a["import_path"] == RECOMMEND_APP and not a.get("args", {}).get("redis_url")
+        for a in config["applications"]
+    )
+
+
+def use_redis(config: dict[str, Any], url: str) -> None:
+    for app in config["applications"]:
+        if app["import_path"] == RECOMMEND_APP:
+            app.setdefault("args", {}).setdefault("redis_url", url)
+
+
+def merge(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several configs deployed together (a deploy replaces every application on the cluster):
+    the first config's options, every application once (the same index may appear in each)."""
+    merged = {**configs[0], "applications": []}
+    by_name: dict[str, dict[str, Any]] = {}
+    for app in (a for c in configs for a in c["applications"]):
+        if app["name"] in by_name:
+            if by_name[app["name"]] != app:
+                raise SpecError(f"two different applications are named {app['name']!r}")
+            continue
+        by_name[app["name"]] = app
+        merged["applications"].append(app)
+    return merged
+
+
+def _keep(raw: dict[str, Any], names: Collection[str]) -> None:
     raw["applications"] = [
         a for a in raw["applications"] if a["import_path"] != MODEL_APP or a["name"] in names
     ]
@@ -68,12 +105,18 @@ def _check_model_app(app: dict[str, Any], where: str, registry: str | None) -> N
         raise SpecError(first_error(e, where, ModelArgs, prefix="args")) from None
     if app.get("route_prefix") != MODEL_ROUTE + app["name"]:
         raise SpecError(f"{where}: route_prefix must be {MODEL_ROUTE}{app['name']} (its name)")
-    uri = absolute(args.registry) if args.registry else ModelRegistry.open(registry).uri
-    app.setdefault("args", {})["registry"] = uri  # replicas may run with another cwd and env
-    ModelRegistry.open(uri).resolve(args.model)  # ModelNotFoundError names what is missing
+    _fill_registry(app, args.registry, registry).resolve(args.model)
     for deployment in app.get("deployments", []):
         if deployment["name"] == MODEL_DEPLOYMENT:
             _check_batching(deployment, where)
+
+
+def _fill_registry(app: dict[str, Any], given: str | None, default: str | None) -> ModelRegistry:
+    """The app's registry as an absolute URI in its args (replicas may run with another cwd
+    and environment); resolving a model there raises ModelNotFoundError naming what is missing."""
+    uri = absolute(given) if given else ModelRegistry.open(default).uri
+    app.setdefault("args", {})["registry"] = uri
+    return ModelRegistry.open(uri)
 
 
 def _check_batching(deployment: dict[str, Any], where: str) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,8 +43,10 @@ class ModelEndpoint:
         metrics: EndpointMetrics,
         watch_interval_s: float = 2.0,
         versions_cached: int = 2,
+        on_switch: Callable[[Predictor, Predictor], None] | None = None,
     ):
         self.name, self.ref, self.registry, self.metrics = name, ref, registry, metrics
+        self.on_switch = on_switch  # (old, new), after a new version starts answering
         first = registry.resolve(ref)
         self.model = first.name  # the registry's name; `name` is the endpoint's
         self.current = self._load(first.version)
@@ -137,6 +140,7 @@ class ModelEndpoint:
         version = self.registry.resolve(self.ref).version
         if version == self.current.version or version in self.refused:
             return
+        old = self.current
         try:
             cached = self.others.pop(version, None)
             self.current = cached or self._load(version)
@@ -149,6 +153,8 @@ class ModelEndpoint:
             return
         self.metrics.loaded(version, self.current.load_seconds, serving=True)
         log.info(f"{self.name}: now serving version {version} ({self.ref})")
+        if self.on_switch:
+            self.on_switch(old, self.current)
 
     def stop(self) -> None:
         self._stopped.set()

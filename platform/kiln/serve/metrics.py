@@ -55,3 +55,41 @@ class EndpointMetrics:
 
     def refused(self, version: int) -> None:
         self.refusals.inc(tags={"model": self.model, "version": str(version)})
+
+
+class RecommendMetrics:
+    """ray_kiln_cache_total{model,version,result}      hit, miss or bypass (Redis skipped)
+    ray_kiln_feature_reads_total{feature,state}         fresh, stale or missing, per feature
+    ray_kiln_redis_latency_ms_bucket{operation}         one Redis round trip
+    ray_kiln_degraded_total{model,reason}               answers without the feature cache
+    ray_kiln_events_total{outcome}                      accepted or rejected (Redis down)
+    ray_kiln_recommend_latency_ms_bucket{model,version} time in the replica
+    """
+
+    def __init__(self, model: str):
+        self.model = model
+        self.cache = metrics.Counter(
+            "kiln_cache",
+            "user vector lookups",
+            tag_keys=("model", "version", "result"),  # type: ignore[arg-type]
+        )
+        self.features = metrics.Counter(
+            "kiln_feature_reads",
+            "feature states at read",
+            tag_keys=("feature", "state"),  # type: ignore[arg-type]
+        )
+        self.redis = metrics.Histogram(
+            "kiln_redis_latency_ms", "Redis round trip", LATENCY_MS, tag_keys=("operation",)
+        )
+        self.degraded = metrics.Counter(
+            "kiln_degraded",
+            "answers without the cache",
+            tag_keys=("model", "reason"),  # type: ignore[arg-type]
+        )
+        self.events = metrics.Counter("kiln_events", "events posted", tag_keys=("outcome",))
+        self.latency = metrics.Histogram(
+            "kiln_recommend_latency_ms",
+            "time in the replica",
+            LATENCY_MS,
+            tag_keys=("model", "version"),  # type: ignore[arg-type]
+        )

@@ -1,0 +1,191 @@
+"""The feature layout in Redis, one hash per user, so that everything one recommendation needs
+is a single HMGET (one round trip, one command):
+
+    kiln:v1:u:{user_id}     the namespace, the layout's schema version, the user's source id
+        h                   recent interactions, JSON [[item_id, unix_ts], ...], oldest first,
+                            capped at the model's history length (re-seen items move to the end)
+        h:ts                unix time of the newest interaction
+        v:{model}:{version} the user vector that model version computed: float32 bytes
+        v:{model}:{version}:ts   unix time it was computed
+
+Every feature carries its own timestamp and is judged at read time (fresh, stale, missing)
+against its TTL, whatever Redis expiry does. A vector is keyed by model version, so a promoted
+version never reads its predecessor's vectors; events delete a user's vectors of every version
+in the same atomic script that appends them (Lua, one round trip per batch of users).
+"""
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import numpy as np
+import redis
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+State = Literal["fresh", "stale", "missing"]
+
+# KEYS[1]: the user's hash. ARGV: new [[item, ts], ...] as JSON, history cap, replace (0/1).
+UPDATE_HISTORY = """
+local items = {}
+if ARGV[3] == '0' then
+  local current = redis.call('HGET', KEYS[1], 'h')
+  if current then items = cjson.decode(current) end
+end
+for _, event in ipairs(cjson.decode(ARGV[1])) do
+  for i = #items, 1, -1 do
+    if items[i][1] == event[1] then table.remove(items, i) end
+  end
+  table.insert(items, event)
+end
+table.sort(items, function(a, b) return a[2] < b[2] end)
+while #items > tonumber(ARGV[2]) do table.remove(items, 1) end
+local newest = 0
+if #items > 0 then newest = items[#items][2] end
+redis.call('HSET', KEYS[1], 'h', cjson.encode(items), 'h:ts', newest)
+for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(name, 1, 2) == 'v:' then redis.call('HDEL', KEYS[1], name) end
+end
+return #items
+"""
+
+
+class Event(BaseModel):
+    """One interaction, as clients post it: ids are the source data's (e.g. MovieLens ids)."""
+
+    user_id: str | int
+    item_id: str | int
+    type: str = Field("interaction", max_length=64, description="view, click, rating, ...")
+    timestamp: float | None = Field(None, description="unix seconds; default: when received")
+
+
+@dataclass
+class UserFeatures:
+    history: list[tuple[str, float]] = field(default_factory=list)  # (item_id, unix ts)
+    history_state: State = "missing"
+    vector: np.ndarray | None = None
+    vector_state: State = "missing"
+
+
+class FeatureStore:
+    def __init__(
+        self,
+        client: redis.Redis,
+        history_len: int,
+        namespace: str = "kiln",
+        vector_ttl_s: float = 3600.0,
+        history_ttl_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.client, self.history_len, self.clock = client, history_len, clock
+        self.prefix = f"{namespace}:v{SCHEMA_VERSION}:u:"
+        self.vector_ttl_s, self.history_ttl_s = vector_ttl_s, history_ttl_s
+        self._update = client.register_script(UPDATE_HISTORY)
+
+    def key(self, user_id: str | int) -> str:
+        return f"{self.prefix}{user_id}"
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def read(self, user_id: str | int, model: str, version: int) -> UserFeatures:
+        """History and this version's vector, in one HMGET."""
+        vector = f"v:{model}:{version}"
+        raw = self.client.hmget(self.key(user_id), ["h", "h:ts", vector, f"{vector}:ts"])
+        history, history_ts, vector_bytes, vector_ts = cast(list[Any], raw)  # bytes or None
+        features = UserFeatures()
+        if history is not None:
+            features.history = [(str(i), float(t)) for i, t in json.loads(history)]
+            features.history_state = self._state(history_ts, self.history_ttl_s)
+        if vector_bytes is not None:
+            features.vector_state = self._state(vector_ts, self.vector_ttl_s)
+            if features.vector_state == "fresh":
+                features.vector = np.frombuffer(vector_bytes, dtype=np.float32)
+        return features
+
+    def _state(self, written: Any, ttl_s: float | None) -> State:
+        if written is None:
+            return "missing"
+        age = self.clock() - float(written)
+        return "fresh" if ttl_s is None or age <= ttl_s else "stale"
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def write_vector(
+        self, user_id: str | int, model: str, version: int, vector: np.ndarray
+    ) -> None:
+        field_name = f"v:{model}:{version}"
+        data = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+        self.client.hset(
+            self.key(user_id), mapping={field_name: data, f"{field_name}:ts": self.clock()}
+        )
+
+    def append_events(self, events: Iterable[Event]) -> int:
+        """Append to each user's history and drop their cached vectors, atomically per user,
+        all users in one pipelined round trip. Returns the number of events written."""
+        by_user: dict[str, list[list[Any]]] = {}
+        now = self.clock()
+        for event in events:
+            stamp = event.timestamp if event.timestamp is not None else now
+            by_user.setdefault(str(event.user_id), []).append([str(event.item_id), stamp])
+        self._update_histories(by_user, replace=False)
+        return sum(len(v) for v in by_user.values())
+
+    def replace_histories(self, histories: dict[str, list[tuple[str, float]]]) -> None:
+        """Bulk materialisation: each user's history becomes exactly these (the newest
+        `history_len`); running it twice leaves the same contents."""
+        self._update_histories(
+            {str(u): [[str(i), float(t)] for i, t in h] for u, h in histories.items()},
+            replace=True,
+        )
+
+    def _update_histories(self, by_user: dict[str, list[list[Any]]], replace: bool) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for user, events in by_user.items():
+            args: list[str | int] = [json.dumps(events), self.history_len, str(int(replace))]
+            self._update(keys=[self.key(user)], args=args, client=pipe)
+        pipe.execute()
+
+    def purge_vectors(self, model: str, versions: Iterable[int], batch: int = 1000) -> int:
+        """Delete cached vectors of old model versions, key by key (SCAN), never FLUSH."""
+        fields = [f for v in versions for f in (f"v:{model}:{v}", f"v:{model}:{v}:ts")]
+        removed = 0
+        keys: list[bytes] = []
+        for key in self.client.scan_iter(match=f"{self.prefix}*", count=batch):
+            keys.append(key)
+            if len(keys) >= batch:
+                removed += self._hdel_all(keys, fields)
+                keys = []
+        return removed + (self._hdel_all(keys, fields) if keys else 0)
+
+    def _hdel_all(self, keys: list[bytes], fields: list[str]) -> int:
+        if not fields:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hdel(key, *fields)
+        return sum(pipe.execute()) // 2
+
+    # --- inspection -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        users = with_history = 0
+        vectors: dict[str, int] = {}
+        for key in self.client.scan_iter(match=f"{self.prefix}*", count=1000):
+            users += 1
+            for raw in self.client.hkeys(key):
+                name = raw.decode() if isinstance(raw, bytes) else raw
+                if name == "h":
+                    with_history += 1
+                elif name.startswith("v:") and not name.endswith(":ts"):
+                    vectors[name[2:]] = vectors.get(name[2:], 0) + 1
+        memory = self.client.info("memory")
+        return {
+            "prefix": self.prefix,
+            "users": users,
+            "users_with_history": with_history,
+            "vectors": vectors,
+            "used_memory": memory.get("used_memory_human"),
+            "keys_in_db": self.client.dbsize(),
+        }

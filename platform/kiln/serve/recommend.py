@@ -1,0 +1,216 @@
+"""Real-time recommendations: a two-tower model and the Redis feature cache behind
+`GET /v1/recommend/{user_id}` and `POST /v1/events`.
+
+A request reads the user's history and cached vector in one round trip. A fresh vector is a
+`hit`; otherwise the vector is recomputed from the history (a `miss`) and written back. Events
+append to the history and drop the cached vectors, so the next answer reflects them.
+
+When Redis fails (down, slow past `redis_timeout_s`, or garbage), a circuit breaker skips it
+and answers come without it (`cache: bypass`, `degraded: true`): from the request's own
+`recent` items if given, else the model with the user id alone, else popularity. Events are
+then refused with 503 and Retry-After so that the caller retries: none is silently lost. The
+breaker retries Redis after `breaker_reset_s` and recovery needs no restart.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
+
+import kiln
+from kiln.errors import RequestError
+from kiln.features import Event, FeatureStore, UserFeatures
+from kiln.features.breaker import CircuitBreaker
+from kiln.serve.api import ERRORS, answer_errors_as_protocol, document_schemas
+from kiln.serve.auth import ApiKeys
+from kiln.serve.endpoint import ModelEndpoint
+from kiln.serve.metrics import RecommendMetrics
+from kiln.serve.predictor import Recommender
+from kiln.serve.protocol import describe
+
+log = logging.getLogger("ray.serve")
+T = TypeVar("T")
+EVENTS = TypeAdapter(Event | list[Event])
+MAX_EVENTS = 1000
+
+
+class RedisUnavailable(Exception):
+    pass
+
+
+class RecommendEndpoint:
+    def __init__(
+        self,
+        model: ModelEndpoint,
+        store: FeatureStore,
+        breaker: CircuitBreaker,
+        metrics: RecommendMetrics,
+    ):
+        self.model, self.store, self.breaker, self.metrics = model, store, breaker, metrics
+
+    @property
+    def predictor(self) -> Recommender:
+        current = self.model.current
+        assert isinstance(current, Recommender)
+        return current
+
+    async def recommend(self, user_id: str, k: int, recent: list[str]) -> dict[str, Any]:
+        start = time.perf_counter()
+        predictor = self.predictor
+        try:
+            features = await self._redis(
+                "read", self.store.read, user_id, predictor.name, predictor.version
+            )
+            cached = True
+        except RedisUnavailable:
+            features, cached = UserFeatures(), False
+            self.metrics.degraded.inc(tags={"model": self.model.name, "reason": "redis"})
+        self._count_features(features, cached)
+        history = [i for i, _ in features.history] if features.history_state == "fresh" else []
+        history += [i for i in recent if i not in history]
+        seen = set(history)
+        cache, cold = ("miss" if cached else "bypass"), False
+        if features.vector is not None:
+            cache, items = "hit", predictor.top_k(features.vector, k, seen)
+        elif predictor.knows(user_id) or history:
+            vector = predictor.user_vectors([(user_id, history[-predictor.history_len :])])[0]
+            items = predictor.top_k(vector, k, seen)
+            if cached:
+                await self._write_back(user_id, predictor, vector)
+        else:
+            cold, items = True, predictor.popular_k(k, seen)
+        version_tags = {"model": self.model.name, "version": str(predictor.version)}
+        self.metrics.cache.inc(tags={**version_tags, "result": cache})
+        self.metrics.latency.observe((time.perf_counter() - start) * 1000, tags=version_tags)
+        return {
+            "user_id": user_id,
+            "items": [{"item_id": item, "score": round(score, 6)} for item, score in items],
+            "model": predictor.name,
+            "version": predictor.version,
+            "cache": cache,
+            "cold_start": cold,
+            "degraded": not cached,
+            "features": {"history": features.history_state, "vector": features.vector_state},
+        }
+
+    async def ingest(self, events: list[Event]) -> int:
+        """Raises RedisUnavailable: the caller answers 503 so the client retries."""
+        try:
+            accepted = await self._redis("events", self.store.append_events, events)
+        except RedisUnavailable:
+            self.metrics.events.inc(len(events), tags={"outcome": "rejected"})
+            raise
+        self.metrics.events.inc(accepted, tags={"outcome": "accepted"})
+        return accepted
+
+    def on_switch(self, old: Any, new: Any) -> None:
+        """A new model version: its history length, and old vectors removed key by key."""
+        self.store.history_len = new.history_len
+        try:
+            self.store.purge_vectors(old.name, [old.version])
+        except Exception as e:  # best effort: stale versions are never read anyway
+            log.warning(f"could not purge vectors of {old.name}@{old.version}: {e}")
+
+    async def _write_back(self, user_id: str, predictor: Recommender, vector: np.ndarray) -> None:
+        # Best effort: the answer is right without it; only the cache misses one write.
+        with contextlib.suppress(RedisUnavailable):
+            write = self.store.write_vector
+            await self._redis("write", write, user_id, predictor.name, predictor.version, vector)
+
+    async def _redis(self, operation: str, call: Callable[..., T], *args: Any) -> T:
+        """One Redis call through the breaker, off the event loop, timed."""
+        if not self.breaker.allow():
+            raise RedisUnavailable()
+        start = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(call, *args)
+        except Exception as e:  # connection refused, timeout, or a reply we cannot parse
+            self.breaker.failed()
+            log.warning(
+                f"Redis {operation} failed ({type(e).__name__}: {e}); breaker {self.breaker.state}"
+            )
+            raise RedisUnavailable() from None
+        self.breaker.succeeded()
+        self.metrics.redis.observe(
+            (time.perf_counter() - start) * 1000, tags={"operation": operation}
+        )
+        return result
+
+    def _count_features(self, features: UserFeatures, cached: bool) -> None:
+        if cached:
+            for name, state in (
+                ("history", features.history_state),
+                ("vector", features.vector_state),
+            ):
+                self.metrics.features.inc(tags={"feature": name, "state": state})
+
+
+def recommend_api(endpoint: RecommendEndpoint, keys: ApiKeys, max_k: int) -> FastAPI:
+    api = FastAPI(
+        title="Kiln recommendations",
+        version=kiln.__version__,
+        description="Top-k items for a user from a two-tower model and Redis features.",
+    )
+    answer_errors_as_protocol(api)
+    document_schemas(api, Event)
+    Authorized = Depends(keys.require)
+
+    @api.get("/recommend/{user_id}", responses=ERRORS, dependencies=[Authorized])
+    async def recommend(
+        user_id: str,
+        k: int = Query(10, ge=1, le=max_k, description="how many items"),
+        recent: str | None = Query(None, description="item ids just seen, comma separated"),
+    ) -> dict[str, Any]:
+        given = [i.strip() for i in (recent or "").split(",") if i.strip()]
+        return await endpoint.recommend(user_id, k, given)
+
+    body = {
+        "oneOf": [
+            {"$ref": "#/components/schemas/Event"},
+            {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+        ]
+    }
+
+    @api.post(
+        "/events",
+        responses=ERRORS,
+        dependencies=[Authorized],
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}}
+        },
+    )
+    async def events(request: Request) -> JSONResponse:
+        try:
+            parsed = EVENTS.validate_json(await request.body())
+        except ValidationError as e:
+            raise RequestError(describe(e.errors())) from None
+        batch = parsed if isinstance(parsed, list) else [parsed]
+        if not 1 <= len(batch) <= MAX_EVENTS:
+            raise RequestError(f"send 1 to {MAX_EVENTS} events; got {len(batch)}")
+        try:
+            accepted = await endpoint.ingest(batch)
+        except RedisUnavailable:
+            error = "the feature store is unavailable; the events were not stored, retry"
+            return JSONResponse({"error": error}, 503, {"Retry-After": "1"})
+        return JSONResponse({"accepted": accepted})
+
+    @api.get("/")
+    def info() -> dict[str, Any]:
+        predictor = endpoint.predictor
+        return {
+            "model": predictor.name,
+            "version": predictor.version,
+            "follows": endpoint.model.ref,
+            "items": len(predictor.item_index),
+            "users": len(predictor.user_index),
+            "redis": endpoint.breaker.state,
+        }
+
+    return api

@@ -1,0 +1,185 @@
+"""Real-time recommendations over real HTTP: Ray Serve, a real Redis server, the two-tower
+model trained on synthetic interactions."""
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from kiln.features import EmbeddedRedis, FeatureStore, connect
+from tests.conftest import ROOT, free_port, run_kiln
+from tests.serve.conftest import PORT, dashboard_url, wait_until_gone
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+VECTOR_TTL_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def recsys(recommender, redis_server):
+    from kiln.serve import deploy
+
+    config = deploy.load_config(ROOT / "serving/recsys.yaml", port=PORT)
+    deploy.use_redis(config, redis_server.url)
+    app = next(a for a in config["applications"] if a["name"] == "recommend")
+    app["args"].update(vector_ttl_s=VECTOR_TTL_S, breaker_reset_s=1)
+    app["deployments"][0]["autoscaling_config"]["max_replicas"] = 1
+    dashboard = dashboard_url()
+    deploy.deploy(config, dashboard)
+    deploy.wait_until_running(config, dashboard, timeout_s=180)
+    yield f"http://127.0.0.1:{PORT}/v1"
+    deploy.shutdown(dashboard)
+    wait_until_gone(dashboard)
+
+
+@pytest.fixture
+def api(recsys):
+    with httpx.Client(base_url=recsys, timeout=30) as client:
+        yield client
+
+
+def items(answer: dict) -> list[str]:
+    return [i["item_id"] for i in answer["items"]]
+
+
+def test_miss_hit_events_miss(api, recommender):
+    user = "5"
+    first = api.get(f"/recommend/{user}", params={"k": 10}).json()
+    assert (first["cache"], first["degraded"], first["cold_start"]) == ("miss", False, False)
+    second = api.get(f"/recommend/{user}", params={"k": 10}).json()
+    assert second["cache"] == "hit" and items(second) == items(first)
+    clicked = items(second)[:3]
+    posted = api.post(
+        "/events", json=[{"user_id": user, "item_id": i, "type": "click"} for i in clicked]
+    )
+    assert posted.status_code == 200 and posted.json() == {"accepted": 3}
+    after = api.get(f"/recommend/{user}", params={"k": 10}).json()
+    assert after["cache"] == "miss"
+    assert not set(clicked) & set(items(after))  # seen items never come back
+    assert items(after) != items(second)
+    assert api.get(f"/recommend/{user}", params={"k": 10}).json()["cache"] == "hit"
+
+
+def test_a_vector_older_than_its_ttl_is_stale(api):
+    user = "11"
+    api.get(f"/recommend/{user}")
+    assert api.get(f"/recommend/{user}").json()["cache"] == "hit"
+    time.sleep(VECTOR_TTL_S + 0.5)  # Redis still holds it
+    stale = api.get(f"/recommend/{user}").json()
+    assert stale["cache"] == "miss" and stale["features"]["vector"] == "stale"
+
+
+def test_cold_start_bounds_and_malformed_events(api, recommender):
+    cold = api.get("/recommend/someone-new", params={"k": 5}).json()
+    popular = [str(i) for i in recommender.card["schema"]["transform"]["popular_items"][:5]]
+    assert cold["cold_start"] and items(cold) == popular
+    for k in (0, 101, "x"):
+        assert api.get("/recommend/5", params={"k": k}).status_code == 400
+    for body in ('{"user_id": 1}', "{", "[]", '{"user_id": 1, "item_id": 2, "timestamp": "x"}'):
+        response = api.post("/events", content=body)
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["error"]
+
+
+def test_a_new_user_with_events_gets_personal_recommendations(api):
+    api.post("/events", json={"user_id": "newcomer", "item_id": "3"})
+    answer = api.get("/recommend/newcomer").json()
+    assert not answer["cold_start"] and "3" not in items(answer)
+
+
+def test_the_hit_path_is_one_redis_round_trip(api, redis_server):
+    user = "21"
+    api.get(f"/recommend/{user}")  # miss: read, then write the vector back
+    client = connect(redis_server.url, timeout_s=2)
+    client.config_resetstat()
+    assert api.get(f"/recommend/{user}").json()["cache"] == "hit"
+    calls = {k: v["calls"] for k, v in client.info("commandstats").items()}
+    calls = {k: v for k, v in calls.items() if k not in ("cmdstat_config", "cmdstat_info")}
+    assert calls == {"cmdstat_hmget": 1}
+
+
+def test_redis_down_degrades_then_recovers(api, redis_server):
+    user = "33"
+    api.get(f"/recommend/{user}")
+    answers: list[dict] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        with httpx.Client(base_url=api.base_url, timeout=30) as client:
+            while not stop.is_set():
+                response = client.get(f"/recommend/{user}", params={"recent": "1,2"})
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    answers.append(response.json())
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        time.sleep(1)
+        redis_server.stop()
+        time.sleep(3)
+        during = api.post("/events", json={"user_id": user, "item_id": "4"})
+        redis_server.start()
+        deadline = time.monotonic() + 30
+        while not answers or answers[-1]["cache"] != "hit":
+            assert time.monotonic() < deadline, answers[-1]
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    assert set(statuses) == {200}, statuses
+    degraded = [a for a in answers if a["degraded"]]
+    assert degraded and all(a["cache"] == "bypass" and a["items"] for a in degraded)
+    assert not {"1", "2"} & {i for a in degraded for i in items(a)}  # the request's own history
+    assert during.status_code == 503 and during.headers["retry-after"] == "1"
+    print(
+        f"\n{len(answers)} answers while Redis was stopped and restarted; {len(degraded)} degraded"
+    )
+
+
+def test_features_load_twice_gives_the_same_contents(recommender, redis_server, tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {"user": [1, 1, 2, 3, 3, 3], "item": [10, 11, 10, 12, 13, 14], "time": [1, 2, 3, 4, 5, 6]}
+    )
+    path = tmp_path / "interactions.csv"
+    frame.to_csv(path, index=False)
+    env = {"KILN_REDIS_URL": redis_server.url}
+    namespace = "loadtest"
+    args = [
+        "features",
+        "load",
+        str(path),
+        "--model",
+        "recsys-two-tower@production",
+        "--namespace",
+        namespace,
+        "--json",
+    ]
+    client = connect(redis_server.url, timeout_s=2)
+
+    def contents() -> dict:
+        return {k: client.hgetall(k) for k in client.scan_iter(match=f"{namespace}:*")}
+
+    first = run_kiln(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    snapshot = contents()
+    second = run_kiln(*args, env=env)
+    assert second.returncode == 0 and contents() == snapshot
+    import json
+
+    assert json.loads(first.stdout)["users"] == 3 and len(snapshot) == 3
+    store = FeatureStore(client, 20, namespace)
+    assert [i for i, _ in store.read(3, "m", 1).history] == ["12", "13", "14"]
+    stats = run_kiln("features", "stats", "--namespace", namespace, "--json", env=env)
+    assert json.loads(stats.stdout)["users_with_history"] == 3
