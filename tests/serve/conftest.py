@@ -1,7 +1,9 @@
 """Real Ray Serve over real HTTP: the digits models trained (briefly) and registered, then
 serving/digits.yaml deployed as `kiln serve` deploys it, on its own port, for this package."""
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -62,12 +64,23 @@ def serving(digits_models, recommender, tmp_path_factory):
             for d in app["deployments"]:  # one replica each: 2 CPUs hold them and the client
                 d["autoscaling_config"] = {**d["autoscaling_config"], "max_replicas": 1}
     config["applications"].append(secured_copy(config, keys))
+    with deployed(config) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def deployed(config: dict) -> Iterator[str]:
+    """The config deployed (as `kiln serve` deploys it) until the block ends; its base URL."""
+    from kiln.serve import deploy
+
     dashboard = dashboard_url()
     deploy.deploy(config, dashboard)
-    deploy.wait_until_running(config, dashboard, timeout_s=240)
-    yield f"http://127.0.0.1:{config['http_options']['port']}"
-    deploy.shutdown(dashboard)
-    wait_until_gone(dashboard)
+    try:
+        deploy.wait_until_running(config, dashboard, timeout_s=240)
+        yield f"http://127.0.0.1:{PORT}"
+    finally:
+        deploy.shutdown(dashboard)
+        wait_until_gone(dashboard)
 
 
 def dashboard_url() -> str:

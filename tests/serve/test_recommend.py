@@ -9,7 +9,7 @@ import pytest
 
 from kiln.features import EmbeddedRedis, FeatureStore, connect
 from tests.conftest import ROOT, free_port, run_kiln
-from tests.serve.conftest import PORT, dashboard_url, wait_until_gone
+from tests.serve.conftest import PORT, deployed
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 VECTOR_TTL_S = 3.0
@@ -31,12 +31,8 @@ def recsys(recommender, redis_server):
     app = next(a for a in config["applications"] if a["name"] == "recommend")
     app["args"].update(vector_ttl_s=VECTOR_TTL_S, breaker_reset_s=1)
     app["deployments"][0]["autoscaling_config"]["max_replicas"] = 1
-    dashboard = dashboard_url()
-    deploy.deploy(config, dashboard)
-    deploy.wait_until_running(config, dashboard, timeout_s=180)
-    yield f"http://127.0.0.1:{PORT}/v1"
-    deploy.shutdown(dashboard)
-    wait_until_gone(dashboard)
+    with deployed(config) as url:
+        yield f"{url}/v1"
 
 
 @pytest.fixture
