@@ -196,7 +196,7 @@ def ascii_digits(images: np.ndarray) -> str:
 
 def stop(server: subprocess.Popen) -> None:
     console.print(Rule("Stop serving (Ctrl-C)"))
-    server.send_signal(signal.SIGINT)
+    server.send_signal(signal.SIGTERM)  # as Ctrl-C; SIGINT may be ignored when run in background
     server.wait(timeout=120)
 
 

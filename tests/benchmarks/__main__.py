@@ -6,13 +6,14 @@ python -m tests.benchmarks train      # one
 
 import sys
 
-from tests.benchmarks import bench_amp, bench_serve, bench_train, bench_tune
+from tests.benchmarks import bench_amp, bench_recommend, bench_serve, bench_train, bench_tune
 
 BENCHMARKS = {
     "train": bench_train.main,
     "tune": bench_tune.main,
     "amp": bench_amp.main,
     "serve": bench_serve.main,
+    "recommend": bench_recommend.main,
 }
 
 if __name__ == "__main__":

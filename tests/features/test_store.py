@@ -80,3 +80,43 @@ def test_embedded_redis_persists_across_restarts(tmp_path):
     server = EmbeddedRedis(tmp_path, port=server.port).start()
     assert connect(server.url).get("k") == b"v"
     server.stop()
+
+
+def test_a_password_protected_redis_by_url(tmp_path):
+    import subprocess
+
+    import pytest
+    import redis
+
+    from kiln.features.redis_server import redis_binary
+    from tests.conftest import free_port
+
+    port = free_port()
+    command = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--requirepass",
+        "s3cret",
+        "--dir",
+        str(tmp_path),
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{port}/0"
+        for _ in range(100):
+            try:
+                connect(url).ping()
+                break
+            except redis.ConnectionError:
+                import time
+
+                time.sleep(0.05)
+        store = FeatureStore(connect(url), history_len=3)
+        store.append_events([Event(user_id=1, item_id=2)])
+        assert store.read(1, "m", 1).history_state == "fresh"
+        with pytest.raises(redis.AuthenticationError):
+            connect(f"redis://:wrong@127.0.0.1:{port}/0").ping()
+    finally:
+        server.terminate()
+        server.wait()

@@ -179,3 +179,29 @@ def test_features_load_twice_gives_the_same_contents(recommender, redis_server, 
     assert [i for i, _ in store.read(3, "m", 1).history] == ["12", "13", "14"]
     stats = run_kiln("features", "stats", "--namespace", namespace, "--json", env=env)
     assert json.loads(stats.stdout)["users_with_history"] == 3
+
+
+def test_feature_cache_metrics_are_exported(api, metrics_url):
+    from tests.serve.test_metrics import scrape, total
+
+    api.get("/recommend/5")  # at least a hit or miss after the tests above
+    deadline = time.monotonic() + 30
+    while True:
+        samples = scrape(metrics_url)
+        figures = {
+            "hits": total(samples, "ray_kiln_cache_total", result="hit"),
+            "misses": total(samples, "ray_kiln_cache_total", result="miss"),
+            "bypassed": total(samples, "ray_kiln_cache_total", result="bypass"),
+            "degraded": total(samples, "ray_kiln_degraded_total"),
+            "events": total(samples, "ray_kiln_events_total", outcome="accepted"),
+            "rejected": total(samples, "ray_kiln_events_total", outcome="rejected"),
+            "stale": total(
+                samples, "ray_kiln_feature_reads_total", feature="vector", state="stale"
+            ),
+            "redis": total(samples, "ray_kiln_redis_latency_ms_count", operation="read"),
+            "latency": total(samples, "ray_kiln_recommend_latency_ms_count"),
+        }
+        if all(figures.values()):
+            return
+        assert time.monotonic() < deadline, figures
+        time.sleep(1)

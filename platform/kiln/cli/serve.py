@@ -76,7 +76,9 @@ def up(
             console.print(f"the embedded Redis ({redis.url}) keeps running under KILN_HOME")
         return
     console.print("serving; Ctrl-C shuts down")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` and Kubernetes stop it
+    # Ctrl-C, `kill` and Kubernetes stop it, even where a parent shell left SIGINT ignored.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, signal.default_int_handler)
     try:
         while True:
             time.sleep(3600)

@@ -51,8 +51,8 @@ class LoadResult:
 
 
 async def generate_load(
-    url: str,
-    body: bytes,
+    url: str | list[str],
+    body: bytes | None,
     *,
     concurrency: int = 1,
     rate: float | None = None,
@@ -61,16 +61,24 @@ async def generate_load(
     headers: dict[str, str] | None = None,
     timeout_s: float = 30.0,
 ) -> LoadResult:
+    """POST `body` to `url`, or GET when body is None; with a list of URLs, request after
+    request goes to the next one (e.g. one user per request)."""
     headers = {"Content-Type": "application/json", **(headers or {})}
+    urls = [url] if isinstance(url, str) else url
+    sent_count = 0
     limit = max(concurrency, 1) if rate is None else 0  # open loop: as many as it takes
     connector = aiohttp.TCPConnector(limit=limit, force_close=False)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def send(result: LoadResult | None, start: float) -> None:
+            nonlocal sent_count
+            target = urls[sent_count % len(urls)]
+            sent_count += 1
             sent = time.perf_counter()
+            method = "GET" if body is None else "POST"
             try:
-                async with session.post(url, data=body, headers=headers) as response:
+                async with session.request(method, target, data=body, headers=headers) as response:
                     await response.read()
                     status = response.status
             except (aiohttp.ClientError, asyncio.TimeoutError):
