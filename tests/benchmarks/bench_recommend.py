@@ -34,15 +34,12 @@ def train() -> None:
 
 
 def load_features(url: str) -> None:
-    from kiln.cli.features import _interactions, _recent_histories
     from kiln.features import FeatureStore, connect
+    from kiln.features.materialize import interactions_for, recent_histories, write_histories
 
-    history_len, frame = _interactions("recsys-two-tower@production", None)
+    history_len, frame = interactions_for("recsys-two-tower@production")
     store = FeatureStore(connect(url, timeout_s=10), history_len)
-    histories = _recent_histories(frame, history_len)
-    users = list(histories)
-    for start in range(0, len(users), 1000):
-        store.replace_histories({u: histories[u] for u in users[start : start + 1000]})
+    write_histories(store, recent_histories(frame, history_len))
 
 
 def redis_round_trip(url: str) -> dict:

@@ -6,7 +6,6 @@ kiln features stats
 """
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.progress import Progress
@@ -16,7 +15,6 @@ from kiln.cli.output import console, print_json
 app = typer.Typer(help="The online feature cache (Redis).", no_args_is_help=True)
 MODEL = typer.Option(..., "--model", help="the recommender the features are for (NAME@TAG)")
 NAMESPACE = typer.Option("kiln", "--namespace", help="key prefix, as in the serving config")
-BATCH = 1000
 
 
 @app.command()
@@ -28,19 +26,16 @@ def load(
 ) -> None:
     """Write users' recent histories into Redis, in pipelined batches; idempotent."""
     from kiln.features import FeatureStore, connect, redis_for_kiln
+    from kiln.features.materialize import interactions_for, recent_histories, write_histories
 
-    history_len, frame = _interactions(model, path)
-    histories = _recent_histories(frame, history_len)
-    users = list(histories)
+    history_len, frame = interactions_for(model, path)
+    histories = recent_histories(frame, history_len)
     with redis_for_kiln() as url:
         store = FeatureStore(connect(url, timeout_s=10), history_len, namespace)
         with Progress(console=console, transient=json_output, disable=json_output) as progress:
-            task = progress.add_task("loading histories", total=len(users))
-            for start in range(0, len(users), BATCH):
-                chunk = users[start : start + BATCH]
-                store.replace_histories({u: histories[u] for u in chunk})
-                progress.advance(task, len(chunk))
-    summary = {"users": len(users), "interactions": len(frame), "history_len": history_len}
+            task = progress.add_task("loading histories", total=len(histories))
+            write_histories(store, histories, lambda n: progress.advance(task, n))
+    summary = {"users": len(histories), "interactions": len(frame), "history_len": history_len}
     if json_output:
         print_json(summary)
     else:
@@ -52,7 +47,6 @@ def load(
 
 @app.command()
 def stats(
-    model: str | None = typer.Option(None, "--model", help="history length from this model"),
     namespace: str = NAMESPACE,
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -66,37 +60,3 @@ def stats(
         return
     for key, value in figures.items():
         console.print(f"{key:<20} {value}")
-
-
-def _interactions(model: str, path: Path | None) -> tuple[int, Any]:
-    """The model's history length, and the interactions: the file, else the model's data."""
-    import yaml
-
-    from kiln.data.interactions import Synthetic, read_interactions, synthetic_interactions
-    from kiln.registry import ModelRegistry
-    from kiln.spec import parse_spec
-
-    registry = ModelRegistry.open()
-    version = registry.resolve(model)
-    history_len = int(
-        registry.read_json(version, "model.json")["schema"]["transform"]["history_len"]
-    )
-    if path is not None:
-        return history_len, read_interactions(str(path), None, None, None)
-    spec = parse_spec(yaml.safe_load(registry.read(version, "spec.yaml")), version.ref)
-    params = spec.data.params
-    if spec.data.path or params.get("path"):
-        source = spec.data.path or params["path"]
-        return history_len, read_interactions(
-            source, params.get("user_column"), params.get("item_column"), params.get("time_column")
-        )
-    synthetic = Synthetic.model_validate(params.get("synthetic", {}))
-    return history_len, synthetic_interactions(synthetic, spec.data.seed)
-
-
-def _recent_histories(frame: Any, history_len: int) -> dict[str, list[tuple[str, float]]]:
-    recent = frame.sort_values(["user", "time"], kind="stable").groupby("user").tail(history_len)
-    return {
-        str(user): [(str(i), float(t)) for i, t in zip(group["item"], group["time"], strict=True)]
-        for user, group in recent.groupby("user", sort=False)
-    }

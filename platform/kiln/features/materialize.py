@@ -1,0 +1,59 @@
+"""Bulk materialisation: users' recent histories from an interactions table into Redis.
+
+history_len, frame = interactions_for("recsys-two-tower@production")   # or a file
+write_histories(store, recent_histories(frame, history_len))
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kiln.features.store import FeatureStore
+
+BATCH = 1000  # users per pipelined round trip
+
+
+def interactions_for(model: str, path: Path | None = None) -> tuple[int, Any]:
+    """The model's history length, and the interactions: the file, else the data the model
+    was trained on (its registered spec: a file or the synthetic generator)."""
+    import yaml
+
+    from kiln.data.interactions import Synthetic, read_interactions, synthetic_interactions
+    from kiln.registry import ModelRegistry
+    from kiln.spec import parse_spec
+
+    registry = ModelRegistry.open()
+    version = registry.resolve(model)
+    card = registry.read_json(version, "model.json")
+    history_len = int(card["schema"]["transform"]["history_len"])
+    if path is not None:
+        return history_len, read_interactions(str(path), None, None, None)
+    spec = parse_spec(yaml.safe_load(registry.read(version, "spec.yaml")), version.ref)
+    params = spec.data.params
+    if source := spec.data.path or params.get("path"):
+        columns = (params.get(f"{c}_column") for c in ("user", "item", "time"))
+        return history_len, read_interactions(source, *columns)
+    synthetic = Synthetic.model_validate(params.get("synthetic", {}))
+    return history_len, synthetic_interactions(synthetic, spec.data.seed)
+
+
+def recent_histories(frame: Any, history_len: int) -> dict[str, list[tuple[str, float]]]:
+    """Each user's newest `history_len` (item, time) pairs, oldest first, as source ids."""
+    recent = frame.sort_values(["user", "time"], kind="stable").groupby("user").tail(history_len)
+    return {
+        str(user): [(str(i), float(t)) for i, t in zip(group["item"], group["time"], strict=True)]
+        for user, group in recent.groupby("user", sort=False)
+    }
+
+
+def write_histories(
+    store: FeatureStore,
+    histories: dict[str, list[tuple[str, float]]],
+    on_batch: Callable[[int], None] = lambda users: None,
+) -> None:
+    """Replace each user's history, BATCH users per round trip; `on_batch(n)` after each."""
+    users = list(histories)
+    for start in range(0, len(users), BATCH):
+        chunk = users[start : start + BATCH]
+        store.replace_histories({u: histories[u] for u in chunk})
+        on_batch(len(chunk))
