@@ -51,6 +51,7 @@ def ray_cluster(kiln_home):
     # the dashboard) whether a stopped trial's controller is gone; without it, the placement
     # groups of trials that ASHA stops are never removed and later trials cannot start.
     ray.init(
+        address="local",  # a cluster of its own, even where `ray start` or `kiln up` runs one
         num_cpus=2,
         object_store_memory=300 * 1024**2,
         log_to_driver=False,

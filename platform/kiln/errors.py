@@ -11,7 +11,10 @@ the CLI prints it (no traceback) and exits with its `exit_code`.
     ├── TrainingError        a training run failed after its retries
     ├── RequestError         a request to a served model is malformed; HTTP 400
     ├── FeatureStoreError    Redis (the feature cache) cannot be started or reached
-    └── ServeError           a serving config cannot be deployed or a cluster cannot be reached
+    ├── ServeError           a serving config cannot be deployed
+    └── ClusterError         a Ray cluster cannot be reached, or refuses a request
+        ├── JobNotFoundError     no job with that submission id; exit 3
+        └── PreflightError       a job would fail on the cluster (resources, storage); exit 2
 """
 
 
@@ -64,3 +67,15 @@ class ServeError(KilnError):
 
 class FeatureStoreError(KilnError):
     pass
+
+
+class ClusterError(KilnError):
+    pass
+
+
+class JobNotFoundError(ClusterError):
+    exit_code = 3
+
+
+class PreflightError(ClusterError):
+    exit_code = 2

@@ -335,6 +335,14 @@ def read_yaml(path: Path, source: str) -> Any:
         raise SpecError(f"{path}: {where}{problem}") from None
 
 
+def spec_files(path: str | Path) -> list[Path]:
+    """The spec file and the files it extends, nearest first (a loaded spec has no cycle)."""
+    files = [Path(path).resolve()]
+    while isinstance(raw := read_yaml(files[-1], str(path)), dict) and raw.get("extends"):
+        files.append((files[-1].parent / str(raw["extends"])).resolve())
+    return files
+
+
 def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     source = f"{chain[-1]}: extends" if chain else str(path)
     raw = read_yaml(path, source)

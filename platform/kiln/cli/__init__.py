@@ -9,9 +9,9 @@ turns every `KilnError` into one line on stderr and its exit code (never a trace
 import sys
 
 import typer
-from rich.console import Console
 
-from kiln.cli import bench, features, models, serve, specs, train, tune
+from kiln.cli import bench, cluster, features, jobs, models, serve, specs, train, tune
+from kiln.cli.output import err_console
 from kiln.errors import KilnError
 
 app = typer.Typer(
@@ -26,16 +26,20 @@ app.command("tune")(tune.tune)
 app.command("validate")(specs.validate)
 app.command("bench")(bench.bench)
 app.command("schema")(specs.schema)
+app.command("submit")(jobs.submit)
+app.command("up")(cluster.up)
+app.command("down")(cluster.down)
 app.add_typer(models.app, name="models")
 app.add_typer(serve.app, name="serve")
 app.add_typer(features.app, name="features")
+app.add_typer(jobs.app, name="jobs")
 
-err = Console(stderr=True)
+err = err_console
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # a command's typer.Exit(code) lands here
     except KilnError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -53,3 +57,5 @@ def main(argv: list[str] | None = None) -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

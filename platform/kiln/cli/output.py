@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 
 console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_json(value: Any) -> None:

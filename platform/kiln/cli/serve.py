@@ -161,17 +161,17 @@ def _cluster(address: str | None, detach: bool) -> tuple[str, bool]:
         return LOCAL_DASHBOARD, False
     import ray
 
-    from kiln import raycluster
+    from kiln.cluster.connect import connect, local_cluster_running
 
-    running = raycluster.local_cluster_running()
-    raycluster.connect(get_settings().ray_address, metrics_export_port=METRICS_PORT)
+    running = local_cluster_running()
+    connect(get_settings().ray_address, metrics_export_port=METRICS_PORT)
     return "http://" + ray._private.worker.get_dashboard_url(), not running
 
 
 def _start_detached_cluster() -> None:
-    from kiln import raycluster
+    from kiln.cluster.connect import local_cluster_running
 
-    if raycluster.local_cluster_running():
+    if local_cluster_running():
         return
     command = [
         str(Path(sys.executable).with_name("ray")),

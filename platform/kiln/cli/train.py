@@ -22,7 +22,7 @@ def train(
 ) -> None:
     """Train a job spec on Ray Train and register the best checkpoint as a new version."""
     spec = load_spec(spec_file, set_)  # every spec error surfaces here, before Ray starts
-    from kiln.raycluster import connect
+    from kiln.cluster.connect import connect
     from kiln.train import run_job
     from kiln.train.progress import ProgressView
 

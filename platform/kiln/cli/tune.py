@@ -20,7 +20,7 @@ def tune(
 ) -> None:
     """Search a job's `tune.space` with Ray Tune; each trial is a Ray Train run."""
     spec = load_spec(spec_file, set_)  # bad spaces fail here, before Ray starts
-    from kiln.raycluster import connect
+    from kiln.cluster.connect import connect
     from kiln.tune import run_search
 
     connect(address, show_logs=verbose and not json_output)

@@ -6,7 +6,6 @@ out inside a replica: the models exist, arguments are known, routes match the mo
     deploy(config, "http://127.0.0.1:8265"); wait_until_running(config, "http://127.0.0.1:8265")
 """
 
-import re
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -14,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kiln.cluster.dashboard import describe, open_client
 from kiln.errors import ServeError, SpecError
-from kiln.raycluster import auth_token
 from kiln.registry import ModelRegistry
 from kiln.serve.config import MODEL_DEPLOYMENT, MODEL_ROUTE, Batching, ModelArgs, RecommendArgs
 from kiln.settings import absolute
@@ -171,27 +170,13 @@ def _client(dashboard: str) -> Any:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     url = dashboard if "://" in dashboard else f"http://{dashboard}"
-    token = auth_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    try:
-        return ServeSubmissionClient(url, headers=headers)
-    except Exception as e:  # it checks the address on creation
-        raise ServeError(f"cannot reach the Ray dashboard at {url}: {_first_line(e)}") from None
+    return open_client(ServeSubmissionClient, url)
 
 
 def _call(dashboard: str, method: str, *args: Any) -> Any:
-    """A Serve REST call; Ray's multi-line errors (tracebacks included) become one line."""
     client = _client(dashboard)
     try:
         return getattr(client, method)(*args)
     except Exception as e:
-        raise ServeError(f"Ray Serve at {dashboard}: {method} failed: {_first_line(e)}") from None
-
-
-def _first_line(e: Exception) -> str:
-    """The line of a Ray error (often a whole remote traceback) that says what went wrong."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    if bound := [line for line in lines if "cannot bind" in line or "already in use" in line]:
-        return f"a port is in use (is another Ray Serve or HAProxy running?): {bound[0]}"
-    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
-    return (raised or lines or [type(e).__name__])[-1][:500]
+        why = describe(e, dashboard)
+        raise ServeError(f"Ray Serve at {dashboard}: {method} failed: {why}") from None

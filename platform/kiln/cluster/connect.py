@@ -2,7 +2,6 @@
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from kiln.settings import get_settings
@@ -35,15 +34,3 @@ def local_cluster_running() -> bool:
     from ray._private.services import find_gcs_addresses
 
     return bool(find_gcs_addresses())
-
-
-def auth_token() -> str | None:
-    """The cluster token, found where Ray looks: RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH
-    names, then ~/.ray/auth_token. Sent to the dashboard's REST API (Serve, Jobs)."""
-    if token := os.environ.get("RAY_AUTH_TOKEN"):
-        return token.strip()
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None

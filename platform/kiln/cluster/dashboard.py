@@ -1,0 +1,122 @@
+"""A cluster's dashboard, which serves Ray's Jobs, Serve and State REST APIs: where it is, the
+token it wants, and one line for each way a call to it fails.
+
+    client = open_client(JobSubmissionClient, resolve_address(None))
+    with answered_by(address):
+        client.list_jobs()
+"""
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kiln.errors import ClusterError, KilnError
+from kiln.settings import get_settings
+
+C = TypeVar("C")
+
+TOKEN_HELP = (
+    "set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH to a file holding it, or write it to "
+    "~/.ray/auth_token (on the head node, `ray get-auth-token` prints it)"
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    source: str
+
+
+def find_token() -> Token | None:
+    """The cluster token, found where Ray looks: RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH
+    names, then ~/.ray/auth_token."""
+    if value := os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return Token(value, "RAY_AUTH_TOKEN")
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        value = path.read_text().strip()
+    except OSError:
+        return None
+    return Token(value, str(path)) if value else None
+
+
+def auth_headers() -> dict[str, str]:
+    """Sent whether or not this process runs Ray with RAY_AUTH_MODE=token: a cluster without
+    token auth ignores it, one with it needs it."""
+    token = find_token()
+    return {"Authorization": f"Bearer {token.value}"} if token else {}
+
+
+def resolve_address(address: str | None) -> str:
+    """--address, else KILN_RAY_ADDRESS, else RAY_ADDRESS, else the cluster `kiln up` started."""
+    from kiln.cluster import local
+
+    found = address or get_settings().ray_address or os.environ.get("RAY_ADDRESS")
+    found = found or local.running_dashboard()
+    if not found:
+        raise ClusterError(
+            "no Ray cluster given: pass --address http://HEAD:8265, set KILN_RAY_ADDRESS, "
+            "or start a local one with `kiln up`"
+        )
+    found = found.rstrip("/")
+    return found if "://" in found else f"http://{found}"  # a dashboard, never a GCS port
+
+
+def open_client(client_class: type[C], address: str) -> C:
+    """A Ray SDK client (JobSubmissionClient, ServeSubmissionClient, StateApiClient) with the
+    token; each checks the address when it is created."""
+    headers = {"Content-Type": "application/json", **auth_headers()}
+    with answered_by(address):
+        return client_class(address, headers=headers)  # type: ignore[call-arg]
+
+
+@contextlib.contextmanager
+def answered_by(address: str) -> Iterator[None]:
+    """Ray's errors (often whole remote tracebacks) as one line that says what to do."""
+    try:
+        yield
+    except KilnError:
+        raise
+    except Exception as e:
+        raise ClusterError(describe(e, address)) from None
+
+
+def describe(e: BaseException, address: str) -> str:
+    text = str(e)
+    if "Authentication required" in text or "status code 401" in text:
+        return f"the cluster at {address} needs a token (Ray token authentication): {TOKEN_HELP}"
+    if "Authentication failed" in text or "status code 403" in text:
+        token = find_token()
+        source = f" from {token.source}" if token else ""
+        return f"the cluster at {address} refused the token{source}: it is not this cluster's"
+    if isinstance(e, ConnectionError) or "Failed to connect" in text:
+        return (
+            f"cannot reach a Ray dashboard at {address}: is the cluster up, and is this its "
+            "dashboard address (http://HEAD:8265 by default)?"
+        )
+    return first_line(e)
+
+
+def first_line(e: BaseException) -> str:
+    """The line of a Ray error (often a whole remote traceback) that says what went wrong."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if bound := [line for line in lines if "cannot bind" in line or "already in use" in line]:
+        return f"a port is in use (is another Ray Serve or HAProxy running?): {bound[0]}"
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
+    return (raised or lines or [type(e).__name__])[-1][:500]
+
+
+def alive_nodes(address: str) -> list[dict[str, Any]]:
+    """The cluster's live nodes as the State API sees them (resources_total, is_head_node)."""
+    from ray.util.state import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    client = open_client(StateApiClient, address)
+    options = ListApiOptions(detail=True, filters=[("state", "=", "ALIVE")])
+    with answered_by(address):
+        nodes = client.list(StateResource.NODES, options, raise_on_missing_output=False)
+    return [node if isinstance(node, dict) else vars(node) for node in nodes]

@@ -1,0 +1,92 @@
+"""Checks made before a job is submitted, against the cluster's own view of itself, for what
+would otherwise fail minutes later on the cluster, or wait forever for resources it lacks.
+
+    check_storage({"registry": "/home/me/.kiln/registry"}, nodes, shared=False)  # 2+ nodes: no
+    check_resources(spec, nodes, address)                                      # no GPU: refused
+"""
+
+from typing import Any
+
+from kiln.errors import PreflightError
+from kiln.spec import JobSpec
+
+Resources = dict[str, float]
+
+
+def worker_resources(spec: JobSpec) -> Resources:
+    """What each training worker asks for, as Ray's ScalingConfig computes it."""
+    scaling = spec.scaling
+    if scaling.resources_per_worker is None:
+        wanted: Resources = {"GPU": 1} if scaling.use_gpu else {"CPU": 1}
+    else:
+        wanted = {k: v for k, v in scaling.resources_per_worker.items() if v != 0}
+    if scaling.use_gpu:
+        wanted.setdefault("GPU", 1)
+    return wanted
+
+
+def min_workers(spec: JobSpec) -> int:
+    workers = spec.scaling.num_workers
+    return workers[0] if isinstance(workers, tuple) else workers
+
+
+def fits(bundles: list[Resources], nodes: list[Resources]) -> int:
+    """How many of the bundles fit on the nodes at once (first fit, largest first); each
+    bundle goes on one node, as a placement group places a worker."""
+    free = [dict(node) for node in nodes]
+    placed = 0
+    for bundle in sorted(bundles, key=lambda b: sorted(b.items()), reverse=True):
+        node = next((n for n in free if all(n.get(k, 0) >= v for k, v in bundle.items())), None)
+        if node is None:
+            break
+        for k, v in bundle.items():
+            node[k] -= v
+        placed += 1
+    return placed
+
+
+def check_resources(spec: JobSpec, nodes: list[dict[str, Any]], address: str) -> None:
+    wanted, count = worker_resources(spec), min_workers(spec)
+    totals = [node.get("resources_total") or {} for node in nodes]
+    placed = fits([wanted] * count, totals)
+    if placed >= count:
+        return
+    asked = f"{spec.name} asks for {count} worker(s) with {describe(wanted)} each"
+    missing = [k for k in wanted if not any(t.get(k, 0) for t in totals)]
+    view = f"{len(nodes)} node(s), {describe(summed(totals), keys=('CPU', 'GPU'))} in all"
+    if missing:
+        why = f"the cluster at {address} has no {', '.join(missing)} ({view})"
+    else:
+        why = f"only {placed} fit on the cluster at {address} ({view})"
+    raise PreflightError(
+        f"{asked}, but {why}. Change scaling in the spec, use a cluster that has them, "
+        "or pass --autoscaling if the cluster adds nodes on demand"
+    )
+
+
+def check_storage(uris: dict[str, str], nodes: list[dict[str, Any]], shared: bool) -> None:
+    """On several nodes, a local path is a different disk on each: checkpoints written on one
+    node are missing on the next, and the registry ends up split."""
+    if shared or len(nodes) < 2:
+        return
+    for what, uri in uris.items():
+        if "://" not in uri or uri.startswith("file://"):
+            raise PreflightError(
+                f"{what} {uri} is a local path, and the cluster has {len(nodes)} nodes: each "
+                "would write to its own disk. Use shared storage (s3://, gs://, or a "
+                "filesystem every node mounts, then pass --shared-storage); set it with "
+                "KILN_REGISTRY / KILN_STORAGE or the spec's storage_path"
+            )
+
+
+def summed(nodes: list[Resources]) -> Resources:
+    total: Resources = {}
+    for node in nodes:
+        for k, v in node.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def describe(resources: Resources, keys: tuple[str, ...] | None = None) -> str:
+    keys = keys or tuple(sorted(resources))
+    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in keys)

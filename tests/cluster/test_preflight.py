@@ -1,0 +1,55 @@
+"""Pre-submit checks against a cluster's resource view (pure logic; the real cluster is in
+test_jobs.py)."""
+
+import pytest
+
+from kiln.cluster.preflight import check_resources, check_storage, fits, worker_resources
+from kiln.errors import PreflightError
+from kiln.spec import load_spec
+from tests.conftest import ROOT
+
+CPU_NODES = [
+    {"resources_total": {"CPU": 0.0}, "is_head_node": True},
+    {"resources_total": {"CPU": 1.0}},
+    {"resources_total": {"CPU": 1.0}},
+]
+
+
+def spec(*overrides: str):
+    return load_spec(ROOT / "jobs" / "digits-mlp.yaml", list(overrides))
+
+
+def test_worker_resources_follow_ray_scaling_config():
+    unset = "scaling.resources_per_worker=null"
+    assert worker_resources(spec(unset)) == {"CPU": 1}
+    assert worker_resources(spec(unset, "scaling.use_gpu=true")) == {"GPU": 1}
+    both = spec("scaling.use_gpu=true", "scaling.resources_per_worker={CPU: 2}")
+    assert worker_resources(both) == {"CPU": 2, "GPU": 1}
+
+
+def test_bundles_fit_one_node_each():
+    assert fits([{"CPU": 1}] * 2, [{"CPU": 1}, {"CPU": 1}]) == 2
+    assert fits([{"CPU": 2}], [{"CPU": 1}, {"CPU": 1}]) == 0  # 2 CPUs in all, but not on one node
+    assert fits([{"CPU": 1, "GPU": 1}] * 3, [{"CPU": 8, "GPU": 2}]) == 2
+
+
+def test_a_gpu_the_cluster_lacks_is_named():
+    with pytest.raises(PreflightError, match="has no GPU") as e:
+        check_resources(spec("scaling.use_gpu=true"), CPU_NODES, "http://head:8265")
+    assert "2 CPU, 0 GPU in all" in str(e.value)
+
+
+def test_more_workers_than_fit_are_refused():
+    check_resources(spec("scaling.num_workers=2"), CPU_NODES, "http://head:8265")
+    with pytest.raises(PreflightError, match="only 2 fit"):
+        check_resources(spec("scaling.num_workers=3"), CPU_NODES, "http://head:8265")
+    check_resources(spec("scaling.num_workers=[2, 4]"), CPU_NODES, "http://head:8265")  # elastic
+
+
+def test_local_storage_is_refused_on_several_nodes_unless_shared():
+    local = {"registry": "/home/me/.kiln/registry"}
+    with pytest.raises(PreflightError, match="local path, and the cluster has 3 nodes"):
+        check_storage(local, CPU_NODES, shared=False)
+    check_storage(local, CPU_NODES, shared=True)
+    check_storage(local, CPU_NODES[:1], shared=False)  # one node: one disk
+    check_storage({"registry": "s3://bucket/registry"}, CPU_NODES, shared=False)
