@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from kiln.cli.output import console, err_console, print_json
 from kiln.errors import SpecError
@@ -94,21 +93,27 @@ def list_jobs(
     if json_output:
         print_json(jobs)
         return
-    table = Table(box=None, header_style="bold", padding=(0, 1, 0, 0))
-    table.add_column("submission id", no_wrap=True)
-    for column in ("status", "job", "user", "started", "duration"):
-        table.add_column(column, no_wrap=True)
+    rows = [("SUBMISSION ID", "STATUS", "JOB", "USER", "STARTED", "DURATION")]
     for job in jobs:
         meta = job.get("metadata") or {}
-        table.add_row(
-            job["submission_id"],
-            job["status"],
-            meta.get("kiln_job", job["entrypoint"][:40]),
-            meta.get("user", ""),
-            _when(job.get("start_time")),
-            _duration(job),
+        job_name = meta.get("kiln_job", job["entrypoint"][:40])
+        when = _when(job.get("start_time"))
+        rows.append(
+            (
+                job["submission_id"],
+                job["status"],
+                job_name,
+                meta.get("user", ""),
+                when,
+                _duration(job),
+            )
         )
-    console.print(table)
+    # Plain aligned columns, as kubectl prints them: ids are long and must never be cut.
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 @app.command()
@@ -197,7 +202,7 @@ def _pair(item: str) -> tuple[str, str]:
 
 
 def _when(ms: int | None) -> str:
-    return time.strftime("%m-%d %H:%M", time.localtime(ms / 1000)) if ms else ""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000)) if ms else ""
 
 
 def _duration(job: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ class Jobs:
     def __init__(self, address: str):
         from ray.job_submission import JobSubmissionClient
 
-        logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per file it uploads
+        quiet_ray_logs()
         self.address = address
         self.client = open_client(JobSubmissionClient, address)
 
@@ -55,8 +55,12 @@ class Jobs:
         self.info(submission_id)  # an unknown id fails here, not inside the stream
 
         async def stream() -> None:
-            async for lines in self.client.tail_job_logs(submission_id):
-                write(lines)
+            lines: Any = self.client.tail_job_logs(submission_id)  # an async generator
+            try:
+                async for chunk in lines:
+                    write(chunk)
+            finally:  # on Ctrl-C too: the websocket closes inside the loop
+                await lines.aclose()
 
         with self.about(submission_id):
             asyncio.run(stream())
@@ -92,6 +96,19 @@ class Jobs:
                     "(`kiln jobs list` shows its jobs)"
                 ) from None
             raise ClusterError(describe(e, self.address)) from None
+
+
+def quiet_ray_logs() -> None:
+    """Not a line per file uploaded, when a log stream closes, or that Ray now skips .git and
+    .venv by default (Kiln skips them too): Kiln reports what matters itself."""
+    levels = {
+        "ray": logging.WARNING,
+        "ray.dashboard.modules.job.sdk": logging.WARNING,
+        "ray.dashboard.modules.dashboard_sdk": logging.WARNING,
+        "ray._private.runtime_env": logging.ERROR,
+    }
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def as_json(details: Any) -> dict[str, Any]:

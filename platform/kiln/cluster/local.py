@@ -11,10 +11,12 @@ stops exactly those processes; `ray stop` would stop every Ray on the machine.
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ class Node:
     cpus: float
     metrics_port: int
     log: str
+    temp_dir: str | None = None  # a worker's own Ray folder (sockets, unpacked working_dirs)
 
     def alive(self) -> bool:
         """Whether any process of the node's group is left."""
@@ -86,8 +89,10 @@ def up(
     object_store_mb: int = 512,
     timeout_s: float = 120,
 ) -> LocalCluster:
-    """Starts the head, then each worker once the node before it has joined: nodes that start
-    together on one machine race for the same socket file names in Ray's session folder."""
+    """Starts the head, then each worker once the node before it has joined. Each worker keeps
+    its own Ray folder, as a node on its own machine would: nodes sharing one would race for
+    socket names, and each node's runtime-env agent would re-unpack a job's working_dir under
+    the feet of the processes already running in it."""
     if (old := recorded()) and any(n.alive() for n in old.nodes):
         raise ClusterError(
             f"kiln up already runs a cluster here (dashboard {old.dashboard}); `kiln down` stops it"
@@ -109,9 +114,12 @@ def up(
         _wait_for_dashboard(cluster, timeout_s)
         _wait_for_nodes(cluster, timeout_s)
         for i in range(workers):
-            args = common + [f"--address={cluster.address}"]
+            temp_dir = f"{tempfile.gettempdir()}/ray-kiln-{port}-w{i + 1}"  # short: socket paths
+            args = common + [f"--address={cluster.address}", f"--temp-dir={temp_dir}"]
             name = f"worker-{i + 1}"
-            cluster.nodes.append(_start(folder, name, cpus_per_worker, args, cluster.token_auth))
+            node = _start(folder, name, cpus_per_worker, args, cluster.token_auth)
+            node.temp_dir = temp_dir
+            cluster.nodes.append(node)
             _save(cluster)
             _wait_for_nodes(cluster, timeout_s)
     except BaseException:
@@ -133,6 +141,8 @@ def down(timeout_s: float = 30) -> LocalCluster | None:
         time.sleep(0.2)
     for node in cluster.nodes:
         _signal(node, signal.SIGKILL)
+        if node.temp_dir:
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
     _forget_as_default(cluster.address)
     state_file().unlink(missing_ok=True)
     return cluster
