@@ -13,7 +13,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,export,tune]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,export,tune,k8s]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,6 +21,8 @@ install: $(STAMP)
 demo: $(STAMP)  ## train digits-cnn on 2 Ray workers, register it, show its model card
 	KILN_HOME=$${KILN_HOME:-.kiln} $(BIN)/python -m kiln.demo
 
+# The KubeRay CRDs that k8s/ is validated against, when the shared folder is beside the project.
+test: export KILN_KUBERAY_CRDS ?= $(abspath $(wildcard ../shared/kuberay-crds))
 test: $(STAMP)  ## the whole suite, slow fault-injection tests included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

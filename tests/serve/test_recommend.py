@@ -205,3 +205,26 @@ def test_feature_cache_metrics_are_exported(api, metrics_url):
             return
         assert time.monotonic() < deadline, figures
         time.sleep(1)
+
+
+def test_the_grafana_dashboard_queries_exported_metrics(api, recsys, metrics_url):
+    """Every metric k8s/base/kiln-dashboard.json plots is in a scrape of the serving metrics."""
+    import json
+    import re
+
+    from kiln.serve.loadgen import body_for
+    from tests.serve.test_metrics import scrape
+
+    dashboard = json.loads((ROOT / "k8s/base/kiln-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    wanted = {name for e in exprs for name in re.findall(r"\bray_[a-z0-9_]+", e)}
+    assert len(wanted) >= 12, wanted
+
+    model = recsys.removesuffix("/v1") + "/v2/models/recsys-two-tower"
+    metadata = httpx.get(model, timeout=30).json()
+    assert httpx.post(f"{model}/infer", content=body_for(metadata), timeout=30).status_code == 200
+    api.get("/recommend/5")
+    deadline = time.monotonic() + 30
+    while missing := wanted - {s.name for s in scrape(metrics_url)}:
+        assert time.monotonic() < deadline, f"the dashboard plots metrics nobody exports: {missing}"
+        time.sleep(1)
