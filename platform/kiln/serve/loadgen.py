@@ -30,6 +30,7 @@ class LoadResult:
     started: list[float] = field(default_factory=list)  # seconds since the start
     latencies_ms: list[float] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)  # 0: no answer (connection error)
+    retry_after: list[str | None] = field(default_factory=list)  # the header, when answered
 
     def summary(self) -> dict[str, Any]:
         statuses = np.array(self.statuses)
@@ -80,13 +81,14 @@ async def generate_load(
             try:
                 async with session.request(method, target, data=body, headers=headers) as response:
                     await response.read()
-                    status = response.status
+                    status, retry_after = response.status, response.headers.get("Retry-After")
             except (aiohttp.ClientError, asyncio.TimeoutError):
-                status = 0
+                status, retry_after = 0, None
             if result is not None:
                 result.started.append(sent - start)
                 result.latencies_ms.append((time.perf_counter() - sent) * 1000)
                 result.statuses.append(status)
+                result.retry_after.append(retry_after)
 
         if warmup_s > 0:
             await _closed_loop(send, None, concurrency, warmup_s)
