@@ -3,10 +3,13 @@ runs first in the package: it deploys and deletes its own applications before th
 `serving` fixture deploys serving/digits.yaml."""
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 
-from tests.conftest import run_kiln
+from tests.conftest import ROOT, run_kiln
 from tests.serve.conftest import PORT, dashboard_url
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -37,22 +40,24 @@ def test_serve_detach_status_bench_shutdown(digits_models, tmp_path):
 
         url = f"http://127.0.0.1:{PORT}/v2/models/digits-cnn"
         out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-        bench = run_kiln(
-            "bench",
-            url,
-            "-c",
-            "4",
-            "-d",
-            "2",
-            "--warmup",
-            "0.5",
-            "--json",
-            "-o",
-            str(out),
-            "--histogram",
-            str(png),
+        args = ["bench", url, "-c", "4", "-d", "5", "--warmup", "0.5", "--json", "-o", str(out)]
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "kiln", *args, "--histogram", str(png)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        time.sleep(2)  # status while the load runs: rates and percentiles over its window
+        during = run_kiln("serve", "status", "--address", dashboard, "--json", "--window", "2")
+        stdout, stderr = bench.communicate(timeout=120)
+        bench = subprocess.CompletedProcess(args, bench.returncode, stdout, stderr)
         assert bench.returncode == 0, bench.stderr
+        live = {a["application"]: a for a in json.loads(during.stdout)}
+        model = live["digits-cnn"]["deployments"]["ModelDeployment"]
+        assert model["rps"] > 10 and model["version"] == 1, model
+        assert 0 < model["p50_ms"] <= model["p99_ms"], model
+        assert model["queued"] >= 0 and model["ongoing"] >= 0
         figures = json.loads(bench.stdout)
         assert figures["ok"] == figures["requests"] > 0 and figures["errors"] == {}
         assert figures["p50_ms"] <= figures["p99_ms"]

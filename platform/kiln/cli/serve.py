@@ -95,12 +95,23 @@ def up(
 
 @app.command()
 def status(
-    address: str | None = ADDRESS, json_output: bool = typer.Option(False, "--json")
+    address: str | None = ADDRESS,
+    metrics: list[str] = typer.Option(
+        [], "--metrics", help="a node's /metrics URL (default: every node of the local cluster)"
+    ),
+    window: float = typer.Option(2.0, min=0.5, help="seconds over which rates and percentiles run"),
+    json_output: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Applications, deployments and their replicas."""
-    from kiln.serve import deploy
+    """Per deployment: replicas (running/target), queued and ongoing requests, requests per
+    second, p50/p99 latency in the replicas, and the model version."""
+    from kiln.serve import deploy, observe
 
     details = deploy.details(_dashboard(address))
+    try:
+        stats = observe.deployment_stats(observe.metrics_targets(metrics), window)
+    except ServeError as e:
+        console.print(f"[yellow]{e}[/yellow]")
+        stats = {}
     rows = [
         {
             "application": name,
@@ -111,6 +122,7 @@ def status(
                     "status": d["status"],
                     "replicas": sum(r["state"] == "RUNNING" for r in d.get("replicas", [])),
                     "target": d.get("target_num_replicas"),
+                    **stats.get((name, d_name), observe.DeploymentStats()).to_json(),
                 }
                 for d_name, d in application.get("deployments", {}).items()
             },
@@ -120,17 +132,23 @@ def status(
     if json_output:
         print_json(rows)
         return
-    table = Table("application", "status", "route", "deployment", "replicas (running/target)")
+    columns = ["application", "deployment", "status", "replicas", "queued", "ongoing", "req/s"]
+    table = Table(*columns, "p50 ms", "p99 ms", "version", title=f"over the last {window:g} s")
     for row in rows:
         for d_name, d in row["deployments"].items():
             table.add_row(
                 row["application"],
-                row["status"],
-                row["route"],
                 d_name,
+                d["status"],
                 f"{d['replicas']}/{d['target']}",
+                *(_figure(d[k]) for k in ("queued", "ongoing", "rps", "p50_ms", "p99_ms")),
+                str(d["version"] or "-"),
             )
     console.print(table if rows else "no applications are deployed")
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}" if value == int(value) else f"{value:.1f}"
 
 
 @app.command()
