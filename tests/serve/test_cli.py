@@ -63,6 +63,18 @@ def test_serve_detach_status_bench_shutdown(digits_models, tmp_path):
         assert figures["p50_ms"] <= figures["p99_ms"]
         assert json.loads(out.read_text()) == figures
         assert png.read_bytes()[:4] == b"\x89PNG"
+
+        soak = run_kiln(
+            *("bench", url, "--rate", "40", "-d", "6", "--warmup", "0", "--interval", "2"),
+            *("--soak", str(tmp_path / "soak.png"), "--address", dashboard, "--json"),
+        )
+        assert soak.returncode == 0, soak.stderr
+        report = json.loads(soak.stdout)
+        assert [i["from_s"] for i in report["intervals"]] == [0, 2, 4]
+        assert sum(i["requests"] for i in report["intervals"]) == report["requests"] == 240
+        [replica] = [r for n, r in report["replicas"].items() if n.startswith("digits-cnn/")]
+        assert replica["start_mb"] > 50 and "growth_mb_per_hour" in replica
+        assert (tmp_path / "soak.png").read_bytes()[:4] == b"\x89PNG"
     finally:
         down = run_kiln("serve", "shutdown", "--address", dashboard)
     assert down.returncode == 0, down.stderr

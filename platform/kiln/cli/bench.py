@@ -26,10 +26,19 @@ def bench(
     batch: int = typer.Option(1, "--batch", min=1, help="examples per generated request"),
     output: Path | None = typer.Option(None, "-o", "--output", help="write figures as JSON"),
     histogram: Path | None = typer.Option(None, "--histogram", help="latency histogram PNG"),
+    soak: Path | None = typer.Option(
+        None, "--soak", help="soak mode (with --rate): latency per interval and replica memory PNG"
+    ),
+    interval: float = typer.Option(60.0, "--interval", min=1, help="soak: seconds per row"),
+    address: str = typer.Option(
+        "http://127.0.0.1:8265", help="soak: the dashboard whose replicas' memory is sampled"
+    ),
     json_output: bool = typer.Option(False, "--json", help="JSON on stdout"),
 ) -> None:
-    """Send requests for a while; print throughput, p50/p95/p99 and errors."""
+    """Send requests for a while; print throughput, p50/p95/p99 and errors. With --soak, a
+    fixed rate for a long time: p50/p99 and errors per interval, and each replica's memory."""
     from kiln.serve.loadgen import body_for, draw_histogram, fetch_metadata, generate_load
+    from kiln.serve.soak import MemorySampler, draw_soak, soak_report
 
     model_url = model_url.rstrip("/")
     key = os.environ.get("KILN_API_KEY")  # a client's key, not the server's list
@@ -41,6 +50,9 @@ def bench(
             raise ServeError(f"cannot read payload {payload}: {e.strerror}") from None
     else:
         body = body_for(fetch_metadata(model_url, headers), batch)
+    if soak is not None and rate is None:
+        raise ServeError("--soak sends a fixed rate: give --rate")
+    sampler = MemorySampler(address).start() if soak is not None else None
     result = asyncio.run(
         generate_load(
             f"{model_url}/infer",
@@ -54,6 +66,10 @@ def bench(
     )
     load = f"{rate:g} req/s" if rate else f"concurrency {concurrency}"
     summary = {"url": model_url, "load": load, **result.summary()}
+    if sampler is not None and soak is not None:
+        report = soak_report(result, sampler.stop(), interval)
+        draw_soak(report, f"{model_url.rsplit('/', 1)[-1]}, {load}", soak)
+        summary = {**summary, **{k: report[k] for k in ("intervals", "replicas")}}
     if output:
         output.write_text(json.dumps(summary, indent=2))
     if histogram:
@@ -69,3 +85,17 @@ def bench(
     )
     table.title = f"{model_url}, {load}, {duration:g} s"
     console.print(table)
+    if "intervals" in summary:
+        _print_soak(summary, soak)
+
+
+def _print_soak(summary: dict, png: Path | None) -> None:
+    rows = Table("from s", "requests", "errors", "p50 ms", "p99 ms", title="per interval")
+    for i in summary["intervals"]:
+        rows.add_row(*(str(i[k]) for k in ("from_s", "requests", "errors", "p50_ms", "p99_ms")))
+    console.print(rows)
+    for name, r in summary["replicas"].items():
+        console.print(
+            f"{name}: {r['start_mb']} -> {r['end_mb']} MB ({r['growth_mb_per_hour']:+} MB/hour)"
+        )
+    console.print(f"latency and memory over time: {png}")
