@@ -6,7 +6,14 @@ python -m tests.benchmarks train      # one
 
 import sys
 
-from tests.benchmarks import bench_amp, bench_recommend, bench_serve, bench_train, bench_tune
+from tests.benchmarks import (
+    bench_amp,
+    bench_recommend,
+    bench_serve,
+    bench_soak,
+    bench_train,
+    bench_tune,
+)
 
 BENCHMARKS = {
     "train": bench_train.main,
@@ -14,6 +21,7 @@ BENCHMARKS = {
     "amp": bench_amp.main,
     "serve": bench_serve.main,
     "recommend": bench_recommend.main,
+    "soak": bench_soak.main,
 }
 
 if __name__ == "__main__":

@@ -68,8 +68,8 @@ class Jobs:
 
     def stop(self, submission_id: str, timeout_s: float = 60) -> str:
         """Asks Ray to stop the job (SIGTERM, then SIGKILL) and waits until it has."""
-        if self.status(submission_id) in TERMINAL:
-            return self.status(submission_id)
+        if (status := self.status(submission_id)) in TERMINAL:
+            return status
         with self.about(submission_id):
             self.client.stop_job(submission_id)
         return self.wait(submission_id, timeout_s)
