@@ -1,8 +1,10 @@
 """Serving under stress, digits-mlp over real Ray Serve and real HTTP: a load ramp that scales
-replicas up and back down, a replica killed under a steady load, overload shed with 429 and
-Retry-After, and a cold start from zero replicas."""
+replicas up and back down, a replica killed under a steady load, a stalled replica replaced
+after failing its health check, overload shed with 429 and Retry-After, and a cold start from
+zero replicas."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -166,3 +168,26 @@ def test_scale_to_zero_answers_its_first_request(digits_models):
         assert answer.status_code == 200, answer.text
         print(f"\ncold start from zero replicas: {cold_start_s:.2f} s")
         wait_for(lambda: not replicas(state=None), 60, "back to zero replicas")
+
+
+def test_a_stalled_replica_fails_its_health_check_and_is_replaced(digits_models):
+    """SIGSTOP freezes a replica as a blocked event loop would: it still exists, but stops
+    answering. Serve's health check notices and replaces it; then every request succeeds."""
+    health = {"health_check_period_s": 1, "health_check_timeout_s": 2}
+    with deployed(mlp_config(num_replicas=2, autoscaling_config=None, **health)) as url:
+        wait_for(lambda: len(replicas()) == 2, 60, "two replicas")
+        target, body = infer(url)
+        victim = replicas()[0]
+        os.kill(victim["pid"], signal.SIGSTOP)
+        try:
+            replaced = wait_for(
+                lambda: len(replicas()) == 2 and victim["replica_id"] not in ids(),
+                60,
+                "the stalled replica replaced",
+            )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim["pid"], signal.SIGKILL)
+        after = asyncio.run(generate_load(target, body, rate=50, duration_s=4, warmup_s=0))
+    print(f"\nstall: replaced {replaced:.1f} s after SIGSTOP; then {after.summary()}")
+    assert set(after.statuses) == {200}
