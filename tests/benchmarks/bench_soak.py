@@ -6,7 +6,6 @@ Figures go to bench-results/soak.json and soak.png. KILN_SOAK_S shortens the soa
 import asyncio
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,23 +16,12 @@ from rich.table import Table
 
 from kiln.serve.loadgen import generate_load
 from kiln.serve.soak import MemorySampler, draw_soak, soak_report
-from tests.benchmarks.bench_recommend import load_features
+from tests.benchmarks.bench_recommend import recommender_served
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-results"
 SOAK_S = float(os.environ.get("KILN_SOAK_S", 600))
 RATE, USERS, INTERVAL_S = 100.0, 2000, 60.0
-
-
-def train() -> None:
-    from kiln.registry import ModelRegistry
-    from kiln.spec import load_spec
-    from kiln.train import run_job
-    from tests.conftest import quiet_view
-
-    spec = load_spec(ROOT / "jobs/recsys-two-tower.yaml", ["train.epochs=2"])
-    run_job(spec, quiet_view(spec))
-    ModelRegistry.open().promote("recsys-two-tower", 1, "production")
 
 
 def recommender(config: dict) -> dict:
@@ -67,37 +55,14 @@ def running(dashboard: str) -> int:
 
 
 def main() -> None:
-    import ray
-
-    from kiln.features import EmbeddedRedis
-    from kiln.serve import deploy
-    from tests.conftest import free_port
-
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-    home = Path(tempfile.mkdtemp(prefix="kiln-bench-soak-"))
-    os.environ["KILN_HOME"] = str(home)
-    ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
-    redis = EmbeddedRedis(home / "redis", port=free_port()).start()
-    try:
-        train()
-        load_features(redis.url)
-        port = free_port()
-        config = deploy.load_config(ROOT / "serving/recsys.yaml", port=port)
-        deploy.use_redis(config, redis.url)
-        dashboard = "http://" + ray._private.worker.get_dashboard_url()
-        deploy.deploy(config, dashboard)
-        deploy.wait_until_running(config, dashboard)
+    with recommender_served(["train.epochs=2"], one_replica=False) as served:
+        config, dashboard, port, _ = served
         base = f"http://127.0.0.1:{port}/v1/recommend"
         urls = [f"{base}/{u}?k=10" for u in np.random.default_rng(0).integers(1, USERS, 10_000)]
         sampler = MemorySampler(dashboard, every_s=10).start()
         result = asyncio.run(generate_load(urls, None, rate=RATE, duration_s=SOAK_S, warmup_s=2))
         report = soak_report(result, sampler.stop(), INTERVAL_S)
         report["cold_start_s"] = cold_starts(config, dashboard, urls[0])
-        deploy.shutdown(dashboard)
-    finally:
-        redis.stop()
-        ray.shutdown()
     show(report)
 
 
