@@ -8,6 +8,7 @@ import sys
 
 from tests.benchmarks import (
     bench_amp,
+    bench_autoscale,
     bench_recommend,
     bench_serve,
     bench_soak,
@@ -22,6 +23,7 @@ BENCHMARKS = {
     "serve": bench_serve.main,
     "recommend": bench_recommend.main,
     "soak": bench_soak.main,
+    "autoscale": bench_autoscale.main,
 }
 
 if __name__ == "__main__":

@@ -51,20 +51,34 @@ def replica_memory(dashboard: str) -> dict[str, float]:
     """RSS in MB of every running replica whose process is on this machine."""
     import psutil
 
+    memory = {}
+    for name, process in local_replicas(dashboard).items():
+        try:
+            memory[name] = process.memory_info().rss / 2**20
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return memory
+
+
+def local_replicas(dashboard: str) -> dict[str, Any]:
+    """Every running replica whose process is on this machine, as a psutil.Process, named
+    "app/deployment" and the replica id's last 6 characters."""
+    import psutil
+
     from kiln.serve import deploy
 
-    memory = {}
+    processes = {}
     for app_name, app in deploy.details(dashboard).get("applications", {}).items():
         for name, deployment in app.get("deployments", {}).items():
             for replica in deployment.get("replicas", []):
                 if replica.get("state") != "RUNNING" or not replica.get("pid"):
                     continue
                 try:
-                    rss = psutil.Process(replica["pid"]).memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    process = psutil.Process(replica["pid"])
+                except psutil.NoSuchProcess:
                     continue
-                memory[f"{app_name}/{name} {replica['replica_id'][-6:]}"] = rss / 2**20
-    return memory
+                processes[f"{app_name}/{name} {replica['replica_id'][-6:]}"] = process
+    return processes
 
 
 def soak_report(
