@@ -123,3 +123,17 @@ def test_config_checks_before_deploying(config_file):
             load_config(config_file(mutate))
     with pytest.raises(ModelNotFoundError, match="no model named 'nope'"):
         load_config(config_file(lambda a: a["args"].update(model="nope@production")))
+
+
+def test_an_autoscaling_target_below_the_batch_size_is_flagged(config_file):
+    from kiln.serve.deploy import autoscaling_advice, load_config
+
+    assert autoscaling_advice(load_config(config_file(lambda app: None))) == []  # as shipped
+
+    def low_target(app: dict) -> None:
+        app["deployments"][0]["autoscaling_config"]["target_ongoing_requests"] = 2
+
+    assert autoscaling_advice(load_config(config_file(low_target))) == [
+        "digits-cnn: target_ongoing_requests (2) is below max_batch_size (16); "
+        "replicas are added before batches fill"
+    ]

@@ -64,6 +64,8 @@ def up(
         raise SpecError(f"no model application {sorted(unknown)[0]!r} in {config_paths[0]}")
     config = deploy.merge(configs)
     _warn_if_open(config)
+    for advice in deploy.autoscaling_advice(config):
+        console.print(f"[yellow]warning:[/yellow] {advice}")
     redis = _embedded_redis(config)
     dashboard, started_here = _cluster(address, detach)
     console.print(f"deploying {' '.join(map(str, config_paths))} to {dashboard} ...")

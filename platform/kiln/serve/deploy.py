@@ -131,6 +131,23 @@ def _check_batching(deployment: dict[str, Any], where: str) -> None:
         )
 
 
+def autoscaling_advice(config: dict[str, Any]) -> list[str]:
+    """Model deployments whose autoscaling target is below their batch size: Serve adds a
+    replica before a batch can fill, which split digits-cnn's batches and halved its
+    throughput in `make bench` (autoscale). A warning, not an error: it may be meant."""
+    advice = []
+    for app in config["applications"]:
+        for deployment in app.get("deployments", []) if app["import_path"] == MODEL_APP else []:
+            batch = (deployment.get("user_config") or {}).get("max_batch_size")
+            target = (deployment.get("autoscaling_config") or {}).get("target_ongoing_requests")
+            if batch and target and target < batch:
+                advice.append(
+                    f"{app['name']}: target_ongoing_requests ({target}) is below max_batch_size "
+                    f"({batch}); replicas are added before batches fill"
+                )
+    return advice
+
+
 def model_names(config: dict[str, Any]) -> list[str]:
     return [a["name"] for a in config["applications"] if a["import_path"] == MODEL_APP]
 
