@@ -13,21 +13,21 @@ Figures go to bench-results/autoscale.json.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
-import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from kiln.serve.loadgen import body_for, generate_load
-from kiln.serve.soak import local_replicas
+from kiln.serve.soak import ReplicaSampler, cpu_seconds, local_replicas, window
 from tests.benchmarks.bench_recommend import recommender_served
 from tests.benchmarks.bench_serve import METADATA, train_model
 
@@ -44,55 +44,33 @@ DELAYS = {
 }
 
 
-class ReplicaWatch:
-    """Every second, the deployment's running replicas and the CPU seconds each has used."""
-
-    def __init__(self, dashboard: str, deployment: str):
-        self.dashboard, self.deployment = dashboard, deployment
-        self.samples: list[tuple[float, dict[str, float]]] = []  # (seconds, {replica: cpu s})
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "ReplicaWatch":
-        self.started = time.perf_counter()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            now = time.perf_counter() - self.started
-            self.samples.append((now, cpu_seconds(self.dashboard, self.deployment)))
-            self._stop.wait(1.0)
-
-    def counts(self) -> list[tuple[float, int]]:
-        return [(t, len(replicas)) for t, replicas in self.samples]
-
-    def cores(self, from_s: float) -> float:
-        """CPU cores the replicas used on average from `from_s` to the last sample."""
-        window = [(t, r) for t, r in self.samples if t >= from_s]
-        if len(window) < 2:
-            return 0.0
-        (start, _), (end, last) = window[0], window[-1]
-        first: dict[str, float] = {}  # each replica's CPU seconds when the window first saw it
-        for _, replicas in window:
-            first = {**replicas, **first}
-        return sum(cpu - first[name] for name, cpu in last.items()) / (end - start)
+Trace = dict[str, list[tuple[float, float]]]  # replica: [(seconds, CPU seconds used), ...]
 
 
-def cpu_seconds(dashboard: str, deployment: str) -> dict[str, float]:
-    seconds = {}
-    for name, process in local_replicas(dashboard).items():
-        if name.startswith(deployment + " "):
-            try:
-                times = process.cpu_times()
-            except Exception:  # the replica stopped between listing and reading
-                continue
-            seconds[name] = times.user + times.system
-    return seconds
+@contextlib.contextmanager
+def cpu_trace(dashboard: str, deployment: str) -> Iterator[Trace]:
+    """Every second until the block ends: the CPU seconds of each of the deployment's replicas."""
+    sampler = ReplicaSampler(dashboard, every_s=1.0, read=cpu_seconds).start()
+    trace: Trace = {}
+    try:
+        yield trace
+    finally:
+        trace.update({n: s for n, s in sampler.stop().items() if n.startswith(deployment + " ")})
+
+
+def counts(trace: Trace) -> list[tuple[float, int]]:
+    """(seconds, running replicas) at each sampling pass."""
+    return sorted(Counter(t for series in trace.values() for t, _ in series).items())
+
+
+def cores(trace: Trace, from_s: float) -> float:
+    """CPU cores the replicas used on average from `from_s` to the last sample."""
+    inside = [[(t, cpu) for t, cpu in series if t >= from_s] for series in trace.values()]
+    times = [t for series in inside for t, _ in series]
+    if not times or max(times) == min(times):
+        return 0.0
+    used = sum(series[-1][1] - series[0][1] for series in inside if series)
+    return used / (max(times) - min(times))
 
 
 def deployment_of(config: dict, app_name: str) -> dict:
@@ -112,38 +90,31 @@ def settle_at_one(config: dict, dashboard: str, deployment: str) -> None:
     deploy.deploy(config, dashboard)
     deploy.wait_until_running(config, dashboard)
     deadline = time.monotonic() + 180
-    while len(cpu_seconds(dashboard, deployment)) != 1 and time.monotonic() < deadline:
+    while time.monotonic() < deadline and len(replicas_of(dashboard, deployment)) != 1:
         time.sleep(1)
     time.sleep(2)
 
 
-def window(result: Any, from_s: float, to_s: float) -> dict:
-    started, latency = np.array(result.started), np.array(result.latencies_ms)
-    statuses = np.array(result.statuses)
-    inside = (started >= from_s) & (started < to_s)
-    ok = latency[inside & (statuses == 200)]
-    return {
-        "rps": round(len(ok) / (to_s - from_s), 1),
-        "p50_ms": round(float(np.percentile(ok, 50)), 2) if len(ok) else None,
-        "p99_ms": round(float(np.percentile(ok, 99)), 2) if len(ok) else None,
-        "errors": int((inside & (statuses != 200)).sum()),
-    }
+def replicas_of(dashboard: str, deployment: str) -> list[str]:
+    return [n for n in local_replicas(dashboard) if n.startswith(deployment + " ")]
 
 
 def sweep_run(
     dashboard: str, deployment: str, url: str | list[str], body: bytes | None, clients: int
 ) -> dict:
-    with ReplicaWatch(dashboard, deployment) as watch:
+    with cpu_trace(dashboard, deployment) as trace:
         result = asyncio.run(
             generate_load(url, body, concurrency=clients, duration_s=SECONDS, warmup_s=0)
         )
-    counts = watch.counts()
-    most = max(n for _, n in counts)
+    steady = window(result, STEADY_FROM, SECONDS)
+    over_time = counts(trace)
+    most = max(n for _, n in over_time)
     return {
-        **window(result, STEADY_FROM, SECONDS),
+        "rps": round((steady["requests"] - steady["errors"]) / (SECONDS - STEADY_FROM), 1),
+        **{k: steady[k] for k in ("p50_ms", "p99_ms", "errors")},
         "replicas": most,
-        "reached_s": round(next(t for t, n in counts if n == most), 1),
-        "replica_cores": round(watch.cores(STEADY_FROM), 2),
+        "reached_s": round(next(t for t, n in over_time if n == most), 1),
+        "replica_cores": round(cores(trace, STEADY_FROM), 2),
     }
 
 
@@ -162,7 +133,7 @@ def sweep(config: dict, dashboard: str, app: str, url, body, clients: tuple[int,
 
 def bursts(dashboard: str, deployment: str, url: str, body: bytes) -> dict:
     """BURSTS times: BURST_S of 32 clients then BURST_S of 2."""
-    with ReplicaWatch(dashboard, deployment) as watch:
+    with cpu_trace(dashboard, deployment) as trace:
         burst_p99 = []
         for _ in range(BURSTS):
             for clients in (32, 2):
@@ -171,17 +142,15 @@ def bursts(dashboard: str, deployment: str, url: str, body: bytes) -> dict:
                 )
                 if clients == 32:
                     burst_p99.append(result.summary()["p99_ms"])
-    counts = watch.counts()
-    seen = [set(r) for _, r in watch.samples]
-    started = len(set().union(*seen) - seen[0])
-    stopped = len(set().union(*seen) - seen[-1])
-    held = sum(n * (t1 - t0) for (t0, n), (t1, _) in zip(counts, counts[1:], strict=False))
+    over_time = counts(trace)
+    (first, _), (last, _) = over_time[0], over_time[-1]
+    held = sum(n * (t1 - t0) for (t0, n), (t1, _) in zip(over_time, over_time[1:], strict=False))
     return {
         "burst_p99_ms": burst_p99,
-        "replicas_started": started,
-        "replicas_stopped": stopped,
+        "replicas_started": sum(series[0][0] > first for series in trace.values()),
+        "replicas_stopped": sum(series[-1][0] < last for series in trace.values()),
         "replica_seconds": round(held),
-        "replicas_over_time": counts,
+        "replicas_over_time": over_time,
     }
 
 

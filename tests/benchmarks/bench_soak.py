@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.serve.loadgen import generate_load
-from kiln.serve.soak import MemorySampler, draw_soak, soak_report
+from kiln.serve.soak import ReplicaSampler, draw_soak, soak_report
 from tests.benchmarks.bench_recommend import recommender_served
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +59,7 @@ def main() -> None:
         config, dashboard, port, _ = served
         base = f"http://127.0.0.1:{port}/v1/recommend"
         urls = [f"{base}/{u}?k=10" for u in np.random.default_rng(0).integers(1, USERS, 10_000)]
-        sampler = MemorySampler(dashboard, every_s=10).start()
+        sampler = ReplicaSampler(dashboard, every_s=10).start()
         result = asyncio.run(generate_load(urls, None, rate=RATE, duration_s=SOAK_S, warmup_s=2))
         report = soak_report(result, sampler.stop(), INTERVAL_S)
         report["cold_start_s"] = cold_starts(config, dashboard, urls[0])

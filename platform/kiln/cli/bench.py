@@ -38,7 +38,7 @@ def bench(
     """Send requests for a while; print throughput, p50/p95/p99 and errors. With --soak, a
     fixed rate for a long time: p50/p99 and errors per interval, and each replica's memory."""
     from kiln.serve.loadgen import body_for, draw_histogram, fetch_metadata, generate_load
-    from kiln.serve.soak import MemorySampler, draw_soak, soak_report
+    from kiln.serve.soak import ReplicaSampler, draw_soak, soak_report
 
     model_url = model_url.rstrip("/")
     key = os.environ.get("KILN_API_KEY")  # a client's key, not the server's list
@@ -52,7 +52,7 @@ def bench(
         body = body_for(fetch_metadata(model_url, headers), batch)
     if soak is not None and rate is None:
         raise ServeError("--soak sends a fixed rate: give --rate")
-    sampler = MemorySampler(address).start() if soak is not None else None
+    sampler = ReplicaSampler(address).start() if soak is not None else None
     result = asyncio.run(
         generate_load(
             f"{model_url}/infer",

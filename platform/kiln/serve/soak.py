@@ -1,7 +1,7 @@
 """A soak: a fixed request rate for a long time, reported per interval (requests, errors,
 p50/p99) beside each replica's memory over the same time, to show drift and leaks.
 
-    sampler = MemorySampler(dashboard, every_s=5).start()
+    sampler = ReplicaSampler(dashboard, every_s=5).start()  # memory of each replica
     result = asyncio.run(generate_load(url, body, rate=100, duration_s=600))
     report = soak_report(result, sampler.stop(), interval_s=60)
     draw_soak(report, "soak.png")
@@ -12,6 +12,7 @@ beside the replicas, as `make bench` does); replicas on other machines are liste
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,26 @@ import numpy as np
 from kiln.serve.loadgen import LoadResult
 
 
+def rss_mb(process: Any) -> float:
+    return float(process.memory_info().rss) / 2**20
+
+
+def cpu_seconds(process: Any) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 @dataclass
-class MemorySampler:
+class ReplicaSampler:
+    """Every `every_s`, `read(process)` of each running replica on this machine (its memory by
+    default): {replica: [(seconds since start, value), ...]}. One pass shares one timestamp."""
+
     dashboard: str
     every_s: float = 5.0
-    samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # MB over time
+    read: Callable[[Any], float] = rss_mb
+    samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
-    def start(self) -> "MemorySampler":
+    def start(self) -> "ReplicaSampler":
         self._stop = threading.Event()
         self._started = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -40,24 +54,17 @@ class MemorySampler:
         return self.samples
 
     def _run(self) -> None:
+        import psutil
+
         while not self._stop.is_set():
             now = time.perf_counter() - self._started
-            for replica, megabytes in replica_memory(self.dashboard).items():
-                self.samples.setdefault(replica, []).append((now, megabytes))
+            for replica, process in local_replicas(self.dashboard).items():
+                try:
+                    value = self.read(process)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue  # stopped between listing and reading
+                self.samples.setdefault(replica, []).append((now, value))
             self._stop.wait(self.every_s)
-
-
-def replica_memory(dashboard: str) -> dict[str, float]:
-    """RSS in MB of every running replica whose process is on this machine."""
-    import psutil
-
-    memory = {}
-    for name, process in local_replicas(dashboard).items():
-        try:
-            memory[name] = process.memory_info().rss / 2**20
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return memory
 
 
 def local_replicas(dashboard: str) -> dict[str, Any]:
@@ -81,24 +88,25 @@ def local_replicas(dashboard: str) -> dict[str, Any]:
     return processes
 
 
+def window(result: LoadResult, from_s: float, to_s: float) -> dict[str, Any]:
+    """The requests sent from `from_s` to `to_s`: how many, errors, p50/p99 of the answered."""
+    started, latency = np.array(result.started), np.array(result.latencies_ms)
+    statuses = np.array(result.statuses)
+    inside = (started >= from_s) & (started < to_s)
+    ok = latency[inside & (statuses == 200)]
+    return {
+        "from_s": float(from_s),
+        "requests": int(inside.sum()),
+        "errors": int((inside & (statuses != 200)).sum()),
+        "p50_ms": round(float(np.percentile(ok, 50)), 2) if len(ok) else None,
+        "p99_ms": round(float(np.percentile(ok, 99)), 2) if len(ok) else None,
+    }
+
+
 def soak_report(
     result: LoadResult, memory: dict[str, list[tuple[float, float]]], interval_s: float
 ) -> dict[str, Any]:
-    started, latency = np.array(result.started), np.array(result.latencies_ms)
-    statuses = np.array(result.statuses)
-    intervals = []
-    for start in np.arange(0, result.duration_s, interval_s):
-        inside = (started >= start) & (started < start + interval_s)
-        ok = latency[inside & (statuses == 200)]
-        intervals.append(
-            {
-                "from_s": float(start),
-                "requests": int(inside.sum()),
-                "errors": int((inside & (statuses != 200)).sum()),
-                "p50_ms": round(float(np.percentile(ok, 50)), 2) if len(ok) else None,
-                "p99_ms": round(float(np.percentile(ok, 99)), 2) if len(ok) else None,
-            }
-        )
+    starts = np.arange(0, result.duration_s, interval_s)
     replicas = {
         name: {
             "start_mb": round(points[0][1], 1),
@@ -110,7 +118,7 @@ def soak_report(
     }
     return {
         "summary": result.summary(),
-        "intervals": intervals,
+        "intervals": [window(result, start, start + interval_s) for start in starts],
         "replicas": replicas,
         "memory": memory,
     }
