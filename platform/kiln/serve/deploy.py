@@ -33,14 +33,8 @@ def load_config(
     """The config as Ray will receive it: checked, with the registry URI filled in. `only`
     keeps the named model applications (and the others: index, recommendations) and drops the
     other model applications."""
-    from ray.serve.schema import ServeDeploySchema
-
     source = str(path)
-    raw = read_yaml(path, source)
-    try:
-        ServeDeploySchema.model_validate(raw)
-    except ValidationError as e:
-        raise SpecError(first_error(e, source)) from None
+    raw = read_config(path)
     if port is not None:
         raw.setdefault("http_options", {})["port"] = port
     if only:
@@ -51,6 +45,18 @@ def load_config(
             _check_model_app(app, where, registry)
         elif app["import_path"] == RECOMMEND_APP:
             _check_recommend_app(app, where, registry)
+    return raw
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The file as written, once it is a valid Ray Serve config (what `serve deploy` takes)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = read_yaml(path, str(path))
+    try:
+        ServeDeploySchema.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(first_error(e, str(path))) from None
     return raw
 
 
