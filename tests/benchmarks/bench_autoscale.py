@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.serve.loadgen import body_for, generate_load
-from kiln.serve.soak import ReplicaSampler, cpu_seconds, local_replicas, window
+from kiln.serve.soak import ReplicaSampler, cpu_seconds, window
 from tests.benchmarks.bench_recommend import recommender_served
 from tests.benchmarks.bench_serve import METADATA, train_model
 
@@ -83,20 +83,22 @@ def with_autoscaling(config: dict, app_name: str, shipped: dict, **settings: flo
     deployment["autoscaling_config"] = {**shipped, "initial_replicas": 1, **settings}
 
 
-def settle_at_one(config: dict, dashboard: str, deployment: str) -> None:
-    """Deploy `config` (in place: only autoscaling changed) once one replica runs alone."""
+def settle_at_one(config: dict, dashboard: str, app: str) -> None:
+    """Deploy `config` (in place: only autoscaling changed) once Serve wants one replica and
+    runs exactly that one (none still starting or stopping)."""
     from kiln.serve import deploy
 
     deploy.deploy(config, dashboard)
     deploy.wait_until_running(config, dashboard)
+    name = deployment_of(config, app)["name"]
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(replicas_of(dashboard, deployment)) != 1:
+    while time.monotonic() < deadline:
+        wanted = deploy.details(dashboard)["applications"][app]["deployments"][name]
+        states = [r["state"] for r in wanted["replicas"]]
+        if wanted.get("target_num_replicas") == 1 and states == ["RUNNING"]:
+            break
         time.sleep(1)
     time.sleep(2)
-
-
-def replicas_of(dashboard: str, deployment: str) -> list[str]:
-    return [n for n in local_replicas(dashboard) if n.startswith(deployment + " ")]
 
 
 def sweep_run(
@@ -125,7 +127,7 @@ def sweep(config: dict, dashboard: str, app: str, url, body, clients: tuple[int,
     for c in clients:
         for target in TARGETS:
             with_autoscaling(config, app, shipped, target_ongoing_requests=target, **QUICK)
-            settle_at_one(config, dashboard, deployment)
+            settle_at_one(config, dashboard, app)
             results[f"c={c}, target {target}"] = sweep_run(dashboard, deployment, url, body, c)
             print(f"{app} c={c} target {target}: {results[f'c={c}, target {target}']}")
     return results
@@ -177,7 +179,7 @@ def digits(results: dict) -> None:
         results["digits-cnn delays"] = {}
         for name, delays in DELAYS.items():
             with_autoscaling(config, "digits-cnn", shipped, **delays)
-            settle_at_one(config, dashboard, deployment)
+            settle_at_one(config, dashboard, "digits-cnn")
             results["digits-cnn delays"][name] = bursts(dashboard, deployment, url, body)
             print(name, {k: v for k, v in results["digits-cnn delays"][name].items()})
         deploy.shutdown(dashboard)
