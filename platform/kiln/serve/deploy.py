@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from kiln.cluster.dashboard import describe, open_client
 from kiln.errors import ServeError, SpecError
 from kiln.registry import ModelRegistry
+from kiln.serve import ingress
 from kiln.serve.config import MODEL_DEPLOYMENT, MODEL_ROUTE, Batching, ModelArgs, RecommendArgs
 from kiln.settings import absolute
 from kiln.spec import first_error, read_yaml
@@ -168,7 +169,8 @@ def details(dashboard: str) -> dict[str, Any]:
 
 
 def wait_until_running(config: dict[str, Any], dashboard: str, timeout_s: float = 300) -> None:
-    """Until every application is RUNNING; a DEPLOY_FAILED one raises with Serve's reason."""
+    """Until every application is RUNNING and, under the HAProxy ingress, routed to its replicas
+    (see kiln.serve.ingress); a DEPLOY_FAILED one raises with Serve's reason."""
     names = {a["name"] for a in config["applications"]}
     deadline = time.monotonic() + timeout_s
     while True:
@@ -177,12 +179,28 @@ def wait_until_running(config: dict[str, Any], dashboard: str, timeout_s: float 
         if failed := [n for n, s in states.items() if s == "DEPLOY_FAILED"]:
             message = apps[failed[0]].get("message", "").strip().splitlines()
             raise ServeError(f"{failed[0]} failed to deploy: {message[-1] if message else ''}")
-        if all(s == "RUNNING" for s in states.values()):
+        running = all(s == "RUNNING" for s in states.values())
+        if running and not (unrouted := _not_routed(names, apps, dashboard)):
             return
         if time.monotonic() > deadline:
             waiting = ", ".join(f"{n} ({s})" for n, s in states.items() if s != "RUNNING")
+            if running:
+                waiting = f"HAProxy routes no request to a replica of {', '.join(unrouted)}"
             raise ServeError(f"not running after {timeout_s:.0f} s: {waiting}")
         time.sleep(1)
+
+
+def _not_routed(names: set[str], apps: dict[str, Any], dashboard: str) -> list[str]:
+    """The applications with a running replica that HAProxy does not route to yet; none where
+    there is no HAProxy or its stats page cannot be read."""
+    if not ingress.enabled() or (up := ingress.replicas_up(dashboard)) is None:
+        return []
+    return sorted(n for n in names if _has_running_replica(apps[n]) and not up.get(n))
+
+
+def _has_running_replica(app: dict[str, Any]) -> bool:
+    replicas = (r for d in app.get("deployments", {}).values() for r in d.get("replicas", []))
+    return any(r.get("state") == "RUNNING" for r in replicas)
 
 
 def shutdown(dashboard: str) -> None:
