@@ -122,7 +122,7 @@ def status(
             "deployments": {
                 d_name: {
                     "status": d["status"],
-                    "replicas": sum(r["state"] == "RUNNING" for r in d.get("replicas", [])),
+                    "replicas": len(deploy.running_replicas(d)),
                     "target": d.get("target_num_replicas"),
                     **stats.get((name, d_name), observe.DeploymentStats()).to_json(),
                 }

@@ -62,8 +62,12 @@ def resolve_address(address: str | None) -> str:
             "no Ray cluster given: pass --address http://HEAD:8265, set KILN_RAY_ADDRESS, "
             "or start a local one with `kiln up`"
         )
-    found = found.rstrip("/")
-    return found if "://" in found else f"http://{found}"  # a dashboard, never a GCS port
+    return with_scheme(found.rstrip("/"))  # a dashboard, never a GCS port
+
+
+def with_scheme(address: str) -> str:
+    """HOST:PORT as http://HOST:PORT; a URL as it is."""
+    return address if "://" in address else f"http://{address}"
 
 
 def open_client(client_class: type[C], address: str) -> C:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kiln.cluster.dashboard import describe, open_client
+from kiln.cluster.dashboard import describe, open_client, with_scheme
 from kiln.errors import ServeError, SpecError
 from kiln.registry import ModelRegistry
 from kiln.serve import ingress
@@ -199,8 +199,12 @@ def _not_routed(names: set[str], apps: dict[str, Any], dashboard: str) -> list[s
 
 
 def _has_running_replica(app: dict[str, Any]) -> bool:
-    replicas = (r for d in app.get("deployments", {}).values() for r in d.get("replicas", []))
-    return any(r.get("state") == "RUNNING" for r in replicas)
+    return any(running_replicas(d) for d in app.get("deployments", {}).values())
+
+
+def running_replicas(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    """A deployment's RUNNING replicas, from its entry in `details`."""
+    return [r for r in deployment.get("replicas", []) if r.get("state") == "RUNNING"]
 
 
 def shutdown(dashboard: str) -> None:
@@ -210,8 +214,7 @@ def shutdown(dashboard: str) -> None:
 def _client(dashboard: str) -> Any:
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    url = dashboard if "://" in dashboard else f"http://{dashboard}"
-    return open_client(ServeSubmissionClient, url)
+    return open_client(ServeSubmissionClient, with_scheme(dashboard))
 
 
 def _call(dashboard: str, method: str, *args: Any) -> Any:

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from kiln.cluster.dashboard import with_scheme
+
 REPLICA = "SERVE_REPLICA"
 
 
@@ -23,7 +25,7 @@ def enabled() -> bool:
 
 def stats_url(dashboard: str) -> str:
     """HAProxy's stats page on the head node (Ray's default port unless set)."""
-    host = urlsplit(dashboard if "://" in dashboard else f"http://{dashboard}").hostname
+    host = urlsplit(with_scheme(dashboard)).hostname
     return f"http://{host}:{os.environ.get('RAY_SERVE_HAPROXY_STATS_PORT', '8404')}/stats;csv"
 
 

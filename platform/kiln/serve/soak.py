@@ -77,8 +77,8 @@ def local_replicas(dashboard: str) -> dict[str, Any]:
     processes = {}
     for app_name, app in deploy.details(dashboard).get("applications", {}).items():
         for name, deployment in app.get("deployments", {}).items():
-            for replica in deployment.get("replicas", []):
-                if replica.get("state") != "RUNNING" or not replica.get("pid"):
+            for replica in deploy.running_replicas(deployment):
+                if not replica.get("pid"):
                     continue
                 try:
                     process = psutil.Process(replica["pid"])
