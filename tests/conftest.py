@@ -95,8 +95,8 @@ def quiet_view(spec):
 @pytest.fixture(scope="session")
 def digits_cnn(ray_cluster):
     """digits-cnn trained once (2 DDP workers) and registered in the session's KILN_HOME."""
-    from kiln.spec import load_spec
     from kiln.train import run_job
+    from kiln.validate import load_spec
 
     spec = load_spec(ROOT / "jobs" / "digits-cnn.yaml")
     return spec, run_job(spec, quiet_view(spec))

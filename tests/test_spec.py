@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import SpecError
-from kiln.spec import deep_merge, load_spec
+from kiln.spec import deep_merge
+from kiln.validate import load_spec
 from tests.conftest import ROOT, run_kiln
 
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from kiln import data as datasets
 from kiln import models
-from kiln.data import DataSchema
-from kiln.evaluate import evaluate
+from kiln.schema import DataSchema
 from kiln.spec import DataSpec, ModelSpec
 from kiln.train import amp
+from tests.evaluation import evaluate
 
 OUT = Path(__file__).resolve().parents[2] / "bench-results" / "amp.json"
 WORKLOADS = {

@@ -22,9 +22,9 @@ from rich.table import Table
 from torch.utils.data import DataLoader, TensorDataset
 
 from kiln import data as datasets
-from kiln import models
-from kiln.evaluate import evaluate, loss_function
-from kiln.spec import load_spec
+from kiln import models, tasks
+from kiln.validate import load_spec
+from tests.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = ROOT / "jobs" / "digits-cnn.yaml"
@@ -47,7 +47,7 @@ def plain_pytorch(threads: int | None) -> dict[str, float]:
         batch_size=spec.train.batch_size,
         shuffle=True,
     )
-    criterion = loss_function(spec.task)
+    criterion = tasks.get(spec.task).criterion()
     times = []
     for _ in range(EPOCHS):
         tick = time.perf_counter()

@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kiln.spec import load_spec
 from kiln.tune import run_search
+from kiln.validate import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-results" / "tune.json"

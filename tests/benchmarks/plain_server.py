@@ -12,11 +12,12 @@ import uvicorn
 from fastapi import FastAPI
 
 from kiln.registry import ModelRegistry
+from kiln.registry.loading import load_model
 
 
 def build(registry: str, ref: str) -> FastAPI:
     torch.set_num_threads(1)  # as a Kiln replica
-    loaded = ModelRegistry.open(registry).load(ref)
+    loaded = load_model(ModelRegistry.open(registry), ref)
     model, name = loaded.module, loaded.version.name
     app = FastAPI()
 

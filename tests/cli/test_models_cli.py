@@ -54,8 +54,9 @@ def test_export_runs_like_the_original(digits_cnn, tmp_path, capsys, fmt):
     )
     assert result["bytes"] == path.stat().st_size > 0
     from kiln.registry import ModelRegistry
+    from kiln.registry.loading import load_model
 
-    original = ModelRegistry.open().load(f"digits-cnn@{outcome.version}").module
+    original = load_model(ModelRegistry.open(), f"digits-cnn@{outcome.version}").module
     x = torch.rand(5, 1, 8, 8)  # another batch size than the export's example
     with torch.no_grad():
         expected = original(x).numpy()

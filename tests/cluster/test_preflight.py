@@ -5,7 +5,7 @@ import pytest
 
 from kiln.cluster.preflight import check_resources, check_storage, fits, worker_resources
 from kiln.errors import PreflightError
-from kiln.spec import load_spec
+from kiln.validate import load_spec
 from tests.conftest import ROOT
 
 CPU_NODES = [

@@ -7,7 +7,7 @@ import pytest
 
 from kiln.cluster.submission import build_submission
 from kiln.errors import PreflightError
-from kiln.spec import load_spec
+from kiln.validate import load_spec
 from tests.conftest import ROOT
 
 

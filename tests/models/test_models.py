@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from kiln import models
-from kiln.data import DataSchema
 from kiln.errors import SpecError
+from kiln.schema import DataSchema
 from kiln.spec import ModelSpec
 
 INPUTS = {

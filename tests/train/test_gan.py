@@ -2,10 +2,11 @@
 
 import pytest
 
+from kiln.metrics.generation import frechet_distance
 from kiln.registry import ModelRegistry
-from kiln.spec import load_spec
+from kiln.registry.loading import load_model
 from kiln.train import run_job
-from kiln.train.loops.gan import frechet_distance
+from kiln.validate import load_spec
 from tests.conftest import ROOT, quiet_view
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -24,7 +25,7 @@ def test_gan_fid_falls_and_samples_are_registered():
     assert registry.read(version, "samples.png").startswith(b"\x89PNG")
     card = registry.read_json(version, "model.json")
     assert card["inputs"][0] == {"name": "latent", "datatype": "FP32", "shape": [-1, 32]}
-    generator = registry.load(version.ref).module
+    generator = load_model(registry, version.ref).module
     import torch
 
     assert generator(torch.randn(3, 32)).shape == (3, 1, 8, 8)

@@ -12,11 +12,12 @@ import pytest
 
 from kiln import data as datasets
 from kiln.cli import main
-from kiln.evaluate import evaluate
 from kiln.registry import ModelRegistry
-from kiln.spec import load_spec
+from kiln.registry.loading import load_model
 from kiln.train import run_job
+from kiln.validate import load_spec
 from tests.conftest import ROOT, quiet_view
+from tests.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -35,7 +36,7 @@ def test_digits_cnn_on_two_workers_reaches_97_percent(digits_cnn):
 
 def test_registered_model_reloads_to_the_same_accuracy(digits_cnn):
     spec, outcome = digits_cnn
-    loaded = ModelRegistry.open().load(f"{outcome.model}@{outcome.version}")
+    loaded = load_model(ModelRegistry.open(), f"{outcome.model}@{outcome.version}")
     data = datasets.build(spec.data, spec.task)
     metrics = evaluate(loaded.module, data.x_val, data.y_val, data.schema)
     assert metrics["val_accuracy"] == pytest.approx(outcome.metrics["val_accuracy"], abs=1e-9)

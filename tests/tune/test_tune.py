@@ -12,11 +12,13 @@ import pytest
 import ray
 
 from kiln import data as datasets
-from kiln.evaluate import evaluate
 from kiln.registry import ModelRegistry
-from kiln.spec import apply_overrides, load_spec
+from kiln.registry.loading import load_model
+from kiln.spec import apply_overrides
 from kiln.tune import run_search
+from kiln.validate import load_spec
 from tests.conftest import ROOT
+from tests.evaluation import evaluate
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
@@ -44,7 +46,7 @@ def test_asha_stops_trials_and_registers_the_best(fresh_home):
     assert b"trial_id" in registry.read(version, "tune_results.csv")
     trial_spec = apply_overrides(spec, outcome.best_config)
     data = datasets.build(trial_spec.data, trial_spec.task)
-    loaded = registry.load(version.ref)
+    loaded = load_model(registry, version.ref)
     accuracy = evaluate(loaded.module, data.x_val, data.y_val, data.schema)["val_accuracy"]
     assert accuracy == pytest.approx(outcome.model.metrics["val_accuracy"], abs=1e-9)
     assert accuracy == pytest.approx(outcome.best_metric, abs=1e-9)

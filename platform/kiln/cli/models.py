@@ -106,10 +106,10 @@ def export(
     json_output: bool = JSON,
 ) -> None:
     """Export a registered model for runtimes outside Kiln."""
-    from kiln.export import export_model
+    from kiln.registry.export import export_model
+    from kiln.registry.loading import load_model
 
-    registry = ModelRegistry.open()
-    loaded = registry.load(ref)
+    loaded = load_model(ModelRegistry.open(), ref)
     size = export_model(loaded, format, output)
     if json_output:
         print_json(

@@ -7,7 +7,8 @@ import typer
 
 from kiln.cli.output import console
 from kiln.errors import SpecError
-from kiln.spec import JobSpec, load_spec
+from kiln.spec import JobSpec
+from kiln.validate import load_spec
 
 
 def validate(

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from kiln.cli.output import console, number, print_json, stdout_for_json_only
-from kiln.spec import load_spec
+from kiln.validate import load_spec
 
 
 def train(

@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from kiln.cli.output import console, print_json, stdout_for_json_only
-from kiln.spec import load_spec
+from kiln.validate import load_spec
 
 
 def tune(

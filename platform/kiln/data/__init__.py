@@ -9,15 +9,24 @@ ranks reach `ray.train.report` together. Files are read through Ray Data (`files
 """
 
 import inspect
+from typing import Any, Protocol
 
 from kiln.data import images, interactions, series, tables, text  # noqa: F401  (registers the builders)
-from kiln.data.base import DataSchema, Dataset
+from kiln.data.base import DATASETS, Dataset
 from kiln.data.files import check_exists
-from kiln.data.registry import DATASETS
 from kiln.errors import DataError, SpecError
-from kiln.spec import DataSpec
 
-__all__ = ["DATASETS", "DataSchema", "Dataset", "build", "check"]
+__all__ = ["DATASETS", "DataSpec", "Dataset", "build", "check"]
+
+
+class DataSpec(Protocol):
+    """What a job spec's `data` section says (kiln.spec.DataSpec has these fields)."""
+
+    name: str
+    path: str | None
+    params: dict[str, Any]
+    val_fraction: float
+    seed: int
 
 
 def check(spec: DataSpec) -> None:

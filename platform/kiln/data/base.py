@@ -1,30 +1,19 @@
-"""What every dataset builder returns: arrays split into train and validation, and a schema
-that tells the model (and later the server) what goes in and what comes out."""
+"""What every dataset builder returns (arrays split into train and validation, and the
+`DataSchema` of what goes in and comes out), and the dataset registry.
+
+A builder takes (task, val_fraction, seed) and keyword-only params; one that reads a file takes
+`path`, which a spec gives as `data.path` (not in `params`)."""
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from kiln.builders import Builders
 from kiln.errors import DataError
-
-
-@dataclass
-class DataSchema:
-    task: str
-    input_shape: list[int]  # one example, without the batch dimension
-    input_dtype: str  # "float32", or "int64" for token ids
-    output_dim: int  # classes, or values to predict
-    classes: list[str] | None = None
-    vocab_size: int | None = None
-    # Forecasting targets are scaled for training; metrics are reported in the data's own units.
-    target_scale: float = 1.0
-    # How raw inputs become model inputs (JSON): standardisation, a vocabulary, offsets.
-    transform: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+from kiln.schema import DataSchema
 
 
 @dataclass
@@ -42,6 +31,9 @@ class Dataset:
         for a in (self.x_train, self.y_train, self.x_val, self.y_val):
             digest.update(np.ascontiguousarray(a).tobytes())
         return digest.hexdigest()
+
+
+DATASETS: Builders[Callable[..., Dataset]] = Builders("dataset", reserved=("path",))
 
 
 def shuffled_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,7 @@ from typing import Literal
 import numpy as np
 from sklearn.datasets import load_digits
 
-from kiln.data.base import Dataset, classification, require_task
-from kiln.data.registry import DATASETS
+from kiln.data.base import DATASETS, Dataset, classification, require_task
 
 
 @DATASETS.register("digits")

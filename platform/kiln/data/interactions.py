@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 
-from kiln.data.base import DataSchema, Dataset, require_task
+from kiln.data.base import DATASETS, Dataset, require_task
 from kiln.data.files import read_table
-from kiln.data.registry import DATASETS
 from kiln.errors import DataError
-from kiln.recsys import popularity_metrics
+from kiln.metrics.ranking import popularity_metrics
+from kiln.schema import DataSchema
 
 NEGATIVES = 100  # sampled per validation user (the NCF protocol)
 LAYOUTS = {  # header names of known layouts -> our columns

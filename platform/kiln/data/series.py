@@ -9,10 +9,10 @@ every year and validation lies after training in time)."""
 import numpy as np
 import pandas as pd
 
-from kiln.data.base import DataSchema, Dataset, require_task
+from kiln.data.base import DATASETS, Dataset, require_task
 from kiln.data.files import read_table
-from kiln.data.registry import DATASETS
 from kiln.errors import DataError
+from kiln.schema import DataSchema
 
 
 @DATASETS.register("co2")

@@ -3,10 +3,10 @@
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 
-from kiln.data.base import DataSchema, Dataset, classification, require_task, shuffled_split
+from kiln.data.base import DATASETS, Dataset, classification, require_task, shuffled_split
 from kiln.data.files import read_table
-from kiln.data.registry import DATASETS
 from kiln.errors import DataError
+from kiln.schema import DataSchema
 
 
 @DATASETS.register("breast_cancer")

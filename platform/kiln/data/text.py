@@ -6,10 +6,10 @@ from collections import Counter
 
 import numpy as np
 
-from kiln.data.base import DataSchema, Dataset, require_task, shuffled_split
+from kiln.data.base import DATASETS, Dataset, require_task, shuffled_split
 from kiln.data.files import read_table
-from kiln.data.registry import DATASETS
 from kiln.errors import DataError
+from kiln.schema import DataSchema
 
 PAD, UNKNOWN = 0, 1
 TOKEN = re.compile(r"[a-z0-9']+")

@@ -7,20 +7,27 @@ A spec names a registered `family`, or its own builder with `import: "pkg.module
 either way the builder is called as `builder(schema, **params)`.
 """
 
-import importlib
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 
-from kiln.data import DataSchema
+from kiln.builders import import_object
 from kiln.errors import SpecError
 from kiln.models import cnn, gan, mlp, rnn, two_tower  # noqa: F401  (registers the families)
-from kiln.models.registry import MODELS
-from kiln.spec import ModelSpec
+from kiln.models.base import MODELS
+from kiln.schema import DataSchema
 
-__all__ = ["MODELS", "check", "create", "list_models"]
+__all__ = ["MODELS", "ModelSpec", "check", "create", "list_models"]
+
+
+class ModelSpec(Protocol):
+    """What a job spec's `model` section says (kiln.spec.ModelSpec has these fields)."""
+
+    family: str | None
+    import_path: str | None
+    params: dict[str, Any]
 
 
 def list_models() -> list[str]:
@@ -59,11 +66,7 @@ def create(spec: ModelSpec, schema: DataSchema) -> nn.Module:
 
 
 def _import_builder(path: str) -> Callable[..., Any]:
-    module_name, _, attr = path.partition(":")
-    try:
-        builder = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise SpecError(f"cannot import {path}: {e}", field="model.import") from None
+    builder = import_object(path, field="model.import")
     if not callable(builder):
         raise SpecError(f"{path} is not callable", field="model.import")
     return builder

@@ -7,9 +7,9 @@ import torch
 from pydantic import PositiveInt, confloat
 from torch import nn
 
-from kiln.data import DataSchema
 from kiln.errors import SpecError
-from kiln.models.registry import MODELS
+from kiln.models.base import MODELS
+from kiln.schema import DataSchema
 
 
 def conv_block(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:

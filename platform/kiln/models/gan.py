@@ -9,9 +9,9 @@ from pydantic import PositiveFloat, PositiveInt
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from kiln.data import DataSchema
 from kiln.errors import SpecError
-from kiln.models.registry import MODELS
+from kiln.models.base import MODELS
+from kiln.schema import DataSchema
 
 START = 2  # the generator starts from 2x2 feature maps and doubles until the image size
 

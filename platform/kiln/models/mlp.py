@@ -6,9 +6,9 @@ import torch
 from pydantic import confloat
 from torch import nn
 
-from kiln.data import DataSchema
 from kiln.errors import SpecError
-from kiln.models.registry import MODELS
+from kiln.models.base import MODELS
+from kiln.schema import DataSchema
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 

@@ -8,9 +8,9 @@ import torch
 from pydantic import PositiveInt, confloat
 from torch import nn
 
-from kiln.data import DataSchema
 from kiln.errors import SpecError
-from kiln.models.registry import MODELS
+from kiln.models.base import MODELS
+from kiln.schema import DataSchema
 
 
 class SequenceRNN(nn.Module):

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from pydantic import PositiveFloat, PositiveInt, confloat
 from torch import nn
 
-from kiln.data import DataSchema
 from kiln.errors import SpecError
-from kiln.models.registry import MODELS
+from kiln.models.base import MODELS
+from kiln.schema import DataSchema
 
 
 class TwoTower(nn.Module):

@@ -1,7 +1,5 @@
 """Registering a finished run: weights, card, resolved spec, metrics, curves and lineage."""
 
-import io
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -11,9 +9,10 @@ import ray
 import ray.train
 import torch
 
+from kiln import plots
 from kiln.data import Dataset
-from kiln.predict import model_card
-from kiln.registry import WEIGHTS, ModelRegistry, ModelVersion
+from kiln.registry.card import model_card
+from kiln.registry.store import WEIGHTS, ModelRegistry, ModelVersion, json_bytes
 from kiln.spec import JobSpec, spec_to_yaml
 from kiln.train.session import ARTIFACTS, MODEL_FILE
 
@@ -32,10 +31,10 @@ def publish(
     metrics = {"best": outcome.metrics, "baselines": outcome.baselines, "history": outcome.history}
     files = {
         WEIGHTS: weights,
-        "model.json": _json(model_card(spec, dataset.schema)),
+        "model.json": json_bytes(model_card(spec, dataset.schema)),
         "spec.yaml": spec_to_yaml(spec).encode(),
-        "metrics.json": _json(metrics),
-        "lineage.json": _json({**lineage(spec, dataset, outcome), **(extra_lineage or {})}),
+        "metrics.json": json_bytes(metrics),
+        "lineage.json": json_bytes({**lineage(spec, dataset, outcome), **(extra_lineage or {})}),
         **artifacts,  # what the loop chose to keep with the model, e.g. a GAN's sample grid
         **(extra_files or {}),
     }
@@ -74,13 +73,8 @@ def git_state() -> dict[str, Any]:
 
 
 def curves_png(history: list[dict[str, float]], metric: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    figure, (left, right) = plots.subplots(1, 2, figsize=(9, 3.2))
     for loss in sorted(k for k in history[0] if k.endswith("_loss")):
         left.plot(epochs, [h[loss] for h in history], label=loss)
     left.set(title="losses", xlabel="epoch")
@@ -88,11 +82,4 @@ def curves_png(history: list[dict[str, float]], metric: str) -> bytes:
     right.plot(epochs, [h[metric] for h in history], color="tab:green")
     right.set(title=metric, xlabel="epoch")
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, indent=2, sort_keys=True).encode()
+    return plots.png(figure)

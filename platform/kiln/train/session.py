@@ -31,7 +31,6 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from kiln.data import Dataset
-from kiln.predict import unwrap
 from kiln.spec import JobSpec, TrainSpec
 from kiln.train import amp
 
@@ -196,6 +195,12 @@ class WorkerSession:
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
         self.progress.resumed_from = self.progress.epoch
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel, if it is wrapped."""
+    inner = getattr(module, "module", None)
+    return inner if isinstance(inner, nn.Module) else module
 
 
 def make_optimizer(params, train: TrainSpec, lr_scale: float = 1.0) -> torch.optim.Optimizer:

@@ -1,6 +1,5 @@
 """Building and running the search; registering the best trial with its story."""
 
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from kiln import data as datasets
+from kiln import plots
 from kiln.errors import SpecError, TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import Domain, JobSpec, TuneSpec, apply_overrides
@@ -217,12 +217,7 @@ def _stopped_early(result) -> bool:
 
 
 def trial_curves_png(grid, metric: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3.5))
+    figure, axis = plots.subplots(figsize=(6, 3.5))
     for result in grid:
         history = result.metrics_dataframe
         if history is not None and metric in history:
@@ -236,10 +231,7 @@ def trial_curves_png(grid, metric: str) -> bytes:
     axis.set(xlabel="epoch", ylabel=metric, title="trials")
     axis.legend(fontsize=6, ncol=2)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
+    return plots.png(figure)
 
 
 def _register_best(

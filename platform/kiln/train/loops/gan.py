@@ -12,7 +12,6 @@ forward pass; fakes for its step come from the unwrapped generator without gradi
 DDP forward is matched by exactly one backward.
 """
 
-import io
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
-from scipy import linalg
 from torch import nn
 
-from kiln import models
+from kiln import models, plots
 from kiln.data import Dataset
+from kiln.metrics.generation import frechet_distance
 from kiln.models.cnn import SmallCNN
 from kiln.models.gan import GAN
 from kiln.settings import get_settings
@@ -152,22 +151,8 @@ def features_and_probs(
     return hidden.double().numpy(), F.softmax(classifier.head[-1](hidden), dim=1)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between two feature sets."""
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(cov_a @ cov_b)
-    root = root.real if np.iscomplexobj(root) else root
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
-
-
 def sample_grid(generator: nn.Module, latent_dim: int, rows: int = 8) -> bytes:
     """PNG of rows x rows samples from a fixed noise seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     z = torch.randn(rows * rows, latent_dim, generator=torch.Generator().manual_seed(1))
     generator.eval()
     with torch.no_grad():
@@ -177,10 +162,7 @@ def sample_grid(generator: nn.Module, latent_dim: int, rows: int = 8) -> bytes:
     generator.train()
     c, h, w = images.shape[1:]
     grid = images.view(rows, rows, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, rows * w, c)
-    figure = plt.figure(figsize=(4, 4), dpi=80)
-    plt.imshow(grid.squeeze(-1).numpy(), cmap="gray" if c == 1 else None, interpolation="nearest")
-    plt.axis("off")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
+    figure, axis = plots.subplots(figsize=(4, 4), dpi=80)
+    axis.imshow(grid.squeeze(-1).numpy(), cmap="gray" if c == 1 else None, interpolation="nearest")
+    axis.axis("off")
+    return plots.png(figure, dpi=80, bbox_inches="tight")

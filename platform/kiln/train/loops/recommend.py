@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from kiln import models
+from kiln.metrics.ranking import catalogue_hits, ranking_metrics, sampled_sums
 from kiln.models.two_tower import TwoTower
-from kiln.predict import unwrap
-from kiln.recsys import catalogue_hits, metrics_from_sums, sampled_sums
 from kiln.train.loops.supervised import train_loader
-from kiln.train.session import WorkerSession
+from kiln.train.session import WorkerSession, unwrap
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -93,10 +92,4 @@ def validate(session: WorkerSession, model: TwoTower) -> dict[str, float]:
     full = (users @ all_items.T).float().cpu().numpy()
     recall = catalogue_hits(full, data.y_val[rows], data.extras["seen"][rows])
     sums = session.all_sum([hits[0], hits[1], recall, float(len(candidates))])
-    return metrics_from_sums(sums)
-
-
-def score_items(model: TwoTower, x: np.ndarray) -> np.ndarray:
-    """Scores of every item for each row of x (what serving and tests use)."""
-    with torch.no_grad():
-        return model(torch.as_tensor(x)).numpy()
+    return ranking_metrics(sums)

@@ -9,11 +9,10 @@ import ray.train.torch
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from kiln import models
+from kiln import models, tasks
 from kiln.data import Dataset
-from kiln.evaluate import SUMS, evaluation_sums, loss_function, metrics_from_sums
-from kiln.predict import unwrap
-from kiln.train.session import WorkerSession
+from kiln.metrics.supervised import SUMS, evaluation_sums, supervised_metrics
+from kiln.train.session import WorkerSession, unwrap
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -22,7 +21,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = session.wrap(session.prepare(models.create(spec.model, data.schema)))
     optimizer = session.optimizer(model)
     loader = train_loader(data, spec.train.batch_size, session.world)
-    criterion = loss_function(spec.task)
+    criterion = tasks.get(spec.task).criterion()
     for _ in session.epochs(loader):
         model.train()
         total, count = 0.0, 0.0
@@ -33,7 +32,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             total += loss.item() * len(targets)
             count += len(targets)
         total, count = session.all_sum([total, count])
-        metrics = {"train_loss": total / max(count, 1), **validate(session, model, data)}
+        metrics = {
+            "train_loss": total / max(count, 1),
+            **validate(session, model, data, criterion),
+        }
         if session.end_epoch(metrics):
             break
 
@@ -48,11 +50,12 @@ def train_loader(
     return ray.train.torch.prepare_data_loader(loader)
 
 
-def validate(session: WorkerSession, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
+def validate(
+    session: WorkerSession, model: torch.nn.Module, data: Dataset, criterion: torch.nn.Module
+) -> dict[str, float]:
     shard = slice(session.rank, None, session.world)
-    sums = evaluation_sums(
-        unwrap(model), data.x_val[shard], data.y_val[shard], data.schema.task, device=session.device
-    )
+    x, y = data.x_val[shard], data.y_val[shard]
+    sums = evaluation_sums(unwrap(model), x, y, criterion, data.schema.task, device=session.device)
     total = session.all_sum(sums.tolist())
     assert len(total) == len(SUMS)
-    return metrics_from_sums(torch.tensor(total, dtype=torch.float64), data.schema)
+    return supervised_metrics(torch.tensor(total, dtype=torch.float64), data.schema)

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from kiln.errors import KilnError
-from kiln.registry import LoadedModel
+from kiln.registry.loading import LoadedModel
 
 FORMATS = ("onnx", "torchscript")
 

@@ -1,6 +1,7 @@
-"""Ranking evaluation for recommenders, shared by training, baselines and tests.
+"""Ranking metrics for recommenders, shared by training, baselines and tests.
 
-    metrics = ranking_metrics(scores, positives_first=True)
+    hits = sampled_sums(candidate_scores, candidates)      # per shard, then summed
+    ranking_metrics([hits[0], hits[1], recall, users])      # {"val_hr10": .., ...}
 
 NCF protocol (He et al., 2017): each validation user's held-out item is ranked against 100
 sampled items the user never interacted with; HR@10 is the share ranked in the top 10 and
@@ -45,7 +46,7 @@ def catalogue_hits(all_scores: np.ndarray, positives: np.ndarray, seen: list[np.
     return float((rank_of_first(ordered) < 20).sum())
 
 
-def metrics_from_sums(sums: list[float], prefix: str = "val_") -> dict[str, float]:
+def ranking_metrics(sums: list[float], prefix: str = "val_") -> dict[str, float]:
     total = dict(zip(RANKING_SUMS, sums, strict=True))
     users = max(total["users"], 1)
     return {
@@ -60,4 +61,4 @@ def popularity_metrics(
     hits = sampled_sums(popularity[candidates], candidates)
     all_scores = np.broadcast_to(popularity, (len(positives), len(popularity)))
     recall = catalogue_hits(all_scores, positives, seen)
-    return metrics_from_sums([hits[0], hits[1], recall, len(positives)], prefix="popularity_val_")
+    return ranking_metrics([hits[0], hits[1], recall, len(positives)], prefix="popularity_val_")

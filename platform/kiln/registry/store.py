@@ -1,8 +1,8 @@
-"""The model registry: versioned models on any `pyarrow.fs` filesystem (a local path, s3://, gs://).
+"""The model store: versioned models on any `pyarrow.fs` filesystem (a local path, s3://, gs://).
 
     registry = ModelRegistry.open()                # KILN_REGISTRY or KILN_HOME/registry
     version = registry.register("digits-cnn", files, alias="staging", run_id=...)
-    model = registry.load("digits-cnn@staging")    # weights checked against their sha256
+    weights = registry.read(registry.resolve("digits-cnn@staging"), WEIGHTS)  # sha256-checked
 
 Layout, one folder per version, complete once its MANIFEST.json (written last) exists:
 
@@ -128,11 +128,6 @@ class ModelRegistry:
     def read_json(self, version: ModelVersion, filename: str) -> Any:
         return json.loads(self.read(version, filename))
 
-    def load(self, ref: str) -> "LoadedModel":
-        from kiln.predict import load_model
-
-        return load_model(self, self.resolve(ref))
-
     # --- writing ---------------------------------------------------------------------------
 
     def register(
@@ -153,7 +148,7 @@ class ModelRegistry:
             self._write_bytes(f"{path}/{filename}", data)
             checksums[filename] = {"sha256": sha256(data), "size": len(data)}
         manifest = {"name": name, "version": version, "created_at": time.time(), "files": checksums}
-        self._write_bytes(f"{path}/{MANIFEST}", _json_bytes(manifest))
+        self._write_bytes(f"{path}/{MANIFEST}", json_bytes(manifest))
         if run_id:
             self._write_atomic(f"{self.root}/{name}/runs/{run_id}.json", {"version": version})
         if alias:
@@ -201,7 +196,7 @@ class ModelRegistry:
         parent = path.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         temporary = f"{parent}/.{uuid.uuid4().hex}.tmp"
-        self._write_bytes(temporary, _json_bytes(record))
+        self._write_bytes(temporary, json_bytes(record))
         self.fs.move(temporary, path)  # a rename locally; one PUT-copy on object stores
 
     def _write_bytes(self, path: str, data: bytes) -> None:
@@ -230,16 +225,10 @@ class ModelRegistry:
             raise RegistryError(f"cannot list {path}: {e}") from None
 
 
-@dataclass
-class LoadedModel:
-    version: ModelVersion
-    card: dict[str, Any]  # model.json
-    module: Any  # torch.nn.Module in eval mode on the CPU
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _json_bytes(value: Any) -> bytes:
+def json_bytes(value: Any) -> bytes:
+    """How every JSON file of a version is written: indented, keys sorted."""
     return json.dumps(value, indent=2, sort_keys=True).encode()

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from kiln.recsys import (
+from kiln.metrics.ranking import (
     catalogue_hits,
-    metrics_from_sums,
     popularity_metrics,
     rank_of_first,
+    ranking_metrics,
     sampled_sums,
 )
 
@@ -37,7 +37,7 @@ def test_ties_count_half_against_the_held_out_item():
 
 def test_averages_over_users():
     sums = sampled_sums(np.array([[9.0, 1, 2], [0.0, 1, 2]]))  # one hit at rank 0, one at rank 2
-    metrics = metrics_from_sums([sums[0], sums[1], 1.0, 2.0])
+    metrics = ranking_metrics([sums[0], sums[1], 1.0, 2.0])
     assert metrics == pytest.approx(
         {"val_hr10": 1.0, "val_ndcg10": (1 + 1 / math.log2(4)) / 2, "val_recall20": 0.5}
     )

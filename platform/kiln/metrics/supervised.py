@@ -1,7 +1,8 @@
-"""Metrics, computed the same way during training (sharded across workers, then summed) and
-after loading a model from the registry.
+"""Supervised metrics (classification, regression, forecasting), computed the same way during
+training (sharded across workers, then summed) and after loading a model from the registry.
 
-    metrics = evaluate(module, data.x_val, data.y_val, data.schema)
+    sums = evaluation_sums(module, data.x_val, data.y_val, task.criterion(), data.schema.task)
+    supervised_metrics(sums, data.schema)
     # {"val_loss": .., "val_accuracy": ..} or {"val_loss": .., "val_mae": .., "val_rmse": ..}
 """
 
@@ -11,32 +12,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from kiln.data import DataSchema
+from kiln.schema import DataSchema
 
 # Running sums in a fixed order, so workers can add theirs with one all_reduce.
 SUMS = ("loss", "examples", "correct", "abs_error", "sq_error", "values")
 
 
-def loss_function(task: str) -> nn.Module:
-    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
-
-
-def batch_sums(outputs: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
+def batch_sums(
+    outputs: torch.Tensor, targets: torch.Tensor, loss: nn.Module, task: str
+) -> torch.Tensor:
     """(6,) float64 sums of one batch, in the order of SUMS."""
     outputs = outputs.float()
     n = len(targets)
-    loss = loss_function(task)(outputs, targets).item() * n
+    loss_sum = loss(outputs, targets).item() * n
     if task == "classification":
         correct = (outputs.argmax(dim=1) == targets).sum().item()
-        return torch.tensor([loss, n, correct, 0, 0, 0], dtype=torch.float64)
+        return torch.tensor([loss_sum, n, correct, 0, 0, 0], dtype=torch.float64)
     error = outputs - targets
     return torch.tensor(
-        [loss, n, 0, error.abs().sum().item(), (error**2).sum().item(), error.numel()],
+        [loss_sum, n, 0, error.abs().sum().item(), (error**2).sum().item(), error.numel()],
         dtype=torch.float64,
     )
 
 
-def metrics_from_sums(
+def supervised_metrics(
     sums: torch.Tensor, schema: DataSchema, prefix: str = "val_"
 ) -> dict[str, float]:
     total = dict(zip(SUMS, sums.tolist(), strict=True))
@@ -55,6 +54,7 @@ def evaluation_sums(
     module: nn.Module,
     x: np.ndarray,
     y: np.ndarray,
+    loss: nn.Module,
     task: str,
     batch_size: int = 512,
     device: torch.device | None = None,
@@ -65,11 +65,5 @@ def evaluation_sums(
     for start in range(0, len(x), batch_size):
         inputs = torch.as_tensor(x[start : start + batch_size], device=device)
         targets = torch.as_tensor(y[start : start + batch_size], device=device)
-        sums += batch_sums(module(inputs), targets, task)
+        sums += batch_sums(module(inputs), targets, loss, task)
     return sums
-
-
-def evaluate(
-    module: nn.Module, x: np.ndarray, y: np.ndarray, schema: DataSchema
-) -> dict[str, float]:
-    return metrics_from_sums(evaluation_sums(module, x, y, schema.task), schema)

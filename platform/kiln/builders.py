@@ -1,6 +1,7 @@
-"""A registry of named builders in the style of timm: a dict plus a decorator.
+"""Named builders in the style of timm's registry: a dict plus a decorator. (Not the model
+registry, `kiln.registry`, which stores trained versions.)
 
-    MODELS = Registry("model family")
+    MODELS = Builders("model family")
     @MODELS.register("cnn")
     def cnn(schema, *, channels=(32, 64)): ...
     MODELS.create("cnn", schema, channels=[16])
@@ -9,18 +10,19 @@ Each builder's keyword-only parameters form a pydantic model (extra="forbid"), s
 `params` are type-checked, and unknown ones refused, before anything runs.
 """
 
+import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import pydantic
 
-from kiln.errors import UnknownNameError
+from kiln.errors import SpecError, UnknownNameError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Registry(Generic[F]):
+class Builders(Generic[F]):
     def __init__(self, kind: str, reserved: tuple[str, ...] = ()):
         """`reserved`: keyword parameters a spec sets elsewhere than in `params`."""
         self.kind = kind
@@ -72,3 +74,13 @@ def params_model(
         fields[p.name] = (annotation, default)
     config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
     return pydantic.create_model(f"{builder.__name__}_params", __config__=config, **fields)
+
+
+def import_object(path: str, field: str | None = None) -> Any:
+    """The object a "package.module:attribute" path names; `field` is the spec field it came
+    from, for the error."""
+    module_name, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise SpecError(f"cannot import {path}: {e}", field=field) from None
