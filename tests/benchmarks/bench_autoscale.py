@@ -26,8 +26,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from kiln.serve.loadgen import body_for, generate_load
-from kiln.serve.soak import ReplicaSampler, cpu_seconds, window
+from kiln.bench.load import body_for, generate_load
+from kiln.bench.soak import ReplicaSampler, window
 from tests.benchmarks.bench_recommend import recommender_served
 from tests.benchmarks.bench_serve import METADATA, train_model
 
@@ -58,6 +58,12 @@ def cpu_trace(dashboard: str, deployment: str) -> Iterator[Trace]:
         trace.update({n: s for n, s in sampler.stop().items() if n.startswith(deployment + " ")})
 
 
+def cpu_seconds(process) -> float:
+    """A replica's CPU time so far (the sampler's reading for this sweep)."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 def counts(trace: Trace) -> list[tuple[float, int]]:
     """(seconds, running replicas) at each sampling pass."""
     return sorted(Counter(t for series in trace.values() for t, _ in series).items())
@@ -86,7 +92,7 @@ def with_autoscaling(config: dict, app_name: str, shipped: dict, **settings: flo
 def settle_at_one(config: dict, dashboard: str, app: str) -> None:
     """Deploy `config` (in place: only autoscaling changed) once Serve wants one replica and
     runs exactly that one (none still starting or stopping)."""
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
 
     deploy.deploy(config, dashboard)
     deploy.wait_until_running(config, dashboard)
@@ -159,7 +165,7 @@ def bursts(dashboard: str, deployment: str, url: str, body: bytes) -> dict:
 def digits(results: dict) -> None:
     import ray
 
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
     from tests.conftest import free_port
 
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # as `kiln serve` starts Ray

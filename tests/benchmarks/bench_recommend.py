@@ -16,7 +16,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from kiln.serve.loadgen import generate_load
+from kiln.bench.load import generate_load
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-results" / "recommend.json"
@@ -26,8 +26,8 @@ SYNTHETIC = f"data.params.synthetic={{users: {USERS}, items: {ITEMS}, interactio
 
 def train(overrides: list[str]) -> None:
     from kiln.registry import ModelRegistry
-    from kiln.spec import load_spec
     from kiln.train import run_job
+    from kiln.validate import load_spec
     from tests.conftest import quiet_view
 
     spec = load_spec(ROOT / "jobs/recsys-two-tower.yaml", overrides)
@@ -45,7 +45,7 @@ def recommender_served(
     import ray
 
     from kiln.features import EmbeddedRedis
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
     from tests.conftest import free_port
 
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")

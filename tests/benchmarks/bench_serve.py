@@ -17,7 +17,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from kiln.serve.loadgen import body_for, generate_load
+from kiln.bench.load import body_for, generate_load
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-results" / "serve.json"
@@ -41,8 +41,8 @@ def measure(url: str, body: bytes) -> dict:
 
 def train_model() -> None:
     from kiln.registry import ModelRegistry
-    from kiln.spec import load_spec
     from kiln.train import run_job
+    from kiln.validate import load_spec
     from tests.conftest import quiet_view
 
     spec = load_spec(ROOT / "jobs/digits-cnn.yaml", ["train.epochs=3"])
@@ -63,7 +63,7 @@ def plain_server(registry: str, port: int) -> subprocess.Popen:
 
 
 def kiln_config(port: int, replicas: int, batch: int) -> dict:
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
 
     config = deploy.load_config(ROOT / "serving/digits.yaml", port=port, only=["digits-cnn"])
     app = config["applications"][-1]
@@ -78,7 +78,7 @@ def kiln_config(port: int, replicas: int, batch: int) -> dict:
 def main() -> None:
     import ray
 
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
     from tests.conftest import free_port
 
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # as `kiln serve` starts Ray

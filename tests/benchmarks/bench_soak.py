@@ -14,8 +14,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from kiln.serve.loadgen import generate_load
-from kiln.serve.soak import ReplicaSampler, draw_soak, soak_report
+from kiln.bench.load import generate_load
+from kiln.bench.soak import ReplicaSampler, draw_soak, soak_report
 from tests.benchmarks.bench_recommend import recommender_served
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def recommender(config: dict) -> dict:
 
 def cold_starts(config: dict, dashboard: str, url: str, times: int = 3) -> list[float]:
     """The Recommender allowed to scale to zero: after each idle spell, one request's time."""
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
 
     recommender(config)["autoscaling_config"].update(
         min_replicas=0, initial_replicas=0, downscale_to_zero_delay_s=5, downscale_delay_s=5
@@ -48,7 +48,7 @@ def cold_starts(config: dict, dashboard: str, url: str, times: int = 3) -> list[
 
 
 def running(dashboard: str) -> int:
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
 
     app = deploy.details(dashboard)["applications"]["recommend"]
     return sum(r["state"] != "STOPPING" for r in app["deployments"]["Recommender"]["replicas"])

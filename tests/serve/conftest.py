@@ -22,8 +22,8 @@ SECURED = "digits-cnn-secured"
 def digits_models(digits_cnn):
     """Every model serving/digits.yaml names, registered and promoted to production."""
     from kiln.registry import ModelRegistry
-    from kiln.spec import load_spec
     from kiln.train import run_job
+    from kiln.validate import load_spec
 
     registry = ModelRegistry.open()
     for name, epochs in QUICK.items():
@@ -40,20 +40,22 @@ def recommender(ray_cluster):
     """The two-tower model on synthetic interactions, promoted to production. Trained before
     anything is deployed: serving replicas hold CPUs that training workers need."""
     from kiln.registry import ModelRegistry
-    from kiln.spec import load_spec
     from kiln.train import run_job
+    from kiln.validate import load_spec
 
     spec = load_spec(ROOT / "jobs/recsys-two-tower.yaml", ["train.epochs=4"])
     run_job(spec, quiet_view(spec))
     registry = ModelRegistry.open()
     registry.promote("recsys-two-tower", registry.versions("recsys-two-tower")[-1], "production")
-    return registry.load("recsys-two-tower@production")
+    from kiln.registry.loading import load_model
+
+    return load_model(registry, "recsys-two-tower@production")
 
 
 @pytest.fixture(scope="package")
 def serving(digits_models, recommender, tmp_path_factory):
     """The base URL of serving/digits.yaml, plus a copy of the CNN that needs an API key."""
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
 
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"{API_KEY}\nanother-key\n")
@@ -71,7 +73,7 @@ def serving(digits_models, recommender, tmp_path_factory):
 @contextlib.contextmanager
 def deployed(config: dict) -> Iterator[str]:
     """The config deployed (as `kiln serve` deploys it) until the block ends; its base URL."""
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
 
     dashboard = dashboard_url()
     deploy.deploy(config, dashboard)
@@ -101,7 +103,7 @@ def secured_copy(config, keys: Path) -> dict:
 
 def wait_until_gone(dashboard: str) -> None:
     """The replicas' CPUs are free again for the training tests that follow."""
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
 
     for _ in range(60):
         if not deploy.details(dashboard).get("applications"):

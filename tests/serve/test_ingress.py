@@ -1,7 +1,7 @@
 """Reading HAProxy's CSV stats (pure logic; the live page is read by every deploy in
 tests/serve, whose wait_until_running waits on it)."""
 
-from kiln.serve.ingress import count_up, stats_url
+from kiln.serve.control.ingress import count_up, stats_url
 
 STATS = """# pxname,svname,qcur,scur,status,bck,
 http_frontend,FRONTEND,,0,OPEN,,

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from kiln.errors import ModelNotFoundError, RequestError, SpecError
-from kiln.serve.auth import ApiKeys
-from kiln.serve.protocol import (
+from kiln.serve.replica.auth import ApiKeys
+from kiln.serve.replica.protocol import (
     RequestInput,
     TensorMetadata,
     decode,
@@ -104,7 +104,7 @@ def config_file(tmp_path, digits_cnn):
 
 
 def test_config_checks_before_deploying(config_file):
-    from kiln.serve.deploy import load_config
+    from kiln.serve.control.deploy import load_config
 
     config = load_config(config_file(lambda app: None))
     assert config["applications"][1]["args"]["registry"].endswith("registry")
@@ -126,7 +126,7 @@ def test_config_checks_before_deploying(config_file):
 
 
 def test_an_autoscaling_target_below_the_batch_size_is_flagged(config_file):
-    from kiln.serve.deploy import autoscaling_advice, load_config
+    from kiln.serve.control.deploy import autoscaling_advice, load_config
 
     assert autoscaling_advice(load_config(config_file(lambda app: None))) == []  # as shipped
 

@@ -24,7 +24,7 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def recsys(recommender, redis_server):
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
 
     config = deploy.load_config(ROOT / "serving/recsys.yaml", port=PORT)
     deploy.use_redis(config, redis_server.url)
@@ -212,7 +212,7 @@ def test_the_grafana_dashboard_queries_exported_metrics(api, recsys, metrics_url
     import json
     import re
 
-    from kiln.serve.loadgen import body_for
+    from kiln.bench.load import body_for
     from tests.serve.test_metrics import scrape
 
     dashboard = json.loads((ROOT / "k8s/base/kiln-dashboard.json").read_text())

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from kiln.serve.loadgen import LoadResult, body_for, generate_load
+from kiln.bench.load import LoadResult, body_for, generate_load
 from tests.conftest import ROOT
 from tests.serve.conftest import PORT, dashboard_url, deployed
 
@@ -23,7 +23,7 @@ APP = "digits-mlp"
 
 def mlp_config(**deployment: object) -> dict:
     """serving/digits.yaml with only digits-mlp, its deployment changed by `deployment`."""
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
 
     config = deploy.load_config(ROOT / "serving" / "digits.yaml", port=PORT, only=[APP])
     app = next(a for a in config["applications"] if a["name"] == APP)
@@ -33,7 +33,7 @@ def mlp_config(**deployment: object) -> dict:
 
 def replicas(state: str | None = "RUNNING") -> list[dict]:
     """The deployment's replicas in `state` (any state: None)."""
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
 
     apps = deploy.details(dashboard_url()).get("applications", {})
     deployment = apps.get(APP, {}).get("deployments", {}).get("ModelDeployment", {})

@@ -30,15 +30,17 @@ def bench(
         None, "--soak", help="soak mode (with --rate): latency per interval and replica memory PNG"
     ),
     interval: float = typer.Option(60.0, "--interval", min=1, help="soak: seconds per row"),
-    address: str = typer.Option(
-        "http://127.0.0.1:8265", help="soak: the dashboard whose replicas' memory is sampled"
+    address: str | None = typer.Option(
+        None,
+        help="soak: the dashboard whose replicas' memory is sampled (default as kiln serve)",
     ),
     json_output: bool = typer.Option(False, "--json", help="JSON on stdout"),
 ) -> None:
     """Send requests for a while; print throughput, p50/p95/p99 and errors. With --soak, a
     fixed rate for a long time: p50/p99 and errors per interval, and each replica's memory."""
-    from kiln.serve.loadgen import body_for, draw_histogram, fetch_metadata, generate_load
-    from kiln.serve.soak import ReplicaSampler, draw_soak, soak_report
+    from kiln.bench.load import body_for, draw_histogram, fetch_metadata, generate_load
+    from kiln.bench.soak import ReplicaSampler, draw_soak, soak_report
+    from kiln.cluster.address import LOCAL_DASHBOARD, resolve_address
 
     model_url = model_url.rstrip("/")
     key = os.environ.get("KILN_API_KEY")  # a client's key, not the server's list
@@ -52,7 +54,9 @@ def bench(
         body = body_for(fetch_metadata(model_url, headers), batch)
     if soak is not None and rate is None:
         raise ServeError("--soak sends a fixed rate: give --rate")
-    sampler = ReplicaSampler(address).start() if soak is not None else None
+    sampler = None
+    if soak is not None:
+        sampler = ReplicaSampler(resolve_address(address, fallback=LOCAL_DASHBOARD)).start()
     result = asyncio.run(
         generate_load(
             f"{model_url}/infer",

@@ -14,7 +14,7 @@ import typer
 
 from kiln.cli.output import console, err_console, print_json
 from kiln.errors import SpecError
-from kiln.spec import load_spec
+from kiln.validate import load_spec
 
 ADDRESS_HELP = (
     "the cluster's dashboard, http://HEAD:8265 (default: KILN_RAY_ADDRESS, RAY_ADDRESS, "
@@ -46,7 +46,8 @@ def submit(
 ) -> None:
     """Run a job spec on a Ray cluster: this directory travels as the job's working_dir."""
     from kiln.cluster import preflight
-    from kiln.cluster.dashboard import alive_nodes, resolve_address
+    from kiln.cluster.address import resolve_address
+    from kiln.cluster.dashboard import alive_nodes
     from kiln.cluster.jobs import Jobs
     from kiln.cluster.submission import build_submission, storage_uris
 
@@ -188,7 +189,7 @@ def _follow(jobs: Any, submission_id: str, json_output: bool) -> None:
 
 
 def _jobs(address: str | None) -> Any:
-    from kiln.cluster.dashboard import resolve_address
+    from kiln.cluster.address import resolve_address
     from kiln.cluster.jobs import Jobs
 
     return Jobs(resolve_address(address))

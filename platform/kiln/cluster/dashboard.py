@@ -1,7 +1,7 @@
 """A cluster's dashboard, which serves Ray's Jobs, Serve and State REST APIs: where it is, the
 token it wants, and one line for each way a call to it fails.
 
-    client = open_client(JobSubmissionClient, resolve_address(None))
+    client = open_client(JobSubmissionClient, "http://127.0.0.1:8265")
     with answered_by(address):
         client.list_jobs()
 """
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kiln.errors import ClusterError, KilnError
-from kiln.settings import get_settings
 
 C = TypeVar("C")
 
@@ -49,20 +48,6 @@ def auth_headers() -> dict[str, str]:
     token auth ignores it, one with it needs it."""
     token = find_token()
     return {"Authorization": f"Bearer {token.value}"} if token else {}
-
-
-def resolve_address(address: str | None) -> str:
-    """--address, else KILN_RAY_ADDRESS, else RAY_ADDRESS, else the cluster `kiln up` started."""
-    from kiln.cluster import local
-
-    found = address or get_settings().ray_address or os.environ.get("RAY_ADDRESS")
-    found = found or local.running_dashboard()
-    if not found:
-        raise ClusterError(
-            "no Ray cluster given: pass --address http://HEAD:8265, set KILN_RAY_ADDRESS, "
-            "or start a local one with `kiln up`"
-        )
-    return with_scheme(found.rstrip("/"))  # a dashboard, never a GCS port
 
 
 def with_scheme(address: str) -> str:

@@ -1,6 +1,6 @@
 """Jobs on a cluster through Ray's Jobs API, with Kiln's errors and exit codes.
 
-jobs = Jobs(resolve_address(None))
+jobs = Jobs(resolve_address(args.address))
 submission_id = jobs.submit(submission)
 status = jobs.follow(submission_id, print)   # streams the logs until the job ends
 """

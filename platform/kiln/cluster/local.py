@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.cluster.dashboard import alive_nodes, find_token
 from kiln.errors import ClusterError
 from kiln.settings import get_settings
 
@@ -100,7 +101,7 @@ def up(
     folder = state_file().parent
     folder.mkdir(parents=True, exist_ok=True)
     cluster = LocalCluster(f"{HOST}:{port}", f"http://{HOST}:{dashboard_port}", token_auth())
-    common = ["--block", "--disable-usage-stats", f"--object-store-memory={object_store_mb << 20}"]
+    common = ["--block", f"--object-store-memory={object_store_mb << 20}"]
     head = [
         "--head",
         f"--port={port}",
@@ -151,8 +152,6 @@ def down(timeout_s: float = 30) -> LocalCluster | None:
 def token_auth() -> bool:
     """Whether `ray start` will turn token auth on: as RAY_AUTH_MODE says, else when a token
     exists where Ray looks (Ray's own rule, so that Kiln's report matches the cluster)."""
-    from kiln.cluster.dashboard import find_token
-
     mode = os.environ.get("RAY_AUTH_MODE")
     return mode.lower() == "token" if mode else find_token() is not None
 
@@ -163,19 +162,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def ray_start(*args: str) -> list[str]:
+    """The `ray start` command line of this environment's Ray (not whichever is on PATH)."""
+    return [str(Path(sys.executable).with_name("ray")), "start", *args, "--disable-usage-stats"]
+
+
+def start_detached_head(metrics_port: int) -> None:
+    """A head node that outlives this process (`kiln serve --detach`), unless one runs here."""
+    from kiln.cluster.connect import local_cluster_running
+
+    if local_cluster_running():
+        return
+    command = ray_start(
+        "--head", f"--dashboard-host={HOST}", f"--metrics-export-port={metrics_port}"
+    )
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ClusterError(f"ray start failed: {done.stderr.strip().splitlines()[-1:]}")
+
+
 def _start(folder: Path, name: str, cpus: float, args: list[str], auth: bool) -> Node:
     metrics_port = free_port()
     log = folder / f"{name}.log"
-    command = [
-        str(Path(sys.executable).with_name("ray")),
-        "start",
+    command = ray_start(
         *args,
         f"--num-cpus={cpus:g}",
         f"--metrics-export-port={metrics_port}",
         f"--dashboard-agent-listen-port={free_port()}",
         "--min-worker-port=0",  # random ports: no clash with another Ray on this machine
         "--max-worker-port=0",
-    ]
+    )
     with log.open("w") as out:
         process = subprocess.Popen(
             command,
@@ -219,8 +235,6 @@ def _wait_for_dashboard(cluster: LocalCluster, timeout_s: float) -> None:
 
 
 def _wait_for_nodes(cluster: LocalCluster, timeout_s: float) -> None:
-    from kiln.cluster.dashboard import alive_nodes
-
     deadline = time.monotonic() + timeout_s
     while len(alive_nodes(cluster.dashboard)) < len(cluster.nodes):
         for node in cluster.nodes:

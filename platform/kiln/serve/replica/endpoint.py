@@ -21,9 +21,9 @@ from ray import serve
 from kiln.errors import KilnError, ModelNotFoundError, RequestError
 from kiln.registry import ModelRegistry
 from kiln.serve.config import Batching
-from kiln.serve.metrics import EndpointMetrics
-from kiln.serve.predictor import Predictor
-from kiln.serve.protocol import (
+from kiln.serve.replica.metrics import EndpointMetrics
+from kiln.serve.replica.predictor import Predictor
+from kiln.serve.replica.protocol import (
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
@@ -48,7 +48,7 @@ class ModelEndpoint:
         self.name, self.ref, self.registry, self.metrics = name, ref, registry, metrics
         self.on_switch = on_switch  # (old, new), after a new version starts answering
         first = registry.resolve(ref)
-        self.model = first.name  # the registry's name; `name` is the endpoint's
+        self.registered_name = first.name  # `name` is the endpoint's (the application's)
         self.current = self._load(first.version)
         metrics.loaded(first.version, self.current.load_seconds, serving=True)
         self.refused: dict[int, str] = {}
@@ -85,7 +85,7 @@ class ModelEndpoint:
         current = self.current
         return ModelMetadata(
             name=self.name,
-            versions=[str(v) for v in self.registry.versions(self.model)],
+            versions=[str(v) for v in self.registry.versions(self.registered_name)],
             platform=f"pytorch_{torch.__version__.split('+')[0]}",
             inputs=current.inputs,
             outputs=current.outputs,
@@ -102,7 +102,7 @@ class ModelEndpoint:
         if version is None or version == current.version:
             return current
         if version not in self.others:
-            if version not in self.registry.versions(self.model):
+            if version not in self.registry.versions(self.registered_name):
                 raise ModelNotFoundError(f"{self.name} has no version {version}")
             self.others[version] = await asyncio.to_thread(self._load, version)
             while len(self.others) > self.versions_cached:
@@ -169,7 +169,9 @@ class ModelEndpoint:
             self.metrics.loaded(self.current.version, self.current.load_seconds, serving=True)
 
     def _load(self, version: int) -> Predictor:
-        predictor = Predictor.load(self.registry, self.registry.resolve(f"{self.model}@{version}"))
+        predictor = Predictor.load(
+            self.registry, self.registry.resolve(f"{self.registered_name}@{version}")
+        )
         self.metrics.loaded(version, predictor.load_seconds, serving=False)
         return predictor
 

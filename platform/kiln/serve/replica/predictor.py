@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from kiln import tasks
+from kiln.builders import import_object
 from kiln.errors import RequestError
-from kiln.predict import load_model
-from kiln.registry import LoadedModel, ModelRegistry, ModelVersion
-from kiln.serve.protocol import TensorMetadata
+from kiln.registry import ModelRegistry, ModelVersion
+from kiln.registry.loading import LoadedModel, load_model
+from kiln.serve.replica.protocol import TensorMetadata
 
 
 class Predictor:
@@ -32,13 +34,14 @@ class Predictor:
         self.inputs = [TensorMetadata(**t) for t in loaded.card["inputs"]]
         self.outputs = [TensorMetadata(**t) for t in loaded.card["outputs"]]
 
-    @classmethod
-    def load(cls, registry: ModelRegistry, version: ModelVersion) -> "Predictor":
-        """Load, then run one example through it: a version that cannot answer is refused
-        here, before it serves anything. Raises RegistryError (corrupt, wrong architecture)."""
+    @staticmethod
+    def load(registry: ModelRegistry, version: ModelVersion) -> "Predictor":
+        """The predictor its task names, loaded, then run on one example: a version that
+        cannot answer is refused here, before it serves anything. Raises RegistryError
+        (corrupt, wrong architecture)."""
         start = time.perf_counter()
         loaded = load_model(registry, version)
-        predictor = PREDICTORS.get(loaded.card["task"], cls)(loaded)
+        predictor = import_object(tasks.get(loaded.card["task"]).predictor)(loaded)
         predictor.run(predictor.prepare(0, predictor.example()))
         predictor.load_seconds = time.perf_counter() - start
         return predictor
@@ -154,13 +157,6 @@ class Recommender(Predictor):
         """Cold start: the most popular items (score: 1 / rank)."""
         ranked = [i for i in self.popular if i not in seen][:k]
         return [(item, 1.0 / (rank + 1)) for rank, item in enumerate(ranked)]
-
-
-PREDICTORS: dict[str, type[Predictor]] = {
-    "classification": Classifier,
-    "generation": Generator,
-    "recommendation": Recommender,
-}
 
 
 def _check_ids(array: np.ndarray, bound: int, what: str) -> None:

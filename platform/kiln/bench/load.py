@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import numpy as np
 
+from kiln import plots
 from kiln.errors import ServeError
 
 RANDOM = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
@@ -34,7 +36,7 @@ class LoadResult:
 
     def summary(self) -> dict[str, Any]:
         statuses = np.array(self.statuses)
-        ok = np.array(self.latencies_ms)[statuses == 200] if self.statuses else np.array([])
+        ok = self.ok_latencies()
         errors: dict[str, int] = {}
         for code in statuses[statuses != 200].tolist():
             errors[str(code)] = errors.get(str(code), 0) + 1
@@ -44,11 +46,24 @@ class LoadResult:
             "errors": errors,
             "duration_s": round(self.duration_s, 3),
             "throughput_rps": round(len(ok) / self.duration_s, 1) if self.duration_s else 0.0,
-            **{
-                f"p{q}_ms": round(float(np.percentile(ok, q)), 3) if len(ok) else None
-                for q in (50, 95, 99)
-            },
+            **percentiles(ok, (50, 95, 99), digits=3),
         }
+
+    def ok_latencies(self, sent_from: float = 0.0, sent_to: float = float("inf")) -> np.ndarray:
+        """Latencies of the requests answered 200 that were sent in [sent_from, sent_to)."""
+        started, statuses = np.array(self.started), np.array(self.statuses)
+        answered = (statuses == 200) & (started >= sent_from) & (started < sent_to)
+        return np.array(self.latencies_ms)[answered] if self.statuses else np.array([])
+
+
+def percentiles(latencies_ms: np.ndarray, qs: tuple[int, ...], digits: int) -> dict[str, Any]:
+    """{"p50_ms": ..., ...} of the given latencies; None where there are none."""
+    return {
+        f"p{q}_ms": round(float(np.percentile(latencies_ms, q)), digits)
+        if len(latencies_ms)
+        else None
+        for q in qs
+    }
 
 
 async def generate_load(
@@ -135,8 +150,6 @@ def body_for(metadata: dict[str, Any], batch: int = 1, seed: int = 0) -> bytes:
 
 
 def fetch_metadata(model_url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    import httpx
-
     try:
         response = httpx.get(model_url, headers=headers, timeout=10)
     except httpx.HTTPError as e:
@@ -147,14 +160,8 @@ def fetch_metadata(model_url: str, headers: dict[str, str] | None = None) -> dic
 
 
 def draw_histogram(result: LoadResult, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    statuses = np.array(result.statuses)
-    ok = np.array(result.latencies_ms)[statuses == 200]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    ok = result.ok_latencies()
+    fig, ax = plots.subplots(figsize=(7, 4))
     if len(ok):
         bins = np.logspace(np.log10(max(ok.min(), 0.01)), np.log10(ok.max() + 1e-9), 50)
         ax.hist(ok, bins=bins.tolist())
@@ -166,5 +173,4 @@ def draw_histogram(result: LoadResult, title: str, path: Path) -> None:
     ax.set_ylabel("requests")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)

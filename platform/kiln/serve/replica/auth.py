@@ -4,8 +4,9 @@ the replica says so when it starts."""
 
 import hmac
 from pathlib import Path
+from typing import Any
 
-from fastapi import HTTPException, Security
+from fastapi import Depends, HTTPException, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from kiln.errors import ServeError
@@ -28,6 +29,11 @@ class ApiKeys:
             except OSError as e:
                 raise ServeError(f"cannot read API keys from {path}: {e.strerror}") from None
         return cls([k.strip() for k in keys])
+
+    @property
+    def required(self) -> list[Any]:
+        """A route's `dependencies=` that answer 401 without one of the keys."""
+        return [Depends(self.require)]
 
     @property
     def open(self) -> bool:

@@ -5,9 +5,9 @@ the server index (/, /v2, /v2/health/*, /docs). Errors are Open Inference Protoc
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -15,10 +15,10 @@ from starlette.exceptions import HTTPException
 
 import kiln
 from kiln.errors import KilnError, ModelNotFoundError
-from kiln.serve.auth import ApiKeys
-from kiln.serve.endpoint import ModelEndpoint
-from kiln.serve.middleware import BodyLimit, RootPathAsSlash
-from kiln.serve.protocol import (
+from kiln.serve.replica.auth import ApiKeys
+from kiln.serve.replica.endpoint import ModelEndpoint
+from kiln.serve.replica.middleware import BodyLimit, RootPathAsSlash
+from kiln.serve.replica.protocol import (
     ErrorBody,
     InferenceRequest,
     InferenceResponse,
@@ -52,10 +52,9 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     api.add_middleware(RootPathAsSlash)
     answer_errors_as_protocol(api)
     document_schemas(api, InferenceRequest)
-    Authorized = Annotated[None, Depends(keys.require)]
 
-    @api.get("/", response_model=ModelMetadata, responses=ERRORS)
-    def metadata(_: Authorized) -> ModelMetadata:
+    @api.get("/", response_model=ModelMetadata, responses=ERRORS, dependencies=keys.required)
+    def metadata() -> ModelMetadata:
         return endpoint.metadata()
 
     @api.get("/ready", responses=ERRORS)
@@ -64,12 +63,18 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
 
     answers = {200: {"model": InferenceResponse}, **ERRORS}
 
-    @api.post("/infer", responses=answers, openapi_extra=INFER_BODY)
-    async def infer(request: Request, _: Authorized) -> Response:
+    infer_route: dict[str, Any] = {
+        "responses": answers,
+        "openapi_extra": INFER_BODY,
+        "dependencies": keys.required,
+    }
+
+    @api.post("/infer", **infer_route)
+    async def infer(request: Request) -> Response:
         return await _timed(endpoint, request, None)
 
-    @api.post("/versions/{version}/infer", responses=answers, openapi_extra=INFER_BODY)
-    async def infer_version(version: int, request: Request, _: Authorized) -> Response:
+    @api.post("/versions/{version}/infer", **infer_route)
+    async def infer_version(version: int, request: Request) -> Response:
         return await _timed(endpoint, request, version)
 
     return api
@@ -83,7 +88,7 @@ async def _timed(endpoint: ModelEndpoint, request: Request, version: int | None)
         answered, content = await endpoint.infer(body, version)
         return Response(content, media_type=JSON)
     except KilnError as e:
-        code = 404 if isinstance(e, ModelNotFoundError) else 400
+        code = status_of(e)
         return JSONResponse({"error": str(e)}, code)
     finally:
         endpoint.metrics.answered(answered, code, (time.perf_counter() - start) * 1000)
@@ -157,6 +162,12 @@ async def _not_served(name: str, models: Callable[[], Awaitable[dict[str, bool]]
     return JSONResponse({"error": error}, 404)
 
 
+def status_of(error: KilnError) -> int:
+    """The HTTP status of an error a request caused: a model that is not there is 404, any
+    other mistake in the request 400."""
+    return 404 if isinstance(error, ModelNotFoundError) else 400
+
+
 def answer_errors_as_protocol(api: FastAPI) -> None:
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -164,9 +175,7 @@ def answer_errors_as_protocol(api: FastAPI) -> None:
 
     @api.exception_handler(KilnError)
     async def kiln_error(request: Request, exc: KilnError) -> JSONResponse:
-        return JSONResponse(
-            {"error": str(exc)}, 404 if isinstance(exc, ModelNotFoundError) else 400
-        )
+        return JSONResponse({"error": str(exc)}, status_of(exc))
 
     @api.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -19,16 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from kiln.serve.loadgen import LoadResult
+from kiln import plots
+from kiln.bench.load import LoadResult, percentiles
 
 
 def rss_mb(process: Any) -> float:
     return float(process.memory_info().rss) / 2**20
-
-
-def cpu_seconds(process: Any) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
 
 
 @dataclass
@@ -72,7 +68,7 @@ def local_replicas(dashboard: str) -> dict[str, Any]:
     "app/deployment" and the replica id's last 6 characters."""
     import psutil
 
-    from kiln.serve import deploy
+    from kiln.serve.control import deploy
 
     processes = {}
     for app_name, app in deploy.details(dashboard).get("applications", {}).items():
@@ -90,16 +86,13 @@ def local_replicas(dashboard: str) -> dict[str, Any]:
 
 def window(result: LoadResult, from_s: float, to_s: float) -> dict[str, Any]:
     """The requests sent from `from_s` to `to_s`: how many, errors, p50/p99 of the answered."""
-    started, latency = np.array(result.started), np.array(result.latencies_ms)
-    statuses = np.array(result.statuses)
+    started, statuses = np.array(result.started), np.array(result.statuses)
     inside = (started >= from_s) & (started < to_s)
-    ok = latency[inside & (statuses == 200)]
     return {
         "from_s": float(from_s),
         "requests": int(inside.sum()),
         "errors": int((inside & (statuses != 200)).sum()),
-        "p50_ms": round(float(np.percentile(ok, 50)), 2) if len(ok) else None,
-        "p99_ms": round(float(np.percentile(ok, 99)), 2) if len(ok) else None,
+        **percentiles(result.ok_latencies(from_s, to_s), (50, 99), digits=2),
     }
 
 
@@ -131,12 +124,7 @@ def growth_per_hour(points: list[tuple[float, float]]) -> float:
 
 
 def draw_soak(report: dict[str, Any], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (latency, memory) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    fig, (latency, memory) = plots.subplots(2, 1, figsize=(9, 7), sharex=True)
     intervals = report["intervals"]
     minutes = [i["from_s"] / 60 for i in intervals]
     for q in ("p50_ms", "p99_ms"):
@@ -152,5 +140,4 @@ def draw_soak(report: dict[str, Any], title: str, path: Path) -> None:
     memory.legend(fontsize="small")
     memory.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from kiln.cluster.dashboard import describe, open_client, with_scheme
 from kiln.errors import ServeError, SpecError
 from kiln.registry import ModelRegistry
-from kiln.serve import ingress
 from kiln.serve.config import MODEL_DEPLOYMENT, MODEL_ROUTE, Batching, ModelArgs, RecommendArgs
+from kiln.serve.control import ingress
 from kiln.settings import absolute
 from kiln.spec import first_error, read_yaml
 
@@ -170,7 +170,7 @@ def details(dashboard: str) -> dict[str, Any]:
 
 def wait_until_running(config: dict[str, Any], dashboard: str, timeout_s: float = 300) -> None:
     """Until every application is RUNNING and, under the HAProxy ingress, routed to its replicas
-    (see kiln.serve.ingress); a DEPLOY_FAILED one raises with Serve's reason."""
+    (see kiln.serve.control.ingress); a DEPLOY_FAILED one raises with Serve's reason."""
     names = {a["name"] for a in config["applications"]}
     deadline = time.monotonic() + timeout_s
     while True:

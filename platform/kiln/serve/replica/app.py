@@ -21,8 +21,6 @@ from kiln.errors import ServeError
 from kiln.features import FeatureStore, connect
 from kiln.features.breaker import CircuitBreaker
 from kiln.registry import ModelRegistry
-from kiln.serve.api import index_api, model_api
-from kiln.serve.auth import ApiKeys
 from kiln.serve.config import (
     MODEL_DEPLOYMENT,
     RECOMMEND_DEPLOYMENT,
@@ -31,13 +29,36 @@ from kiln.serve.config import (
     ModelArgs,
     RecommendArgs,
 )
-from kiln.serve.endpoint import ModelEndpoint
-from kiln.serve.metrics import EndpointMetrics, RecommendMetrics
-from kiln.serve.predictor import Recommender
-from kiln.serve.recommend import RecommendEndpoint, recommend_api
+from kiln.serve.replica.api import index_api, model_api
+from kiln.serve.replica.auth import ApiKeys
+from kiln.serve.replica.endpoint import ModelEndpoint
+from kiln.serve.replica.metrics import EndpointMetrics, RecommendMetrics
+from kiln.serve.replica.predictor import Recommender
+from kiln.serve.replica.recommend import RecommendEndpoint, recommend_api
 from kiln.settings import get_settings
 
 log = logging.getLogger("ray.serve")
+
+
+def open_endpoint(
+    config: ModelArgs | RecommendArgs, threads: int, versions_cached: int = 2
+) -> tuple[ModelEndpoint, ApiKeys]:
+    """What every model deployment starts with: its threads, its API keys (warning when there
+    are none) and the endpoint following its model reference."""
+    torch.set_num_threads(threads)  # replicas share the node's cores
+    name = serve.get_replica_context().app_name
+    keys = ApiKeys.load(config.api_keys_file)
+    if keys.open:
+        log.warning(f"{name}: no API keys configured; the endpoint is open to anyone")
+    endpoint = ModelEndpoint(
+        name,
+        config.model,
+        ModelRegistry.open(config.registry),
+        EndpointMetrics(name),
+        config.watch_interval_s,
+        versions_cached,
+    )
+    return endpoint, keys
 
 
 @serve.deployment(
@@ -50,29 +71,16 @@ log = logging.getLogger("ray.serve")
 class ModelDeployment:
     def __init__(self, args: dict[str, Any]):
         config = ModelArgs.model_validate(args)
-        torch.set_num_threads(config.torch_threads)  # replicas share the node's cores
-        name = serve.get_replica_context().app_name
-        self.keys = ApiKeys.load(config.api_keys_file)
-        if self.keys.open:
-            log.warning(f"{name}: no API keys configured; the endpoint is open to anyone")
-        self.max_body_bytes = config.max_body_bytes
-        self.endpoint = ModelEndpoint(
-            name,
-            config.model,
-            ModelRegistry.open(config.registry),
-            EndpointMetrics(name),
-            config.watch_interval_s,
-            config.versions_cached,
+        self.endpoint, self.keys = open_endpoint(
+            config, config.torch_threads, config.versions_cached
         )
+        self.max_body_bytes = config.max_body_bytes
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return model_api(self.endpoint, self.keys, self.max_body_bytes)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.endpoint.set_batching(Batching.model_validate(user_config))
-
-    def is_ready(self) -> bool:
-        return True
 
     def __del__(self) -> None:
         self.endpoint.stop()
@@ -112,22 +120,11 @@ def index_app(args: dict[str, Any] | None = None) -> Application:
 class RecommendDeployment:
     def __init__(self, args: dict[str, Any]):
         config = RecommendArgs.model_validate(args)
-        torch.set_num_threads(1)
-        name = serve.get_replica_context().app_name
-        self.keys = ApiKeys.load(config.api_keys_file)
-        if self.keys.open:
-            log.warning(f"{name}: no API keys configured; the endpoint is open to anyone")
+        model, self.keys = open_endpoint(config, threads=1)
         self.max_k = config.max_k
         url = config.redis_url or get_settings().redis_url
         if not url:
             raise ServeError("no Redis: set redis_url or KILN_REDIS_URL (kiln serve embeds one)")
-        model = ModelEndpoint(
-            name,
-            config.model,
-            ModelRegistry.open(config.registry),
-            EndpointMetrics(name),
-            config.watch_interval_s,
-        )
         if not isinstance(model.current, Recommender):
             raise ServeError(
                 f"{config.model} is a {model.current.card['task']} model, not a recommender"
@@ -140,14 +137,14 @@ class RecommendDeployment:
             config.history_ttl_s,
         )
         breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
-        self.endpoint = RecommendEndpoint(model, store, breaker, RecommendMetrics(name))
+        self.endpoint = RecommendEndpoint(model, store, breaker, RecommendMetrics(model.name))
         model.on_switch = self.endpoint.on_switch
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return recommend_api(self.endpoint, self.keys, self.max_k)
 
     def __del__(self) -> None:
-        self.endpoint.model.stop()
+        self.endpoint.model_endpoint.stop()
 
 
 def recommend_app(args: dict[str, Any]) -> Application:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
@@ -28,12 +28,12 @@ import kiln
 from kiln.errors import RequestError
 from kiln.features import Event, FeatureStore, UserFeatures
 from kiln.features.breaker import CircuitBreaker
-from kiln.serve.api import ERRORS, answer_errors_as_protocol, document_schemas
-from kiln.serve.auth import ApiKeys
-from kiln.serve.endpoint import ModelEndpoint
-from kiln.serve.metrics import RecommendMetrics
-from kiln.serve.predictor import Recommender
-from kiln.serve.protocol import describe
+from kiln.serve.replica.api import ERRORS, answer_errors_as_protocol, document_schemas
+from kiln.serve.replica.auth import ApiKeys
+from kiln.serve.replica.endpoint import ModelEndpoint
+from kiln.serve.replica.metrics import RecommendMetrics
+from kiln.serve.replica.predictor import Recommender
+from kiln.serve.replica.protocol import describe
 
 log = logging.getLogger("ray.serve")
 T = TypeVar("T")
@@ -48,16 +48,17 @@ class RedisUnavailable(Exception):
 class RecommendEndpoint:
     def __init__(
         self,
-        model: ModelEndpoint,
+        model_endpoint: ModelEndpoint,
         store: FeatureStore,
         breaker: CircuitBreaker,
         metrics: RecommendMetrics,
     ):
-        self.model, self.store, self.breaker, self.metrics = model, store, breaker, metrics
+        self.model_endpoint = model_endpoint  # the two-tower model, following its alias
+        self.store, self.breaker, self.metrics = store, breaker, metrics
 
     @property
     def predictor(self) -> Recommender:
-        current = self.model.current
+        current = self.model_endpoint.current
         assert isinstance(current, Recommender)
         return current
 
@@ -71,7 +72,7 @@ class RecommendEndpoint:
             cached = True
         except RedisUnavailable:
             features, cached = UserFeatures(), False
-            self.metrics.degraded.inc(tags={"model": self.model.name, "reason": "redis"})
+            self.metrics.degraded.inc(tags={"model": self.model_endpoint.name, "reason": "redis"})
         self._count_features(features, cached)
         history = [i for i, _ in features.history] if features.history_state == "fresh" else []
         history += [i for i in recent if i not in history]
@@ -86,7 +87,7 @@ class RecommendEndpoint:
                 await self._write_back(user_id, predictor, vector)
         else:
             cold, items = True, predictor.popular_k(k, seen)
-        version_tags = {"model": self.model.name, "version": str(predictor.version)}
+        version_tags = {"model": self.model_endpoint.name, "version": str(predictor.version)}
         self.metrics.cache.inc(tags={**version_tags, "result": cache})
         self.metrics.latency.observe((time.perf_counter() - start) * 1000, tags=version_tags)
         return {
@@ -160,9 +161,8 @@ def recommend_api(endpoint: RecommendEndpoint, keys: ApiKeys, max_k: int) -> Fas
     )
     answer_errors_as_protocol(api)
     document_schemas(api, Event)
-    Authorized = Depends(keys.require)
 
-    @api.get("/recommend/{user_id}", responses=ERRORS, dependencies=[Authorized])
+    @api.get("/recommend/{user_id}", responses=ERRORS, dependencies=keys.required)
     async def recommend(
         user_id: str,
         k: int = Query(10, ge=1, le=max_k, description="how many items"),
@@ -181,7 +181,7 @@ def recommend_api(endpoint: RecommendEndpoint, keys: ApiKeys, max_k: int) -> Fas
     @api.post(
         "/events",
         responses=ERRORS,
-        dependencies=[Authorized],
+        dependencies=keys.required,
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": body}}}
         },
@@ -207,7 +207,7 @@ def recommend_api(endpoint: RecommendEndpoint, keys: ApiKeys, max_k: int) -> Fas
         return {
             "model": predictor.name,
             "version": predictor.version,
-            "follows": endpoint.model.ref,
+            "follows": endpoint.model_endpoint.ref,
             "items": len(predictor.item_index),
             "users": len(predictor.user_index),
             "redis": endpoint.breaker.state,
