@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-demo: $(STAMP)  ## train digits-cnn on 2 Ray workers, register it, show its model card
-	KILN_HOME=$${KILN_HOME:-.kiln} $(BIN)/python -m kiln.demo
+demo: $(STAMP)  ## train, tune, register, serve and load-test on a local Ray (tests/demo.py)
+	KILN_HOME=$${KILN_HOME:-.kiln} $(BIN)/python -m tests.demo
 
 # The KubeRay CRDs that k8s/ is validated against, when the shared folder is beside the project.
 test: export KILN_KUBERAY_CRDS ?= $(abspath $(wildcard ../shared/kuberay-crds))
@@ -29,10 +29,11 @@ test: $(STAMP)  ## the whole suite, slow fault-injection tests included
 bench: $(STAMP)  ## benchmarks; figures land in bench-results/
 	$(BIN)/python -m tests.benchmarks $(BENCH_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, mypy, and the import contract (pyproject.toml: tool.importlinter)
 	$(BIN)/ruff check platform tests
 	$(BIN)/ruff format --check platform tests
 	$(BIN)/mypy platform/kiln
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .kiln bench-results .pytest_cache .ruff_cache .mypy_cache

@@ -1,7 +1,7 @@
 """`make demo`: Kiln's main job end to end on a local Ray, shown as the commands a user types:
 train, tune, register, serve behind the Open Inference Protocol, send requests, load test.
 
-python -m kiln.demo
+python -m tests.demo
 """
 
 import json
