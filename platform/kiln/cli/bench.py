@@ -38,20 +38,14 @@ def bench(
 ) -> None:
     """Send requests for a while; print throughput, p50/p95/p99 and errors. With --soak, a
     fixed rate for a long time: p50/p99 and errors per interval, and each replica's memory."""
-    from kiln.bench.load import body_for, draw_histogram, fetch_metadata, generate_load
+    from kiln.bench.load import draw_histogram, generate_load
     from kiln.bench.soak import ReplicaSampler, draw_soak, soak_report
     from kiln.cluster.address import LOCAL_DASHBOARD, resolve_address
 
     model_url = model_url.rstrip("/")
     key = os.environ.get("KILN_API_KEY")  # a client's key, not the server's list
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    if payload is not None:
-        try:
-            body = payload.read_bytes()
-        except OSError as e:
-            raise ServeError(f"cannot read payload {payload}: {e.strerror}") from None
-    else:
-        body = body_for(fetch_metadata(model_url, headers), batch)
+    body = _request_body(model_url, payload, batch, headers)
     if soak is not None and rate is None:
         raise ServeError("--soak sends a fixed rate: give --rate")
     sampler = None
@@ -81,16 +75,31 @@ def bench(
     if json_output:
         print_json(summary)
         return
-    table = Table("requests", "ok", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors")
+    _print_summary(summary, f"{model_url}, {load}, {duration:g} s")
+    if "intervals" in summary:
+        _print_soak(summary, soak)
+
+
+def _request_body(model_url: str, payload: Path | None, batch: int, headers: dict) -> bytes:
+    """The payload file, else a request of random values in the model's first input."""
+    from kiln.bench.load import body_for, fetch_metadata
+
+    if payload is None:
+        return body_for(fetch_metadata(model_url, headers), batch)
+    try:
+        return payload.read_bytes()
+    except OSError as e:
+        raise ServeError(f"cannot read payload {payload}: {e.strerror}") from None
+
+
+def _print_summary(summary: dict, title: str) -> None:
+    table = Table("requests", "ok", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", title=title)
     table.add_row(
         *(str(summary[k]) for k in ("requests", "ok", "throughput_rps", "p50_ms", "p95_ms")),
         str(summary["p99_ms"]),
         ", ".join(f"{c}: {n}" for c, n in summary["errors"].items()) or "none",
     )
-    table.title = f"{model_url}, {load}, {duration:g} s"
     console.print(table)
-    if "intervals" in summary:
-        _print_soak(summary, soak)
 
 
 def _print_soak(summary: dict, png: Path | None) -> None:
