@@ -94,9 +94,11 @@ def test_submit_follow_trains_on_two_nodes_and_registers(cluster):
 
 
 def test_stop_a_running_job(cluster):
+    # No early stopping: digits-mlp's (patience 4) could end the job before it is stopped.
     started = kiln(
         cluster,
         *("submit", "jobs/digits-mlp.yaml", "--set", "train.epochs=500"),
+        *("--set", "train.early_stopping=null"),
         *("--set", "scaling.num_workers=2", "--shared-storage", "--json"),
     )
     assert started.returncode == 0, started.stderr
