@@ -1,6 +1,7 @@
 """Kiln's digits-cnn endpoint against a plain FastAPI + uvicorn server of the same model, in
 one run, with the same load generator and payload: throughput and p50/p99 at concurrency 1
-and 32, Kiln with batching on and off, with one and two replicas. Figures go to
+and 32, Kiln with batching on and off, with one and two replicas, and with JSON and binary
+tensors (the Open Inference Protocol's binary extension, Triton's default). Figures go to
 bench-results/serve.json; the ratios are Kiln / plain at the same concurrency."""
 
 import asyncio
@@ -17,7 +18,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from kiln.bench.load import body_for, generate_load
+from kiln.bench.load import binary_body_for, body_for, generate_load
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-results" / "serve.json"
@@ -30,10 +31,12 @@ KILN_SETUPS = {  # name: (replicas, max_batch_size)
 }
 
 
-def measure(url: str, body: bytes) -> dict:
+def measure(url: str, body: bytes, headers: dict | None = None) -> dict:
     return {
         c: asyncio.run(
-            generate_load(url, body, concurrency=c, duration_s=SECONDS, warmup_s=WARMUP)
+            generate_load(
+                url, body, concurrency=c, duration_s=SECONDS, warmup_s=WARMUP, headers=headers
+            )
         ).summary()
         for c in CONCURRENCY
     }
@@ -108,7 +111,10 @@ def main() -> None:
         deploy.deploy(config, dashboard)  # batch size alone changes in place (user_config)
         deploy.wait_until_running(config, dashboard)
         time.sleep(3)  # replicas that were just replaced finish draining
-        results[name] = measure(f"http://127.0.0.1:{port}/v2/models/digits-cnn/infer", body)
+        url = f"http://127.0.0.1:{port}/v2/models/digits-cnn/infer"
+        results[name] = measure(url, body)
+        if (replicas, batch) == (1, 16):  # the same image as raw bytes, answers in binary
+            results[f"{name}, binary"] = measure(url, *binary_body_for(METADATA))
     deploy.shutdown(dashboard)
     ray.shutdown()
     report(results)

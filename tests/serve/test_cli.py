@@ -64,6 +64,11 @@ def test_serve_detach_status_bench_shutdown(digits_models, tmp_path):
         assert json.loads(out.read_text()) == figures
         assert png.read_bytes()[:4] == b"\x89PNG"
 
+        binary = run_kiln("bench", url, "-c", "2", "-d", "2", "--warmup", "0", "--binary", "--json")
+        assert binary.returncode == 0, binary.stderr
+        figures = json.loads(binary.stdout)
+        assert figures["ok"] == figures["requests"] > 0 and figures["errors"] == {}
+
         soak = run_kiln(
             *("bench", url, "--rate", "40", "-d", "6", "--warmup", "0", "--interval", "2"),
             *("--soak", str(tmp_path / "soak.png"), "--address", dashboard, "--json"),

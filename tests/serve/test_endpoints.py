@@ -62,12 +62,19 @@ def test_model_metadata_and_readiness(http, digits_models):
 
 def test_unknown_model_and_version_are_404(http):
     body = infer_body(np.zeros((1, 1, 8, 8), np.float32))
-    for path in ["/v2/models/nope", "/v2/models/nope/ready"]:
+    for path in [
+        "/v2/models/nope",
+        "/v2/models/nope/ready",
+        "/v2/models/nope/versions/1",
+        "/v2/models/nope/versions/1/ready",
+    ]:
         response = http.get(path)
         assert response.status_code == 404 and "nope" in response.json()["error"]
     assert http.post("/v2/models/nope/infer", json=body).status_code == 404
     missing = http.post("/v2/models/digits-cnn/versions/99/infer", json=body)
     assert missing.status_code == 404 and "no version 99" in missing.json()["error"]
+    for path in ["/v2/models/digits-cnn/versions/99", "/v2/models/digits-cnn/versions/99/ready"]:
+        assert http.get(path).status_code == 404
 
 
 def good_input() -> dict:

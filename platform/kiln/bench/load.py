@@ -22,6 +22,8 @@ import numpy as np
 
 from kiln import plots
 from kiln.errors import ServeError
+from kiln.serve.replica import binary
+from kiln.serve.replica.protocol import DTYPES
 
 RANDOM = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
 
@@ -137,7 +139,26 @@ async def _open_loop(send: Any, result: LoadResult, rate: float, seconds: float)
 
 
 def body_for(metadata: dict[str, Any], batch: int = 1, seed: int = 0) -> bytes:
-    """A request for the model's first input: random values of its datatype and shape."""
+    """A JSON request for the model's first input: random values of its datatype and shape."""
+    tensor, data = random_input(metadata, batch, seed)
+    return json.dumps({"inputs": [{**tensor, "data": data.ravel().tolist()}]}).encode()
+
+
+def binary_body_for(
+    metadata: dict[str, Any], batch: int = 1, seed: int = 0
+) -> tuple[bytes, dict[str, str]]:
+    """The same request with the binary tensor extension, asking for binary outputs too (what
+    Triton's clients send by default), and the headers it needs."""
+    tensor, data = random_input(metadata, batch, seed)
+    raw = binary.to_bytes(data.astype(DTYPES[tensor["datatype"]]))
+    parameters = {"binary_data_size": len(raw)}
+    request = {"inputs": [{**tensor, "parameters": parameters}]}
+    header = json.dumps({**request, "parameters": {"binary_data_output": True}}).encode()
+    headers = {"Content-Type": binary.CONTENT_TYPE, binary.HEADER_LENGTH: str(len(header))}
+    return header + raw, headers
+
+
+def random_input(metadata: dict[str, Any], batch: int, seed: int) -> tuple[dict, np.ndarray]:
     first = metadata["inputs"][0]
     shape = [batch if d == -1 else d for d in first["shape"]]
     rng = np.random.default_rng(seed)
@@ -145,8 +166,7 @@ def body_for(metadata: dict[str, Any], batch: int = 1, seed: int = 0) -> bytes:
         data = rng.random(shape).astype(RANDOM[first["datatype"]])
     else:  # integer ids: small values are valid for every id-taking model
         data = rng.integers(0, 2, shape)
-    tensor = {"name": first["name"], "datatype": first["datatype"], "shape": shape}
-    return json.dumps({"inputs": [{**tensor, "data": data.ravel().tolist()}]}).encode()
+    return {"name": first["name"], "datatype": first["datatype"], "shape": shape}, data
 
 
 def fetch_metadata(model_url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:

@@ -24,6 +24,9 @@ def bench(
     warmup: float = typer.Option(1.0, "--warmup", min=0, help="seconds sent first, not counted"),
     payload: Path | None = typer.Option(None, "--payload", help="a JSON request body file"),
     batch: int = typer.Option(1, "--batch", min=1, help="examples per generated request"),
+    binary_tensors: bool = typer.Option(
+        False, "--binary", help="generated requests use the binary tensor extension (Triton's)"
+    ),
     output: Path | None = typer.Option(None, "-o", "--output", help="write figures as JSON"),
     histogram: Path | None = typer.Option(None, "--histogram", help="latency histogram PNG"),
     soak: Path | None = typer.Option(
@@ -45,7 +48,7 @@ def bench(
     model_url = model_url.rstrip("/")
     key = os.environ.get("KILN_API_KEY")  # a client's key, not the server's list
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    body = _request_body(model_url, payload, batch, headers)
+    body, headers = _request_body(model_url, payload, batch, binary_tensors, headers)
     if soak is not None and rate is None:
         raise ServeError("--soak sends a fixed rate: give --rate")
     sampler = None
@@ -80,14 +83,20 @@ def bench(
         _print_soak(summary, soak)
 
 
-def _request_body(model_url: str, payload: Path | None, batch: int, headers: dict) -> bytes:
-    """The payload file, else a request of random values in the model's first input."""
-    from kiln.bench.load import body_for, fetch_metadata
+def _request_body(
+    model_url: str, payload: Path | None, batch: int, binary: bool, headers: dict
+) -> tuple[bytes, dict]:
+    """The payload file, else a request of random values in the model's first input (as JSON,
+    or with the binary tensor extension); and the headers to send it with."""
+    from kiln.bench.load import binary_body_for, body_for, fetch_metadata
 
+    if payload is None and binary:
+        body, extra = binary_body_for(fetch_metadata(model_url, headers), batch)
+        return body, {**headers, **extra}
     if payload is None:
-        return body_for(fetch_metadata(model_url, headers), batch)
+        return body_for(fetch_metadata(model_url, headers), batch), headers
     try:
-        return payload.read_bytes()
+        return payload.read_bytes(), headers
     except OSError as e:
         raise ServeError(f"cannot read payload {payload}: {e.strerror}") from None
 

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 import kiln
 from kiln.errors import KilnError, ModelNotFoundError
+from kiln.serve.replica import binary
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
 from kiln.serve.replica.middleware import BodyLimit, RootPathAsSlash
@@ -37,7 +38,17 @@ JSON = "application/json"
 INFER_BODY = {
     "requestBody": {
         "required": True,
-        "content": {JSON: {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}},
+        "description": (
+            "JSON, or with the binary tensor data extension: send the header "
+            f"{binary.HEADER_LENGTH}: N, the first N bytes are this JSON (inputs with a "
+            "binary_data_size parameter instead of data), then each such input's raw "
+            "little-endian bytes in order. Outputs come back in binary when the request's "
+            "parameters say binary_data_output, or an output's say binary_data."
+        ),
+        "content": {
+            JSON: {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            binary.CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
     }
 }
 
@@ -60,6 +71,20 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     @api.get("/ready", responses=ERRORS)
     def ready() -> dict[str, bool]:
         return {"ready": True}  # a replica exists only once its model has loaded
+
+    @api.get(
+        "/versions/{version}",
+        response_model=ModelMetadata,
+        responses=ERRORS,
+        dependencies=keys.required,
+    )
+    async def version_metadata(version: int) -> ModelMetadata:
+        return endpoint.metadata(await endpoint.predictor(version))
+
+    @api.get("/versions/{version}/ready", responses=ERRORS)
+    async def version_ready(version: int) -> dict[str, bool]:
+        await endpoint.predictor(version)  # loaded (and kept) now, or 404
+        return {"ready": True}
 
     answers = {200: {"model": InferenceResponse}, **ERRORS}
 
@@ -84,9 +109,12 @@ async def _timed(endpoint: ModelEndpoint, request: Request, version: int | None)
     start = time.perf_counter()
     code, answered = 200, version or endpoint.current.version
     try:
-        body = parse_request(await request.body())
-        answered, content = await endpoint.infer(body, version)
-        return Response(content, media_type=JSON)
+        body = parse_request(await request.body(), request.headers.get(binary.HEADER_LENGTH))
+        answered, content, header_length = await endpoint.infer(body, version)
+        if header_length is None:
+            return Response(content, media_type=JSON)
+        headers = {binary.HEADER_LENGTH: str(header_length)}
+        return Response(content, media_type=binary.CONTENT_TYPE, headers=headers)
     except KilnError as e:
         code = status_of(e)
         return JSONResponse({"error": str(e)}, code)
@@ -115,7 +143,7 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
 
     @api.get("/v2", response_model=ServerMetadata)
     def server_metadata() -> ServerMetadata:
-        return ServerMetadata(name="kiln", version=kiln.__version__, extensions=[])
+        return ServerMetadata(name="kiln", version=kiln.__version__, extensions=[binary.EXTENSION])
 
     @api.get("/v2/health/live")
     def live() -> dict[str, bool]:
@@ -135,6 +163,14 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
 
     @api.get("/v2/models/{name}/ready", responses=ERRORS)
     async def model_ready(name: str) -> JSONResponse:
+        return await _not_served(name, models)
+
+    @api.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
+    async def version_metadata(name: str, version: int) -> JSONResponse:
+        return await _not_served(name, models)
+
+    @api.get("/v2/models/{name}/versions/{version}/ready", responses=ERRORS)
+    async def version_ready(name: str, version: int) -> JSONResponse:
         return await _not_served(name, models)
 
     answers = {200: {"model": InferenceResponse}, **ERRORS}

@@ -27,7 +27,7 @@ from kiln.serve.replica.protocol import (
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
-    encode,
+    encode_response,
     pick_input,
 )
 
@@ -63,9 +63,12 @@ class ModelEndpoint:
 
     # --- the protocol ----------------------------------------------------------------------
 
-    async def infer(self, request: InferenceRequest, version: int | None = None) -> tuple[int, str]:
-        """The version that answered and the response as JSON text. Raises RequestError (400)
-        or ModelNotFoundError (404)."""
+    async def infer(
+        self, request: InferenceRequest, version: int | None = None
+    ) -> tuple[int, bytes, int | None]:
+        """The version that answered, the response body, and the length of its JSON header
+        when outputs follow it in binary. Raises RequestError (400) or ModelNotFoundError
+        (404)."""
         predictor = await self.predictor(version)
         x = predictor.prepare(*pick_input(request.inputs, predictor.inputs))
         if self.batching.max_batch_size > 1:
@@ -74,15 +77,14 @@ class ModelEndpoint:
             outputs = predictor.run(x)
             self.metrics.batched(predictor.version, len(x))
         response = InferenceResponse(
-            model_name=self.name,
-            model_version=str(predictor.version),
-            id=request.id,
-            outputs=[encode(name, outputs[name]) for name in _wanted(request, outputs)],
+            model_name=self.name, model_version=str(predictor.version), id=request.id, outputs=[]
         )
-        return predictor.version, response.model_dump_json(exclude_none=True)
+        wanted = {name: outputs[name] for name in _wanted(request, outputs)}
+        return predictor.version, *encode_response(request, response, wanted)
 
-    def metadata(self) -> ModelMetadata:
-        current = self.current
+    def metadata(self, predictor: Predictor | None = None) -> ModelMetadata:
+        """Of the version answering unversioned calls, or of `predictor`'s version."""
+        current = predictor or self.current
         return ModelMetadata(
             name=self.name,
             versions=[str(v) for v in self.registry.versions(self.registered_name)],

@@ -53,8 +53,9 @@ class Predictor:
         return np.zeros([1, *first.shape[1:]], dtype=dtype)
 
     def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
-        """One request's input (input number `index` of `self.inputs`) as a model input."""
-        return torch.from_numpy(np.ascontiguousarray(array))
+        """One request's input (input number `index` of `self.inputs`) as a model input. A
+        binary request's tensor is a read-only view of the body: torch gets a copy of it."""
+        return torch.from_numpy(np.require(array, requirements=["C", "W"]))
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """The Open Inference Protocol (KServe v2) REST messages, and tensors in and out of them.
 
 Spec: https://github.com/kserve/open-inference-protocol (REST). Clients of KServe, Triton and
-MLServer send these bodies unchanged:
+MLServer send these bodies unchanged, as JSON or with the binary tensor data extension
+(kiln.serve.replica.binary, Triton's clients' default):
 
     POST /v2/models/digits-cnn/infer
     {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [...]}]}
@@ -12,9 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from kiln.errors import RequestError
+from kiln.serve.replica import binary
 
 DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -42,12 +44,17 @@ class RequestInput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any]  # flat, or nested in row-major order
+    data: list[Any] | None = None  # flat, or nested in row-major order; None when binary
+    _raw: memoryview | None = PrivateAttr(None)  # its bytes, with the binary extension
+
+    @property
+    def binary_size(self) -> Any:
+        return (self.parameters or {}).get("binary_data_size")
 
 
 class RequestOutput(BaseModel):
     name: str
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = None  # {"binary_data": true}: answered in binary
 
 
 class InferenceRequest(BaseModel):
@@ -70,8 +77,8 @@ class ResponseOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any]
+    parameters: dict[str, Any] | None = None  # {"binary_data_size": n} for binary data
+    data: list[Any] | None = None
 
 
 class InferenceResponse(BaseModel):
@@ -101,12 +108,21 @@ class ErrorBody(BaseModel):
     error: str
 
 
-def parse_request(body: bytes) -> InferenceRequest:
-    """Whatever the Content-Type says (curl -d sends a form type), the body must be JSON."""
+def parse_request(body: bytes, header_length: str | None = None) -> InferenceRequest:
+    """Whatever the Content-Type says (curl -d sends a form type), the body is JSON, or with
+    `header_length` (the Inference-Header-Content-Length header) a JSON header and tensors."""
+    header, raw = binary.split(body, header_length)
     try:
-        return InferenceRequest.model_validate_json(body)
+        request = InferenceRequest.model_validate_json(header)
     except ValidationError as e:
         raise RequestError(describe(e.errors())) from None
+    sized = [(i.name, i.binary_size) for i in request.inputs if i.binary_size is not None]
+    parts = binary.slices(raw, sized)
+    for given in request.inputs:
+        given._raw = parts.get(given.name)
+        if given._raw is None and given.data is None:
+            raise RequestError(f"input {given.name!r} has no data (nor a binary_data_size)")
+    return request
 
 
 def describe(errors: Sequence[Any]) -> str:
@@ -128,10 +144,11 @@ def decode(given: RequestInput, expected: TensorMetadata) -> np.ndarray:
         raise RequestError(f"{what} has shape {given.shape}; expected {expected.shape}")
     if given.shape[0] == 0:
         raise RequestError(f"{what} is an empty batch; send at least one example")
-    try:
-        array = np.asarray(given.data, dtype=DTYPES[given.datatype])
-    except (ValueError, TypeError, OverflowError):
-        raise RequestError(f"{what}: data are not all {given.datatype} values") from None
+    if given._raw is not None:
+        dtype = None if given.datatype == "BYTES" else np.dtype(DTYPES[given.datatype])
+        array = binary.tensor(given._raw, dtype, math.prod(given.shape), what)
+    else:
+        array = _from_json(given.data, given.datatype, what)
     if array.size != math.prod(given.shape):
         raise RequestError(
             f"{what}: {array.size} values do not fill shape {given.shape} "
@@ -142,11 +159,47 @@ def decode(given: RequestInput, expected: TensorMetadata) -> np.ndarray:
     return array.reshape(given.shape)
 
 
-def encode(name: str, array: np.ndarray) -> ResponseOutput:
+def _from_json(data: Any, datatype: str, what: str) -> np.ndarray:
+    try:
+        return np.asarray(data, dtype=DTYPES[datatype])
+    except (ValueError, TypeError, OverflowError):
+        raise RequestError(f"{what}: data are not all {datatype} values") from None
+
+
+def encode(name: str, array: np.ndarray, raw: bytes | None = None) -> ResponseOutput:
+    """An output as JSON data, or, given its `raw` bytes, as their size (binary extension)."""
     datatype = "BYTES" if array.dtype.kind in "OUS" else NAMES[array.dtype]
+    if raw is not None:
+        parameters = {"binary_data_size": len(raw)}
+        return ResponseOutput(
+            name=name, shape=list(array.shape), datatype=datatype, parameters=parameters
+        )
     return ResponseOutput(
         name=name, shape=list(array.shape), datatype=datatype, data=array.ravel().tolist()
     )
+
+
+def encode_response(
+    request: InferenceRequest, response: InferenceResponse, outputs: dict[str, np.ndarray]
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when any output is binary (the
+    Inference-Header-Content-Length to send). `response.outputs` is filled in here."""
+    raws: list[bytes] = []
+    for name, array in outputs.items():
+        raw = binary.to_bytes(array) if wants_binary(request, name) else None
+        response.outputs.append(encode(name, array, raw))
+        raws += [raw] if raw is not None else []
+    header = response.model_dump_json(exclude_none=True).encode()
+    return (b"".join([header, *raws]), len(header)) if raws else (header, None)
+
+
+def wants_binary(request: InferenceRequest, output: str) -> bool:
+    """An output's own `binary_data` parameter, else the request's `binary_data_output`."""
+    default = bool((request.parameters or {}).get("binary_data_output", False))
+    for wanted in request.outputs or []:
+        if wanted.name == output:
+            return bool((wanted.parameters or {}).get("binary_data", default))
+    return default
 
 
 def pick_input(

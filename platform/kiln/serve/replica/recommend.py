@@ -174,7 +174,12 @@ def recommend_api(endpoint: RecommendEndpoint, keys: ApiKeys, max_k: int) -> Fas
     body = {
         "oneOf": [
             {"$ref": "#/components/schemas/Event"},
-            {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+            {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/Event"},
+                "minItems": 1,
+                "maxItems": MAX_EVENTS,
+            },
         ]
     }
 

@@ -1,0 +1,58 @@
+"""Triton's own HTTP client, with its defaults (binary tensors in and out) and with JSON,
+against serving/digits.yaml on Ray Serve: what a Triton or KServe user runs unchanged."""
+
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from tests.serve.conftest import API_KEY, SECURED
+from tests.serve.test_endpoints import validation_split
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture
+def client(serving):
+    client = triton.InferenceServerClient(serving.removeprefix("http://"), network_timeout=60)
+    yield client
+    client.close()
+
+
+def classify(client, name: str, x: np.ndarray, binary: bool, **kwargs) -> list[int]:
+    labels = []
+    for batch in np.array_split(x, 6):
+        tensor = triton.InferInput("input", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch, binary_data=binary)
+        outputs = None if binary else [triton.InferRequestedOutput("label", binary_data=False)]
+        result = client.infer(name, [tensor], outputs=outputs, **kwargs)
+        labels += [int(label) for label in result.as_numpy("label")]
+    return labels
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["defaults-binary", "json"])
+def test_triton_client_classifies_at_the_registered_accuracy(client, digits_models, binary):
+    data, best = validation_split(digits_models, "digits-cnn@production")
+    labels = classify(client, "digits-cnn", data.x_val, binary)
+    accuracy = float(np.mean(np.array(labels) == data.y_val))
+    assert accuracy == pytest.approx(best["val_accuracy"], abs=1e-9)
+
+
+def test_triton_client_health_metadata_and_readiness(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    assert client.is_model_ready("digits-cnn") and client.is_model_ready("digits-cnn", "1")
+    assert not client.is_model_ready("digits-cnn", "99")
+    metadata = client.get_model_metadata("digits-cnn", "1")
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    assert metadata["parameters"]["version"] == 1
+    assert client.get_model_metadata("digits-cnn")["name"] == "digits-cnn"
+
+
+def test_triton_client_with_and_without_the_key(client):
+    x = np.zeros((6, 1, 8, 8), np.float32)  # one example per request
+    right = {"Authorization": f"Bearer {API_KEY}"}
+    assert len(classify(client, SECURED, x, binary=True, headers=right)) == 6
+    with pytest.raises(InferenceServerException) as refused:
+        classify(client, SECURED, x, binary=True, headers={"Authorization": "Bearer wrong"})
+    assert refused.value.status() == "401"
