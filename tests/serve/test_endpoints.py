@@ -60,6 +60,27 @@ def test_model_metadata_and_readiness(http, digits_models):
     assert rnn["inputs"][0]["shape"] == [-1, 8, 8]
 
 
+def test_each_model_documents_its_own_input(http):
+    """A client generated from a model's OpenAPI document sends the input it takes."""
+    for name, tensors in [
+        ("digits-cnn", [("input", "FP32", [None, 1, 8, 8])]),
+        ("digits-gan", [("latent", "FP32", [None, 32]), ("seed", "INT64", [None])]),
+    ]:
+        schemas = http.get(f"/v2/models/{name}/openapi.json").json()["components"]["schemas"]
+        assert schemas["InferenceRequest"]["properties"]["inputs"]["maxItems"] == 1
+        documented = []
+        for choice in schemas["RequestInput"]["oneOf"]:
+            shape = choice["properties"]["shape"]["prefixItems"]
+            documented.append(
+                (
+                    choice["properties"]["name"]["const"],
+                    choice["properties"]["datatype"]["const"],
+                    [d.get("const") for d in shape],
+                )
+            )
+        assert documented == tensors
+
+
 def test_unknown_model_and_version_are_404(http):
     body = infer_body(np.zeros((1, 1, 8, 8), np.float32))
     for path in [

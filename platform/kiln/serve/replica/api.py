@@ -26,6 +26,7 @@ from kiln.serve.replica.protocol import (
     ModelMetadata,
     ServerMetadata,
     describe,
+    narrow_to,
     parse_request,
 )
 
@@ -62,7 +63,9 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     api.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     api.add_middleware(RootPathAsSlash)
     answer_errors_as_protocol(api)
-    document_schemas(api, InferenceRequest)
+    document_schemas(
+        api, InferenceRequest, narrow=lambda schemas: narrow_to(schemas, endpoint.current.inputs)
+    )
 
     @api.get("/", response_model=ModelMetadata, responses=ERRORS, dependencies=keys.required)
     def metadata() -> ModelMetadata:
@@ -223,8 +226,13 @@ def answer_errors_as_protocol(api: FastAPI) -> None:
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, 500)
 
 
-def document_schemas(api: FastAPI, *models: type[BaseModel]) -> None:
-    """Add request models that no route declares as a parameter to the OpenAPI components."""
+def document_schemas(
+    api: FastAPI,
+    *models: type[BaseModel],
+    narrow: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Add request models that no route declares as a parameter to the OpenAPI components;
+    `narrow(schemas)` may then tighten them to what this app accepts."""
     generate = api.openapi
 
     def openapi() -> dict[str, Any]:
@@ -234,6 +242,8 @@ def document_schemas(api: FastAPI, *models: type[BaseModel]) -> None:
                 body = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(body.pop("$defs", {}))
                 components[model.__name__] = body
+            if narrow is not None:
+                narrow(components)
         return api.openapi_schema or {}
 
     api.openapi = openapi  # type: ignore[method-assign]

@@ -217,6 +217,20 @@ def pick_input(
     raise RequestError(f"unknown input {given.name!r}; this model takes {names}")
 
 
+def narrow_to(schemas: dict[str, Any], accepted: list[TensorMetadata]) -> None:
+    """The OpenAPI components of one model's document: a request takes one input, named,
+    typed and shaped as this model takes it (any batch size)."""
+    schemas["InferenceRequest"]["properties"]["inputs"]["maxItems"] = 1
+    schemas["RequestInput"]["oneOf"] = [_input_schema(tensor) for tensor in accepted]
+
+
+def _input_schema(tensor: TensorMetadata) -> dict[str, Any]:
+    dims = [{"type": "integer", "minimum": 1} if d == -1 else {"const": d} for d in tensor.shape]
+    shape = {"type": "array", "prefixItems": dims, "minItems": len(dims), "maxItems": len(dims)}
+    name, datatype = {"const": tensor.name}, {"const": tensor.datatype}
+    return {"properties": {"name": name, "datatype": datatype, "shape": shape}}
+
+
 def _fits(shape: list[int], expected: list[int]) -> bool:
     return len(shape) == len(expected) and all(
         e == -1 and s >= 0 or s == e for s, e in zip(shape, expected, strict=True)
