@@ -53,8 +53,9 @@ def recommender(ray_cluster):
 
 
 @pytest.fixture(scope="package")
-def serving(digits_models, recommender, tmp_path_factory):
-    """The base URL of serving/digits.yaml, plus a copy of the CNN that needs an API key."""
+def serving_config(digits_models, recommender, tmp_path_factory):
+    """serving/digits.yaml, plus a copy of the CNN that needs an API key; deployed by
+    `serving`, and shut down when the package's tests are done."""
     from kiln.serve.control import deploy
 
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
@@ -66,8 +67,25 @@ def serving(digits_models, recommender, tmp_path_factory):
             for d in app["deployments"]:  # one replica each: 2 CPUs hold them and the client
                 d["autoscaling_config"] = {**d["autoscaling_config"], "max_replicas": 1}
     config["applications"].append(secured_copy(config, keys))
-    with deployed(config) as url:
-        yield url
+    yield config
+    dashboard = dashboard_url()
+    deploy.shutdown(dashboard)
+    wait_until_gone(dashboard)
+
+
+@pytest.fixture
+def serving(serving_config) -> str:
+    """The base URL of `serving_config`, deployed again when a test module in between
+    deployed its own config (a deploy is the whole cluster's Serve state, see `deployed`)."""
+    from kiln.serve.control import deploy
+
+    dashboard = dashboard_url()
+    running = deploy.details(dashboard).get("applications", {})
+    wanted = [a["name"] for a in serving_config["applications"]]
+    if any(running.get(name, {}).get("status") != "RUNNING" for name in wanted):
+        deploy.deploy(serving_config, dashboard)
+        deploy.wait_until_running(serving_config, dashboard, timeout_s=240)
+    return f"http://127.0.0.1:{PORT}"
 
 
 @contextlib.contextmanager
