@@ -1,10 +1,14 @@
 """Kiln's digits-cnn endpoint against a plain FastAPI + uvicorn server of the same model, in
 one run, with the same load generator and payload: throughput and p50/p99 at concurrency 1
 and 32, Kiln with batching on and off, with one and two replicas, and with JSON and binary
-tensors (the Open Inference Protocol's binary extension, Triton's default). Figures go to
-bench-results/serve.json; the ratios are Kiln / plain at the same concurrency."""
+tensors (the Open Inference Protocol's binary extension, Triton's default). Beside speed, the
+CPU each answered request costs over every process of the path (HAProxy, Serve's proxy, the
+replica, Ray's own, or uvicorn): the machine's busy CPU time during the run, less the load
+generator's own, per answered request. Figures go to bench-results/serve.json; the ratios are
+Kiln / plain at the same concurrency."""
 
 import asyncio
+import contextlib
 import copy
 import json
 import os
@@ -15,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -22,7 +27,7 @@ from kiln.bench.load import binary_body_for, body_for, generate_load
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-results" / "serve.json"
-SECONDS, WARMUP = 8.0, 2.0
+SECONDS, WARMUP = 10.0, 2.0
 CONCURRENCY = (1, 32)
 KILN_SETUPS = {  # name: (replicas, max_batch_size)
     "kiln, 1 replica, no batching": (1, 1),
@@ -32,14 +37,47 @@ KILN_SETUPS = {  # name: (replicas, max_batch_size)
 
 
 def measure(url: str, body: bytes, headers: dict | None = None) -> dict:
-    return {
-        c: asyncio.run(
+    return {c: measure_at(url, body, headers, c) for c in CONCURRENCY}
+
+
+def measure_at(url: str, body: bytes, headers: dict | None, concurrency: int) -> dict:
+    def load(seconds: float):
+        return asyncio.run(
             generate_load(
-                url, body, concurrency=c, duration_s=SECONDS, warmup_s=WARMUP, headers=headers
+                url, body, concurrency=concurrency, duration_s=seconds, warmup_s=0, headers=headers
             )
-        ).summary()
-        for c in CONCURRENCY
-    }
+        )
+
+    load(WARMUP)
+    with busy_cpu() as spent:
+        summary = load(SECONDS).summary()
+    summary["cpu_ms_per_request"] = round(spent["seconds"] * 1000 / max(summary["ok"], 1), 3)
+    return summary
+
+
+@contextlib.contextmanager
+def busy_cpu():
+    """Busy CPU seconds of the whole machine while the block runs, less this process's own
+    (the load generator's): what every process serving the requests spent."""
+    machine, own = _busy(psutil.cpu_times()), psutil.Process().cpu_times()
+    spent: dict[str, float] = {}
+    yield spent
+    after = psutil.Process().cpu_times()
+    generator = (after.user + after.system) - (own.user + own.system)
+    spent["seconds"] = _busy(psutil.cpu_times()) - machine - generator
+
+
+def _busy(times) -> float:
+    return sum(
+        getattr(times, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal")
+    )
+
+
+def idle_cores(seconds: float = 5.0) -> float:
+    """Cores kept busy with no load at all (Ray's and the server's background work)."""
+    with busy_cpu() as spent:
+        time.sleep(seconds)
+    return round(spent["seconds"] / seconds, 3)
 
 
 def train_model() -> None:
@@ -93,12 +131,14 @@ def main() -> None:
 
     registry = ModelRegistry.open().uri
     results: dict = {}
+    idle: dict = {}
 
     port = free_port()
     server = plain_server(registry, port)
     url = f"http://127.0.0.1:{port}/v2/models/digits-cnn"
     body = body_for(METADATA)  # one random 8x8 image, the same bytes for every server
     try:
+        idle["plain fastapi + uvicorn"] = idle_cores()
         results["plain fastapi + uvicorn"] = measure(f"{url}/infer", body)
     finally:
         server.terminate()
@@ -111,19 +151,20 @@ def main() -> None:
         deploy.deploy(config, dashboard)  # batch size alone changes in place (user_config)
         deploy.wait_until_running(config, dashboard)
         time.sleep(3)  # replicas that were just replaced finish draining
+        idle[name] = idle_cores()
         url = f"http://127.0.0.1:{port}/v2/models/digits-cnn/infer"
         results[name] = measure(url, body)
         if (replicas, batch) == (1, 16):  # the same image as raw bytes, answers in binary
             results[f"{name}, binary"] = measure(url, *binary_body_for(METADATA))
     deploy.shutdown(dashboard)
     ray.shutdown()
-    report(results)
+    report(results, idle)
 
 
 METADATA = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]}
 
 
-def report(results: dict) -> None:
+def report(results: dict, idle: dict) -> None:
     plain = results["plain fastapi + uvicorn"]
     for runs in results.values():
         for c, figures in runs.items():
@@ -131,8 +172,13 @@ def report(results: dict) -> None:
                 figures["throughput_rps"] / plain[c]["throughput_rps"], 3
             )
             figures["p99_vs_plain"] = round(figures["p99_ms"] / plain[c]["p99_ms"], 3)
+            figures["cpu_vs_plain"] = round(
+                figures["cpu_ms_per_request"] / plain[c]["cpu_ms_per_request"], 3
+            )
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"seconds": SECONDS, "results": results}, indent=2))
+    OUT.write_text(
+        json.dumps({"seconds": SECONDS, "idle_cores": idle, "results": results}, indent=2)
+    )
     table = Table(
         "server",
         "c",
@@ -141,6 +187,8 @@ def report(results: dict) -> None:
         "p99 ms",
         "× plain req/s",
         "× plain p99",
+        "CPU ms/req",
+        "× plain CPU",
         "errors",
         title=f"serving digits-cnn, {SECONDS:g} s per run (same load generator)",
     )
@@ -154,9 +202,12 @@ def report(results: dict) -> None:
                 f"{f['p99_ms']:.2f}",
                 f"{f['throughput_vs_plain']:.2f}",
                 f"{f['p99_vs_plain']:.2f}",
+                f"{f['cpu_ms_per_request']:.2f}",
+                f"{f['cpu_vs_plain']:.2f}",
                 str(sum(f["errors"].values())),
             )
-    Console().print(table)
+    Console(width=160).print(table)
+    print("cores busy with no load:", json.dumps(idle))
     print(f"figures: {OUT}")
 
 
