@@ -25,8 +25,6 @@ from kiln.errors import ServeError
 from kiln.serve.replica import binary
 from kiln.serve.replica.protocol import DTYPES
 
-RANDOM = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
-
 
 @dataclass
 class LoadResult:
@@ -162,8 +160,8 @@ def random_input(metadata: dict[str, Any], batch: int, seed: int) -> tuple[dict,
     first = metadata["inputs"][0]
     shape = [batch if d == -1 else d for d in first["shape"]]
     rng = np.random.default_rng(seed)
-    if first["datatype"] in RANDOM:
-        data = rng.random(shape).astype(RANDOM[first["datatype"]])
+    if first["datatype"].startswith("FP"):
+        data = rng.random(shape).astype(DTYPES[first["datatype"]])
     else:  # integer ids: small values are valid for every id-taking model
         data = rng.integers(0, 2, shape)
     return {"name": first["name"], "datatype": first["datatype"], "shape": shape}, data
