@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED ?= 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench lint install clean protos
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ lint: $(STAMP)  ## ruff, mypy, and the import contract (pyproject.toml: tool.imp
 	$(BIN)/ruff format --check platform tests
 	$(BIN)/mypy platform/kiln
 	$(BIN)/lint-imports
+
+# The gRPC stubs of the Open Inference Protocol, committed beside their .proto. Kiln's messages
+# get a descriptor pool of their own: their `inference.*` names are the protocol's, and a process
+# that also imports Triton's or KServe's stubs would otherwise fail with "duplicate symbol".
+PROTOS := kiln/serve/replica/protos
+protos: $(STAMP)  ## regenerate platform/kiln/serve/replica/protos/*_pb2*.py from the .proto
+	cd platform && ../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
+		--grpc_python_out=. $(PROTOS)/open_inference.proto
+	sed -i 's/_descriptor_pool.Default()/_descriptor_pool.DescriptorPool()/' \
+		platform/$(PROTOS)/open_inference_pb2.py
 
 clean:
 	rm -rf $(VENV) .kiln bench-results .pytest_cache .ruff_cache .mypy_cache

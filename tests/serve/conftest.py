@@ -15,6 +15,7 @@ QUICK = {"digits-mlp": 3, "digits-rnn": 3, "digits-gan": 3}  # epochs: serving n
 API_KEY = "kiln-test-key-3f9a"
 # Serve keeps the HTTP port of its first start in a cluster: every deploy here uses this one.
 PORT = free_port()
+GRPC_PORT = free_port()
 SECURED = "digits-cnn-secured"
 
 
@@ -60,7 +61,7 @@ def serving_config(digits_models, recommender, tmp_path_factory):
 
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"{API_KEY}\nanother-key\n")
-    config = deploy.load_config(ROOT / "serving" / "digits.yaml", port=PORT)
+    config = deploy.load_config(ROOT / "serving" / "digits.yaml", port=PORT, grpc_port=GRPC_PORT)
     for app in config["applications"]:
         if app["import_path"] == deploy.MODEL_APP:
             app["args"]["watch_interval_s"] = 0.5

@@ -15,7 +15,7 @@ import pytest
 
 from kiln.bench.load import LoadResult, body_for, generate_load
 from tests.conftest import ROOT
-from tests.serve.conftest import PORT, dashboard_url, deployed
+from tests.serve.conftest import GRPC_PORT, PORT, dashboard_url, deployed
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 APP = "digits-mlp"
@@ -25,7 +25,9 @@ def mlp_config(**deployment: object) -> dict:
     """serving/digits.yaml with only digits-mlp, its deployment changed by `deployment`."""
     from kiln.serve.control import deploy
 
-    config = deploy.load_config(ROOT / "serving" / "digits.yaml", port=PORT, only=[APP])
+    config = deploy.load_config(
+        ROOT / "serving" / "digits.yaml", port=PORT, only=[APP], grpc_port=GRPC_PORT
+    )
     app = next(a for a in config["applications"] if a["name"] == APP)
     app["deployments"] = [{**app["deployments"][0], **deployment}]
     return config

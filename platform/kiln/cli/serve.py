@@ -226,4 +226,10 @@ def _print_urls(config: dict[str, Any]) -> None:
     for application in config["applications"]:
         console.print(f"  {application['name']:<14} {base}{application['route_prefix']}")
     console.print(f"  docs           {base}/docs")
+    if grpc := config.get("grpc_options", {}).get("grpc_servicer_functions"):
+        grpc_port = config["grpc_options"].get("port", 9000)
+        console.print(
+            f"  gRPC           127.0.0.1:{grpc_port} ({len(grpc)} service; "
+            "name the model in each call's `application` metadata)"
+        )
     console.print(f"  metrics        http://127.0.0.1:{METRICS_PORT}/metrics (Prometheus)")

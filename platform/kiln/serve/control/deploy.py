@@ -30,14 +30,18 @@ def load_config(
     registry: str | None = None,
     port: int | None = None,
     only: Collection[str] = (),
+    grpc_port: int | None = None,
 ) -> dict[str, Any]:
-    """The config as Ray will receive it: checked, with the registry URI filled in. `only`
+    """The config as Ray will receive it: checked, with the registry URI filled in (`port`
+    and `grpc_port` replace the file's HTTP and gRPC ports). `only`
     keeps the named model applications (and the others: index, recommendations) and drops the
     other model applications."""
     source = str(path)
     raw = read_config(path)
     if port is not None:
         raw.setdefault("http_options", {})["port"] = port
+    if grpc_port is not None and "grpc_options" in raw:
+        raw["grpc_options"]["port"] = grpc_port
     if only:
         _keep(raw, only)
     for index, app in enumerate(raw["applications"]):

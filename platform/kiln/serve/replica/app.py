@@ -6,6 +6,8 @@
 
 Each model is its own application, so that a request crosses one hop (proxy to the model's
 replica), and each model scales, upgrades and fails on its own, as KServe's InferenceServices do.
+Over gRPC, the same applications answer `inference.GRPCInferenceService` (grpc_service.py) when
+the serving config's grpc_options name its servicer.
 """
 
 import asyncio
@@ -32,6 +34,7 @@ from kiln.serve.config import (
 from kiln.serve.replica.api import index_api, model_api
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
+from kiln.serve.replica.grpc_service import IndexService, ModelService
 from kiln.serve.replica.metrics import EndpointMetrics, RecommendMetrics
 from kiln.serve.replica.predictor import Recommender
 from kiln.serve.replica.recommend import RecommendEndpoint, recommend_api
@@ -68,7 +71,7 @@ def open_endpoint(
     user_config=Batching().model_dump(),
 )
 @serve.ingress()
-class ModelDeployment:
+class ModelDeployment(ModelService):  # ModelService: the same model over gRPC
     def __init__(self, args: dict[str, Any]):
         config = ModelArgs.model_validate(args)
         self.endpoint, self.keys = open_endpoint(
@@ -88,7 +91,7 @@ class ModelDeployment:
 
 @serve.deployment(name="Index", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=64)
 @serve.ingress()
-class IndexDeployment:
+class IndexDeployment(IndexService):
     def __serve_build_asgi_app__(self) -> FastAPI:
         return index_api(served_models)
 

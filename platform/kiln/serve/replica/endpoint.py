@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from ray import serve
 
@@ -63,12 +64,11 @@ class ModelEndpoint:
 
     # --- the protocol ----------------------------------------------------------------------
 
-    async def infer(
+    async def predict(
         self, request: InferenceRequest, version: int | None = None
-    ) -> tuple[int, bytes, int | None]:
-        """The version that answered, the response body, and the length of its JSON header
-        when outputs follow it in binary. Raises RequestError (400) or ModelNotFoundError
-        (404)."""
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        """The version that answered and the outputs the request asked for (all by default).
+        Raises RequestError (400) or ModelNotFoundError (404)."""
         predictor = await self.predictor(version)
         x = predictor.prepare(*pick_input(request.inputs, predictor.inputs))
         if self.batching.max_batch_size > 1:
@@ -76,11 +76,18 @@ class ModelEndpoint:
         else:
             outputs = predictor.run(x)
             self.metrics.batched(predictor.version, len(x))
+        return predictor.version, {name: outputs[name] for name in _wanted(request, outputs)}
+
+    async def infer(
+        self, request: InferenceRequest, version: int | None = None
+    ) -> tuple[int, bytes, int | None]:
+        """`predict`, as a REST body: the version that answered, the body, and the length of
+        its JSON header when outputs follow it in binary."""
+        answered, outputs = await self.predict(request, version)
         response = InferenceResponse(
-            model_name=self.name, model_version=str(predictor.version), id=request.id, outputs=[]
+            model_name=self.name, model_version=str(answered), id=request.id, outputs=[]
         )
-        wanted = {name: outputs[name] for name in _wanted(request, outputs)}
-        return predictor.version, *encode_response(request, response, wanted)
+        return answered, *encode_response(request, response, outputs)
 
     def metadata(self, predictor: Predictor | None = None) -> ModelMetadata:
         """Of the version answering unversioned calls, or of `predictor`'s version."""

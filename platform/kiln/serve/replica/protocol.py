@@ -168,7 +168,7 @@ def _from_json(data: Any, datatype: str, what: str) -> np.ndarray:
 
 def encode(name: str, array: np.ndarray, raw: bytes | None = None) -> ResponseOutput:
     """An output as JSON data, or, given its `raw` bytes, as their size (binary extension)."""
-    datatype = "BYTES" if array.dtype.kind in "OUS" else NAMES[array.dtype]
+    datatype = datatype_of(array)
     if raw is not None:
         parameters = {"binary_data_size": len(raw)}
         return ResponseOutput(
@@ -177,6 +177,10 @@ def encode(name: str, array: np.ndarray, raw: bytes | None = None) -> ResponseOu
     return ResponseOutput(
         name=name, shape=list(array.shape), datatype=datatype, data=array.ravel().tolist()
     )
+
+
+def datatype_of(array: np.ndarray) -> str:
+    return "BYTES" if array.dtype.kind in "OUS" else NAMES[array.dtype]
 
 
 def encode_response(

@@ -1,0 +1,100 @@
+"""Triton's own gRPC client against serving/digits.yaml on Ray Serve's gRPC ingress: the same
+models, the same answers, and the REST path's errors as gRPC status codes. Each call names its
+model's application in the `application` metadata, which Ray Serve's ingress routes by."""
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from tests.serve.conftest import API_KEY, GRPC_PORT, SECURED
+from tests.serve.test_endpoints import validation_split
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+CNN = {"application": "digits-cnn"}
+
+
+@pytest.fixture
+def client(serving):
+    client = triton.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}")
+    yield client
+    client.close()
+
+
+def classify(client, name: str, x: np.ndarray, headers: dict) -> list[int]:
+    labels = []
+    for batch in np.array_split(x, min(6, len(x))):
+        tensor = triton.InferInput("input", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)  # raw_input_contents, as Triton's client sends
+        result = client.infer(name, [tensor], headers=headers)
+        labels += [int(label) for label in result.as_numpy("label")]
+    return labels
+
+
+def test_triton_grpc_client_classifies_at_the_registered_accuracy(client, digits_models):
+    data, best = validation_split(digits_models, "digits-cnn@production")
+    labels = classify(client, "digits-cnn", data.x_val, CNN)
+    accuracy = float(np.mean(np.array(labels) == data.y_val))
+    assert accuracy == pytest.approx(best["val_accuracy"], abs=1e-9)
+
+
+def test_typed_contents_answer_as_raw_ones(serving, digits_models):
+    """Kiln's own stubs send `contents.fp32_contents`, the protocol's other tensor form."""
+    from kiln.serve.replica.protos import open_inference_pb2 as pb
+    from kiln.serve.replica.protos.open_inference_pb2_grpc import GRPCInferenceServiceStub
+
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    request = pb.ModelInferRequest(model_name="digits-cnn", id="typed")
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}") as channel:
+        answer = GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=list(CNN.items()))
+    assert answer.id == "typed" and answer.model_version == "1"
+    assert [o.name for o in answer.outputs] == ["probabilities", "label"]
+    probabilities = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(3, 10)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_triton_grpc_client_health_metadata_and_readiness(client):
+    assert client.is_server_live(headers=CNN) and client.is_server_ready(headers=CNN)
+    assert "binary_tensor_data" in client.get_server_metadata(headers=CNN).extensions
+    assert client.is_model_ready("digits-cnn", headers=CNN)
+    assert client.is_model_ready("digits-cnn", "1", headers=CNN)
+    assert not client.is_model_ready("digits-cnn", "99", headers=CNN)
+    metadata = client.get_model_metadata("digits-cnn", "1", headers=CNN, as_json=True)
+    assert metadata["inputs"] == [
+        {"name": "input", "datatype": "FP32", "shape": ["-1", "1", "8", "8"]}
+    ]
+    assert metadata["versions"] == ["1"] and metadata["platform"].startswith("pytorch_")
+
+
+def test_errors_are_grpc_status_codes_with_the_rest_messages(client):
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    secured = {"application": SECURED}
+    right = {**secured, "authorization": f"Bearer {API_KEY}"}
+    assert len(classify(client, SECURED, x, right)) == 2
+    wrong_key = {**secured, "authorization": "Bearer wrong"}
+    assert status_of(lambda: classify(client, SECURED, x, secured)) == "UNAUTHENTICATED"
+    assert status_of(lambda: classify(client, SECURED, x, wrong_key)) == "UNAUTHENTICATED"
+
+    wrong = triton.InferInput("input", [2, 64], "FP32")
+    wrong.set_data_from_numpy(x.reshape(2, 64))
+    error = raised(lambda: client.infer("digits-cnn", [wrong], headers=CNN))
+    assert error.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "input 'input' has shape [2, 64]; expected [-1, 1, 8, 8]" in error.message()
+    assert status_of(lambda: client.infer("digits-cnn", [wrong], "7", headers=CNN)) == "NOT_FOUND"
+    # The application and the model must agree; an unknown or missing application is Ray's 404.
+    assert status_of(lambda: classify(client, "digits-mlp", x, CNN)) == "NOT_FOUND"
+    assert status_of(lambda: classify(client, "nope", x, {"application": "nope"})) == "NOT_FOUND"
+    assert status_of(lambda: classify(client, "digits-cnn", x, {})) == "NOT_FOUND"
+
+
+def raised(call) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as error:
+        call()
+    return error.value
+
+
+def status_of(call) -> str:
+    return str(raised(call).status()).removeprefix("StatusCode.")
