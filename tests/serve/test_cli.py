@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, run_kiln
-from tests.serve.conftest import PORT, dashboard_url
+from tests.serve.conftest import GRPC_PORT, PORT, dashboard_url
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -27,9 +27,12 @@ def test_serve_detach_status_bench_shutdown(digits_models, tmp_path):
         dashboard,
         "--port",
         str(PORT),
+        "--grpc-port",
+        str(GRPC_PORT),
     )
     assert up.returncode == 0, up.stderr
     assert f"http://127.0.0.1:{PORT}/v2/models/digits-cnn" in up.stdout
+    assert f"127.0.0.1:{GRPC_PORT}" in up.stdout
     assert "no API keys" in up.stdout  # an open endpoint is said out loud
     try:
         status = run_kiln("serve", "status", "--address", dashboard, "--json")
@@ -67,6 +70,11 @@ def test_serve_detach_status_bench_shutdown(digits_models, tmp_path):
         binary = run_kiln("bench", url, "-c", "2", "-d", "2", "--warmup", "0", "--binary", "--json")
         assert binary.returncode == 0, binary.stderr
         figures = json.loads(binary.stdout)
+        assert figures["ok"] == figures["requests"] > 0 and figures["errors"] == {}
+        grpc_args = ["-c", "2", "-d", "2", "--warmup", "0", "--json"]
+        grpc = run_kiln("bench", url, "--grpc", f"127.0.0.1:{GRPC_PORT}", *grpc_args)
+        assert grpc.returncode == 0, grpc.stderr
+        figures = json.loads(grpc.stdout)
         assert figures["ok"] == figures["requests"] > 0 and figures["errors"] == {}
 
         soak = run_kiln(

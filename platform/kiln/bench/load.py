@@ -2,6 +2,7 @@
 
     result = asyncio.run(generate_load(url, body, concurrency=32, duration_s=10))
     result.summary()   # throughput, p50/p95/p99 latency, errors by status
+    asyncio.run(generate_grpc_load("127.0.0.1:9000", grpc_request_for(metadata), ...))
 
 Closed loop (`concurrency` clients, each sending when its last answer arrives) or open loop
 (`rate` requests per second on a fixed schedule, whatever the answers do: what a soak needs).
@@ -12,6 +13,7 @@ connection reuse for Kiln and for any baseline it is compared with.
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,32 +89,80 @@ async def generate_load(
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def send(result: LoadResult | None, start: float) -> None:
+        async def call() -> tuple[int, str | None]:
             nonlocal sent_count
             target = urls[sent_count % len(urls)]
             sent_count += 1
-            sent = time.perf_counter()
             method = "GET" if body is None else "POST"
             try:
                 async with session.request(method, target, data=body, headers=headers) as response:
                     await response.read()
-                    status, retry_after = response.status, response.headers.get("Retry-After")
+                    return response.status, response.headers.get("Retry-After")
             except (aiohttp.ClientError, asyncio.TimeoutError):
-                status, retry_after = 0, None
-            if result is not None:
-                result.started.append(sent - start)
-                result.latencies_ms.append((time.perf_counter() - sent) * 1000)
-                result.statuses.append(status)
-                result.retry_after.append(retry_after)
+                return 0, None
 
-        if warmup_s > 0:
-            await _closed_loop(send, None, concurrency, warmup_s)
-        result = LoadResult(duration_s)
-        if rate is None:
-            await _closed_loop(send, result, concurrency, duration_s)
-        else:
-            await _open_loop(send, result, rate, duration_s)
-        return result
+        return await run_load(call, concurrency, rate, duration_s, warmup_s)
+
+
+async def generate_grpc_load(
+    address: str,
+    request: Any,
+    *,
+    concurrency: int = 1,
+    rate: float | None = None,
+    duration_s: float = 10.0,
+    warmup_s: float = 1.0,
+    metadata: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> LoadResult:
+    """`ModelInfer(request)` over one HTTP/2 channel to `address` (host:port); statuses are
+    recorded as their HTTP equivalents (OK is 200)."""
+    import grpc
+
+    from kiln.serve.replica.grpc_service import http_status
+    from kiln.serve.replica.protos.open_inference_pb2_grpc import GRPCInferenceServiceStub
+
+    pairs = [(k.lower(), v) for k, v in (metadata or {}).items()]
+    async with grpc.aio.insecure_channel(address) as channel:
+        infer = GRPCInferenceServiceStub(channel).ModelInfer
+
+        async def call() -> tuple[int, str | None]:
+            try:
+                await infer(request, metadata=pairs, timeout=timeout_s)
+                return 200, None
+            except grpc.aio.AioRpcError as e:
+                return http_status(e.code()), None
+
+        return await run_load(call, concurrency, rate, duration_s, warmup_s)
+
+
+async def run_load(
+    call: Callable[[], Awaitable[tuple[int, str | None]]],
+    concurrency: int,
+    rate: float | None,
+    duration_s: float,
+    warmup_s: float,
+) -> LoadResult:
+    """`call()` (its status and Retry-After) closed loop, or open loop at `rate`, after a
+    warm-up whose calls are not recorded."""
+
+    async def send(result: LoadResult | None, start: float) -> None:
+        sent = time.perf_counter()
+        status, retry_after = await call()
+        if result is not None:
+            result.started.append(sent - start)
+            result.latencies_ms.append((time.perf_counter() - sent) * 1000)
+            result.statuses.append(status)
+            result.retry_after.append(retry_after)
+
+    if warmup_s > 0:
+        await _closed_loop(send, None, concurrency, warmup_s)
+    result = LoadResult(duration_s)
+    if rate is None:
+        await _closed_loop(send, result, concurrency, duration_s)
+    else:
+        await _open_loop(send, result, rate, duration_s)
+    return result
 
 
 async def _closed_loop(send: Any, result: LoadResult | None, clients: int, seconds: float) -> None:
@@ -154,6 +204,17 @@ def binary_body_for(
     header = json.dumps({**request, "parameters": {"binary_data_output": True}}).encode()
     headers = {"Content-Type": binary.CONTENT_TYPE, binary.HEADER_LENGTH: str(len(header))}
     return header + raw, headers
+
+
+def grpc_request_for(metadata: dict[str, Any], batch: int = 1, seed: int = 0) -> Any:
+    """The same request as a gRPC ModelInferRequest with raw contents (as Triton's sends)."""
+    from kiln.serve.replica.protos import open_inference_pb2 as pb
+
+    tensor, data = random_input(metadata, batch, seed)
+    request = pb.ModelInferRequest(model_name=metadata["name"])
+    request.inputs.add(**tensor)
+    request.raw_input_contents.append(binary.to_bytes(data.astype(DTYPES[tensor["datatype"]])))
+    return request
 
 
 def random_input(metadata: dict[str, Any], batch: int, seed: int) -> tuple[dict, np.ndarray]:

@@ -2,12 +2,14 @@
 
 kiln bench http://127.0.0.1:8000/v2/models/digits-cnn --concurrency 32 --duration 10
 kiln bench URL --rate 200 --duration 60 --histogram latency.png --output bench.json
+kiln bench URL --grpc 127.0.0.1:9000 --concurrency 32      # ModelInfer over gRPC
 """
 
 import asyncio
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -27,6 +29,12 @@ def bench(
     binary_tensors: bool = typer.Option(
         False, "--binary", help="generated requests use the binary tensor extension (Triton's)"
     ),
+    grpc_address: str | None = typer.Option(
+        None,
+        "--grpc",
+        help="send ModelInfer over gRPC to HOST:PORT instead (the model's application named in "
+        "the metadata); the model's metadata is still read from MODEL_URL",
+    ),
     output: Path | None = typer.Option(None, "-o", "--output", help="write figures as JSON"),
     histogram: Path | None = typer.Option(None, "--histogram", help="latency histogram PNG"),
     soak: Path | None = typer.Option(
@@ -41,30 +49,27 @@ def bench(
 ) -> None:
     """Send requests for a while; print throughput, p50/p95/p99 and errors. With --soak, a
     fixed rate for a long time: p50/p99 and errors per interval, and each replica's memory."""
-    from kiln.bench.load import draw_histogram, generate_load
+    from kiln.bench.load import draw_histogram
     from kiln.bench.soak import ReplicaSampler, draw_soak, soak_report
     from kiln.cluster.address import LOCAL_DASHBOARD, resolve_address
 
     model_url = model_url.rstrip("/")
     key = os.environ.get("KILN_API_KEY")  # a client's key, not the server's list
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    body, headers = _request_body(model_url, payload, batch, binary_tensors, headers)
     if soak is not None and rate is None:
         raise ServeError("--soak sends a fixed rate: give --rate")
+    if grpc_address and (payload or binary_tensors):
+        raise ServeError("--grpc sends generated raw tensors: leave out --payload and --binary")
+    load_of = {"concurrency": concurrency, "rate": rate, "duration_s": duration, "warmup_s": warmup}
+    if grpc_address:
+        sending = _grpc_load(model_url, grpc_address, batch, headers, load_of)
+    else:
+        body, headers = _request_body(model_url, payload, batch, binary_tensors, headers)
+        sending = _http_load(f"{model_url}/infer", body, headers, load_of)
     sampler = None
     if soak is not None:
         sampler = ReplicaSampler(resolve_address(address, fallback=LOCAL_DASHBOARD)).start()
-    result = asyncio.run(
-        generate_load(
-            f"{model_url}/infer",
-            body,
-            concurrency=concurrency,
-            rate=rate,
-            duration_s=duration,
-            warmup_s=warmup,
-            headers=headers,
-        )
-    )
+    result = asyncio.run(sending)
     load = f"{rate:g} req/s" if rate else f"concurrency {concurrency}"
     summary = {"url": model_url, "load": load, **result.summary()}
     if sampler is not None and soak is not None:
@@ -81,6 +86,22 @@ def bench(
     _print_summary(summary, f"{model_url}, {load}, {duration:g} s")
     if "intervals" in summary:
         _print_soak(summary, soak)
+
+
+def _http_load(url: str, body: bytes, headers: dict, load_of: dict) -> Any:
+    from kiln.bench.load import generate_load
+
+    return generate_load(url, body, headers=headers, **load_of)
+
+
+def _grpc_load(model_url: str, address: str, batch: int, headers: dict, load_of: dict) -> Any:
+    """ModelInfer calls with the model's application (the last part of MODEL_URL, as Kiln's
+    configs name applications after their models) and the API key as metadata."""
+    from kiln.bench.load import fetch_metadata, generate_grpc_load, grpc_request_for
+
+    request = grpc_request_for(fetch_metadata(model_url, headers), batch)
+    metadata = {"application": model_url.rsplit("/", 1)[-1], **headers}
+    return generate_grpc_load(address, request, metadata=metadata, **load_of)
 
 
 def _request_body(

@@ -50,13 +50,18 @@ def up(
     address: str | None = ADDRESS,
     detach: bool = typer.Option(False, "--detach", help="deploy and return"),
     port: int | None = typer.Option(None, "--port", help="HTTP port (default: the config's)"),
+    grpc_port: int | None = typer.Option(
+        None, "--grpc-port", help="gRPC port, where the config serves gRPC (default: the config's)"
+    ),
     only: list[str] = typer.Option([], "--only", help="serve only this model (repeatable)"),
     timeout: float = typer.Option(300, help="seconds to wait until every application runs"),
 ) -> None:
     """Deploy a serving config, wait until it is healthy, print its URLs."""
     from kiln.serve.control import deploy
 
-    configs = [deploy.load_config(path, port=port, only=only) for path in config_paths]
+    configs = [
+        deploy.load_config(path, port=port, only=only, grpc_port=grpc_port) for path in config_paths
+    ]
     if unknown := set(only) - {name for c in configs for name in deploy.model_names(c)}:
         raise SpecError(f"no model application {sorted(unknown)[0]!r} in {config_paths[0]}")
     config = deploy.merge(configs)

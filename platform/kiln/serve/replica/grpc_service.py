@@ -37,7 +37,15 @@ from kiln.serve.replica.protos import open_inference_pb2 as pb
 SERVICER = (
     "kiln.serve.replica.protos.open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
 )
-CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
 # Typed contents: the repeated field that holds each datatype's values (FP16 travels raw).
 CONTENTS = {
     "BOOL": "bool_contents",
@@ -116,7 +124,7 @@ class ModelService(ServerService):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, grpc_context: RayServegRPCContext
     ) -> pb.ModelInferResponse:
-        start, code, answered = time.perf_counter(), 200, None
+        start, answered = time.perf_counter(), None
 
         async def infer() -> pb.ModelInferResponse:
             nonlocal answered
@@ -127,8 +135,8 @@ class ModelService(ServerService):
         try:
             return await self._answer(grpc_context, infer, pb.ModelInferResponse)
         finally:
-            code = _http_code(grpc_context.code())
             latency_ms = (time.perf_counter() - start) * 1000
+            code = http_status(grpc_context.code())
             self.endpoint.metrics.answered(
                 answered or self.endpoint.current.version, code, latency_ms
             )
@@ -148,7 +156,9 @@ class ModelService(ServerService):
             grpc_context.set_details(str(e))
         except KilnError as e:
             not_found = isinstance(e, ModelNotFoundError)
-            grpc_context.set_code(CODES[404 if not_found else 400])
+            grpc_context.set_code(
+                grpc.StatusCode.NOT_FOUND if not_found else grpc.StatusCode.INVALID_ARGUMENT
+            )
             grpc_context.set_details(str(e))
         return empty()
 
@@ -273,10 +283,7 @@ def _tensor_metadata(tensor: TensorMetadata) -> pb.ModelMetadataResponse.TensorM
     )
 
 
-def _http_code(code: grpc.StatusCode | None) -> int:
-    """A call's status in the request metrics, which count REST calls by HTTP status."""
-    if code in (None, grpc.StatusCode.OK):
-        return 200
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return 401
-    return next((http for http, c in CODES.items() if c == code), 500)
+def http_status(code: grpc.StatusCode | None) -> int:
+    """A call's status as the HTTP status it stands for (metrics and `kiln bench` count REST
+    calls by HTTP status); codes without one count as 500."""
+    return HTTP_STATUS.get(code or grpc.StatusCode.OK, 500)
