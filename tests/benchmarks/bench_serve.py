@@ -1,10 +1,10 @@
 """Kiln's digits-cnn endpoint against a plain FastAPI + uvicorn server of the same model, in
 one run, with the same load generator and payload: throughput and p50/p99 at concurrency 1
-and 32, Kiln with batching on and off, with one and two replicas, and with JSON and binary
-tensors (the Open Inference Protocol's binary extension, Triton's default). Beside speed, the
-CPU each answered request costs over every process of the path (HAProxy, Serve's proxy, the
-replica, Ray's own, or uvicorn): the machine's busy CPU time during the run, less the load
-generator's own, per answered request. Figures go to bench-results/serve.json; the ratios are
+and 32, Kiln with batching on and off, with one and two replicas, and with JSON tensors, binary
+tensors (the Open Inference Protocol's binary extension, Triton's default) and gRPC. Beside
+speed, the CPU each answered request costs over every process of the path (HAProxy, Serve's
+proxy, the replica, Ray's own, or uvicorn): the machine's busy CPU time during the run, less the
+load generator's own, per answered request. Figures go to bench-results/serve.json; the ratios are
 Kiln / plain at the same concurrency."""
 
 import asyncio
@@ -23,7 +23,13 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from kiln.bench.load import binary_body_for, body_for, generate_load
+from kiln.bench.load import (
+    binary_body_for,
+    body_for,
+    generate_grpc_load,
+    generate_load,
+    grpc_request_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-results" / "serve.json"
@@ -37,20 +43,34 @@ KILN_SETUPS = {  # name: (replicas, max_batch_size)
 
 
 def measure(url: str, body: bytes, headers: dict | None = None) -> dict:
-    return {c: measure_at(url, body, headers, c) for c in CONCURRENCY}
+    """REST: POST `body` to `url`."""
+    return {
+        c: measure_at(lambda s, c=c: generate_load(url, body, **load_of(c, s), headers=headers))
+        for c in CONCURRENCY
+    }
 
 
-def measure_at(url: str, body: bytes, headers: dict | None, concurrency: int) -> dict:
-    def load(seconds: float):
-        return asyncio.run(
-            generate_load(
-                url, body, concurrency=concurrency, duration_s=seconds, warmup_s=0, headers=headers
-            )
+def measure_grpc(address: str, application: str) -> dict:
+    """gRPC: the same image as ModelInfer's raw_input_contents."""
+    request, metadata = grpc_request_for(METADATA), {"application": application}
+    return {
+        c: measure_at(
+            lambda s, c=c: generate_grpc_load(address, request, **load_of(c, s), metadata=metadata)
         )
+        for c in CONCURRENCY
+    }
 
-    load(WARMUP)
+
+def load_of(concurrency: int, seconds: float) -> dict:
+    return {"concurrency": concurrency, "duration_s": seconds, "warmup_s": 0}
+
+
+def measure_at(load) -> dict:
+    """`load(seconds)`, a coroutine giving a LoadResult, run once to warm up, then measured;
+    CPU ms per answered request is also CPU seconds per 1,000 requests."""
+    asyncio.run(load(WARMUP))
     with busy_cpu() as spent:
-        summary = load(SECONDS).summary()
+        summary = asyncio.run(load(SECONDS)).summary()
     summary["cpu_ms_per_request"] = round(spent["seconds"] * 1000 / max(summary["ok"], 1), 3)
     return summary
 
@@ -103,10 +123,12 @@ def plain_server(registry: str, port: int) -> subprocess.Popen:
     raise RuntimeError("the plain server did not start")
 
 
-def kiln_config(port: int, replicas: int, batch: int) -> dict:
+def kiln_config(port: int, grpc_port: int, replicas: int, batch: int) -> dict:
     from kiln.serve.control import deploy
 
-    config = deploy.load_config(ROOT / "serving/digits.yaml", port=port, only=["digits-cnn"])
+    config = deploy.load_config(
+        ROOT / "serving/digits.yaml", port=port, only=["digits-cnn"], grpc_port=grpc_port
+    )
     app = config["applications"][-1]
     deployment = copy.deepcopy(app["deployments"][0])
     deployment.pop("autoscaling_config")
@@ -145,9 +167,9 @@ def main() -> None:
         server.wait()
 
     dashboard = "http://" + ray._private.worker.get_dashboard_url()
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     for name, (replicas, batch) in KILN_SETUPS.items():
-        config = kiln_config(port, replicas, batch)
+        config = kiln_config(port, grpc_port, replicas, batch)
         deploy.deploy(config, dashboard)  # batch size alone changes in place (user_config)
         deploy.wait_until_running(config, dashboard)
         time.sleep(3)  # replicas that were just replaced finish draining
@@ -156,12 +178,16 @@ def main() -> None:
         results[name] = measure(url, body)
         if (replicas, batch) == (1, 16):  # the same image as raw bytes, answers in binary
             results[f"{name}, binary"] = measure(url, *binary_body_for(METADATA))
+            results[f"{name}, gRPC"] = measure_grpc(f"127.0.0.1:{grpc_port}", "digits-cnn")
     deploy.shutdown(dashboard)
     ray.shutdown()
     report(results, idle)
 
 
-METADATA = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]}
+METADATA = {
+    "name": "digits-cnn",
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}],
+}
 
 
 def report(results: dict, idle: dict) -> None:
