@@ -139,13 +139,16 @@ def kiln_config(port: int, grpc_port: int, replicas: int, batch: int) -> dict:
 
 
 def main() -> None:
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # as `kiln serve` starts Ray
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # Ray's default metrics report interval (10 s), not the test suite's 1 s: tests.conftest,
+    # imported next for its helpers, only sets what is not set yet.
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "10000")
     import ray
 
     from kiln.serve.control import deploy
     from tests.conftest import free_port
 
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # as `kiln serve` starts Ray
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     os.environ["KILN_HOME"] = tempfile.mkdtemp(prefix="kiln-bench-serve-")
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
     train_model()
