@@ -63,9 +63,13 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     api.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     api.add_middleware(RootPathAsSlash)
     answer_errors_as_protocol(api)
-    document_schemas(
-        api, InferenceRequest, narrow=lambda schemas: narrow_to(schemas, endpoint.current.inputs)
-    )
+
+    def narrow(schemas: dict[str, Any]) -> None:
+        current = endpoint.current
+        outputs = [o.name for o in current.outputs]
+        narrow_to(schemas, current.inputs, current.value_bounds, outputs)
+
+    document_schemas(api, InferenceRequest, narrow=narrow)
 
     @api.get("/", response_model=ModelMetadata, responses=ERRORS, dependencies=keys.required)
     def metadata() -> ModelMetadata:
@@ -132,12 +136,12 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
         version=kiln.__version__,
         description=(
             "Registered models behind the Open Inference Protocol (KServe v2 REST). Each model "
-            "answers under /v2/models/{name}; this app answers health, server metadata and "
-            "names that are not served."
+            "answers under /v2/models/{name} and documents its own routes and tensors at "
+            "/v2/models/{name}/docs (and openapi.json); this app answers health, server "
+            "metadata and names that are not served."
         ),
     )
     answer_errors_as_protocol(api)
-    document_schemas(api, InferenceRequest)
 
     @api.get("/")
     async def index() -> dict[str, Any]:
@@ -159,36 +163,31 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
         return JSONResponse({"ready": ok, "models": served}, 200 if ok else 503)
 
     # A request reaches these only when no model app owns its name (the proxy routes by the
-    # longest prefix); they are here to give a 404 and to document the protocol in /docs.
-    @api.get("/v2/models/{name}", response_model=ModelMetadata, responses=ERRORS)
-    async def metadata(name: str) -> JSONResponse:
-        return await _not_served(name, models)
-
-    @api.get("/v2/models/{name}/ready", responses=ERRORS)
-    async def model_ready(name: str) -> JSONResponse:
-        return await _not_served(name, models)
-
-    @api.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, responses=ERRORS)
-    async def version_metadata(name: str, version: int) -> JSONResponse:
-        return await _not_served(name, models)
-
-    @api.get("/v2/models/{name}/versions/{version}/ready", responses=ERRORS)
-    async def version_ready(name: str, version: int) -> JSONResponse:
-        return await _not_served(name, models)
-
-    answers = {200: {"model": InferenceResponse}, **ERRORS}
-
-    @api.post("/v2/models/{name}/infer", responses=answers, openapi_extra=INFER_BODY)
-    async def infer(name: str) -> JSONResponse:
-        return await _not_served(name, models)
-
-    @api.post(
-        "/v2/models/{name}/versions/{version}/infer", responses=answers, openapi_extra=INFER_BODY
-    )
-    async def infer_version(name: str, version: int) -> JSONResponse:
-        return await _not_served(name, models)
-
+    # longest prefix): a 404 that names the served models. Each model documents these routes
+    # exactly in its own document; a generic one here would promise any tensor to any model.
+    not_served: dict[str, Any] = {"responses": ERRORS, "include_in_schema": False}
+    for path in MODEL_PATHS:
+        api.get(path, **not_served)(_not_served_route(models))
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        api.post(path, **not_served)(_not_served_route(models))
     return api
+
+
+MODEL_PATHS = [
+    "/v2/models/{name}",
+    "/v2/models/{name}/ready",
+    "/v2/models/{name}/versions/{version}",
+    "/v2/models/{name}/versions/{version}/ready",
+]
+
+
+def _not_served_route(
+    models: Callable[[], Awaitable[dict[str, bool]]],
+) -> Callable[[str], Awaitable[JSONResponse]]:
+    async def route(name: str) -> JSONResponse:
+        return await _not_served(name, models)
+
+    return route
 
 
 async def _not_served(name: str, models: Callable[[], Awaitable[dict[str, bool]]]) -> JSONResponse:

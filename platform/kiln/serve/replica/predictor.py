@@ -33,6 +33,8 @@ class Predictor:
         self.load_seconds = load_seconds
         self.inputs = [TensorMetadata(**t) for t in loaded.card["inputs"]]
         self.outputs = [TensorMetadata(**t) for t in loaded.card["outputs"]]
+        # Per input, the values `prepare` accepts beyond its datatype's: (lowest, highest).
+        self.value_bounds: list[tuple[int, int] | None] = [None] * len(self.inputs)
 
     @staticmethod
     def load(registry: ModelRegistry, version: ModelVersion) -> "Predictor":
@@ -72,10 +74,12 @@ class Classifier(Predictor):
             TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, width]),
             TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
         ]
+        if (vocab := self.schema.get("vocab_size")) and self.inputs[0].datatype == "INT64":
+            self.value_bounds = [(0, vocab - 1)]
 
     def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
-        if (vocab := self.schema.get("vocab_size")) and self.inputs[0].datatype == "INT64":
-            _check_ids(array, vocab, "token ids")
+        if self.value_bounds[0] is not None:
+            _check_ids(array, self.value_bounds[0][1] + 1, "token ids")
         return super().prepare(index, array)
 
     @torch.inference_mode()
@@ -91,6 +95,7 @@ class Generator(Predictor):
         super().__init__(loaded, load_seconds)
         self.latent_dim = self.inputs[0].shape[1]
         self.inputs.append(TensorMetadata(name="seed", datatype="INT64", shape=[-1]))
+        self.value_bounds = [None, (0, 2**63 - 2)]
 
     def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
         if self.inputs[index].name == "latent":
@@ -123,6 +128,8 @@ class Recommender(Predictor):
         self.popular = [str(i) for i in transform["popular_items"]]
         with torch.inference_mode():
             self.item_vectors = self.module.item_vectors().float().numpy()  # (items + 1, D)
+        # Documented: indices valid in every column (users, then items, per row).
+        self.value_bounds = [(0, min(len(self.user_index) + 1, self.schema["output_dim"]) - 1)]
 
     def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
         _check_ids(array[:, :1], len(self.user_index) + 1, "user indices")

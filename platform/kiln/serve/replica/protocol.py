@@ -9,7 +9,7 @@ MLServer send these bodies unchanged, as JSON or with the binary tensor data ext
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,15 @@ DTYPES: dict[str, Any] = {
     "BYTES": np.object_,
 }
 NAMES = {np.dtype(t): name for name, t in DTYPES.items() if name != "BYTES"}
+# The JSON values each datatype's data may hold (every other, integers: ints, or floats
+# without a fraction, which JSON Schema counts as integers too).
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "BOOL": (bool,),
+    "BYTES": (str,),
+    "FP16": (int, float),
+    "FP32": (int, float),
+    "FP64": (int, float),
+}
 
 
 class TensorMetadata(BaseModel):
@@ -160,10 +169,36 @@ def decode(given: RequestInput, expected: TensorMetadata) -> np.ndarray:
 
 
 def _from_json(data: Any, datatype: str, what: str) -> np.ndarray:
+    """JSON data as an array, each value of the datatype's JSON type: numpy alone would turn
+    true into 1.0 and "2" into 2, and wrap integers that do not fit."""
+    dtype = np.dtype(DTYPES[datatype])
+    allowed = JSON_TYPES.get(datatype, (int, float))  # integers: also 2.0 (JSON Schema's)
+    if not all(type(v) in allowed for v in _leaves(data)):
+        raise RequestError(f"{what}: data are not all {datatype} values")
     try:
-        return np.asarray(data, dtype=DTYPES[datatype])
+        if dtype.kind in "iu" and any(type(v) is float for v in _leaves(data)):
+            return _whole_numbers(np.asarray(data, dtype=np.float64), dtype, what)
+        return np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError):
         raise RequestError(f"{what}: data are not all {datatype} values") from None
+
+
+def _whole_numbers(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    info = np.iinfo(dtype)
+    if not (
+        np.all(np.mod(values, 1) == 0) and info.min <= values.min() <= values.max() <= info.max
+    ):
+        raise RequestError(f"{what}: data are not all {NAMES[dtype]} values")
+    return values.astype(dtype)
+
+
+def _leaves(data: list[Any]) -> Iterator[Any]:
+    """The values of flat or nested (row-major) data."""
+    for value in data:
+        if type(value) is list:
+            yield from _leaves(value)
+        else:
+            yield value
 
 
 def encode(name: str, array: np.ndarray, raw: bytes | None = None) -> ResponseOutput:
@@ -221,18 +256,67 @@ def pick_input(
     raise RequestError(f"unknown input {given.name!r}; this model takes {names}")
 
 
-def narrow_to(schemas: dict[str, Any], accepted: list[TensorMetadata]) -> None:
-    """The OpenAPI components of one model's document: a request takes one input, named,
-    typed and shaped as this model takes it (any batch size)."""
-    schemas["InferenceRequest"]["properties"]["inputs"]["maxItems"] = 1
-    schemas["RequestInput"]["oneOf"] = [_input_schema(tensor) for tensor in accepted]
+def narrow_to(
+    schemas: dict[str, Any],
+    accepted: list[TensorMetadata],
+    bounds: list[tuple[int, int] | None],
+    outputs: list[str],
+) -> None:
+    """The OpenAPI components of one model's document, as exact as JSON Schema allows: one
+    input, named, typed and shaped as this model takes it (any batch size), its data flat and
+    of that datatype within the values the model accepts (`bounds`, per input), outputs by
+    name. What no JSON Schema can state: a tensor's data count is the product of its shape."""
+    request = schemas["InferenceRequest"]
+    request["properties"]["inputs"]["maxItems"] = 1
+    request["example"] = {"inputs": [_example(accepted[0])]}
+    schemas["RequestInput"]["oneOf"] = [
+        _input_schema(tensor, limits) for tensor, limits in zip(accepted, bounds, strict=True)
+    ]
+    schemas["RequestOutput"]["properties"]["name"]["enum"] = outputs
 
 
-def _input_schema(tensor: TensorMetadata) -> dict[str, Any]:
+def _input_schema(tensor: TensorMetadata, bounds: tuple[int, int] | None) -> dict[str, Any]:
     dims = [{"type": "integer", "minimum": 1} if d == -1 else {"const": d} for d in tensor.shape]
     shape = {"type": "array", "prefixItems": dims, "minItems": len(dims), "maxItems": len(dims)}
-    name, datatype = {"const": tensor.name}, {"const": tensor.datatype}
-    return {"properties": {"name": name, "datatype": datatype, "shape": shape}}
+    per_example = math.prod(d for d in tensor.shape if d != -1)
+    items = _value_schema(tensor.datatype, bounds)
+    data = {"type": "array", "items": items, "minItems": per_example}
+    return {
+        "properties": {
+            "name": {"const": tensor.name},
+            "datatype": {"const": tensor.datatype},
+            "shape": shape,
+            "data": data,
+            # JSON carries the data; binary_data_size belongs to the binary extension.
+            "parameters": {"properties": {"binary_data_size": False}},
+        },
+        "required": ["data"],
+    }
+
+
+def _value_schema(datatype: str, bounds: tuple[int, int] | None) -> dict[str, Any]:
+    if datatype == "BOOL":
+        return {"type": "boolean"}
+    if datatype == "BYTES":
+        return {"type": "string"}
+    dtype = np.dtype(DTYPES[datatype])
+    if dtype.kind == "f":  # larger magnitudes overflow to infinity, which is refused
+        info: Any = np.finfo(dtype)
+        lowest, highest = float(info.min), float(info.max)
+    else:
+        info = np.iinfo(dtype)
+        lowest, highest = int(info.min), int(info.max)
+    if bounds is not None:
+        lowest, highest = max(lowest, bounds[0]), min(highest, bounds[1])
+    kind = "number" if dtype.kind == "f" else "integer"
+    return {"type": kind, "minimum": lowest, "maximum": highest}
+
+
+def _example(tensor: TensorMetadata) -> dict[str, Any]:
+    shape = [1 if d == -1 else d for d in tensor.shape]
+    zero = {"BOOL": False, "BYTES": ""}.get(tensor.datatype, 0)
+    data = [zero] * math.prod(shape)
+    return {"name": tensor.name, "datatype": tensor.datatype, "shape": shape, "data": data}
 
 
 def _fits(shape: list[int], expected: list[int]) -> bool:
