@@ -18,11 +18,11 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 import redis
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, StrictInt, StrictStr
 
 SCHEMA_VERSION = 1
 State = Literal["fresh", "stale", "missing"]
@@ -52,13 +52,24 @@ return #items
 """
 
 
+def _whole_number(value: Any) -> Any:
+    """7.0 is the integer 7, as JSON Schema counts it; anything else is left to the type."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+# Strict: a JSON true is not the id 1, nor false the time 0.
+SourceId = Annotated[StrictStr | StrictInt, BeforeValidator(_whole_number)]
+
+
 class Event(BaseModel):
     """One interaction, as clients post it: ids are the source data's (e.g. MovieLens ids)."""
 
-    user_id: str | int
-    item_id: str | int
+    user_id: SourceId
+    item_id: SourceId
     type: str = Field("interaction", max_length=64, description="view, click, rating, ...")
-    timestamp: float | None = Field(None, description="unix seconds; default: when received")
+    timestamp: float | None = Field(
+        None, strict=True, description="unix seconds; default: when received"
+    )
 
 
 @dataclass
