@@ -148,4 +148,5 @@ def test_redis_is_reachable_only_from_ray_pods(built):
         }
     ]
     public = policies["kiln-serve-from-anywhere"]["ingress"]
-    assert public == [{"ports": [{"protocol": "TCP", "port": 8000}]}]  # only Serve's port
+    serve_ports = [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 9000}]
+    assert public == [{"ports": serve_ports}]  # only Serve's HTTP and gRPC ports
