@@ -177,19 +177,25 @@ def _from_json(data: Any, datatype: str, what: str) -> np.ndarray:
         raise RequestError(f"{what}: data are not all {datatype} values")
     try:
         if dtype.kind in "iu" and any(type(v) is float for v in _leaves(data)):
-            return _whole_numbers(np.asarray(data, dtype=np.float64), dtype, what)
+            data = _whole_numbers(data)
         return np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError):
         raise RequestError(f"{what}: data are not all {datatype} values") from None
 
 
-def _whole_numbers(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
-    info = np.iinfo(dtype)
-    if not (
-        np.all(np.mod(values, 1) == 0) and info.min <= values.min() <= values.max() <= info.max
-    ):
-        raise RequestError(f"{what}: data are not all {NAMES[dtype]} values")
-    return values.astype(dtype)
+def _whole_numbers(data: list[Any]) -> list[Any]:
+    """Integer data with its floats (7.0) as ints, exactly; a fraction is a ValueError."""
+    out: list[Any] = []
+    for value in data:
+        if type(value) is list:
+            out.append(_whole_numbers(value))
+        elif type(value) is float:
+            if not value.is_integer():
+                raise ValueError(value)
+            out.append(int(value))
+        else:
+            out.append(value)
+    return out
 
 
 def _leaves(data: list[Any]) -> Iterator[Any]:
