@@ -76,6 +76,7 @@ def test_errors_are_grpc_status_codes_with_the_rest_messages(client):
     assert len(classify(client, SECURED, x, right)) == 2
     wrong_key = {**secured, "authorization": "Bearer wrong"}
     assert status_of(lambda: classify(client, SECURED, x, secured)) == "UNAUTHENTICATED"
+    assert client.is_model_ready(SECURED, headers=secured)  # readiness needs no key, as over REST
     assert status_of(lambda: classify(client, SECURED, x, wrong_key)) == "UNAUTHENTICATED"
 
     wrong = triton.InferInput("input", [2, 64], "FP32")

@@ -103,7 +103,7 @@ class ModelService(ServerService):
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=True)
 
-        return await self._answer(grpc_context, ready, pb.ModelReadyResponse)
+        return await self._answer(grpc_context, ready, pb.ModelReadyResponse, keyed=False)
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, grpc_context: RayServegRPCContext
@@ -146,10 +146,13 @@ class ModelService(ServerService):
         grpc_context: RayServegRPCContext,
         answer: Callable[[], Awaitable[Response]],
         empty: Callable[[], Response],
+        keyed: bool = True,
     ) -> Response:
-        """`answer()`, or an empty message with the error's status code and message."""
+        """`answer()`, or an empty message with the error's status code and message. `keyed`:
+        the call needs an API key (readiness, as over REST, does not)."""
         try:
-            self._authenticate(grpc_context)
+            if keyed:
+                self._authenticate(grpc_context)
             return await answer()
         except Unauthenticated as e:
             grpc_context.set_code(grpc.StatusCode.UNAUTHENTICATED)
