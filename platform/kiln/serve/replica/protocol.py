@@ -173,10 +173,11 @@ def _from_json(data: Any, datatype: str, what: str) -> np.ndarray:
     true into 1.0 and "2" into 2, and wrap integers that do not fit."""
     dtype = np.dtype(DTYPES[datatype])
     allowed = JSON_TYPES.get(datatype, (int, float))  # integers: also 2.0 (JSON Schema's)
-    if not all(type(v) in allowed for v in _leaves(data)):
+    seen = {type(v) for v in _leaves(data)}  # one pass over the values
+    if not seen <= set(allowed):
         raise RequestError(f"{what}: data are not all {datatype} values")
     try:
-        if dtype.kind in "iu" and any(type(v) is float for v in _leaves(data)):
+        if dtype.kind in "iu" and float in seen:
             data = _whole_numbers(data)
         return np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError):
