@@ -47,6 +47,11 @@ class DataSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="the dataset's parameters")
     val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, description="seed of the train/validation split")
+    streaming: bool | Literal["auto"] = Field(
+        "auto",
+        description="stream the files to the workers through Ray Data (true), load them in "
+        "memory (false), or stream only files over 256 MiB (auto); for datasets that stream",
+    )
 
 
 class ModelSpec(Strict):

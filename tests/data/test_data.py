@@ -6,8 +6,8 @@ import pytest
 
 from kiln import data
 from kiln.data.series import seasonal_naive, windowed
-from kiln.data.text import encode
 from kiln.errors import DataError
+from kiln.preprocess import encode
 from kiln.spec import DataSpec
 
 

@@ -1,22 +1,29 @@
 """Datasets, by name, with deterministic seeded splits.
 
-    data = build(spec.data, task="classification")   # a Dataset: arrays + schema
+    data = build(spec.data, task="classification")   # a Dataset, or a StreamedDataset
 
-Workers are fed with `ray.train.torch.prepare_data_loader` over in-memory tensors that the
-driver builds once and puts in Ray's object store: every dataset here fits in memory, every
-rank sees the same split and vocabulary, and each epoch has a fixed number of batches, so all
-ranks reach `ray.train.report` together. Files are read through Ray Data (`files.read_table`).
+Two ways to the workers:
+- in memory (`Dataset`: arrays + schema): the driver builds the arrays once and puts them in
+  Ray's object store; each worker takes its share through a DistributedSampler. Right for the
+  built-in datasets and for files of up to a few hundred MB.
+- streamed (`StreamedDataset`, kiln.data.stream): Ray Data reads the files and each worker
+  iterates its own shard (`ray.train.get_dataset_shard`); nothing is materialised on the
+  driver. `table` streams when `data.streaming` is true, or when it is `auto` (the default)
+  and the files exceed `tables.STREAM_ABOVE_BYTES`.
+Either way every rank takes the same number of steps per epoch, so all reach
+`ray.train.report` together.
 """
 
 import inspect
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from kiln.data import images, interactions, series, tables, text  # noqa: F401  (registers the builders)
 from kiln.data.base import DATASETS, Dataset
 from kiln.data.files import check_exists
+from kiln.data.stream import StreamedDataset
 from kiln.errors import DataError, SpecError
 
-__all__ = ["DATASETS", "DataSpec", "Dataset", "build", "check"]
+__all__ = ["DATASETS", "DataSpec", "Dataset", "StreamedDataset", "build", "check", "streams"]
 
 
 class DataSpec(Protocol):
@@ -27,6 +34,7 @@ class DataSpec(Protocol):
     params: dict[str, Any]
     val_fraction: float
     seed: int
+    streaming: bool | Literal["auto"]
 
 
 def check(spec: DataSpec) -> None:
@@ -36,6 +44,12 @@ def check(spec: DataSpec) -> None:
     except SpecError as e:
         raise SpecError(str(e), field="data.name") from None
     DATASETS.validate_params(spec.name, spec.params)
+    if spec.streaming is True and not streams(spec.name):
+        known = ", ".join(n for n in DATASETS.names() if streams(n))
+        raise DataError(
+            f"dataset {spec.name} is read in memory; datasets that stream: {known}",
+            field="data.streaming",
+        )
     takes_path = DATASETS.accepts(spec.name, "path")
     if spec.path is None:
         if takes_path is not None and takes_path.default is inspect.Parameter.empty:
@@ -49,9 +63,15 @@ def check(spec: DataSpec) -> None:
         raise DataError(str(e), field="data.path") from None
 
 
-def build(spec: DataSpec, task: str) -> Dataset:
+def streams(name: str) -> bool:
+    return DATASETS.accepts(name, "streaming") is not None
+
+
+def build(spec: DataSpec, task: str) -> Dataset | StreamedDataset:
     builder = DATASETS.get(spec.name)
     params = DATASETS.validate_params(spec.name, spec.params)
     if spec.path is not None:
         params["path"] = spec.path
+    if streams(spec.name):
+        params["streaming"] = spec.streaming
     return builder(task, spec.val_fraction, spec.seed, **params)

@@ -2,7 +2,8 @@
 `DataSchema` of what goes in and comes out), and the dataset registry.
 
 A builder takes (task, val_fraction, seed) and keyword-only params; one that reads a file takes
-`path`, which a spec gives as `data.path` (not in `params`)."""
+`path`, which a spec gives as `data.path` (not in `params`), and one that can stream takes
+`streaming` (`data.streaming`) and may return a kiln.data.stream.StreamedDataset."""
 
 import hashlib
 from collections.abc import Callable
@@ -33,7 +34,7 @@ class Dataset:
         return digest.hexdigest()
 
 
-DATASETS: Builders[Callable[..., Dataset]] = Builders("dataset", reserved=("path",))
+DATASETS: Builders[Callable[..., Any]] = Builders("dataset", reserved=("path", "streaming"))
 
 
 def shuffled_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,12 +1,18 @@
-"""Tabular datasets: scikit-learn's bundled breast-cancer table, and the user's own tables."""
+"""Tabular datasets: scikit-learn's bundled breast-cancer table, and the user's own tables,
+in memory or streamed (kiln.data.stream) by size."""
+
+from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 from sklearn.datasets import load_breast_cancer
 
-from kiln.data.base import DATASETS, Dataset, classification, require_task, shuffled_split
+from kiln import preprocess
+from kiln.data.base import DATASETS, Dataset, classification, require_task
 from kiln.data.files import read_table
+from kiln.data.shards import Shards
+from kiln.data.stream import StreamedDataset, TableLayout, in_validation, stream_table
 from kiln.errors import DataError
-from kiln.schema import DataSchema
 
 
 @DATASETS.register("breast_cancer")
@@ -17,6 +23,9 @@ def breast_cancer(task: str, val_fraction: float, seed: int) -> Dataset:
     data = classification(bunch.data.astype(np.float32), bunch.target, val_fraction, seed)
     data.schema.classes = [str(n) for n in bunch.target_names]
     return standardize(data, feature_names=list(bunch.feature_names))
+
+
+STREAM_ABOVE_BYTES = 256 * 2**20  # `streaming: auto` streams tables larger than this on disk
 
 
 @DATASETS.register("table")
@@ -30,43 +39,58 @@ def table(
     features: list[str] | None = None,
     image_shape: list[int] | None = None,
     delimiter: str | None = None,
-) -> Dataset:
-    """Your own CSV or Parquet table. `features` defaults to every other numeric column;
-    `image_shape` (e.g. [1, 28, 28]) reshapes each row's features into an image."""
+    split_key: str | None = None,
+    streaming: bool | Literal["auto"] = "auto",
+) -> Dataset | StreamedDataset:
+    """Your own CSV or Parquet table (a file, a folder of part files or a glob). `features`
+    defaults to every other numeric column; `image_shape` (e.g. [1, 28, 28]) reshapes each
+    row's features into an image. Validation rows are chosen by a seeded hash of the row, or
+    of the `split_key` column (all rows of a key on one side). Larger tables stream."""
     require_task("table", task, ("classification", "regression"))
-    frame = read_table(path, delimiter=delimiter)
-    if label not in frame.columns:
-        raise DataError(f"{path} has no column {label!r}; columns: {', '.join(frame.columns)}")
-    columns = features or [c for c in frame.select_dtypes("number").columns if c != label]
-    missing = sorted(set(columns) - set(frame.columns))
-    if missing or not columns:
-        raise DataError(f"{path}: feature columns not found: {', '.join(missing) or '(none)'}")
-    x = frame[columns].to_numpy(np.float32)
-    if image_shape:
-        if int(np.prod(image_shape)) != x.shape[1]:
-            raise DataError(f"image_shape {image_shape} needs {int(np.prod(image_shape))} columns")
-        x = x.reshape(len(x), *image_shape)
-    labels = frame[label].to_numpy()
+    shards = Shards.open(path, delimiter)
+    layout = _layout(shards, task, label, features, image_shape)
+    if streaming is True or (streaming == "auto" and shards.bytes > STREAM_ABOVE_BYTES):
+        return stream_table(shards, layout, val_fraction, seed, split_key)
+    frame = read_table(shards, columns=layout.columns)
+    val = in_validation(frame, val_fraction, seed, split_key)
+    train_rows, val_rows = frame[~val], frame[val]
+    if train_rows.empty or val_rows.empty:
+        raise DataError(f"{path}: {len(frame)} rows are too few to split at {val_fraction}")
     if task == "classification":
-        data = classification(x, labels, val_fraction, seed)
-    else:
-        data = _regression(x, labels.astype(np.float32), val_fraction, seed)
-    return data if image_shape else standardize(data, feature_names=columns)
+        layout.classes = sorted(train_rows[label].dropna().unique().tolist())
+    a, b = layout.tensors(train_rows), layout.tensors(val_rows)
+    data = Dataset(a["x"], a["y"], b["x"], b["y"], layout.schema())
+    return data if image_shape else standardize(data, feature_names=layout.features)
 
 
-def _regression(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> Dataset:
-    train, val = shuffled_split(len(x), val_fraction, seed)
-    schema = DataSchema("regression", list(x.shape[1:]), "float32", output_dim=1)
-    return Dataset(x[train], y[train, None], x[val], y[val, None], schema)
+def _layout(
+    shards: Shards,
+    task: str,
+    label: str,
+    features: list[str] | None,
+    image_shape: list[int] | None,
+) -> TableLayout:
+    """The columns a table job reads, checked against the shards' schema before any read."""
+    shards.require([label])
+    numeric = [
+        f.name
+        for f in shards.schema
+        if f.name != label and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+    ]
+    columns = features or numeric
+    if not columns:
+        raise DataError(f"{shards.path}: no numeric feature columns beside {label!r}")
+    shards.require(columns)
+    if image_shape and int(np.prod(image_shape)) != len(columns):
+        raise DataError(f"image_shape {image_shape} needs {int(np.prod(image_shape))} columns")
+    return TableLayout(task, label, columns, image_shape=image_shape)
 
 
 def standardize(data: Dataset, feature_names: list[str]) -> Dataset:
     """Scale features by the training split's mean and std (never the validation split's)."""
-    mean = data.x_train.mean(axis=0)
-    std = data.x_train.std(axis=0) + 1e-6
-    data.x_train = ((data.x_train - mean) / std).astype(np.float32)
-    data.x_val = ((data.x_val - mean) / std).astype(np.float32)
-    data.schema.transform = {
-        "standardize": {"features": feature_names, "mean": mean.tolist(), "std": std.tolist()}
-    }
+    x = data.x_train.astype(np.float64)
+    rule = preprocess.standardization(x.mean(axis=0), x.std(axis=0), feature_names)
+    data.schema.transform = {"standardize": rule}
+    data.x_train = preprocess.features(data.schema.transform, data.x_train)
+    data.x_val = preprocess.features(data.schema.transform, data.x_val)
     return data

@@ -1,7 +1,6 @@
 """Text classification from a CSV of `text,label`: a vocabulary built from the training split,
 token ids padded on the left so that an RNN's last step is the text's last word."""
 
-import re
 from collections import Counter
 
 import numpy as np
@@ -9,14 +8,8 @@ import numpy as np
 from kiln.data.base import DATASETS, Dataset, require_task, shuffled_split
 from kiln.data.files import read_table
 from kiln.errors import DataError
+from kiln.preprocess import TOKEN, encode, tokenize
 from kiln.schema import DataSchema
-
-PAD, UNKNOWN = 0, 1
-TOKEN = re.compile(r"[a-z0-9']+")
-
-
-def tokenize(text: str) -> list[str]:
-    return TOKEN.findall(str(text).lower())
 
 
 @DATASETS.register("text_csv")
@@ -59,12 +52,3 @@ def build_vocab(texts: list[list[str]], max_vocab: int) -> dict[str, int]:
     counts = Counter(word for words in texts for word in words)
     ranked = sorted(counts, key=lambda w: (-counts[w], w))[:max_vocab]
     return {word: i + 2 for i, word in enumerate(ranked)}
-
-
-def encode(texts: list[list[str]], vocab: dict[str, int], max_len: int) -> np.ndarray:
-    out = np.full((len(texts), max_len), PAD, np.int64)
-    for row, words in enumerate(texts):
-        ids = [vocab.get(w, UNKNOWN) for w in words][-max_len:]
-        if ids:
-            out[row, -len(ids) :] = ids
-    return out

@@ -10,7 +10,7 @@ import ray.train
 import torch
 
 from kiln import plots
-from kiln.data import Dataset
+from kiln.data import Dataset, StreamedDataset
 from kiln.registry.card import model_card
 from kiln.registry.store import WEIGHTS, ModelRegistry, ModelVersion, json_bytes
 from kiln.spec import JobSpec, spec_to_yaml
@@ -19,7 +19,7 @@ from kiln.train.session import ARTIFACTS, MODEL_FILE
 
 def publish(
     spec: JobSpec,
-    dataset: Dataset,
+    dataset: Dataset | StreamedDataset,
     checkpoint: ray.train.Checkpoint,
     outcome,
     extra_files: dict[str, bytes] | None = None,
@@ -45,7 +45,7 @@ def publish(
     return registry.register(spec.model_name, files, alias=alias, run_id=outcome.run_name)
 
 
-def lineage(spec: JobSpec, dataset: Dataset, outcome) -> dict[str, Any]:
+def lineage(spec: JobSpec, dataset: Dataset | StreamedDataset, outcome) -> dict[str, Any]:
     return {
         **git_state(),
         "spec_sha256": spec.digest(),

@@ -13,10 +13,12 @@ from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
 from kiln import data as datasets
+from kiln.data import Dataset, StreamedDataset
 from kiln.errors import TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import JobSpec
 from kiln.train import loops
+from kiln.train.feed import ExactValidation
 from kiln.train.progress import ProgressView, ReportForwarder
 
 
@@ -87,24 +89,38 @@ def run_job(
 
 
 def build_trainer(
-    spec: JobSpec, dataset, run_name: str, storage: str, callbacks: list
+    spec: JobSpec,
+    dataset: Dataset | StreamedDataset,
+    run_name: str,
+    storage: str,
+    callbacks: list,
+    data_ref: ray.ObjectRef | None = None,
 ) -> TorchTrainer:
+    """`data_ref`: the dataset already in the object store (a search puts it once for all of
+    its trials); a streamed dataset's rows go to the workers as Ray Data shards instead."""
     scaling = spec.scaling
     workers: Any = scaling.num_workers  # an int, or a (min, max) tuple for elastic training
     loop = loops.for_task(spec.task)
     extras = loop.prepare(spec, dataset) if hasattr(loop, "prepare") else {}
+    streamed = isinstance(dataset, StreamedDataset)
+    if data_ref is None:
+        data_ref = ray.put(
+            dataset.for_workers() if isinstance(dataset, StreamedDataset) else dataset
+        )
     return TorchTrainer(
         loop.train_loop_per_worker,
         train_loop_config={
             "spec": spec.model_dump(mode="json", by_alias=True),
-            "data": ray.put(dataset),
+            "data": data_ref,
             "extras": extras,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers,
             use_gpu=scaling.use_gpu,
-            resources_per_worker=scaling.resources_per_worker,
+            resources_per_worker=worker_resources(spec, streamed),
         ),
+        datasets=dataset.datasets if isinstance(dataset, StreamedDataset) else None,
+        dataset_config=ExactValidation() if streamed else None,
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage,
@@ -117,6 +133,21 @@ def build_trainer(
             callbacks=callbacks,
         ),
     )
+
+
+def worker_resources(spec: JobSpec, streamed: bool) -> dict[str, float] | None:
+    """What each worker reserves. Ray Data reads a stream with the CPUs the workers leave
+    free, and with none left it waits forever: unless the spec says otherwise, workers of a
+    streamed job share all but one CPU of the cluster when they would take them all."""
+    given = spec.scaling.resources_per_worker
+    if given is not None or not streamed:
+        return given
+    workers = spec.scaling.num_workers
+    count = workers[1] if isinstance(workers, tuple) else workers
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    if cpus - count >= 1:
+        return None  # one CPU each, and some left over
+    return {"CPU": max(round((cpus - 1) / count, 2), 0.1)}
 
 
 def _fit_with_progress(trainer: TorchTrainer, queue: Queue, view: ProgressView):

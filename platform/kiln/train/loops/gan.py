@@ -29,7 +29,7 @@ from kiln.models.cnn import SmallCNN
 from kiln.models.gan import GAN
 from kiln.settings import get_settings
 from kiln.spec import JobSpec, ModelSpec
-from kiln.train.loops.supervised import train_loader
+from kiln.train.feed import train_loader
 from kiln.train.session import WorkerSession
 
 EVAL_SAMPLES = 1000

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from kiln import models
 from kiln.metrics.ranking import catalogue_hits, ranking_metrics, sampled_sums
 from kiln.models.two_tower import TwoTower
-from kiln.train.loops.supervised import train_loader
+from kiln.train.feed import train_loader
 from kiln.train.session import WorkerSession, unwrap
 
 

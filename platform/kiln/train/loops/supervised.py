@@ -1,17 +1,18 @@
-"""Classification, regression and forecasting: one model, one loss, exact validation metrics.
+"""Classification, regression and forecasting: one model, one loss, exact validation metrics,
+from memory or from a Ray Data stream (kiln.train.feed).
 
-Validation is sharded (each rank scores every world-th example, the sums are all-reduced)
-with the unwrapped module: a DDP forward would sync buffers and hang on uneven shards."""
+Validation is sharded (each rank scores its share, the sums are all-reduced) with the
+unwrapped module: a DDP forward would sync buffers and hang on uneven shards."""
 
+import time
 from typing import Any
 
-import ray.train.torch
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from kiln import models, tasks
-from kiln.data import Dataset
+from kiln.data import StreamedDataset
 from kiln.metrics.supervised import SUMS, evaluation_sums, supervised_metrics
+from kiln.train.feed import MemoryFeed, StreamFeed, feed_for
 from kiln.train.session import WorkerSession, unwrap
 
 
@@ -20,42 +21,46 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec, data = session.spec, session.data
     model = session.wrap(session.prepare(models.create(spec.model, data.schema)))
     optimizer = session.optimizer(model)
-    loader = train_loader(data, spec.train.batch_size, session.world)
+    feed = feed_for(session, spec.train.batch_size)
     criterion = tasks.get(spec.task).criterion()
-    for _ in session.epochs(loader):
+    for epoch in session.epochs():
         model.train()
         total, count = 0.0, 0.0
-        for inputs, targets in loader:
+        started = time.perf_counter()
+        for inputs, targets in feed.epoch(epoch):
             with session.autocast():
                 loss = criterion(model(inputs).float(), targets)
             session.step(loss, model, optimizer)
             total += loss.item() * len(targets)
             count += len(targets)
-        total, count = session.all_sum([total, count])
+        seconds = time.perf_counter() - started
+        total, count, seconds = session.all_sum([total, count, seconds])
         metrics = {
             "train_loss": total / max(count, 1),
-            **validate(session, model, data, criterion),
+            "train_rows_per_s": count / max(seconds / session.world, 1e-9),  # all ranks
+            **rows_accounted(data, count),
+            **validate(session, model, feed, criterion),
         }
         if session.end_epoch(metrics):
             break
 
 
-def train_loader(
-    data: Dataset, global_batch: int, world: int, drop_last: bool = False
-) -> DataLoader:
-    """`batch_size` in a spec is global: each of the `world` workers takes its share."""
-    tensors = TensorDataset(torch.as_tensor(data.x_train), torch.as_tensor(data.y_train))
-    batch = max(1, global_batch // world)
-    loader = DataLoader(tensors, batch_size=batch, shuffle=True, drop_last=drop_last)
-    return ray.train.torch.prepare_data_loader(loader)
+def rows_accounted(data: Any, rows: float) -> dict[str, float]:
+    """A streamed epoch's rows against the rows counted before training: what the equal
+    split left out is reported, never silently dropped."""
+    if not isinstance(data, StreamedDataset):
+        return {}
+    return {"train_rows": rows, "train_rows_dropped": data.train_rows - rows}
 
 
 def validate(
-    session: WorkerSession, model: torch.nn.Module, data: Dataset, criterion: torch.nn.Module
+    session: WorkerSession,
+    model: torch.nn.Module,
+    feed: MemoryFeed | StreamFeed,
+    criterion: torch.nn.Module,
 ) -> dict[str, float]:
-    shard = slice(session.rank, None, session.world)
-    x, y = data.x_val[shard], data.y_val[shard]
-    sums = evaluation_sums(unwrap(model), x, y, criterion, data.schema.task, device=session.device)
-    total = session.all_sum(sums.tolist())
-    assert len(total) == len(SUMS)
-    return supervised_metrics(torch.tensor(total, dtype=torch.float64), data.schema)
+    schema = session.data.schema
+    sums = torch.zeros(len(SUMS), dtype=torch.float64)
+    for x, y in feed.validation():
+        sums += evaluation_sums(unwrap(model), x, y, criterion, schema.task, device=session.device)
+    return supervised_metrics(torch.tensor(session.all_sum(sums.tolist())), schema)

@@ -1,0 +1,171 @@
+"""A table's files: a path (one file, a folder of part files, or a glob; local, s3:// or gs://)
+expanded into its shards, each checked before any worker starts. Only file footers (Parquet)
+or first blocks (CSV) are read here.
+
+    shards = Shards.open("data/events/*.parquet")
+    shards.files, shards.format, shards.schema, shards.rows   # rows: Parquet only, else None
+
+Bad input is one DataError naming the file: no files, a corrupt file, columns that differ
+from the first shard's.
+"""
+
+import fnmatch
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.fs
+import pyarrow.parquet as pq
+
+from kiln.errors import DataError
+
+Format = Literal["parquet", "csv"]
+SUFFIXES: dict[Format, tuple[str, ...]] = {
+    "parquet": (".parquet", ".pq"),
+    "csv": (".csv", ".tsv", ".txt"),
+}
+GLOB = set("*?[")
+
+
+@dataclass(frozen=True)
+class Shards:
+    path: str  # as the user wrote it
+    files: list[str]  # what Ray Data reads: local paths or URIs, sorted
+    format: Format
+    schema: pa.Schema  # the first shard's (every shard has the same columns)
+    bytes: int
+    rows: int | None  # known from Parquet footers without reading the data
+    fingerprint: str  # of the files' names, sizes and modification times
+    delimiter: str | None = None  # CSV only; default ","
+
+    @classmethod
+    def open(cls, path: str, delimiter: str | None = None) -> "Shards":
+        filesystem, found = _list(path)
+        if not found:
+            raise DataError(f"no Parquet or CSV files in {path}")
+        files = sorted(found, key=lambda info: info.path)
+        fmt = _format(path, files)
+        metadata = _read_footers(filesystem, files, fmt, delimiter)
+        schema = _same_columns(files, [m[0] for m in metadata], fmt)
+        rows = [m[1] for m in metadata]
+        digest = hashlib.sha256()
+        for info in files:
+            digest.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
+        prefix = _scheme(path)
+        return cls(
+            path=path,
+            files=[prefix + info.path for info in files],
+            format=fmt,
+            schema=schema,
+            bytes=sum(info.size or 0 for info in files),
+            rows=None if None in rows else sum(r for r in rows if r is not None),
+            fingerprint=digest.hexdigest(),
+            delimiter=delimiter,
+        )
+
+    def csv_parse_options(self) -> pyarrow.csv.ParseOptions:
+        return pyarrow.csv.ParseOptions(delimiter=self.delimiter or ",")
+
+    def require(self, columns: list[str]) -> None:
+        if missing := [c for c in columns if c not in self.schema.names]:
+            raise DataError(
+                f"{self.path} has no column {missing[0]!r}; columns: {', '.join(self.schema.names)}"
+            )
+
+
+def _scheme(path: str) -> str:
+    return path.split("://", 1)[0] + "://" if "://" in path else ""
+
+
+def _list(path: str) -> tuple[pyarrow.fs.FileSystem, list[pyarrow.fs.FileInfo]]:
+    """The data files a path names; a missing path is a DataError."""
+    try:
+        if "://" in path:
+            filesystem, base = pyarrow.fs.FileSystem.from_uri(path)
+        else:
+            filesystem, base = pyarrow.fs.LocalFileSystem(), os.path.abspath(path)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+        raise DataError(f"cannot open {path}: {e}") from None
+    pattern = None
+    if GLOB & set(base):
+        pattern, base = base, _glob_root(base)
+    info = filesystem.get_file_info(base)
+    if info.type == pyarrow.fs.FileType.NotFound:
+        raise DataError(f"file not found: {path}")
+    if info.type == pyarrow.fs.FileType.File:
+        return filesystem, [info]
+    listed = filesystem.get_file_info(pyarrow.fs.FileSelector(base, recursive=True))
+    data_files = [
+        i
+        for i in listed
+        if i.type == pyarrow.fs.FileType.File
+        and not os.path.basename(i.path).startswith(("_", "."))  # _SUCCESS, .crc, ...
+        and i.path.endswith(SUFFIXES["parquet"] + SUFFIXES["csv"])
+        and (pattern is None or fnmatch.fnmatch(i.path, pattern))
+    ]
+    return filesystem, data_files
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder above a glob's first wildcard."""
+    parts = pattern.split("/")
+    fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if GLOB & set(p))]]
+    return "/".join(fixed) or "/"
+
+
+def _format(path: str, files: list[pyarrow.fs.FileInfo]) -> Format:
+    kinds = {next((k for k, s in SUFFIXES.items() if i.path.endswith(s)), "parquet") for i in files}
+    if len(kinds) > 1:
+        raise DataError(f"{path} mixes Parquet and CSV files; give one format")
+    return kinds.pop()  # type: ignore[return-value]
+
+
+def _read_footers(
+    filesystem: pyarrow.fs.FileSystem,
+    files: list[pyarrow.fs.FileInfo],
+    fmt: Format,
+    delimiter: str | None,
+) -> list[tuple[pa.Schema, int | None]]:
+    """Each file's schema (and Parquet row count), read in parallel: object stores answer
+    many small requests at once."""
+
+    def read(info: pyarrow.fs.FileInfo) -> tuple[pa.Schema, int | None]:
+        try:
+            if fmt == "parquet":
+                with filesystem.open_input_file(info.path) as f:
+                    meta = pq.read_metadata(f)
+                return meta.schema.to_arrow_schema(), meta.num_rows
+            parse = pyarrow.csv.ParseOptions(delimiter=delimiter or ",")
+            with filesystem.open_input_stream(info.path) as f:
+                return pyarrow.csv.open_csv(f, parse_options=parse).schema, None
+        except (pa.ArrowException, OSError) as e:
+            what = "Parquet" if fmt == "parquet" else "CSV"
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"{info.path}: not a readable {what} file ({reason})") from None
+
+    with ThreadPoolExecutor(max_workers=min(32, len(files))) as pool:
+        return list(pool.map(read, files))
+
+
+def _same_columns(
+    files: list[pyarrow.fs.FileInfo], schemas: list[pa.Schema], fmt: Format
+) -> pa.Schema:
+    """Every shard has the first one's columns (and, for Parquet, their types: CSV types are
+    inferred per file, so only the names must agree)."""
+    first = schemas[0]
+    for info, schema in zip(files[1:], schemas[1:], strict=True):
+        if schema.names != first.names:
+            raise DataError(
+                f"{info.path}: columns {schema.names} differ from {files[0].path}'s {first.names}"
+            )
+        if fmt == "parquet" and not schema.equals(first):
+            changed = next(f for f in schema if first.field(f.name).type != f.type)
+            raise DataError(
+                f"{info.path}: column {changed.name!r} is {changed.type}, "
+                f"but {first.field(changed.name).type} in {files[0].path}"
+            )
+    return first

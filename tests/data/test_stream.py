@@ -1,0 +1,258 @@
+"""Tables streamed into Ray Train through Ray Data: larger than the object store, the same
+metrics as in memory, uneven shards, a killed worker, and bad files refused by name."""
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from kiln import data
+from kiln.data.shards import Shards
+from kiln.data.stream import TableLayout, fit, in_validation, read, rows_of
+from kiln.errors import DataError
+from kiln.registry import ModelRegistry
+from kiln.spec import DataSpec, parse_spec
+from kiln.train import run_job
+from tests.conftest import ROOT, quiet_view, run_kiln
+from tests.data.generated import FEATURES, write_table
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def table_spec(path: Path, name: str, streaming: bool, **train) -> dict:
+    return {
+        "name": name,
+        "task": "classification",
+        "data": {
+            "name": "table",
+            "path": str(path),
+            "params": {"label": "label"},
+            "streaming": streaming,
+        },
+        "model": {"family": "mlp", "params": {"hidden": [64, 64]}},
+        "train": {"epochs": 3, "batch_size": 256, "optimizer": {"lr": 0.003}, **train},
+        "scaling": {"num_workers": 2},
+        "register": {"name": name},
+    }
+
+
+def train(spec: dict):
+    parsed = parse_spec(spec, spec["name"])
+    view = quiet_view(parsed)
+    return run_job(parsed, view), view
+
+
+# --- the split and the fit: the same rows and statistics on both paths -----------------------
+
+
+def test_split_is_seeded_order_free_and_keeps_keys_together():
+    frame = pd.DataFrame({"user": np.arange(2000) % 97, "v": np.arange(2000.0)})
+    val = in_validation(frame, 0.25, seed=3)
+    assert 0.2 < val.mean() < 0.3
+    shuffled = frame.sample(frac=1, random_state=0)
+    np.testing.assert_array_equal(in_validation(shuffled, 0.25, seed=3), val[shuffled.index])
+    assert (in_validation(frame, 0.25, seed=4) != val).any()
+    by_user = in_validation(frame, 0.25, seed=3, key="user")
+    assert frame[by_user].user.nunique() + frame[~by_user].user.nunique() == 97  # no user split
+
+
+def test_streamed_fit_equals_numpy_on_the_same_rows(tmp_path):
+    write_table(tmp_path / "t", rows=30_000, files=3)
+    shards = Shards.open(str(tmp_path / "t"))
+    layout = TableLayout("classification", "label", [f"f{i}" for i in range(FEATURES)])
+    train_rows = read(shards, layout.columns).map_batches(
+        rows_of,
+        fn_kwargs={"part": "train", "val_fraction": 0.2, "seed": 0, "key": None},
+        batch_format="pandas",
+        batch_size=None,
+    )
+    fitted, count = fit(train_rows, layout)
+    frame = pd.concat(pd.read_parquet(p) for p in shards.files)
+    expected = frame[~in_validation(frame[layout.columns], 0.2, 0)]
+    x = expected[layout.features].to_numpy(np.float64)
+    assert count == len(expected) and fitted.classes == [0, 1]
+    rule = fitted.transform["standardize"]
+    np.testing.assert_allclose(rule["mean"], x.mean(axis=0), atol=1e-9)
+    np.testing.assert_allclose(rule["std"], x.std(axis=0), rtol=1e-9)
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_streamed_table_larger_than_the_object_store(tmp_path):
+    """~310 MB of Parquet through a Ray cluster with an 80 MB object store: the rule is
+    learnt, the driver's memory stays flat, and no object near the table's size is stored."""
+    files = write_table(tmp_path / "big", rows=1_700_000, files=17)
+    size = sum(p.stat().st_size for p in files)
+    assert size > 3.5 * 80 * 2**20
+    spec = table_spec(tmp_path / "big", "streamed-big", True, epochs=1, batch_size=1024)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    log = tmp_path / "child.log"
+    with log.open("w") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.data.streamed_job", str(tmp_path / "spec.json"), "80"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "KILN_HOME": str(tmp_path / "home")},
+        )
+        peak = _peak_rss(child, timeout_s=600)
+    assert child.returncode == 0, log.read_text()[-3000:]
+    result = json.loads(child.stdout.read().strip().splitlines()[-1])
+    metrics = result["outcome"]["metrics"]
+    growth = peak - result["rss_before_data"]
+    print(
+        f"\nstreamed {size / 2**20:.0f} MB: driver peak RSS {peak / 2**20:.0f} MB "
+        f"(+{growth / 2**20:.0f} MB over Ray and torch loaded), {metrics}\n{result['memory']}"
+    )
+    assert metrics["val_accuracy"] >= 0.95
+    assert metrics["train_rows_dropped"] < 2
+    assert growth < size / 2, "the driver held a large part of the table"
+    spilled = re.search(r"Spilled (\d+) MiB, (\d+) objects", result["memory"])
+    if spilled:  # blocks may spill under an 80 MB store; the table never goes in whole
+        mib, objects = int(spilled[1]), int(spilled[2])
+        assert mib / objects < size / 2**20 / 5
+
+
+def _peak_rss(child: subprocess.Popen, timeout_s: float) -> int:
+    process, peak, deadline = psutil.Process(child.pid), 0, time.monotonic() + timeout_s
+    while child.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):  # between its exit and our poll
+            peak = max(peak, process.memory_info().rss)
+        time.sleep(0.05)
+    if child.poll() is None:
+        child.kill()
+        pytest.fail("the streamed run did not finish in time")
+    return peak
+
+
+@pytest.mark.slow
+def test_streamed_and_in_memory_give_the_same_metrics(tmp_path, fresh_home):
+    write_table(tmp_path / "t", rows=8000, files=4)
+    results = {}
+    for streaming in (True, False):
+        spec = table_spec(tmp_path / "t", f"parity-{streaming}".lower(), streaming, epochs=2)
+        outcome, _ = train(spec)
+        results[streaming] = outcome.metrics
+    print(f"\nstreamed {results[True]}\nin memory {results[False]}")
+    assert results[True]["val_accuracy"] == pytest.approx(results[False]["val_accuracy"], abs=0.02)
+    assert results[True]["val_loss"] == pytest.approx(results[False]["val_loss"], rel=0.35)
+    registry = ModelRegistry.open()
+    rules = [
+        registry.read_json(registry.resolve(f"{name}@1"), "model.json")["schema"]["transform"]
+        for name in ("parity-true", "parity-false")
+    ]
+    streamed, in_memory = (r["standardize"] for r in rules)  # fitted in one pass, and by numpy
+    np.testing.assert_allclose(streamed["mean"], in_memory["mean"], atol=1e-6)
+    np.testing.assert_allclose(streamed["std"], in_memory["std"], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_uneven_shards_neither_hang_nor_drop_rows_silently(tmp_path, fresh_home):
+    write_table(tmp_path / "t", rows=0, files=4, sizes=[3, 9001, 17, 2500])
+    outcome, _ = train(table_spec(tmp_path / "t", "uneven", True, epochs=2))
+    frame = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "t").glob("*.parquet")))
+    train_rows = int((~in_validation(frame, 0.2, seed=0)).sum())
+    for epoch in outcome.history:  # every training row is trained on or reported left out
+        assert epoch["train_rows"] + epoch["train_rows_dropped"] == train_rows
+        assert 0 <= epoch["train_rows_dropped"] < 2  # fewer than the 2 workers
+    assert len(outcome.history) == 2 and outcome.metrics["val_accuracy"] > 0.7
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_a_streamed_run(tmp_path, fresh_home):
+    write_table(tmp_path / "t", rows=6000, files=3)
+    spec = parse_spec(table_spec(tmp_path / "t", "streamed-resilient", True, epochs=5), "spec")
+    view = quiet_view(spec)
+    done: dict = {}
+    thread = threading.Thread(target=lambda: done.update(outcome=run_job(spec, view)))
+    thread.start()
+    deadline = time.monotonic() + 180
+    while _epochs(view) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")
+    ]
+    assert workers, "no training worker to kill"
+    os.kill(workers[-1], signal.SIGKILL)
+    thread.join(timeout=300)
+    outcome = done["outcome"]
+    assert outcome.failures >= 1
+    assert [h["epoch"] for h in outcome.history] == list(range(1, 6))
+    resumed = [e["metrics"]["resumed_from"] for e in view.events if e["kind"] == "report"]
+    assert max(resumed) >= 1, "the run started again from scratch"
+    assert all(h["train_rows_dropped"] < 2 for h in outcome.history)
+
+
+def _epochs(view) -> int:
+    reports = [e for e in list(view.events) if e["kind"] == "report"]
+    return max((e["metrics"]["epoch"] for e in reports), default=0)
+
+
+# --- bad input: one line naming the file, before any worker starts ---------------------------
+
+
+def build(path: Path | str, **params):
+    spec = DataSpec(name="table", path=str(path), params={"label": "label", **params})
+    data.check(spec)
+    return data.build(spec, "classification")
+
+
+def test_a_path_that_does_not_exist(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        build(tmp_path / "nothing.parquet")
+    with pytest.raises(DataError, match="no files match"):
+        build(tmp_path / "*.parquet")
+
+
+def test_an_empty_shard_set(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "_SUCCESS").write_text("")
+    with pytest.raises(DataError, match="no Parquet or CSV files"):
+        build(tmp_path / "empty")
+
+
+def test_a_column_the_spec_names_that_the_files_lack(tmp_path):
+    write_table(tmp_path / "t", rows=100, files=2)
+    with pytest.raises(DataError, match="has no column 'price'"):
+        build(tmp_path / "t", features=["f0", "price"])
+
+
+def test_mixed_schemas_across_shards(tmp_path):
+    write_table(tmp_path / "t", rows=100, files=2)
+    pd.DataFrame({"f0": [1.0], "label": [1]}).to_parquet(tmp_path / "t" / "part-9.parquet")
+    with pytest.raises(DataError, match=r"part-9\.parquet: columns .* differ"):
+        build(tmp_path / "t")
+
+
+def test_a_corrupt_parquet_file_fails_in_one_line_naming_it(tmp_path):
+    write_table(tmp_path / "t", rows=100, files=2)
+    (tmp_path / "t" / "part-00001.parquet").write_bytes(b"PAR1 this is not parquet")
+    spec = table_spec(tmp_path / "t", "corrupt", True)
+    path = tmp_path / "corrupt.yaml"
+    path.write_text(json.dumps(spec))
+    done = run_kiln("train", str(path), env={"KILN_HOME": str(tmp_path / "home")})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "part-00001.parquet: not a readable Parquet file" in lines[-1]
+    assert "Traceback" not in done.stderr
+
+
+def test_streaming_a_dataset_that_cannot_stream_is_refused():
+    with pytest.raises(DataError, match="digits is read in memory; datasets that stream: table"):
+        data.check(DataSpec(name="digits", streaming=True))
