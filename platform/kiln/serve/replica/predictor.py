@@ -7,6 +7,10 @@
 Per task: classifiers give `probabilities` and `label`; generators take latent vectors (or one
 seed per image) and give `images` in [0, 1]; regressors, forecasters and recommenders give the
 model's `output` (or `scores`).
+
+Inputs are raw: the preprocessing fitted at training (`schema.transform`: standardisation, a
+text vocabulary) is applied here by the training code's own functions (kiln.preprocess). A
+text classifier takes `text` (BYTES, one string per example) beside its token ids.
 """
 
 import time
@@ -15,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kiln import tasks
+from kiln import preprocess, tasks
 from kiln.builders import import_object
 from kiln.errors import RequestError
 from kiln.registry import ModelRegistry, ModelVersion
@@ -30,6 +34,7 @@ class Predictor:
         self.module = loaded.module
         self.card = loaded.card
         self.schema: dict[str, Any] = loaded.card["schema"]
+        self.transform: dict[str, Any] = self.schema.get("transform") or {}
         self.load_seconds = load_seconds
         self.inputs = [TensorMetadata(**t) for t in loaded.card["inputs"]]
         self.outputs = [TensorMetadata(**t) for t in loaded.card["outputs"]]
@@ -57,6 +62,8 @@ class Predictor:
     def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
         """One request's input (input number `index` of `self.inputs`) as a model input. A
         binary request's tensor is a read-only view of the body: torch gets a copy of it."""
+        if array.dtype == np.float32:
+            array = preprocess.features(self.transform, array)
         return torch.from_numpy(np.require(array, requirements=["C", "W"]))
 
     @torch.inference_mode()
@@ -76,8 +83,13 @@ class Classifier(Predictor):
         ]
         if (vocab := self.schema.get("vocab_size")) and self.inputs[0].datatype == "INT64":
             self.value_bounds = [(0, vocab - 1)]
+        if "vocab" in self.transform:
+            self.inputs.append(TensorMetadata(name="text", datatype="BYTES", shape=[-1]))
+            self.value_bounds.append(None)
 
     def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
+        if self.inputs[index].name == "text":
+            return torch.from_numpy(preprocess.token_ids(self.transform, _texts(array)))
         if self.value_bounds[0] is not None:
             _check_ids(array, self.value_bounds[0][1] + 1, "token ids")
         return super().prepare(index, array)
@@ -165,6 +177,14 @@ class Recommender(Predictor):
         """Cold start: the most popular items (score: 1 / rank)."""
         ranked = [i for i in self.popular if i not in seen][:k]
         return [(item, 1.0 / (rank + 1)) for rank, item in enumerate(ranked)]
+
+
+def _texts(array: np.ndarray) -> list[str]:
+    """BYTES elements as text: JSON gives strings, the binary extension bytes (UTF-8)."""
+    try:
+        return [e.decode() if isinstance(e, bytes) else str(e) for e in array.ravel()]
+    except UnicodeDecodeError:
+        raise RequestError("input 'text' must be UTF-8 text") from None
 
 
 def _check_ids(array: np.ndarray, bound: int, what: str) -> None:

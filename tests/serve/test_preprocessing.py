@@ -1,0 +1,110 @@
+"""Served models take raw inputs: the preprocessing fitted at training (standardisation, a
+text vocabulary) is applied in the replica by the training code's own functions."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from kiln.data.base import shuffled_split
+from kiln.preprocess import token_ids
+from kiln.registry.loading import load_model
+from tests.conftest import ROOT, quiet_view
+from tests.serve.conftest import deployed, infer_body
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+WORDS = {"pos": "wonderful delightful moving superb", "neg": "dull boring awful tedious"}
+
+
+def reviews(n: int, seed: int) -> pd.DataFrame:
+    """Short reviews whose label the sentiment words decide, among neutral filler."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        label = str(rng.choice(["pos", "neg"]))
+        words = [*rng.choice(WORDS[label].split(), 2), *rng.choice(["film", "plot", "it"], 3)]
+        rows.append((" ".join(rng.permutation(words)), label))
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+@pytest.fixture(scope="module")
+def raw_input_models(ray_cluster, tmp_path_factory):
+    from kiln.registry import ModelRegistry
+    from kiln.spec import parse_spec
+    from kiln.train import run_job
+    from kiln.validate import load_spec
+
+    cancer = load_spec(ROOT / "jobs/tabular-breast-cancer.yaml", ["train.epochs=8"])
+    run_job(cancer, quiet_view(cancer))
+    path = tmp_path_factory.mktemp("text") / "reviews.csv"
+    reviews(600, seed=0).to_csv(path, index=False)
+    text = parse_spec(
+        {
+            "name": "reviews-rnn",
+            "task": "classification",
+            "data": {"name": "text_csv", "path": str(path), "params": {"max_len": 8}},
+            "model": {"family": "rnn", "params": {"hidden": 32, "embed_dim": 16}},
+            "train": {"epochs": 4, "batch_size": 32, "optimizer": {"lr": 0.01}},
+            "scaling": {"num_workers": 2},
+        },
+        "reviews-rnn",
+    )
+    run_job(text, quiet_view(text))
+    return ModelRegistry.open()
+
+
+@pytest.fixture(scope="module")
+def raw_serving(raw_input_models, serving_config):
+    model_app = next(a for a in serving_config["applications"] if a["name"] == "digits-cnn")
+    apps = [
+        {
+            **model_app,
+            "name": name,
+            "route_prefix": f"/v2/models/{name}",
+            "args": {**model_app["args"], "model": f"{name}@staging"},
+        }
+        for name in ("breast-cancer-mlp", "reviews-rnn")
+    ]
+    config = {**serving_config, "applications": apps}
+    with deployed(config) as url:
+        yield url
+
+
+def test_raw_breast_cancer_rows_get_the_registered_accuracy(raw_serving, raw_input_models):
+    import httpx
+
+    bunch = load_breast_cancer()
+    _, val = shuffled_split(len(bunch.data), val_fraction=0.25, seed=0)  # the job's split
+    rows = bunch.data[val].astype(np.float32)  # raw: millimetres, areas, ratios
+    response = httpx.post(
+        f"{raw_serving}/v2/models/breast-cancer-mlp/infer", json=infer_body(rows), timeout=30
+    )
+    assert response.status_code == 200, response.text
+    labels = next(o for o in response.json()["outputs"] if o["name"] == "label")["data"]
+    accuracy = np.mean(np.array(labels) == np.array(bunch.target_names)[bunch.target[val]])
+    version = raw_input_models.resolve("breast-cancer-mlp@staging")
+    best = raw_input_models.read_json(version, "metrics.json")["best"]
+    assert accuracy == pytest.approx(best["val_accuracy"], abs=1e-9)
+    assert accuracy > 0.9
+
+
+def test_raw_text_gets_the_offline_models_labels(raw_serving, raw_input_models):
+    import httpx
+    import torch
+
+    texts = reviews(40, seed=1).text.tolist()
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
+    response = httpx.post(f"{raw_serving}/v2/models/reviews-rnn/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    served = next(o for o in response.json()["outputs"] if o["name"] == "label")["data"]
+    loaded = load_model(raw_input_models, "reviews-rnn@staging")
+    transform = loaded.card["schema"]["transform"]
+    with torch.inference_mode():
+        logits = loaded.module(torch.from_numpy(token_ids(transform, texts)))
+    offline = [loaded.card["schema"]["classes"][i] for i in logits.argmax(1).tolist()]
+    assert served == offline
+    meta = httpx.get(f"{raw_serving}/v2/models/reviews-rnn").json()
+    assert {"name": "text", "datatype": "BYTES", "shape": [-1]} in meta["inputs"]
+    wrong = {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+    assert httpx.post(f"{raw_serving}/v2/models/reviews-rnn/infer", json=wrong).status_code == 400
