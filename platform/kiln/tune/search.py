@@ -17,6 +17,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from kiln import data as datasets
 from kiln import plots
+from kiln.data import Dataset, StreamedDataset
 from kiln.errors import SpecError, TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import Domain, JobSpec, TuneSpec, apply_overrides
@@ -56,12 +57,14 @@ def run_search(
     storage = absolute(spec.storage_path or get_settings().storage_uri)
     root = f"{storage}/tune"
     name = name or (_latest_search(root, spec.name) if resume else None) or _new_name(spec)
+    dataset = None if searches_data(spec.tune) else datasets.build(spec.data, spec.task)
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
             base=spec.model_dump(mode="json", by_alias=True),
             search=name,
             storage=storage,
+            shared=None if dataset is None else share(dataset),
         ),
         # No CPU: the trial only waits on its Train workers, which hold the resources. Tune
         # refuses an all-zero request, so the trial asks for a token 1 MiB of memory.
@@ -85,15 +88,38 @@ def run_search(
             ),
         )
     grid = tuner.fit()
-    return _finish(spec, grid, name, path, storage)
+    return _finish(spec, grid, name, path, storage, dataset)
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], search: str, storage: str) -> None:
-    """One trial: the job with this trial's values, as a Ray Train run."""
+def run_trial(
+    config: dict[str, Any],
+    base: dict[str, Any],
+    search: str,
+    storage: str,
+    shared: dict[str, Any] | None,
+) -> None:
+    """One trial: the job with this trial's values, as a Ray Train run, on the search's
+    dataset (`shared`) unless the search varies the data."""
     spec = apply_overrides(JobSpec.model_validate(base), config)
     run_name = f"{search}-{tune.get_context().get_trial_id()}"  # stable across trial retries
-    dataset = datasets.build(spec.data, spec.task)
-    build_trainer(spec, dataset, run_name, storage, [TuneReportCallback()]).fit()
+    if shared is None:
+        dataset, ref = datasets.build(spec.data, spec.task), None
+    else:  # in memory: read from the object store without a copy; streamed: the lazy plan
+        ref = shared["ref"]
+        dataset = shared["streamed"] or ray.get(ref)
+    build_trainer(spec, dataset, run_name, storage, [TuneReportCallback()], data_ref=ref).fit()
+
+
+def searches_data(tune_spec: TuneSpec) -> bool:
+    return any(path.startswith("data.") for path in tune_spec.space)
+
+
+def share(dataset: Dataset | StreamedDataset) -> dict[str, Any]:
+    """The dataset in the object store once for the whole search (a trial used to build and
+    put its own); a streamed one travels as its Ray Data plan, read by each trial's workers."""
+    if isinstance(dataset, StreamedDataset):
+        return {"ref": ray.put(dataset.for_workers()), "streamed": dataset}
+    return {"ref": ray.put(dataset), "streamed": None}
 
 
 def param_space(tune_spec: TuneSpec) -> dict[str, Any]:
@@ -159,7 +185,9 @@ def _tune_config(spec: JobSpec) -> tune.TuneConfig:
     )
 
 
-def _finish(spec: JobSpec, grid, name: str, path: str, storage: str) -> SearchOutcome:
+def _finish(
+    spec: JobSpec, grid, name: str, path: str, storage: str, dataset: Any = None
+) -> SearchOutcome:
     t = spec.tune
     assert t is not None and t.metric is not None and t.mode is not None
     finished = [r for r in grid if r.metrics and t.metric in r.metrics]
@@ -184,7 +212,7 @@ def _finish(spec: JobSpec, grid, name: str, path: str, storage: str) -> SearchOu
     Path(f"{path}/curves.png").write_bytes(curves)
     if spec.registration is not None:
         outcome.model = _register_best(
-            spec, config, f"{storage}/{name}-{trial_id}", outcome, curves
+            spec, config, f"{storage}/{name}-{trial_id}", outcome, curves, dataset
         )
     return outcome
 
@@ -235,14 +263,20 @@ def trial_curves_png(grid, metric: str) -> bytes:
 
 
 def _register_best(
-    spec: JobSpec, config: dict[str, Any], run_path: str, search: SearchOutcome, curves: bytes
+    spec: JobSpec,
+    config: dict[str, Any],
+    run_path: str,
+    search: SearchOutcome,
+    curves: bytes,
+    dataset: Any = None,
 ) -> TrainOutcome:
     from kiln.train.publish import publish
 
     trial_spec = apply_overrides(spec, config)
     result = ray.train.Result.from_path(run_path)
     checkpoint, metrics = best_checkpoint(result, trial_spec)
-    dataset = datasets.build(trial_spec.data, trial_spec.task)
+    if dataset is None:  # the search varied the data: this trial's own
+        dataset = datasets.build(trial_spec.data, trial_spec.task)
     outcome = TrainOutcome(
         model=trial_spec.model_name,
         version=None,
