@@ -3,7 +3,6 @@
 from typing import Literal
 
 import numpy as np
-from sklearn.datasets import load_digits
 
 from kiln.data.base import DATASETS, Dataset, classification, require_task
 
@@ -13,6 +12,8 @@ def digits(
     task: str, val_fraction: float, seed: int, *, layout: Literal["image", "sequence"] = "image"
 ) -> Dataset:
     """layout=image: (1, 8, 8) for MLP and CNN; layout=sequence: 8 rows of 8 pixels for an RNN."""
+    from sklearn.datasets import load_digits  # here: Ray Data's workers import this module
+
     require_task("digits", task, ("classification", "generation"))
     bunch = load_digits()
     pixels = (bunch.images / 16.0).astype(np.float32)  # (N, 8, 8) in [0, 1]

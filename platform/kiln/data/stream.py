@@ -25,6 +25,7 @@ from kiln.data.shards import Shards
 from kiln.errors import DataError
 from kiln.schema import DataSchema
 
+BLOCK_BYTES = 8 * 2**20  # Ray Data blocks on their way to the workers
 HASH_BUCKETS = 2**20  # the split's resolution: val_fraction is kept to about one in a million
 
 
@@ -144,6 +145,10 @@ def stream_table(
     datasets: dict[str, ray.data.Dataset] = {
         name: part(name).map_batches(_tensors, **tensors) for name in ("train", "val")
     }
+    for dataset in datasets.values():
+        # Ray Data's default blocks of up to 128 MiB reach a worker two or three an epoch:
+        # smaller ones keep reading, transforming and training overlapped.
+        dataset.context.target_max_block_size = BLOCK_BYTES
     digest = hashlib.sha256(
         f"{shards.fingerprint}|{layout.columns}|{val_fraction}|{seed}|{key}".encode()
     )

@@ -5,7 +5,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from sklearn.datasets import load_breast_cancer
 
 from kiln import preprocess
 from kiln.data.base import DATASETS, Dataset, classification, require_task
@@ -18,6 +17,8 @@ from kiln.errors import DataError
 @DATASETS.register("breast_cancer")
 def breast_cancer(task: str, val_fraction: float, seed: int) -> Dataset:
     """Wisconsin diagnostic breast cancer: 569 patients, 30 features, malignant or benign."""
+    from sklearn.datasets import load_breast_cancer  # here: Ray Data's workers import this module
+
     require_task("breast_cancer", task, ("classification",))
     bunch = load_breast_cancer()
     data = classification(bunch.data.astype(np.float32), bunch.target, val_fraction, seed)
