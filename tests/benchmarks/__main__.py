@@ -12,6 +12,7 @@ from tests.benchmarks import (
     bench_recommend,
     bench_serve,
     bench_soak,
+    bench_stream,
     bench_train,
     bench_tune,
 )
@@ -23,6 +24,7 @@ BENCHMARKS = {
     "serve": bench_serve.main,
     "recommend": bench_recommend.main,
     "soak": bench_soak.main,
+    "stream": bench_stream.main,
     "autoscale": bench_autoscale.main,
 }
 
