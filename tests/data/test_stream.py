@@ -163,19 +163,19 @@ def test_streamed_and_in_memory_give_the_same_metrics(tmp_path, fresh_home):
 @pytest.mark.slow
 def test_uneven_shards_neither_hang_nor_drop_rows_silently(tmp_path, fresh_home):
     write_table(tmp_path / "t", rows=0, files=4, sizes=[3, 9001, 17, 2500])
-    outcome, _ = train(table_spec(tmp_path / "t", "uneven", True, epochs=2))
+    outcome, _ = train(table_spec(tmp_path / "t", "uneven", True, epochs=1))
     frame = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "t").glob("*.parquet")))
     train_rows = int((~in_validation(frame, 0.2, seed=0)).sum())
     for epoch in outcome.history:  # every training row is trained on or reported left out
         assert epoch["train_rows"] + epoch["train_rows_dropped"] == train_rows
         assert 0 <= epoch["train_rows_dropped"] < 2  # fewer than the 2 workers
-    assert len(outcome.history) == 2 and outcome.metrics["val_accuracy"] > 0.7
+    assert len(outcome.history) == 1 and outcome.metrics["val_accuracy"] > 0.7
 
 
 @pytest.mark.slow
 def test_killed_worker_resumes_a_streamed_run(tmp_path, fresh_home):
     write_table(tmp_path / "t", rows=6000, files=3)
-    spec = parse_spec(table_spec(tmp_path / "t", "streamed-resilient", True, epochs=5), "spec")
+    spec = parse_spec(table_spec(tmp_path / "t", "streamed-resilient", True, epochs=4), "spec")
     view = quiet_view(spec)
     done: dict = {}
     thread = threading.Thread(target=lambda: done.update(outcome=run_job(spec, view)))
@@ -193,7 +193,7 @@ def test_killed_worker_resumes_a_streamed_run(tmp_path, fresh_home):
     thread.join(timeout=300)
     outcome = done["outcome"]
     assert outcome.failures >= 1
-    assert [h["epoch"] for h in outcome.history] == list(range(1, 6))
+    assert [h["epoch"] for h in outcome.history] == list(range(1, 5))
     resumed = [e["metrics"]["resumed_from"] for e in view.events if e["kind"] == "report"]
     assert max(resumed) >= 1, "the run started again from scratch"
     assert all(h["train_rows_dropped"] < 2 for h in outcome.history)
