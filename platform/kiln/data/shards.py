@@ -3,7 +3,7 @@ expanded into its shards, each checked before any worker starts. Only file foote
 or first blocks (CSV) are read here.
 
     shards = Shards.open("data/events/*.parquet")
-    shards.files, shards.format, shards.schema, shards.rows   # rows: Parquet only, else None
+    shards.files, shards.format, shards.schema, shards.bytes
 
 Bad input is one DataError naming the file: no files, a corrupt file, columns that differ
 from the first shard's.
@@ -38,7 +38,6 @@ class Shards:
     format: Format
     schema: pa.Schema  # the first shard's (every shard has the same columns)
     bytes: int
-    rows: int | None  # known from Parquet footers without reading the data
     fingerprint: str  # of the files' names, sizes and modification times
     delimiter: str | None = None  # CSV only; default ","
 
@@ -49,9 +48,7 @@ class Shards:
             raise DataError(f"no Parquet or CSV files in {path}")
         files = sorted(found, key=lambda info: info.path)
         fmt = _format(path, files)
-        metadata = _read_footers(filesystem, files, fmt, delimiter)
-        schema = _same_columns(files, [m[0] for m in metadata], fmt)
-        rows = [m[1] for m in metadata]
+        schema = _same_columns(files, _read_footers(filesystem, files, fmt, delimiter), fmt)
         digest = hashlib.sha256()
         for info in files:
             digest.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
@@ -62,7 +59,6 @@ class Shards:
             format=fmt,
             schema=schema,
             bytes=sum(info.size or 0 for info in files),
-            rows=None if None in rows else sum(r for r in rows if r is not None),
             fingerprint=digest.hexdigest(),
             delimiter=delimiter,
         )
@@ -129,19 +125,18 @@ def _read_footers(
     files: list[pyarrow.fs.FileInfo],
     fmt: Format,
     delimiter: str | None,
-) -> list[tuple[pa.Schema, int | None]]:
-    """Each file's schema (and Parquet row count), read in parallel: object stores answer
-    many small requests at once."""
+) -> list[pa.Schema]:
+    """Each file's schema, read in parallel: object stores answer many small requests at
+    once."""
 
-    def read(info: pyarrow.fs.FileInfo) -> tuple[pa.Schema, int | None]:
+    def read(info: pyarrow.fs.FileInfo) -> pa.Schema:
         try:
             if fmt == "parquet":
                 with filesystem.open_input_file(info.path) as f:
-                    meta = pq.read_metadata(f)
-                return meta.schema.to_arrow_schema(), meta.num_rows
+                    return pq.read_schema(f)
             parse = pyarrow.csv.ParseOptions(delimiter=delimiter or ",")
             with filesystem.open_input_stream(info.path) as f:
-                return pyarrow.csv.open_csv(f, parse_options=parse).schema, None
+                return pyarrow.csv.open_csv(f, parse_options=parse).schema
         except (pa.ArrowException, OSError) as e:
             what = "Parquet" if fmt == "parquet" else "CSV"
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

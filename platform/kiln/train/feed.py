@@ -2,7 +2,7 @@
 steps on every rank in every epoch (DDP's gradient all-reduce and `ray.train.report` are
 barriers: a rank with one batch more would hang the job).
 
-    feed = feed_for(session, batch_size=spec.train.batch_size)
+    feed = feed_for(session, global_batch=spec.train.batch_size)
     for epoch in session.epochs():
         for inputs, targets in feed.epoch(epoch): ...          # on the worker's device
         for x, y in feed.validation(): ...                     # numpy, this rank's share
