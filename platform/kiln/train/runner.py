@@ -103,10 +103,7 @@ def build_trainer(
     loop = loops.for_task(spec.task)
     extras = loop.prepare(spec, dataset) if hasattr(loop, "prepare") else {}
     streamed = isinstance(dataset, StreamedDataset)
-    if data_ref is None:
-        data_ref = ray.put(
-            dataset.for_workers() if isinstance(dataset, StreamedDataset) else dataset
-        )
+    data_ref = data_ref or put_for_workers(dataset)
     return TorchTrainer(
         loop.train_loop_per_worker,
         train_loop_config={
@@ -133,6 +130,12 @@ def build_trainer(
             callbacks=callbacks,
         ),
     )
+
+
+def put_for_workers(dataset: Dataset | StreamedDataset) -> ray.ObjectRef:
+    """What every worker gets through `train_loop_config`: the arrays, or for a streamed
+    dataset only its schema and counts (its rows arrive as Ray Data shards)."""
+    return ray.put(dataset.for_workers() if isinstance(dataset, StreamedDataset) else dataset)
 
 
 def worker_resources(spec: JobSpec, streamed: bool) -> dict[str, float] | None:

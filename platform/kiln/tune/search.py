@@ -21,7 +21,13 @@ from kiln.data import Dataset, StreamedDataset
 from kiln.errors import SpecError, TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import Domain, JobSpec, TuneSpec, apply_overrides
-from kiln.train.runner import TrainOutcome, best_checkpoint, build_trainer, run_history
+from kiln.train.runner import (
+    TrainOutcome,
+    best_checkpoint,
+    build_trainer,
+    put_for_workers,
+    run_history,
+)
 from kiln.tune.progress import SearchView
 
 
@@ -117,9 +123,8 @@ def searches_data(tune_spec: TuneSpec) -> bool:
 def share(dataset: Dataset | StreamedDataset) -> dict[str, Any]:
     """The dataset in the object store once for the whole search (a trial used to build and
     put its own); a streamed one travels as its Ray Data plan, read by each trial's workers."""
-    if isinstance(dataset, StreamedDataset):
-        return {"ref": ray.put(dataset.for_workers()), "streamed": dataset}
-    return {"ref": ray.put(dataset), "streamed": None}
+    streamed = dataset if isinstance(dataset, StreamedDataset) else None
+    return {"ref": put_for_workers(dataset), "streamed": streamed}
 
 
 def param_space(tune_spec: TuneSpec) -> dict[str, Any]:
