@@ -13,6 +13,9 @@ import pytest
 # and no token auth for this hermetic, loopback-only cluster.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Ray Train's wait for the workers' placement group before it retries (60 s by default): short,
+# so that the start-timeout test is quick (kiln.train.runner.start_retries scales with it).
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "4")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Serving as `kiln serve` runs it (the HAProxy ingress), with metrics reported every second
 # instead of every ten so that a test sees its requests counted quickly.
@@ -100,3 +103,4 @@ def digits_cnn(ray_cluster):
 
     spec = load_spec(ROOT / "jobs" / "digits-cnn.yaml")
     return spec, run_job(spec, quiet_view(spec))
+

@@ -120,6 +120,11 @@ class ScalingSpec(Strict):
     )
     use_gpu: bool = False
     resources_per_worker: dict[str, NonNegativeFloat] | None = None
+    start_timeout_s: PositiveFloat | None = Field(
+        600,
+        description="fail when the workers' resources are not free within this time (checked "
+        "each minute); null waits forever, e.g. on a cluster that adds nodes on demand",
+    )
 
     @model_validator(mode="after")
     def _elastic_range(self) -> "ScalingSpec":

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, free_port, quiet_view
@@ -53,8 +55,50 @@ def recommender(ray_cluster):
     return load_model(registry, "recsys-two-tower@production")
 
 
+WORDS = {"pos": "wonderful delightful moving superb", "neg": "dull boring awful tedious"}
+
+
+def reviews(n: int, seed: int) -> pd.DataFrame:
+    """Short reviews whose label the sentiment words decide, among neutral filler."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        label = str(rng.choice(["pos", "neg"]))
+        words = [*rng.choice(WORDS[label].split(), 2), *rng.choice(["film", "plot", "it"], 3)]
+        rows.append((" ".join(rng.permutation(words)), label))
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
 @pytest.fixture(scope="package")
-def serving_config(digits_models, recommender, tmp_path_factory):
+def raw_input_models(ray_cluster, tmp_path_factory):
+    """A breast-cancer MLP (standardised features) and a text RNN (a vocabulary), for the
+    raw-input tests. Trained before anything is deployed, as `recommender` is."""
+    from kiln.registry import ModelRegistry
+    from kiln.spec import parse_spec
+    from kiln.train import run_job
+    from kiln.validate import load_spec
+
+    cancer = load_spec(ROOT / "jobs/tabular-breast-cancer.yaml", ["train.epochs=8"])
+    run_job(cancer, quiet_view(cancer))
+    path = tmp_path_factory.mktemp("text") / "reviews.csv"
+    reviews(600, seed=0).to_csv(path, index=False)
+    text = parse_spec(
+        {
+            "name": "reviews-rnn",
+            "task": "classification",
+            "data": {"name": "text_csv", "path": str(path), "params": {"max_len": 8}},
+            "model": {"family": "rnn", "params": {"hidden": 32, "embed_dim": 16}},
+            "train": {"epochs": 4, "batch_size": 32, "optimizer": {"lr": 0.01}},
+            "scaling": {"num_workers": 2},
+        },
+        "reviews-rnn",
+    )
+    run_job(text, quiet_view(text))
+    return ModelRegistry.open()
+
+
+@pytest.fixture(scope="package")
+def serving_config(digits_models, recommender, raw_input_models, tmp_path_factory):
     """serving/digits.yaml, plus a copy of the CNN that needs an API key; deployed by
     `serving`, and shut down when the package's tests are done."""
     from kiln.serve.control import deploy

@@ -130,3 +130,31 @@ def test_killed_worker_resumes_from_its_last_checkpoint(fresh_home):
     assert resumed[0] >= reached - 1, f"killed after epoch {reached}, resumed from {resumed[0]}"
     assert [h["epoch"] for h in outcome.history] == list(range(1, 41))
     assert ModelRegistry.open().versions("resilient") == [outcome.version] == [1]
+
+
+@pytest.mark.slow
+def test_a_job_whose_workers_cannot_start_fails_naming_what_is_missing(fresh_home):
+    """2 workers of 1 CPU on a 2-CPU cluster where something else holds 1.5 CPUs: Ray Train
+    would retry the placement group forever; Kiln gives up after scaling.start_timeout_s."""
+    import ray
+
+    from kiln.errors import TrainingError
+
+    @ray.remote(num_cpus=1.5)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ready.remote())
+    spec = load_spec(ROOT / "jobs/digits-mlp.yaml", ["scaling.start_timeout_s=8"])
+    started = time.monotonic()
+    try:
+        with pytest.raises(TrainingError) as failed:
+            run_job(spec, quiet_view(spec))
+    finally:
+        ray.kill(holder)
+    message = str(failed.value)
+    assert "could not start within 8 s (scaling.start_timeout_s)" in message
+    assert "need 2 CPU (free 0.5 of 2" in message
+    assert time.monotonic() - started < 60

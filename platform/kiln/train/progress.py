@@ -70,6 +70,14 @@ class ProgressView:
         for event in events:
             self.show(event)
 
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def waiting(self, why: str) -> None:
+        """The workers have not started yet, and why."""
+        self.bar.update(self.task, status="waiting for resources")
+        self.bar.console.print(f"[yellow]waiting: {escape(why)}")
+
     def show(self, event: dict[str, Any]) -> None:
         self.events.append(event)
         if event["kind"] == "failure":

@@ -1,6 +1,8 @@
 """From a job spec to a registered model: data on the driver, a `TorchTrainer` on Ray Train V2,
 live progress, and the best checkpoint registered with its card, metrics and lineage."""
 
+import math
+import os
 import threading
 import time
 import uuid
@@ -10,6 +12,7 @@ from typing import Any
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.util.queue import Queue
 
 from kiln import data as datasets
@@ -20,6 +23,8 @@ from kiln.spec import JobSpec
 from kiln.train import loops
 from kiln.train.feed import ExactValidation
 from kiln.train.progress import ProgressView, ReportForwarder
+
+WAIT_NOTICE_S = 20  # no report by then: say what the workers are waiting for, if anything
 
 
 @dataclass
@@ -63,7 +68,8 @@ def run_job(
     dataset = datasets.build(spec.data, spec.task)
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = build_trainer(spec, dataset, run_name, storage, [ReportForwarder(queue)])
-    result = _fit_with_progress(trainer, queue, view)
+    needed = workers_need(spec, worker_resources(spec, isinstance(dataset, StreamedDataset)))
+    result = _fit_with_progress(trainer, queue, view, needed, spec.scaling.start_timeout_s)
     queue.shutdown()
 
     checkpoint, best_metrics = best_checkpoint(result, spec)
@@ -121,7 +127,11 @@ def build_trainer(
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=spec.failure.max_failures),
+            # Train V2's FailureConfig at run time; mypy reads ray.train's V1 import of it.
+            failure_config=ray.train.FailureConfig(  # type: ignore[call-arg]
+                max_failures=spec.failure.max_failures,
+                controller_failure_limit=start_retries(spec.scaling.start_timeout_s),
+            ),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.checkpoint.keep,
                 checkpoint_score_attribute=spec.checkpoint.metric,
@@ -153,8 +163,34 @@ def worker_resources(spec: JobSpec, streamed: bool) -> dict[str, float] | None:
     return {"CPU": max(round((cpus - 1) / count, 2), 0.1)}
 
 
-def _fit_with_progress(trainer: TorchTrainer, queue: Queue, view: ProgressView):
-    """fit() blocks, so it runs in a thread while this one draws progress."""
+def start_retries(timeout_s: float | None) -> int:
+    """Ray Train waits `RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S` (60 s) for the workers'
+    placement group, then retries without end: on a cluster whose CPUs are held by other
+    jobs or Serve replicas, a run would wait forever. This many retries give up after about
+    `timeout_s` (None: retry forever, for clusters that add nodes on demand)."""
+    if timeout_s is None:
+        return -1
+    attempt_s = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 60))
+    return max(0, math.ceil(timeout_s / attempt_s) - 1)
+
+
+def workers_need(spec: JobSpec, per_worker: dict[str, float] | None) -> dict[str, float]:
+    """What the smallest worker group reserves in all, as Ray's ScalingConfig computes it."""
+    per_worker = per_worker or {"CPU": 1.0, **({"GPU": 1.0} if spec.scaling.use_gpu else {})}
+    workers = spec.scaling.num_workers
+    count = workers[0] if isinstance(workers, tuple) else workers
+    return {name: amount * count for name, amount in per_worker.items() if amount}
+
+
+def _fit_with_progress(
+    trainer: TorchTrainer,
+    queue: Queue,
+    view: ProgressView,
+    needed: dict[str, float],
+    start_timeout_s: float | None,
+):
+    """fit() blocks, so it runs in a thread while this one draws progress, and says so
+    when the workers are still waiting for resources after `WAIT_NOTICE_S`."""
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
@@ -165,15 +201,45 @@ def _fit_with_progress(trainer: TorchTrainer, queue: Queue, view: ProgressView):
 
     thread = threading.Thread(target=fit, name="kiln-fit", daemon=True)
     thread.start()
+    noticed = False
     with view:
         while thread.is_alive():
             view.drain(queue)
+            if not noticed and not view.events and view.elapsed_s() > WAIT_NOTICE_S:
+                noticed = True
+                if short := shortfall(needed):
+                    view.waiting(f"{short}; {_patience(start_timeout_s)}")
         view.drain(queue, timeout=0.5)
     if "error" in outcome:
-        raise TrainingError(f"training failed: {_root_cause(outcome['error'])}") from outcome[
-            "error"
-        ]
+        error = outcome["error"]
+        if isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
+            short = shortfall(needed) or "their resources were not free in time"
+            raise TrainingError(
+                f"training workers could not start within {start_timeout_s:g} s "
+                f"(scaling.start_timeout_s): {short}"
+            ) from error
+        raise TrainingError(f"training failed: {_root_cause(error)}") from error
     return outcome["result"]
+
+
+def shortfall(needed: dict[str, float]) -> str | None:
+    """What the workers wait for, in words, or None when the cluster has it free now."""
+    free = ray.available_resources()
+    total = ray.cluster_resources()
+    short = {name: amount for name, amount in needed.items() if free.get(name, 0.0) < amount}
+    if not short:
+        return None
+    return "the workers need " + ", ".join(
+        f"{amount:g} {name} (free {free.get(name, 0.0):g} of {total.get(name, 0.0):g}: "
+        "other jobs or Serve replicas hold the rest)"
+        for name, amount in short.items()
+    )
+
+
+def _patience(timeout_s: float | None) -> str:
+    if timeout_s is None:
+        return "waiting without a limit (scaling.start_timeout_s: null)"
+    return f"giving up after {timeout_s:g} s (scaling.start_timeout_s)"
 
 
 def best_checkpoint(result, spec: JobSpec) -> tuple[ray.train.Checkpoint, dict[str, float]]:
@@ -188,8 +254,6 @@ def best_checkpoint(result, spec: JobSpec) -> tuple[ray.train.Checkpoint, dict[s
 def run_history(checkpoint: ray.train.Checkpoint | None) -> list[dict[str, float]]:
     """Every epoch's metrics, from the latest checkpoint (so epochs redone after a resume
     appear once)."""
-    import os
-
     import torch
 
     from kiln.train.session import STATE_FILE
