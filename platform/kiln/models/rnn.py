@@ -1,6 +1,7 @@
 """Recurrent networks (LSTM or GRU) over sequences: rows of an image, windows of a time series,
-or token ids of a text (then with an embedding). The last step's hidden state feeds the head,
-which classifies or forecasts `output_dim` values."""
+token ids of a text (then with an embedding), or log-mel frames of speech. The last step's
+output (`pooling: last`) or the mean over all steps (`pooling: mean`, for speech, whose clips end in
+silence) feeds the head, which classifies or forecasts `output_dim` values."""
 
 from typing import Literal
 
@@ -25,8 +26,10 @@ class SequenceRNN(nn.Module):
         dropout: float,
         vocab_size: int | None,
         embed_dim: int,
+        pooling: str = "last",
     ):
         super().__init__()
+        self.pooling = pooling
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0) if vocab_size else None
         rnn_class = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn_class(
@@ -44,7 +47,7 @@ class SequenceRNN(nn.Module):
         if self.embed is not None:
             x = self.embed(x)  # (B, T, E)
         out, _ = self.rnn(x)  # (B, T, H * directions)
-        return self.head(out[:, -1])
+        return self.head(out.mean(dim=1) if self.pooling == "mean" else out[:, -1])
 
 
 @MODELS.register("rnn")
@@ -57,6 +60,7 @@ def rnn(
     bidirectional: bool = False,
     dropout: confloat(ge=0, lt=1) = 0.0,  # type: ignore[valid-type]
     embed_dim: PositiveInt = 64,
+    pooling: Literal["last", "mean"] = "last",
 ) -> nn.Module:
     tokens = schema.input_dtype == "int64"
     if tokens and not schema.vocab_size:
@@ -74,4 +78,5 @@ def rnn(
         dropout,
         schema.vocab_size if tokens else None,
         embed_dim,
+        pooling,
     )
