@@ -4,6 +4,9 @@ training (sharded across workers, then summed) and after loading a model from th
     sums = evaluation_sums(module, data.x_val, data.y_val, task.criterion(), data.schema.task)
     supervised_metrics(sums, data.schema)
     # {"val_loss": .., "val_accuracy": ..} or {"val_loss": .., "val_mae": .., "val_rmse": ..}
+
+A classifier's confusion matrix is counted in the same pass (`confusion=`), for up to
+`CONFUSION_CLASSES` classes (a larger one is not read as a picture).
 """
 
 import math
@@ -16,6 +19,7 @@ from kiln.schema import DataSchema
 
 # Running sums in a fixed order, so workers can add theirs with one all_reduce.
 SUMS = ("loss", "examples", "correct", "abs_error", "sq_error", "values")
+CONFUSION_CLASSES = 50
 
 
 def batch_sums(
@@ -58,12 +62,19 @@ def evaluation_sums(
     task: str,
     batch_size: int = 512,
     device: torch.device | None = None,
+    confusion: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The SUMS over (x, y); a classifier's counts are also added to `confusion` (classes x
+    classes, rows: the true class, columns: the predicted one) when it is given."""
     module.eval()
     device = device or torch.device("cpu")
     sums = torch.zeros(len(SUMS), dtype=torch.float64)
     for start in range(0, len(x), batch_size):
         inputs = torch.as_tensor(x[start : start + batch_size], device=device)
         targets = torch.as_tensor(y[start : start + batch_size], device=device)
-        sums += batch_sums(module(inputs), targets, loss, task)
+        outputs = module(inputs)
+        sums += batch_sums(outputs, targets, loss, task)
+        if confusion is not None:
+            pairs = targets.cpu() * len(confusion) + outputs.argmax(dim=1).cpu()
+            confusion += torch.bincount(pairs, minlength=confusion.numel()).view_as(confusion)
     return sums

@@ -1,5 +1,6 @@
 """Registering a finished run: weights, card, resolved spec, metrics, curves and lineage."""
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -40,6 +41,8 @@ def publish(
     }
     if outcome.history:
         files["curves.png"] = curves_png(outcome.history, spec.checkpoint.metric or "val_loss")
+    if "confusion.json" in artifacts:
+        files["confusion.png"] = confusion_png(json.loads(artifacts["confusion.json"]))
     registry = ModelRegistry.open()
     alias = spec.registration.alias if spec.registration else None
     return registry.register(spec.model_name, files, alias=alias, run_id=outcome.run_name)
@@ -81,5 +84,35 @@ def curves_png(history: list[dict[str, float]], metric: str) -> bytes:
     left.legend()
     right.plot(epochs, [h[metric] for h in history], color="tab:green")
     right.set(title=metric, xlabel="epoch")
+    figure.tight_layout()
+    return plots.png(figure)
+
+
+def confusion_png(matrix: dict[str, Any]) -> bytes:
+    """The validation split's confusion matrix (rows: true class, columns: predicted), each
+    row as shares of that class, with the counts written in."""
+    import numpy as np
+
+    counts = np.asarray(matrix["counts"], dtype=np.int64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    classes = matrix["classes"]
+    size = 2.5 + 0.4 * len(classes)
+    figure, axis = plots.subplots(figsize=(size, size * 0.9))
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axis.set(
+        xticks=range(len(classes)),
+        yticks=range(len(classes)),
+        xlabel="predicted",
+        ylabel="true",
+        title=f"validation: {counts.trace()} of {counts.sum()} right",
+    )
+    axis.set_xticklabels(classes, rotation=90 if max(map(len, classes)) > 3 else 0)
+    axis.set_yticklabels(classes)
+    if len(classes) <= 20:
+        for (row, column), count in np.ndenumerate(counts):
+            if count:
+                colour = "white" if shares[row, column] > 0.5 else "black"
+                axis.text(column, row, count, ha="center", va="center", fontsize=8, color=colour)
+    figure.colorbar(image, fraction=0.046, pad=0.04)
     figure.tight_layout()
     return plots.png(figure)

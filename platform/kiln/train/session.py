@@ -101,6 +101,15 @@ class WorkerSession:
         self.scaler.step(optimizer)
         self.scaler.update()
 
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm's running statistics) on every rank: each rank updates
+        them with its own batches, and only rank 0's are checkpointed, so validation on the
+        other ranks would otherwise score a model that is never registered."""
+        if self.world == 1:
+            return
+        for buffer in unwrap(module).buffers():
+            dist.broadcast(buffer.data, src=0)
+
     def all_sum(self, values: list[float]) -> list[float]:
         """Sums across ranks (each rank passes its own partial sums)."""
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
