@@ -21,8 +21,11 @@ install: $(STAMP)
 demo: $(STAMP)  ## train, tune, register, serve and load-test on a local Ray (tests/demo.py)
 	KILN_HOME=$${KILN_HOME:-.kiln} $(BIN)/python -m tests.demo
 
-# The KubeRay CRDs that k8s/ is validated against, when the shared folder is beside the project.
+# From the shared folder beside the project, when it is there: the KubeRay CRDs that k8s/ is
+# validated against, and the whole spoken-digit corpus (else the speech tests use the 400
+# recordings that ship in kiln/data/spoken_digits).
 test: export KILN_KUBERAY_CRDS ?= $(abspath $(wildcard ../shared/kuberay-crds))
+test: export KILN_SPEECH_DATA ?= $(abspath $(wildcard ../shared/data/spoken-digits))
 test: $(STAMP)  ## the whole suite, slow fault-injection tests included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -38,6 +38,15 @@ os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def speech_corpus() -> Path:
+    """The whole spoken-digit corpus where `make test` found it (KILN_SPEECH_DATA, from
+    ../shared), else the 400 recordings that ship with Kiln."""
+    from kiln.data.speech import BUNDLED
+
+    given = os.environ.get("KILN_SPEECH_DATA")
+    return Path(given) if given and Path(given).is_dir() else BUNDLED
+
+
 @pytest.fixture(scope="session")
 def kiln_home(tmp_path_factory) -> Path:
     """One KILN_HOME (registry and runs) for the session; tests that need their own set it."""
@@ -104,3 +113,13 @@ def digits_cnn(ray_cluster):
     spec = load_spec(ROOT / "jobs" / "digits-cnn.yaml")
     return spec, run_job(spec, quiet_view(spec))
 
+
+@pytest.fixture(scope="session")
+def spoken_digits_cnn(ray_cluster):
+    """jobs/spoken-digits-cnn.yaml on the corpus `make test` found (2 DDP workers, FSDD's
+    index split), registered in the session's KILN_HOME."""
+    from kiln.train import run_job
+    from kiln.validate import load_spec
+
+    spec = load_spec(ROOT / "jobs/spoken-digits-cnn.yaml", [f"data.path={speech_corpus()}"])
+    return spec, run_job(spec, quiet_view(spec))

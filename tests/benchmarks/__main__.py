@@ -12,6 +12,7 @@ from tests.benchmarks import (
     bench_recommend,
     bench_serve,
     bench_soak,
+    bench_speech,
     bench_stream,
     bench_train,
     bench_tune,
@@ -25,6 +26,7 @@ BENCHMARKS = {
     "recommend": bench_recommend.main,
     "soak": bench_soak.main,
     "stream": bench_stream.main,
+    "speech": bench_speech.main,
     "autoscale": bench_autoscale.main,
 }
 

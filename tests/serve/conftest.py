@@ -22,7 +22,7 @@ SECURED = "digits-cnn-secured"
 
 
 @pytest.fixture(scope="package")
-def digits_models(digits_cnn):
+def digits_models(digits_cnn, spoken_digits_cnn):
     """Every model serving/digits.yaml names, registered and promoted to production."""
     from kiln.registry import ModelRegistry
     from kiln.train import run_job
@@ -33,7 +33,7 @@ def digits_models(digits_cnn):
         if not registry.versions(name):
             spec = load_spec(ROOT / "jobs" / f"{name}.yaml", [f"train.epochs={epochs}"])
             run_job(spec, quiet_view(spec))
-    for name in ["digits-cnn", *QUICK]:
+    for name in ["digits-cnn", "spoken-digits-cnn", *QUICK]:
         registry.promote(name, 1, "production")
     return registry
 

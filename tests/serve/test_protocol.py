@@ -7,6 +7,7 @@ import yaml
 from kiln.errors import ModelNotFoundError, RequestError, SpecError
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.protocol import (
+    InferenceRequest,
     RequestInput,
     TensorMetadata,
     decode,
@@ -49,14 +50,16 @@ def test_decode_refuses_with_what_was_expected(changes, message):
         decode(given(**changes), IMAGE)
 
 
-def test_pick_input_among_alternatives():
+def test_pick_input_among_alternatives_with_its_parameters():
     seed = TensorMetadata(name="seed", datatype="INT64", shape=[-1])
-    index, array = pick_input(
-        [given(name="seed", datatype="INT64", shape=[3], data=[1, 2, 3])], [IMAGE, seed]
-    )
+    chosen = given(name="seed", datatype="INT64", shape=[3], data=[1, 2, 3])
+    chosen.parameters = {"sample_rate": 16000}
+    request = InferenceRequest(inputs=[chosen], parameters={"sample_rate": 8000, "other": 1})
+    index, array, parameters = pick_input(request, [IMAGE, seed])
     assert index == 1 and array.dtype == np.int64
+    assert parameters == {"sample_rate": 16000, "other": 1}  # the input's win over the request's
     with pytest.raises(RequestError, match="'input' or 'seed'"):
-        pick_input([given(name="x")], [IMAGE, seed])
+        pick_input(InferenceRequest(inputs=[given(name="x")]), [IMAGE, seed])
 
 
 def test_parse_request_whatever_the_content_type_says():

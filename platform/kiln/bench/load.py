@@ -217,9 +217,15 @@ def grpc_request_for(metadata: dict[str, Any], batch: int = 1, seed: int = 0) ->
     return request
 
 
+FREE_LENGTH = 8000  # values along a dimension of any size past the batch's (1 s of 8 kHz audio)
+
+
 def random_input(metadata: dict[str, Any], batch: int, seed: int) -> tuple[dict, np.ndarray]:
     first = metadata["inputs"][0]
-    shape = [batch if d == -1 else d for d in first["shape"]]
+    dims = first["shape"]
+    shape = [
+        batch if i == 0 and d == -1 else FREE_LENGTH if d == -1 else d for i, d in enumerate(dims)
+    ]
     rng = np.random.default_rng(seed)
     if first["datatype"].startswith("FP"):
         data = rng.random(shape).astype(DTYPES[first["datatype"]])

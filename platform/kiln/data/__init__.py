@@ -17,7 +17,7 @@ Either way every rank takes the same number of steps per epoch, so all reach
 import inspect
 from typing import Any, Literal, Protocol
 
-from kiln.data import images, interactions, series, tables, text  # noqa: F401  (registers the builders)
+from kiln.data import images, interactions, series, speech, tables, text  # noqa: F401  (registers the builders)
 from kiln.data.base import DATASETS, Dataset
 from kiln.data.files import check_exists
 from kiln.data.stream import StreamedDataset

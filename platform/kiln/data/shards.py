@@ -43,7 +43,7 @@ class Shards:
 
     @classmethod
     def open(cls, path: str, delimiter: str | None = None) -> "Shards":
-        filesystem, found = _list(path)
+        filesystem, found = list_files(path, SUFFIXES["parquet"] + SUFFIXES["csv"])
         if not found:
             raise DataError(f"no Parquet or CSV files in {path}")
         files = sorted(found, key=lambda info: info.path)
@@ -77,8 +77,11 @@ def _scheme(path: str) -> str:
     return path.split("://", 1)[0] + "://" if "://" in path else ""
 
 
-def _list(path: str) -> tuple[pyarrow.fs.FileSystem, list[pyarrow.fs.FileInfo]]:
-    """The data files a path names; a missing path is a DataError."""
+def list_files(
+    path: str, suffixes: tuple[str, ...]
+) -> tuple[pyarrow.fs.FileSystem, list[pyarrow.fs.FileInfo]]:
+    """The files a path names (a file, a folder searched recursively, or a glob) that end in
+    one of `suffixes`; a missing path is a DataError."""
     try:
         if "://" in path:
             filesystem, base = pyarrow.fs.FileSystem.from_uri(path)
@@ -100,7 +103,7 @@ def _list(path: str) -> tuple[pyarrow.fs.FileSystem, list[pyarrow.fs.FileInfo]]:
         for i in listed
         if i.type == pyarrow.fs.FileType.File
         and not os.path.basename(i.path).startswith(("_", "."))  # _SUCCESS, .crc, ...
-        and i.path.endswith(SUFFIXES["parquet"] + SUFFIXES["csv"])
+        and i.path.lower().endswith(suffixes)
         and (pattern is None or fnmatch.fnmatch(i.path, pattern))
     ]
     return filesystem, data_files

@@ -15,7 +15,7 @@ from torch import nn
 
 from kiln.builders import import_object
 from kiln.errors import SpecError
-from kiln.models import cnn, gan, mlp, rnn, two_tower  # noqa: F401  (registers the families)
+from kiln.models import cnn, gan, mlp, rnn, speech, two_tower  # noqa: F401  (registers the families)
 from kiln.models.base import MODELS
 from kiln.schema import DataSchema
 
@@ -56,6 +56,19 @@ def family_params(spec: ModelSpec) -> dict[str, Any]:
 
 
 def create(spec: ModelSpec, schema: DataSchema) -> nn.Module:
+    """The family's network for this data; behind a log-mel front end when the data are
+    waveforms (kiln.models.speech)."""
+    if "audio" not in schema.transform:
+        return _create(spec, schema)
+    try:
+        body = _create(spec, speech.feature_schema(schema))
+    except SpecError as e:
+        hint = "data.params.layout: image gives (1, n_mels, frames), sequence (frames, n_mels)"
+        raise SpecError(f"{e} ({hint})", field=e.field) from None
+    return speech.wrap(schema, body)
+
+
+def _create(spec: ModelSpec, schema: DataSchema) -> nn.Module:
     if spec.family is not None:
         params = MODELS.validate_params(spec.family, spec.params)
         return MODELS.get(spec.family)(schema, **params)

@@ -13,7 +13,8 @@ LOOP = "kiln.train.loops.supervised"
 
 def signature(schema: DataSchema, params: dict[str, Any]) -> tuple[Tensor, Tensor]:
     dtype = DATATYPES[schema.input_dtype]
-    inputs = {"name": "input", "datatype": dtype, "shape": [-1, *schema.input_shape]}
+    name = "waveform" if "audio" in schema.transform else "input"  # a speech model's clips
+    inputs = {"name": name, "datatype": dtype, "shape": [-1, *schema.input_shape]}
     outputs = {"name": "output", "datatype": "FP32", "shape": [-1, schema.output_dim]}
     return inputs, outputs
 

@@ -70,7 +70,7 @@ class ModelEndpoint:
         """The version that answered and the outputs the request asked for (all by default).
         Raises RequestError (400) or ModelNotFoundError (404)."""
         predictor = await self.predictor(version)
-        x = predictor.prepare(*pick_input(request.inputs, predictor.inputs))
+        x = predictor.prepare(*pick_input(request, predictor.inputs))
         if self.batching.max_batch_size > 1:
             outputs = await self._batched((predictor, x))
         else:

@@ -1,7 +1,7 @@
 """A registered model in eval mode, and the tensors it takes and gives over the protocol.
 
     predictor = Predictor.load(registry, registry.resolve("digits-cnn@production"))
-    x = predictor.prepare(*pick_input(request.inputs, predictor.inputs))   # one request
+    x = predictor.prepare(*pick_input(request, predictor.inputs))          # one request
     outputs = predictor.run(torch.cat([x, ...]))                           # a batch of them
 
 Per task: classifiers give `probabilities` and `label`; generators take latent vectors (or one
@@ -10,7 +10,8 @@ model's `output` (or `scores`).
 
 Inputs are raw: the preprocessing fitted at training (`schema.transform`: standardisation, a
 text vocabulary) is applied here by the training code's own functions (kiln.preprocess). A
-text classifier takes `text` (BYTES, one string per example) beside its token ids.
+text classifier takes `text` (BYTES, one string per example) beside its token ids; a speech
+classifier takes waveforms, PCM or WAV files (kiln.serve.replica.clips).
 """
 
 import time
@@ -24,6 +25,7 @@ from kiln.builders import import_object
 from kiln.errors import RequestError
 from kiln.registry import ModelRegistry, ModelVersion
 from kiln.registry.loading import LoadedModel, load_model
+from kiln.serve.replica import clips
 from kiln.serve.replica.protocol import TensorMetadata
 
 
@@ -59,9 +61,12 @@ class Predictor:
         dtype = np.float32 if first.datatype == "FP32" else np.int64
         return np.zeros([1, *first.shape[1:]], dtype=dtype)
 
-    def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
-        """One request's input (input number `index` of `self.inputs`) as a model input. A
-        binary request's tensor is a read-only view of the body: torch gets a copy of it."""
+    def prepare(
+        self, index: int, array: np.ndarray, parameters: dict[str, Any] | None = None
+    ) -> torch.Tensor:
+        """One request's input (input number `index` of `self.inputs`, with its parameters)
+        as a model input. A binary request's tensor is a read-only view of the body: torch
+        gets a copy of it."""
         if array.dtype == np.float32:
             array = preprocess.features(self.transform, array)
         return torch.from_numpy(np.require(array, requirements=["C", "W"]))
@@ -86,9 +91,22 @@ class Classifier(Predictor):
         if "vocab" in self.transform:
             self.inputs.append(TensorMetadata(name="text", datatype="BYTES", shape=[-1]))
             self.value_bounds.append(None)
+        self.clips = (
+            clips.ClipReader(self.transform["audio"]) if "audio" in self.transform else None
+        )
+        if self.clips:
+            self.inputs, self.value_bounds = list(clips.INPUTS), list(clips.BOUNDS)
 
-    def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
-        if self.inputs[index].name == "text":
+    def example(self) -> np.ndarray:
+        return self.clips.example() if self.clips else super().example()
+
+    def prepare(
+        self, index: int, array: np.ndarray, parameters: dict[str, Any] | None = None
+    ) -> torch.Tensor:
+        name = self.inputs[index].name
+        if self.clips:
+            return torch.from_numpy(self.clips.read(name, array, parameters or {}))
+        if name == "text":
             return torch.from_numpy(preprocess.token_ids(self.transform, _texts(array)))
         if self.value_bounds[0] is not None:
             _check_ids(array, self.value_bounds[0][1] + 1, "token ids")
@@ -109,7 +127,9 @@ class Generator(Predictor):
         self.inputs.append(TensorMetadata(name="seed", datatype="INT64", shape=[-1]))
         self.value_bounds = [None, (0, 2**63 - 2)]
 
-    def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
+    def prepare(
+        self, index: int, array: np.ndarray, parameters: dict[str, Any] | None = None
+    ) -> torch.Tensor:
         if self.inputs[index].name == "latent":
             return super().prepare(index, array)
         _check_ids(array, 2**63 - 1, "seeds")
@@ -143,7 +163,9 @@ class Recommender(Predictor):
         # Documented: indices valid in every column (users, then items, per row).
         self.value_bounds = [(0, min(len(self.user_index) + 1, self.schema["output_dim"]) - 1)]
 
-    def prepare(self, index: int, array: np.ndarray) -> torch.Tensor:
+    def prepare(
+        self, index: int, array: np.ndarray, parameters: dict[str, Any] | None = None
+    ) -> torch.Tensor:
         _check_ids(array[:, :1], len(self.user_index) + 1, "user indices")
         _check_ids(array[:, 1:], self.schema["output_dim"], "item indices")
         return super().prepare(index, array)

@@ -249,16 +249,17 @@ def wants_binary(request: InferenceRequest, output: str) -> bool:
 
 
 def pick_input(
-    inputs: list[RequestInput], accepted: list[TensorMetadata]
-) -> tuple[int, np.ndarray]:
+    request: InferenceRequest, accepted: list[TensorMetadata]
+) -> tuple[int, np.ndarray, dict[str, Any]]:
     """The one input a model takes (some take one of several alternatives): its index in
-    `accepted` and its array."""
-    if len(inputs) != 1:
-        raise RequestError(f"send exactly one input; got {len(inputs)}")
-    given = inputs[0]
+    `accepted`, its array, and its parameters over the request's (e.g. `sample_rate`)."""
+    if len(request.inputs) != 1:
+        raise RequestError(f"send exactly one input; got {len(request.inputs)}")
+    given = request.inputs[0]
     for index, expected in enumerate(accepted):
         if given.name == expected.name:
-            return index, decode(given, expected)
+            parameters = {**(request.parameters or {}), **(given.parameters or {})}
+            return index, decode(given, expected), parameters
     names = " or ".join(repr(t.name) for t in accepted)
     raise RequestError(f"unknown input {given.name!r}; this model takes {names}")
 

@@ -1,0 +1,59 @@
+"""Speech recognition from real recordings: the CNN job on FSDD's index split, its reload, its
+confusion matrix, and a voice the model has never heard (the speaker split)."""
+
+import numpy as np
+import pytest
+
+from kiln import data as datasets
+from kiln.registry import ModelRegistry
+from kiln.registry.loading import load_model
+from kiln.train import run_job
+from kiln.validate import load_spec
+from tests.conftest import ROOT, quiet_view, speech_corpus
+from tests.evaluation import evaluate
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
+
+
+def test_cnn_recognises_spoken_digits_on_the_index_split(spoken_digits_cnn):
+    spec, outcome = spoken_digits_cnn
+    epochs = outcome.history
+    seconds = np.mean([h["epoch_time_s"] for h in epochs])
+    accuracy = outcome.metrics["val_accuracy"]
+    print(
+        f"\nspoken-digits-cnn on {speech_corpus()}: val_accuracy {accuracy:.4f}"
+        f" after {len(epochs)} epochs, {seconds:.1f} s an epoch"
+    )
+    assert accuracy >= 0.95
+
+
+def test_the_registered_model_reloads_to_the_identical_accuracy(spoken_digits_cnn):
+    spec, outcome = spoken_digits_cnn
+    registry = ModelRegistry.open()
+    version = registry.resolve(f"spoken-digits-cnn@{outcome.version}")
+    loaded = load_model(registry, version)
+    data = datasets.build(spec.data, spec.task)
+    metrics = evaluate(loaded.module, data.x_val, data.y_val, data.schema)
+    assert metrics["val_accuracy"] == pytest.approx(outcome.metrics["val_accuracy"], abs=1e-12)
+    assert {"confusion.png", "confusion.json", "curves.png"} <= set(version.manifest["files"])
+    counts = np.array(registry.read_json(version, "confusion.json")["counts"])
+    assert counts.sum() == len(data.y_val)
+    assert counts.trace() / counts.sum() == pytest.approx(outcome.metrics["val_accuracy"])
+    assert loaded.card["inputs"] == [{"name": "waveform", "datatype": "FP32", "shape": [-1, 8000]}]
+
+
+@pytest.mark.slow
+def test_a_voice_the_model_has_never_heard(fresh_home):
+    """Trained on every speaker but one, validated on that one: reported, and above chance."""
+    corpus = speech_corpus()
+    held_out = "yweweler" if (corpus / "0_yweweler_0.wav").exists() else "nicolas"
+    overrides = [
+        f"data.path={corpus}",
+        "data.params.split=speaker",
+        f"data.params.val_speakers=[{held_out}]",
+    ]
+    spec = load_spec(ROOT / "jobs/spoken-digits-cnn.yaml", overrides)
+    outcome = run_job(spec, quiet_view(spec))
+    accuracy = outcome.metrics["val_accuracy"]
+    print(f"\nspeaker split, validated on {held_out}: val_accuracy {accuracy:.4f}")
+    assert accuracy > 2 * outcome.baselines["majority_val_accuracy"]
