@@ -6,17 +6,21 @@ implementation, so training and serving cannot drift apart.
     transform = {"standardize": standardization(mean, std, feature_names)}
     x = features(transform, raw_rows)                    # (N, F) float32, as the model saw them
     ids = token_ids(transform, ["a wonderful film"])     # (N, max_len) int64, left-padded
+    pixels = decode_image(png_bytes, size=(32, 32), channels=3)      # (3, 32, 32) uint8
+    x = features({"image": normalisation(mean, std)}, pixels[None])  # per channel
 
 Fitting belongs to the data layer (numpy on a split in memory, Ray Data aggregations on a
 stream); what is stored here is plain JSON.
 """
 
+import io
 import re
 from typing import Any
 
 import numpy as np
 
 PAD, UNKNOWN = 0, 1  # token ids below the vocabulary's
+IMAGE_MODES = {1: "L", 3: "RGB"}  # Pillow's modes by channel count
 TOKEN = re.compile(r"[a-z0-9']+")
 EPSILON = 1e-6  # keeps a constant feature's scale finite
 
@@ -27,8 +31,11 @@ def standardization(mean: np.ndarray, std: np.ndarray, names: list[str]) -> dict
 
 
 def features(transform: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    """Raw feature rows (N, F) as model inputs: standardised when the model was trained so,
-    otherwise unchanged."""
+    """Raw feature rows (N, F), or raw images (N, C, H, W) with pixels in 0..255, as model
+    inputs: standardised per feature or per channel when the model was trained so, otherwise
+    unchanged."""
+    if "image" in transform:
+        return normalise_image(transform["image"], x)
     rule = transform.get("standardize")
     if rule is None:
         return x
@@ -55,3 +62,35 @@ def encode(texts: list[list[str]], vocab: dict[str, int], max_len: int) -> np.nd
 def token_ids(transform: dict[str, Any], texts: list[str]) -> np.ndarray:
     """Raw texts as the token ids of the vocabulary fitted at training."""
     return encode([tokenize(t) for t in texts], transform["vocab"], int(transform["max_len"]))
+
+
+class ImageError(ValueError):
+    """Bytes that are not an image Pillow can read."""
+
+
+def decode_image(data: bytes, size: tuple[int, int], channels: int) -> np.ndarray:
+    """An encoded image (PNG, JPEG, ...) as (channels, height, width) uint8: converted to grey
+    or RGB and resized (bilinear) to `size` = (height, width), with Pillow."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            image = opened.convert(IMAGE_MODES[channels])
+            if image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"not an image ({str(e).strip() or type(e).__name__})") from None
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def normalisation(mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
+    """What `normalise_image` needs: each channel's mean and std of the training pixels."""
+    return {"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()}
+
+
+def normalise_image(rule: dict[str, Any], pixels: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) raw pixels in 0..255 -> float32 standardised per channel."""
+    mean = np.asarray(rule["mean"], dtype=np.float32)[:, None, None]
+    scale = np.asarray(rule["std"], dtype=np.float32)[:, None, None] + np.float32(EPSILON)
+    return ((np.asarray(pixels, dtype=np.float32) - mean) / scale).astype(np.float32, copy=False)

@@ -1,7 +1,9 @@
 """Parquet tables of generated rows with a known rule, written shard by shard (memory stays
-bounded however many rows), for the streaming tests and benchmark.
+bounded however many rows), for the streaming tests and benchmark; and short reviews whose
+sentiment words decide their label.
 
     write_table(folder, rows=2_000_000, files=20)   # f0..f31 float32, label 0/1
+    reviews(600, seed=0)                            # a DataFrame of text, label (pos/neg)
 
 The label is 1 where x·w / sqrt(F) + x0·x1 > 0: a linear part and an interaction a linear
 model cannot learn, with no noise, so an MLP can approach accuracy 1.
@@ -10,6 +12,7 @@ model cannot learn, with no noise, so an MLP can approach accuracy 1.
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,3 +37,17 @@ def write_table(folder: Path, rows: int, files: int, seed: int = 0, sizes=None) 
         pq.write_table(pa.table({**columns, "label": rule(x)}), path, row_group_size=65536)
         paths.append(path)
     return paths
+
+
+WORDS = {"pos": "wonderful delightful moving superb", "neg": "dull boring awful tedious"}
+
+
+def reviews(n: int, seed: int) -> pd.DataFrame:
+    """Short reviews whose label the sentiment words decide, among neutral filler."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        label = str(rng.choice(["pos", "neg"]))
+        words = [*rng.choice(WORDS[label].split(), 2), *rng.choice(["film", "plot", "it"], 3)]
+        rows.append((" ".join(rng.permutation(words)), label))
+    return pd.DataFrame(rows, columns=["text", "label"])

@@ -9,6 +9,7 @@ from kiln.data.series import seasonal_naive, windowed
 from kiln.errors import DataError
 from kiln.preprocess import encode
 from kiln.spec import DataSpec
+from tests.data.generated import reviews
 
 
 def build(name: str, task: str = "classification", path=None, **params):
@@ -71,9 +72,8 @@ class TestFiles:
     """The user's own files, read through Ray Data."""
 
     def test_text_csv(self, tmp_path):
-        rows = [("a wonderful delightful film", "pos"), ("dull boring awful film", "neg")] * 20
         path = tmp_path / "reviews.csv"
-        pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
+        reviews(40, seed=0).to_csv(path, index=False)
         d = build("text_csv", path=str(path), max_len=6)
         assert d.schema.classes == ["neg", "pos"] and d.schema.input_dtype == "int64"
         assert (

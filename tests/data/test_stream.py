@@ -19,13 +19,14 @@ import pytest
 
 from kiln import data
 from kiln.data.shards import Shards
-from kiln.data.stream import TableLayout, fit, in_validation, read, rows_of
+from kiln.data.stream import StreamedDataset, fit, in_validation, rows_of
+from kiln.data.tables import TableLayout
 from kiln.errors import DataError
 from kiln.registry import ModelRegistry
 from kiln.spec import DataSpec, parse_spec
 from kiln.train import run_job
 from tests.conftest import ROOT, quiet_view, run_kiln
-from tests.data.generated import FEATURES, write_table
+from tests.data.generated import FEATURES, reviews, write_table
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -71,7 +72,7 @@ def test_streamed_fit_equals_numpy_on_the_same_rows(tmp_path):
     write_table(tmp_path / "t", rows=30_000, files=3)
     shards = Shards.open(str(tmp_path / "t"))
     layout = TableLayout("classification", "label", [f"f{i}" for i in range(FEATURES)])
-    train_rows = read(shards, layout.columns).map_batches(
+    train_rows = shards.dataset(layout.columns).map_batches(
         rows_of,
         fn_kwargs={"part": "train", "val_fraction": 0.2, "seed": 0, "key": None},
         batch_format="pandas",
@@ -204,6 +205,45 @@ def _epochs(view) -> int:
     return max((e["metrics"]["epoch"] for e in reports), default=0)
 
 
+def write_reviews(folder: Path, rows: int, files: int) -> None:
+    folder.mkdir()
+    frame = reviews(rows, seed=0)
+    for index in range(files):
+        frame.iloc[index::files].to_parquet(folder / f"part-{index}.parquet")
+
+
+def test_streamed_text_fits_the_same_vocabulary_and_split_as_in_memory(tmp_path):
+    write_reviews(tmp_path / "reviews", rows=900, files=3)
+    spec = {"path": str(tmp_path / "reviews"), "params": {"max_len": 8}}
+    streamed, whole = (
+        data.build(DataSpec(name="text_csv", streaming=mode, **spec), "classification")
+        for mode in (True, False)
+    )
+    assert isinstance(streamed, StreamedDataset) and streamed.train_rows == len(whole.y_train)
+    assert streamed.schema == whole.schema  # the vocabulary, classes and shape
+    train = np.concatenate([b["x"] for b in streamed.datasets["train"].iter_batches()])
+    assert sorted(map(tuple, train)) == sorted(map(tuple, whole.x_train))  # the same rows
+
+
+@pytest.mark.slow
+def test_streamed_text_trains_and_registers_its_vocabulary(tmp_path, fresh_home):
+    write_reviews(tmp_path / "reviews", rows=1200, files=4)
+    spec = {
+        "name": "streamed-reviews",
+        "task": "classification",
+        "data": {"name": "text_csv", "path": str(tmp_path / "reviews"), "streaming": True},
+        "model": {"family": "rnn", "params": {"hidden": 32, "embed_dim": 16}},
+        "train": {"epochs": 3, "batch_size": 32, "optimizer": {"lr": 0.01}},
+        "scaling": {"num_workers": 2},
+    }
+    outcome, _ = train(spec)
+    assert outcome.metrics["val_accuracy"] > 0.9
+    card = ModelRegistry.open().read_json(
+        ModelRegistry.open().resolve("streamed-reviews@1"), "model.json"
+    )
+    assert {"wonderful", "boring"} <= set(card["schema"]["transform"]["vocab"])
+
+
 # --- bad input: one line naming the file, before any worker starts ---------------------------
 
 
@@ -254,5 +294,8 @@ def test_a_corrupt_parquet_file_fails_in_one_line_naming_it(tmp_path):
 
 
 def test_streaming_a_dataset_that_cannot_stream_is_refused():
-    with pytest.raises(DataError, match="digits is read in memory; datasets that stream: table"):
+    with pytest.raises(
+        DataError,
+        match="digits is read in memory; datasets that stream: image_folder, table, text_csv",
+    ):
         data.check(DataSpec(name="digits", streaming=True))

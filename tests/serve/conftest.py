@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
-import pandas as pd
 import pytest
 
 from tests.conftest import ROOT, free_port, quiet_view
+from tests.data.generated import reviews
 
 QUICK = {"digits-mlp": 3, "digits-rnn": 3, "digits-gan": 3}  # epochs: serving needs weights
 API_KEY = "kiln-test-key-3f9a"
@@ -53,20 +52,6 @@ def recommender(ray_cluster):
     from kiln.registry.loading import load_model
 
     return load_model(registry, "recsys-two-tower@production")
-
-
-WORDS = {"pos": "wonderful delightful moving superb", "neg": "dull boring awful tedious"}
-
-
-def reviews(n: int, seed: int) -> pd.DataFrame:
-    """Short reviews whose label the sentiment words decide, among neutral filler."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n):
-        label = str(rng.choice(["pos", "neg"]))
-        words = [*rng.choice(WORDS[label].split(), 2), *rng.choice(["film", "plot", "it"], 3)]
-        rows.append((" ".join(rng.permutation(words)), label))
-    return pd.DataFrame(rows, columns=["text", "label"])
 
 
 @pytest.fixture(scope="package")

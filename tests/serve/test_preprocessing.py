@@ -8,7 +8,8 @@ from sklearn.datasets import load_breast_cancer
 from kiln.data.base import shuffled_split
 from kiln.preprocess import token_ids
 from kiln.registry.loading import load_model
-from tests.serve.conftest import deployed, infer_body, reviews
+from tests.data.generated import reviews
+from tests.serve.conftest import deployed, infer_body
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -8,8 +8,8 @@ Two ways to the workers:
   built-in datasets and for files of up to a few hundred MB.
 - streamed (`StreamedDataset`, kiln.data.stream): Ray Data reads the files and each worker
   iterates its own shard (`ray.train.get_dataset_shard`); nothing is materialised on the
-  driver. `table` streams when `data.streaming` is true, or when it is `auto` (the default)
-  and the files exceed `tables.STREAM_ABOVE_BYTES`.
+  driver. `table` and `text_csv` stream when `data.streaming` is true, or when it is `auto`
+  (the default) and the files exceed `stream.STREAM_ABOVE_BYTES`.
 Either way every rank takes the same number of steps per epoch, so all reach
 `ray.train.report` together.
 """

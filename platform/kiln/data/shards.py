@@ -49,19 +49,33 @@ class Shards:
         files = sorted(found, key=lambda info: info.path)
         fmt = _format(path, files)
         schema = _same_columns(files, _read_footers(filesystem, files, fmt, delimiter), fmt)
-        digest = hashlib.sha256()
-        for info in files:
-            digest.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
-        prefix = _scheme(path)
+        prefix = scheme(path)
         return cls(
             path=path,
             files=[prefix + info.path for info in files],
             format=fmt,
             schema=schema,
             bytes=sum(info.size or 0 for info in files),
-            fingerprint=digest.hexdigest(),
+            fingerprint=files_fingerprint(files),
             delimiter=delimiter,
         )
+
+    def dataset(self, columns: list[str]):
+        """The shards' rows as a ray.data.Dataset of only the columns named (the selection is
+        pushed down to the reader). A read task per file at least: Ray Data sizes reads by
+        bytes, and a few small files read as one block hand one worker everything and
+        pipeline nothing."""
+        import ray.data
+
+        blocks = len(self.files)
+        if self.format == "parquet":
+            dataset = ray.data.read_parquet(self.files, override_num_blocks=blocks)
+        else:
+            options = self.csv_parse_options()
+            dataset = ray.data.read_csv(
+                self.files, parse_options=options, override_num_blocks=blocks
+            )
+        return dataset.select_columns(columns)
 
     def csv_parse_options(self) -> pyarrow.csv.ParseOptions:
         return pyarrow.csv.ParseOptions(delimiter=self.delimiter or ",")
@@ -73,8 +87,17 @@ class Shards:
             )
 
 
-def _scheme(path: str) -> str:
+def scheme(path: str) -> str:
+    """ "s3://" for "s3://bucket/key", "" for a local path."""
     return path.split("://", 1)[0] + "://" if "://" in path else ""
+
+
+def files_fingerprint(files: list[pyarrow.fs.FileInfo]) -> str:
+    """Of the files' names, sizes and modification times: what changes when the data do."""
+    digest = hashlib.sha256()
+    for info in files:
+        digest.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def list_files(

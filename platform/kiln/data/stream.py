@@ -1,79 +1,108 @@
-"""Tables that stream. Ray Data reads the shards, splits the rows by a seeded hash, and turns
+"""Files that stream. Ray Data reads the shards, splits the rows by a seeded hash, and turns
 them into the model's tensors in `map_batches` on the way to each Train worker. The driver
-never holds the table, and nothing the size of the table is put in the object store.
+never holds the data, and nothing the size of the data is put in the object store.
 
-    layout = TableLayout(task="classification", label="y", features=["a", "b"])
-    data = stream_table(shards, layout, val_fraction=0.2, seed=0)    # a StreamedDataset
+    layout = TableLayout(task="classification", label="y", features=["a", "b"])  # or TextLayout
+    data = stream(shards, layout, val_fraction=0.2, seed=0)      # a StreamedDataset
     TorchTrainer(..., datasets=data.datasets)      # workers: get_dataset_shard("train"), "val"
 
-The in-memory path (`data.streaming: false`) uses the same split (`in_validation`) and the
-same tensors (`TableLayout.tensors`). The standardisation and the classes are fitted on the
-training rows in one streamed pass (`fit`) before training starts.
+A `Layout` says what a dataset's rows become: the columns it reads, a block's summary (counts,
+sums, words), the summaries merged into the fitted preprocessing (a standardisation, the
+classes, a vocabulary), and a block's tensors with that preprocessing applied. The in-memory
+path (`data.streaming: false`, `in_memory`) uses the same split (`in_validation`), fits on its
+training rows as one block, and makes the same tensors: both paths train on the same numbers.
 """
 
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 
-from kiln import preprocess
-from kiln.data.shards import Shards
+from kiln.data.base import Dataset
 from kiln.errors import DataError
 from kiln.schema import DataSchema
 
 BLOCK_BYTES = 8 * 2**20  # Ray Data blocks on their way to the workers
 HASH_BUCKETS = 2**20  # the split's resolution: val_fraction is kept to about one in a million
+STREAM_ABOVE_BYTES = 256 * 2**20  # `streaming: auto` streams files larger than this on disk
 
 
-@dataclass
-class TableLayout:
-    """How a table's rows become a model's tensors."""
-
-    task: str  # classification or regression
-    label: str
-    features: list[str]
-    classes: list[Any] | None = None  # the label's values, sorted: class i is classes[i]
-    image_shape: list[int] | None = None  # each row's features reshaped, e.g. [1, 28, 28]
-    transform: dict[str, Any] = field(default_factory=dict)  # kiln.preprocess's
+class Source(Protocol):
+    """Files Ray Data reads as rows: a table's shards (kiln.data.shards), image files."""
 
     @property
-    def columns(self) -> list[str]:
-        return [*self.features, self.label]
+    def fingerprint(self) -> str: ...
+
+    def dataset(self, columns: list[str]) -> Any:
+        """A ray.data.Dataset of these columns, one read task per file at least."""
+        ...
+
+
+class Layout(Protocol):
+    """How a dataset's raw rows become a model's tensors, and what is fitted on them."""
+
+    @property
+    def columns(self) -> list[str]: ...
+
+    def summary(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """One block of training rows as one row of summaries; "rows" is its row count."""
+        ...
+
+    def fitted(self, summaries: list[dict[str, Any]]) -> "Layout":
+        """This layout with its preprocessing fitted on the blocks' summaries."""
+        ...
 
     def tensors(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """Raw rows as {"x": model inputs, "y": targets}."""
-        x = preprocess.features(self.transform, frame[self.features].to_numpy(np.float32))
-        if self.image_shape:
-            x = x.reshape(len(x), *self.image_shape)
-        values = frame[self.label].to_numpy()
-        if self.task != "classification":
-            return {"x": x, "y": values.astype(np.float32)[:, None]}
-        return {"x": x, "y": self.class_indices(values)}
+        ...
 
-    def class_indices(self, values: np.ndarray) -> np.ndarray:
-        classes = np.asarray(self.classes)
-        y = np.searchsorted(classes, values).clip(0, len(classes) - 1)
-        if len(values) and not (classes[y] == values).all():
-            unknown = values[classes[y] != values][0]
-            raise DataError(
-                f"label {unknown!r} of column {self.label!r} is not among the training "
-                f"rows' classes {self.classes}"
-            )
-        return y.astype(np.int64)
+    def schema(self) -> DataSchema: ...
 
-    def schema(self) -> DataSchema:
-        shape = self.image_shape or [len(self.features)]
-        if self.task == "classification":
-            assert self.classes is not None
-            classes = [str(c) for c in self.classes]
-            return DataSchema(
-                "classification", shape, "float32", len(classes), classes, transform=self.transform
-            )
-        return DataSchema("regression", shape, "float32", 1, transform=self.transform)
+
+def class_indices(values: np.ndarray, classes: list[Any], column: str) -> np.ndarray:
+    """Labels as indices into the sorted `classes`; a label the training rows lacked is a
+    DataError naming it."""
+    known = np.asarray(classes)
+    y = np.searchsorted(known, values).clip(0, len(known) - 1)
+    if len(values) and not (known[y] == values).all():
+        unknown = values[known[y] != values][0]
+        raise DataError(
+            f"label {unknown!r} of column {column!r} is not among the training rows' "
+            f"classes {classes}"
+        )
+    return y.astype(np.int64)
+
+
+def labels_of(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """A block's distinct labels, as JSON in a one-element array (summaries are rows)."""
+    return np.array([json.dumps(frame[column].dropna().unique().tolist())])
+
+
+def merged_labels(summaries: list[dict[str, Any]]) -> list[Any]:
+    return sorted({label for part in summaries for label in json.loads(part["classes"])})
+
+
+def merged_moments(summaries: list[dict[str, Any]]) -> tuple[int, np.ndarray, np.ndarray]:
+    """The blocks' row counts, means and sums of squared deviations ("rows", "mean", "m2")
+    merged by Chan et al.'s pairwise update: (rows, mean, M2) of all of them."""
+    rows, mean, m2 = 0, np.zeros(1), np.zeros(1)  # broadcast to the first block's shape
+    for part in summaries:
+        n, block_mean = int(part["rows"]), np.asarray(part["mean"], dtype=np.float64)
+        delta = block_mean - mean
+        mean = mean + delta * n / (rows + n)
+        m2 = m2 + np.asarray(part["m2"]) + delta**2 * rows * n / (rows + n)
+        rows += n
+    return rows, np.asarray(mean), np.asarray(m2)
+
+
+def columns_read(layout: Layout, key: str | None) -> list[str]:
+    """The layout's columns, and the split's key column when it is not one of them."""
+    return layout.columns + ([key] if key and key not in layout.columns else [])
 
 
 def in_validation(
@@ -124,16 +153,21 @@ class StreamedDataset:
         return replace(self, datasets={})
 
 
-def stream_table(
-    shards: Shards, layout: TableLayout, val_fraction: float, seed: int, key: str | None = None
+def should_stream(streaming: bool | Literal["auto"], size_bytes: int) -> bool:
+    """`data.streaming`: true, false, or auto (files larger than STREAM_ABOVE_BYTES)."""
+    return streaming is True or (streaming == "auto" and size_bytes > STREAM_ABOVE_BYTES)
+
+
+def stream(
+    source: Source, layout: Layout, val_fraction: float, seed: int, key: str | None = None
 ) -> StreamedDataset:
-    """A streamed table, its standardisation and classes fitted on the training rows."""
+    """A streamed dataset, its preprocessing fitted on the training rows in one pass."""
     import ray.data
 
     _quiet_ray_data()
 
     def part(name: str):
-        return read(shards, layout.columns).map_batches(
+        return source.dataset(columns_read(layout, key)).map_batches(
             rows_of,
             fn_kwargs={"part": name, "val_fraction": val_fraction, "seed": seed, "key": key},
             batch_format="pandas",
@@ -150,9 +184,24 @@ def stream_table(
         # smaller ones keep reading, transforming and training overlapped.
         dataset.context.target_max_block_size = BLOCK_BYTES
     digest = hashlib.sha256(
-        f"{shards.fingerprint}|{layout.columns}|{val_fraction}|{seed}|{key}".encode()
+        f"{source.fingerprint}|{layout.columns}|{val_fraction}|{seed}|{key}".encode()
     )
     return StreamedDataset(layout.schema(), train_rows, digest.hexdigest(), datasets)
+
+
+def in_memory(
+    frame: pd.DataFrame, layout: Layout, val_fraction: float, seed: int, key: str | None, path: str
+) -> Dataset:
+    """The same split, fit and tensors as `stream`, on a table read whole (its columns:
+    `columns_read`)."""
+    val = in_validation(frame[columns_read(layout, key)], val_fraction, seed, key)
+    train_rows, val_rows = frame[~val], frame[val]
+    if train_rows.empty or val_rows.empty:
+        raise DataError(f"{path}: {len(frame)} rows are too few to split at {val_fraction}")
+    one_block = {name: value[0] for name, value in _summary(train_rows, layout).items()}
+    layout = layout.fitted([one_block])  # as `fit` merges the rows Ray Data takes
+    a, b = layout.tensors(train_rows), layout.tensors(val_rows)
+    return Dataset(a["x"], a["y"], b["x"], b["y"], layout.schema())
 
 
 def _quiet_ray_data() -> None:
@@ -167,30 +216,14 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
-def _tensors(frame: pd.DataFrame, layout: TableLayout) -> dict[str, np.ndarray]:
+def _tensors(frame: pd.DataFrame, layout: Layout) -> dict[str, np.ndarray]:
     return layout.tensors(frame)
 
 
-def read(shards: Shards, columns: list[str]):
-    """The shards' rows, only the columns named (the selection is pushed down to the reader).
-    A read task per file at least: Ray Data sizes reads by bytes, and a few small files read
-    as one block hand one worker everything and pipeline nothing."""
-    import ray.data
-
-    blocks = len(shards.files)
-    if shards.format == "parquet":
-        dataset = ray.data.read_parquet(shards.files, override_num_blocks=blocks)
-    else:
-        options = shards.csv_parse_options()
-        dataset = ray.data.read_csv(shards.files, parse_options=options, override_num_blocks=blocks)
-    return dataset.select_columns(columns)
-
-
-def fit(train: Any, layout: TableLayout) -> tuple[TableLayout, int]:
-    """One pass over the training rows: their count, each feature's mean and std (when
-    standardising), the label's classes (when classifying). Each block is summarised where it
-    is read (count, mean, sum of squared deviations, labels) and the summaries are merged
-    here. Ray Data's `aggregate` computes the same in a hash shuffle that took 10-15 s for
+def fit(train: Any, layout: Layout) -> tuple[Layout, int]:
+    """One pass over the training rows: each block is summarised where it is read (by the
+    layout: counts, sums, labels, words) and the summaries are merged here. Ray Data's
+    `aggregate` computes a table's mean and std in a hash shuffle that took 10-15 s for
     300,000 rows of 32 features on 2 CPUs, against under 1 s for this pass."""
     try:
         parts = train.map_batches(
@@ -198,46 +231,36 @@ def fit(train: Any, layout: TableLayout) -> tuple[TableLayout, int]:
         ).take_all()
     except DataError:
         raise
-    except Exception as e:  # Ray Data wraps reader errors in its own types
-        raise DataError(f"cannot read the training rows: {root_cause(e)}") from None
-    rows, mean, m2 = 0, np.zeros(len(layout.features)), np.zeros(len(layout.features))
-    classes: set[Any] = set()
-    for part in parts:
-        n, block_mean = int(part["rows"]), np.asarray(part["mean"])
-        if n == 0:
-            continue
-        delta = block_mean - mean  # Chan et al.'s pairwise update of mean and M2
-        mean = mean + delta * n / (rows + n)
-        m2 = m2 + np.asarray(part["m2"]) + delta**2 * rows * n / (rows + n)
-        rows += n
-        classes |= set(json.loads(part["classes"]))
+    except Exception as e:  # Ray Data wraps reader errors, and ours, in its own types
+        why = root_cause(e)
+        raise DataError(
+            why if kiln_error_in(e) else f"cannot read the training rows: {why}"
+        ) from None
+    rows = sum(int(part["rows"]) for part in parts)
     if rows == 0:
-        raise DataError("no training rows: the table is empty or val_fraction takes them all")
-    transform = layout.transform
-    if not layout.image_shape:
-        std = np.sqrt(m2 / rows)
-        transform = {"standardize": preprocess.standardization(mean, std, layout.features)}
-    sorted_classes = sorted(classes) if layout.task == "classification" else None
-    return replace(layout, classes=sorted_classes, transform=transform), rows
+        raise DataError("no training rows: the data are empty or val_fraction takes them all")
+    return layout.fitted([p for p in parts if int(p["rows"])]), rows
 
 
-def _summary(frame: pd.DataFrame, layout: TableLayout) -> dict[str, np.ndarray]:
-    """One block's rows as one row: count, per-feature mean and M2, labels (JSON)."""
-    x = frame[layout.features].to_numpy(np.float32).astype(np.float64)
-    mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
-    labels = (
-        frame[layout.label].dropna().unique().tolist() if layout.task == "classification" else []
-    )
-    return {
-        "rows": np.array([len(x)]),
-        "mean": mean[None],
-        "m2": ((x - mean) ** 2).sum(axis=0)[None],
-        "classes": np.array([json.dumps(labels)]),
-    }
+def _summary(frame: pd.DataFrame, layout: Layout) -> dict[str, np.ndarray]:
+    return {"rows": np.array([len(frame)]), **layout.summary(frame)}
+
+
+KILN_ERROR = re.compile(r"kiln\.errors\.\w+Error: (.+)")
 
 
 def root_cause(e: BaseException) -> str:
-    while e.__cause__ is not None:
-        e = e.__cause__
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    """The first line of what went wrong. Ray Data keeps an error raised in a read or map
+    task only as the text of the remote traceback: a Kiln error's message is found there."""
+    chain = [e]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    for error in chain:
+        if found := KILN_ERROR.findall(str(error)):
+            return found[-1].strip()
+    text = str(chain[-1]).strip()
+    return text.splitlines()[0] if text else type(chain[-1]).__name__
+
+
+def kiln_error_in(e: BaseException) -> bool:
+    return any(KILN_ERROR.search(str(error)) for error in (e, e.__cause__) if error is not None)

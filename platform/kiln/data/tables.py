@@ -1,17 +1,85 @@
 """Tabular datasets: scikit-learn's bundled breast-cancer table, and the user's own tables,
 in memory or streamed (kiln.data.stream) by size."""
 
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from kiln import preprocess
 from kiln.data.base import DATASETS, Dataset, classification, require_task
 from kiln.data.files import read_table
 from kiln.data.shards import Shards
-from kiln.data.stream import StreamedDataset, TableLayout, in_validation, stream_table
+from kiln.data.stream import (
+    StreamedDataset,
+    class_indices,
+    columns_read,
+    in_memory,
+    labels_of,
+    merged_labels,
+    merged_moments,
+    should_stream,
+    stream,
+)
 from kiln.errors import DataError
+from kiln.schema import DataSchema
+
+
+@dataclass
+class TableLayout:
+    """A table's rows as feature vectors (standardised by the training rows' mean and std)
+    or images (`image_shape`), and a class or a value to predict."""
+
+    task: str  # classification or regression
+    label: str
+    features: list[str]
+    classes: list[Any] | None = None  # the label's values, sorted: class i is classes[i]
+    image_shape: list[int] | None = None  # each row's features reshaped, e.g. [1, 28, 28]
+    transform: dict[str, Any] = field(default_factory=dict)  # kiln.preprocess's
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.features, self.label]
+
+    def summary(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Per-feature mean and sum of squared deviations (M2), and the labels."""
+        x = frame[self.features].to_numpy(np.float32).astype(np.float64)
+        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+        classifies = self.task == "classification"
+        labels = labels_of(frame, self.label) if classifies else np.array(["[]"])
+        return {"mean": mean[None], "m2": ((x - mean) ** 2).sum(axis=0)[None], "classes": labels}
+
+    def fitted(self, summaries: list[dict[str, Any]]) -> "TableLayout":
+        """Standardised by the merged means and M2s, unless the rows are images."""
+        rows, mean, m2 = merged_moments(summaries)
+        transform = self.transform
+        if not self.image_shape:
+            std = np.sqrt(m2 / max(rows, 1))
+            transform = {"standardize": preprocess.standardization(mean, std, self.features)}
+        classes = merged_labels(summaries) if self.task == "classification" else None
+        return replace(self, classes=classes, transform=transform)
+
+    def tensors(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        x = preprocess.features(self.transform, frame[self.features].to_numpy(np.float32))
+        if self.image_shape:
+            x = x.reshape(len(x), *self.image_shape)
+        values = frame[self.label].to_numpy()
+        if self.task != "classification":
+            return {"x": x, "y": values.astype(np.float32)[:, None]}
+        assert self.classes is not None, "fit the layout first"
+        return {"x": x, "y": class_indices(values, self.classes, self.label)}
+
+    def schema(self) -> DataSchema:
+        shape = self.image_shape or [len(self.features)]
+        if self.task == "classification":
+            assert self.classes is not None
+            classes = [str(c) for c in self.classes]
+            return DataSchema(
+                "classification", shape, "float32", len(classes), classes, transform=self.transform
+            )
+        return DataSchema("regression", shape, "float32", 1, transform=self.transform)
 
 
 @DATASETS.register("breast_cancer")
@@ -24,9 +92,6 @@ def breast_cancer(task: str, val_fraction: float, seed: int) -> Dataset:
     data = classification(bunch.data.astype(np.float32), bunch.target, val_fraction, seed)
     data.schema.classes = [str(n) for n in bunch.target_names]
     return standardize(data, feature_names=list(bunch.feature_names))
-
-
-STREAM_ABOVE_BYTES = 256 * 2**20  # `streaming: auto` streams tables larger than this on disk
 
 
 @DATASETS.register("table")
@@ -49,19 +114,11 @@ def table(
     of the `split_key` column (all rows of a key on one side). Larger tables stream."""
     require_task("table", task, ("classification", "regression"))
     shards = Shards.open(path, delimiter)
-    layout = _layout(shards, task, label, features, image_shape)
-    if streaming is True or (streaming == "auto" and shards.bytes > STREAM_ABOVE_BYTES):
-        return stream_table(shards, layout, val_fraction, seed, split_key)
-    frame = read_table(shards, columns=layout.columns)
-    val = in_validation(frame, val_fraction, seed, split_key)
-    train_rows, val_rows = frame[~val], frame[val]
-    if train_rows.empty or val_rows.empty:
-        raise DataError(f"{path}: {len(frame)} rows are too few to split at {val_fraction}")
-    if task == "classification":
-        layout.classes = sorted(train_rows[label].dropna().unique().tolist())
-    a, b = layout.tensors(train_rows), layout.tensors(val_rows)
-    data = Dataset(a["x"], a["y"], b["x"], b["y"], layout.schema())
-    return data if image_shape else standardize(data, feature_names=layout.features)
+    layout = _layout(shards, task, label, features, image_shape, split_key)
+    if should_stream(streaming, shards.bytes):
+        return stream(shards, layout, val_fraction, seed, split_key)
+    frame = read_table(shards, columns=columns_read(layout, split_key))
+    return in_memory(frame, layout, val_fraction, seed, split_key, path)
 
 
 def _layout(
@@ -70,13 +127,16 @@ def _layout(
     label: str,
     features: list[str] | None,
     image_shape: list[int] | None,
+    split_key: str | None,
 ) -> TableLayout:
-    """The columns a table job reads, checked against the shards' schema before any read."""
-    shards.require([label])
+    """The columns a table job reads, checked against the shards' schema before any read;
+    the features default to every numeric column but the label and the split's key."""
+    shards.require([label, *([split_key] if split_key else [])])
     numeric = [
         f.name
         for f in shards.schema
-        if f.name != label and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+        if f.name not in (label, split_key)
+        and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
     ]
     columns = features or numeric
     if not columns:

@@ -1,15 +1,77 @@
-"""Text classification from a CSV of `text,label`: a vocabulary built from the training split,
-token ids padded on the left so that an RNN's last step is the text's last word."""
+"""Text classification from a table of `text,label` rows (CSV or Parquet; a file, a folder of
+part files or a glob; local, s3:// or gs://), in memory or streamed (kiln.data.stream) by
+size: a vocabulary counted on the training rows, token ids padded on the left so that an RNN's
+last step is the text's last word."""
 
+import json
 from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 
-from kiln.data.base import DATASETS, Dataset, require_task, shuffled_split
+from kiln.data.base import DATASETS, Dataset, require_task
 from kiln.data.files import read_table
-from kiln.errors import DataError
+from kiln.data.shards import Shards
+from kiln.data.stream import (
+    StreamedDataset,
+    class_indices,
+    columns_read,
+    in_memory,
+    labels_of,
+    merged_labels,
+    should_stream,
+    stream,
+)
 from kiln.preprocess import TOKEN, encode, tokenize
 from kiln.schema import DataSchema
+
+
+@dataclass
+class TextLayout:
+    text: str
+    label: str
+    max_len: int
+    max_vocab: int
+    classes: list[str] | None = None
+    vocab: dict[str, int] | None = None  # word -> id (0 pads, 1 is an unknown word)
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.text, self.label]
+
+    def summary(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The block's word counts and labels (labels are read as text)."""
+        counts = Counter(word for text in frame[self.text] for word in tokenize(text))
+        labels = labels_of(frame.assign(**{self.label: frame[self.label].astype(str)}), self.label)
+        return {"words": np.array([json.dumps(counts)]), "classes": labels}
+
+    def fitted(self, summaries: list[dict[str, Any]]) -> "TextLayout":
+        counts: Counter[str] = Counter()
+        for part in summaries:
+            counts.update(json.loads(part["words"]))
+        return replace(
+            self, classes=merged_labels(summaries), vocab=build_vocab(counts, self.max_vocab)
+        )
+
+    def tensors(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        assert self.vocab is not None and self.classes is not None, "fit the layout first"
+        x = encode([tokenize(t) for t in frame[self.text]], self.vocab, self.max_len)
+        labels = frame[self.label].astype(str).to_numpy()
+        return {"x": x, "y": class_indices(labels, self.classes, self.label)}
+
+    def schema(self) -> DataSchema:
+        assert self.vocab is not None and self.classes is not None, "fit the layout first"
+        return DataSchema(
+            task="classification",
+            input_shape=[self.max_len],
+            input_dtype="int64",
+            output_dim=len(self.classes),
+            classes=self.classes,
+            vocab_size=len(self.vocab) + 2,
+            transform={"tokenize": TOKEN.pattern, "vocab": self.vocab, "max_len": self.max_len},
+        )
 
 
 @DATASETS.register("text_csv")
@@ -23,32 +85,22 @@ def text_csv(
     label_column: str = "label",
     max_vocab: int = 20000,
     max_len: int = 64,
-) -> Dataset:
+    split_key: str | None = None,
+    streaming: bool | Literal["auto"] = "auto",
+) -> Dataset | StreamedDataset:
+    """Validation rows are chosen by a seeded hash of the row (or of the `split_key` column);
+    larger files stream."""
     require_task("text_csv", task, ("classification",))
-    frame = read_table(path)
-    for name in (text_column, label_column):
-        if name not in frame.columns:
-            raise DataError(f"{path} has no column {name!r}; columns: {', '.join(frame.columns)}")
-    tokens = [tokenize(t) for t in frame[text_column]]
-    classes, y = np.unique(frame[label_column].astype(str).to_numpy(), return_inverse=True)
-    train, val = shuffled_split(len(tokens), val_fraction, seed)
-    vocab = build_vocab([tokens[i] for i in train], max_vocab)
-    schema = DataSchema(
-        task="classification",
-        input_shape=[max_len],
-        input_dtype="int64",
-        output_dim=len(classes),
-        classes=[str(c) for c in classes],
-        vocab_size=len(vocab) + 2,
-        transform={"tokenize": TOKEN.pattern, "vocab": vocab, "max_len": max_len},
-    )
-    x_train = encode([tokens[i] for i in train], vocab, max_len)
-    x_val = encode([tokens[i] for i in val], vocab, max_len)
-    return Dataset(x_train, y[train].astype(np.int64), x_val, y[val].astype(np.int64), schema)
+    shards = Shards.open(path)
+    shards.require([text_column, label_column, *([split_key] if split_key else [])])
+    layout = TextLayout(text_column, label_column, max_len, max_vocab)
+    if should_stream(streaming, shards.bytes):
+        return stream(shards, layout, val_fraction, seed, split_key)
+    frame = read_table(shards, columns=columns_read(layout, split_key))
+    return in_memory(frame, layout, val_fraction, seed, split_key, path)
 
 
-def build_vocab(texts: list[list[str]], max_vocab: int) -> dict[str, int]:
+def build_vocab(counts: Counter[str], max_vocab: int) -> dict[str, int]:
     """Most frequent words first (ties alphabetical, so the vocabulary is deterministic)."""
-    counts = Counter(word for words in texts for word in words)
     ranked = sorted(counts, key=lambda w: (-counts[w], w))[:max_vocab]
     return {word: i + 2 for i, word in enumerate(ranked)}

@@ -13,15 +13,13 @@ A WAV file travels as raw bytes with the binary tensor extension, or base64 in J
 strings cannot hold bytes); its own header gives its rate.
 """
 
-import base64
-import binascii
 from typing import Any
 
 import numpy as np
 
 from kiln import audio
 from kiln.errors import RequestError
-from kiln.serve.replica.protocol import TensorMetadata
+from kiln.serve.replica.protocol import TensorMetadata, file_bytes
 
 INPUTS = [
     TensorMetadata(name="waveform", datatype="FP32", shape=[-1, -1]),
@@ -44,7 +42,8 @@ class ClipReader:
         clip that is empty, too long, not audio, or at a rate that is not one."""
         try:
             if name == "wav":
-                return np.stack([self._clip(*audio.decode_wav(_bytes(e))) for e in array.ravel()])
+                wavs = [file_bytes(e, name) for e in array.ravel()]
+                return np.stack([self._clip(*audio.decode_wav(wav)) for wav in wavs])
             rate = _rate(parameters, self.setup.sample_rate)
             if name == "pcm":
                 array = audio.to_float(array)
@@ -68,13 +67,3 @@ def _rate(parameters: dict[str, Any], default: int) -> int:
     if type(rate) is not int:
         raise RequestError(f"parameter sample_rate must be an integer (Hz); got {rate!r}")
     return rate
-
-
-def _bytes(element: Any) -> bytes:
-    """A WAV file: raw bytes (binary extension), or base64 text (JSON)."""
-    if isinstance(element, bytes):
-        return element
-    try:
-        return base64.b64decode(str(element), validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError("input 'wav' in JSON must be base64 text of a WAV file") from None

@@ -26,7 +26,7 @@ from kiln.errors import RequestError
 from kiln.registry import ModelRegistry, ModelVersion
 from kiln.registry.loading import LoadedModel, load_model
 from kiln.serve.replica import clips
-from kiln.serve.replica.protocol import TensorMetadata
+from kiln.serve.replica.protocol import TensorMetadata, file_bytes
 
 
 class Predictor:
@@ -91,6 +91,10 @@ class Classifier(Predictor):
         if "vocab" in self.transform:
             self.inputs.append(TensorMetadata(name="text", datatype="BYTES", shape=[-1]))
             self.value_bounds.append(None)
+        if "image" in self.transform:  # raw pixels in 0..255, or encoded image files
+            self.value_bounds = [(0, 255)]
+            self.inputs.append(TensorMetadata(name="image", datatype="BYTES", shape=[-1]))
+            self.value_bounds.append(None)
         self.clips = (
             clips.ClipReader(self.transform["audio"]) if "audio" in self.transform else None
         )
@@ -108,9 +112,27 @@ class Classifier(Predictor):
             return torch.from_numpy(self.clips.read(name, array, parameters or {}))
         if name == "text":
             return torch.from_numpy(preprocess.token_ids(self.transform, _texts(array)))
-        if self.value_bounds[0] is not None:
-            _check_ids(array, self.value_bounds[0][1] + 1, "token ids")
+        if name == "image":
+            return torch.from_numpy(preprocess.features(self.transform, self._images(array)))
+        if self.value_bounds[0] is not None:  # token ids, or raw pixels
+            what = "pixel values" if "image" in self.transform else "token ids"
+            _check_ids(array, self.value_bounds[0][1] + 1, what)
         return super().prepare(index, array)
+
+    def _images(self, array: np.ndarray) -> np.ndarray:
+        """Encoded image files as (N, C, H, W) pixels, resized as the training images were."""
+        rule = self.transform["image"]
+        try:
+            return np.stack(
+                [
+                    preprocess.decode_image(
+                        file_bytes(e, "image"), tuple(rule["size"]), rule["channels"]
+                    )
+                    for e in array.ravel()
+                ]
+            )
+        except preprocess.ImageError as e:
+            raise RequestError(f"input 'image': {e}") from None
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> dict[str, np.ndarray]:

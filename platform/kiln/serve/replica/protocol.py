@@ -8,6 +8,8 @@ MLServer send these bodies unchanged, as JSON or with the binary tensor data ext
     {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [...]}]}
 """
 
+import base64
+import binascii
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -246,6 +248,17 @@ def wants_binary(request: InferenceRequest, output: str) -> bool:
         if wanted.name == output:
             return bool((wanted.parameters or {}).get("binary_data", default))
     return default
+
+
+def file_bytes(element: Any, name: str) -> bytes:
+    """A BYTES element holding a file (a WAV recording, a PNG image): raw bytes with the
+    binary extension, base64 text in JSON (whose strings cannot hold bytes)."""
+    if isinstance(element, bytes):
+        return element
+    try:
+        return base64.b64decode(str(element), validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(f"input {name!r} in JSON must be base64 text of a file") from None
 
 
 def pick_input(

@@ -1,0 +1,124 @@
+"""Image folders (a folder per class, or a manifest) in memory and streamed through Ray Data:
+the same split and tensors on both paths, a CNN trained on the stream, and the registered
+model answering encoded image files with the training code's decoding and normalisation."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from kiln import data
+from kiln.data.stream import StreamedDataset
+from kiln.errors import DataError
+from kiln.registry import ModelRegistry
+from kiln.spec import DataSpec, parse_spec
+from kiln.train import run_job
+from tests.conftest import quiet_view
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory) -> Path:
+    """scikit-learn's 1,797 digits as 8x8 grey PNG files, a folder per digit."""
+    root = tmp_path_factory.mktemp("digits")
+    digits = load_digits()
+    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        folder = root / str(label)
+        folder.mkdir(exist_ok=True)
+        (folder / f"{i}.png").write_bytes(png((image * 255 / 16).astype(np.uint8)))
+    return root
+
+
+def build(path, streaming="auto", **params):
+    spec = DataSpec(name="image_folder", path=str(path), params=params, streaming=streaming)
+    data.check(spec)
+    return data.build(spec, "classification")
+
+
+def test_streamed_and_in_memory_images_are_the_same_tensors(digit_folder):
+    streamed = build(digit_folder, size=[8, 8], channels=1, streaming=True)
+    whole = build(digit_folder, size=[8, 8], channels=1, streaming=False)
+    assert isinstance(streamed, StreamedDataset)
+    assert streamed.schema == whole.schema and streamed.train_rows == len(whole.y_train)
+    assert whole.schema.input_shape == [1, 8, 8] and whole.schema.classes == list("0123456789")
+    rule = whole.schema.transform["image"]
+    assert rule["size"] == [8, 8] and rule["channels"] == 1
+    train = np.concatenate([b["x"] for b in streamed.datasets["train"].iter_batches()])
+    assert np.allclose(
+        np.sort(train.reshape(len(train), -1), axis=0),
+        np.sort(whole.x_train.reshape(len(train), -1), axis=0),
+    )
+    pixels = whole.x_train * (np.array(rule["std"]) + 1e-6) + np.array(rule["mean"])
+    assert abs(pixels.mean() - rule["mean"][0]) < 1  # normalised by the training pixels
+
+
+def test_a_manifest_names_images_anywhere(digit_folder, tmp_path):
+    files = sorted(digit_folder.glob("[37]/*.png"))
+    manifest = tmp_path / "images.csv"
+    rows = [f"{p},{'three' if p.parent.name == '3' else 'seven'}" for p in files]
+    manifest.write_text("path,label\n" + "\n".join(rows))
+    built = build(manifest, size=[8, 8], channels=3)
+    assert built.schema.classes == ["seven", "three"] and built.schema.input_shape == [3, 8, 8]
+
+
+def test_bad_folders_are_refused_naming_the_file(digit_folder, tmp_path):
+    with pytest.raises(DataError, match="no image files"):
+        build(tmp_path)
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "a.png").write_bytes(png(np.zeros((8, 8), np.uint8)))
+    with pytest.raises(DataError, match="one class"):
+        build(tmp_path)
+    (tmp_path / "dogs").mkdir()
+    (tmp_path / "dogs" / "b.png").write_bytes(b"not a png")
+    for streaming in (False, True):
+        with pytest.raises(DataError, match=r"dogs/b\.png: not an image"):
+            build(tmp_path, streaming=streaming, size=[8, 8])
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path,label\nnowhere.png,x\n")
+    with pytest.raises(DataError, match="nowhere.png, which does not exist"):
+        build(manifest)
+
+
+@pytest.mark.slow
+def test_a_cnn_trained_on_streamed_images_answers_png_files(digit_folder, fresh_home):
+    from kiln.serve.replica.predictor import Predictor
+
+    spec = parse_spec(
+        {
+            "name": "digit-files",
+            "task": "classification",
+            "data": {
+                "name": "image_folder",
+                "path": str(digit_folder),
+                "params": {"size": [8, 8], "channels": 1},
+                "streaming": True,
+            },
+            "model": {"family": "cnn", "params": {"channels": [16, 32], "hidden": 64}},
+            "train": {"epochs": 4, "batch_size": 64, "optimizer": {"lr": 0.003}},
+            "scaling": {"num_workers": 2},
+        },
+        "digit-files",
+    )
+    outcome = run_job(spec, quiet_view(spec))
+    assert outcome.metrics["val_accuracy"] > 0.9
+    registry = ModelRegistry.open()
+    predictor = Predictor.load(registry, registry.resolve("digit-files@1"))
+    files = sorted(digit_folder.glob("*/1?.png"))
+    encoded = np.array([p.read_bytes() for p in files], dtype=object)
+    index = [t.name for t in predictor.inputs].index("image")
+    served = predictor.run(predictor.prepare(index, encoded))["label"]
+    raw = np.stack([np.asarray(Image.open(p))[None] for p in files]).astype(np.float32)
+    from_pixels = predictor.run(predictor.prepare(0, raw))["label"]  # raw 0..255 pixels
+    assert served.tolist() == from_pixels.tolist()
+    truth = [p.parent.name for p in files]
+    assert np.mean(served == np.array(truth)) > 0.85
