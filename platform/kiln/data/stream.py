@@ -50,7 +50,7 @@ class Layout(Protocol):
     def columns(self) -> list[str]: ...
 
     def summary(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """One block of training rows as one row of summaries; "rows" is its row count."""
+        """One block of training rows as one row of summaries (`fit` adds its "rows")."""
         ...
 
     def fitted(self, summaries: list[dict[str, Any]]) -> "Layout":
