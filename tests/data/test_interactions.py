@@ -42,9 +42,10 @@ def test_both_movielens_layouts_load_to_the_same_interactions(tmp_path):
 def test_leave_last_out_by_time_with_duplicates_and_cold_items():
     frame = pd.DataFrame([(u, i, t) for u, i, _, t in ROWS], columns=["user", "item", "time"])
     d = leave_last_out(frame, history_len=3, seed=0)
-    items = d.schema.transform["item_ids"]
-    users = d.schema.transform["user_ids"]
+    items = d.extras["ids"]["items"].tolist()
+    users = d.extras["ids"]["users"].tolist()
     assert items == [10, 11, 12, 13] and users == [1, 2, 3, 4]  # 99 never in training
+    assert d.schema.transform["num_users"] == 5
     assert d.schema.transform["dropped_cold_items"] == 1  # user 4's held-out item 99
     # User 1 by time: 11 (100), 12 (200), 10 (300); the re-watch of 11 at 400 is dropped,
     # so 10 is held out and the history is [11, 12].

@@ -19,7 +19,7 @@ INPUTS = {
         "int64",
         output_dim=40,
         vocab_size=40,
-        transform={"user_ids": list(range(1, 11)), "item_ids": list(range(1, 40))},
+        transform={"num_users": 11},
     ),
 }
 
@@ -28,7 +28,7 @@ def example(schema: DataSchema, batch: int = 4) -> torch.Tensor:
     if schema.input_dtype == "int64":
         ids = torch.randint(0, schema.vocab_size, (batch, *schema.input_shape))
         if schema.task == "recommendation":  # column 0 is a user index, the rest items
-            ids[:, 0] = torch.randint(0, len(schema.transform["user_ids"]) + 1, (batch,))
+            ids[:, 0] = torch.randint(0, schema.transform["num_users"], (batch,))
         return ids
     return torch.randn(batch, *schema.input_shape)
 

@@ -1,6 +1,7 @@
 """Real-time recommendations over real HTTP: Ray Serve, a real Redis server, the two-tower
 model trained on synthetic interactions."""
 
+import asyncio
 import threading
 import time
 
@@ -179,6 +180,31 @@ def test_features_load_twice_gives_the_same_contents(recommender, redis_server, 
     assert [i for i, _ in store.read(3, "m", 1).history] == ["12", "13", "14"]
     stats = run_kiln("features", "stats", "--namespace", namespace, "--json", env=env)
     assert json.loads(stats.stdout)["users_with_history"] == 3
+
+
+def test_concurrent_requests_are_batched_and_answered_as_one_at_a_time(api, recsys, metrics_url):
+    from tests.serve.test_metrics import scrape, total
+
+    async def at_once(users: list[str]) -> dict[str, list[str]]:
+        async with httpx.AsyncClient(base_url=recsys, timeout=30) as client:
+            answers = await asyncio.gather(*(client.get(f"/recommend/{u}") for u in users))
+        return {u: items(a.json()) for u, a in zip(users, answers, strict=True)}
+
+    fresh = [str(u) for u in range(200, 264)]
+    together = asyncio.run(at_once(fresh))  # misses: the user tower runs on batches
+    alone = {u: items(api.get(f"/recommend/{u}").json()) for u in fresh}  # hits, one by one
+    assert together == alone
+    assert asyncio.run(at_once(fresh)) == alone  # hits, batched
+    deadline = time.monotonic() + 30
+    while True:  # Ray exports a histogram's _sum from bucket midpoints: count the buckets
+        samples = scrape(metrics_url)
+        batches = total(samples, "ray_kiln_batch_size_count", model="recommend")
+        single = total(samples, "ray_kiln_batch_size_bucket", model="recommend", le="1.0")
+        if batches > single:  # some batch held more than one request
+            break
+        assert time.monotonic() < deadline, (batches, single)
+        time.sleep(1)
+    print(f"\n{batches:.0f} batches, {batches - single:.0f} of them of several requests")
 
 
 def test_feature_cache_metrics_are_exported(api, metrics_url):

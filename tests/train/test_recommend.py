@@ -8,6 +8,7 @@ import torch
 
 from kiln.cli import main
 from kiln.data.interactions import Synthetic, synthetic_interactions
+from kiln.idmaps import IdMap
 from kiln.registry import ModelRegistry
 from kiln.registry.loading import load_model
 from kiln.train import run_job
@@ -30,14 +31,16 @@ def test_two_tower_beats_popularity_by_a_clear_margin():
 
     loaded = load_model(ModelRegistry.open(), f"{outcome.model}@{outcome.version}")
     transform = loaded.card["schema"]["transform"]
-    assert transform["history_len"] == 20 and len(transform["user_ids"]) == 1000
+    assert transform["history_len"] == 20 and transform["num_users"] == 1001
     assert len(transform["popular_items"]) > 0
+    items = IdMap.from_parquet(loaded.read("items.parquet"))  # id maps beside the card
+    assert len(IdMap.from_parquet(loaded.read("users.parquet"))) == 1000
     # A user vector from history alone (unknown user 0) still ranks: serving's cold path.
     history = np.zeros((1, 21), dtype=np.int64)
     history[0, -3:] = [1, 2, 3]
     with torch.no_grad():
         scores = loaded.module(torch.as_tensor(history)).numpy()
-    assert scores.shape == (1, len(transform["item_ids"]) + 1)
+    assert scores.shape == (1, len(items) + 1)
 
 
 def test_train_on_a_movielens_file_reports_model_and_baseline(tmp_path, capsys):

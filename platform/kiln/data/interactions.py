@@ -2,10 +2,11 @@
 rating, timestamp; `u.data`: tab-separated user, item, rating, timestamp), any table with user,
 item and time columns, or a synthetic generator with known structure.
 
-Ids are remapped to dense indices (users and items from 1; 0 means unknown user / no item) and
-the mapping is kept in the schema. The split is leave-last-out by time: each user's latest
-interaction is held out for validation. Training examples are (user, the N items before) ->
-next item, so the user tower learns to work from recent history.
+Ids are remapped to dense indices (users and items from 1; 0 means unknown user / no item); the
+maps travel in `extras["ids"]` and are registered beside the model as Parquet (kiln.idmaps).
+The split is leave-last-out by time: each user's latest interaction is held out for
+validation. Training examples are (user, the N items before) -> next item, so the user tower
+learns to work from recent history.
 """
 
 from pathlib import Path
@@ -167,15 +168,20 @@ def leave_last_out(frame: pd.DataFrame, history_len: int, seed: int) -> Dataset:
         output_dim=len(item_ids) + 1,
         vocab_size=len(item_ids) + 1,
         transform={
-            "user_ids": user_ids.tolist(),
-            "item_ids": item_ids.tolist(),
+            "num_users": len(user_ids) + 1,
             "history_len": history_len,
             "popular_items": item_ids[np.argsort(-popularity[1:], kind="stable")[:200]].tolist(),
             "dropped_cold_items": int(cold.sum()),
         },
     )
     data = Dataset(x_train, y_train, x_val, y_val, schema)
-    data.extras = {"candidates": candidates, "seen": seen, "popularity": popularity}
+    data.extras = {
+        "candidates": candidates,
+        "seen": seen,
+        "popularity": popularity,
+        # Index i + 1 of each is the i-th id: registered as Parquet (kiln.idmaps), not JSON.
+        "ids": {"users": user_ids, "items": item_ids},
+    }
     data.baselines = popularity_metrics(popularity, candidates, y_val, seen) if len(y_val) else {}
     return data
 

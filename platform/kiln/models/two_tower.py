@@ -98,7 +98,8 @@ def two_tower(
     """`loss`, `negatives` and `num_negatives` are read by the recommendation training loop."""
     if schema.task != "recommendation" or not schema.vocab_size:
         raise SpecError("two_tower needs interaction data (task: recommendation)")
-    num_users = len(schema.transform["user_ids"]) + 1
+    transform = schema.transform  # versions registered before kiln.idmaps list the user ids
+    num_users = transform.get("num_users") or len(transform["user_ids"]) + 1
     return TwoTower(
         num_users,
         schema.vocab_size,

@@ -23,6 +23,11 @@ class LoadedModel:
     version: ModelVersion
     card: dict[str, Any]  # model.json
     module: Any  # an nn.Module in eval mode on the CPU (its family's own methods too)
+    registry: ModelRegistry | None = None  # to read the version's other files
+
+    def read(self, filename: str) -> bytes:
+        assert self.registry is not None, "loaded without its registry"
+        return self.registry.read(self.version, filename)
 
 
 def build_from_card(card: dict[str, Any]) -> nn.Module:
@@ -45,4 +50,4 @@ def load_model(registry: ModelRegistry, version: ModelVersion | str) -> LoadedMo
             f"{version.ref}: weights do not fit its model: {first[0].strip()}"
         ) from None
     module.eval()
-    return LoadedModel(version, card, module)
+    return LoadedModel(version, card, module, registry)

@@ -12,6 +12,7 @@ import torch
 
 from kiln import plots
 from kiln.data import Dataset, StreamedDataset
+from kiln.idmaps import IdMap
 from kiln.registry.card import model_card
 from kiln.registry.store import WEIGHTS, ModelRegistry, ModelVersion, json_bytes
 from kiln.spec import JobSpec, spec_to_yaml
@@ -37,6 +38,7 @@ def publish(
         "metrics.json": json_bytes(metrics),
         "lineage.json": json_bytes({**lineage(spec, dataset, outcome), **(extra_lineage or {})}),
         **artifacts,  # what the loop chose to keep with the model, e.g. a GAN's sample grid
+        **id_files(dataset),
         **(extra_files or {}),
     }
     if outcome.history:
@@ -46,6 +48,12 @@ def publish(
     registry = ModelRegistry.open()
     alias = spec.registration.alias if spec.registration else None
     return registry.register(spec.model_name, files, alias=alias, run_id=outcome.run_name)
+
+
+def id_files(dataset: Dataset | StreamedDataset) -> dict[str, bytes]:
+    """A recommender's user and item id maps (`users.parquet`, `items.parquet`)."""
+    ids = dataset.extras.get("ids", {})
+    return {f"{name}.parquet": IdMap(values).to_parquet() for name, values in ids.items()}
 
 
 def lineage(spec: JobSpec, dataset: Dataset | StreamedDataset, outcome) -> dict[str, Any]:

@@ -117,7 +117,10 @@ def index_app(args: dict[str, Any] | None = None) -> Application:
 
 
 @serve.deployment(
-    name=RECOMMEND_DEPLOYMENT, ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32
+    name=RECOMMEND_DEPLOYMENT,
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=32,
+    user_config=Batching().model_dump(),
 )
 @serve.ingress()
 class RecommendDeployment:
@@ -145,6 +148,9 @@ class RecommendDeployment:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return recommend_api(self.endpoint, self.keys, self.max_k)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.endpoint.set_batching(Batching.model_validate(user_config))
 
     def __del__(self) -> None:
         self.endpoint.model_endpoint.stop()

@@ -23,10 +23,12 @@ import torch
 from kiln import preprocess, tasks
 from kiln.builders import import_object
 from kiln.errors import RequestError
+from kiln.idmaps import IdMap
 from kiln.registry import ModelRegistry, ModelVersion
 from kiln.registry.loading import LoadedModel, load_model
 from kiln.serve.replica import clips
 from kiln.serve.replica.protocol import TensorMetadata, file_bytes
+from kiln.serve.replica.retrieval import ItemIndex
 
 
 class Predictor:
@@ -169,58 +171,70 @@ class Generator(Predictor):
 
 class Recommender(Predictor):
     """A two-tower model: raw scores over the protocol, and ranking in source ids for the
-    recommendation endpoint. Item vectors are computed once, when the version loads."""
+    recommendation endpoint. Item vectors are computed once, when the version loads, and
+    searched through an ItemIndex (exact, or IVF for large catalogues); the id maps come from
+    the version's Parquet files (kiln.idmaps)."""
 
     def __init__(self, loaded: LoadedModel, load_seconds: float = 0.0):
         super().__init__(loaded, load_seconds)
         transform = self.schema["transform"]
-        # Index 0 is padding (items) or "unknown" (users); source ids are looked up as strings.
-        self.item_ids = np.array(["", *map(str, transform["item_ids"])], dtype=object)
-        self.item_index = {item: i for i, item in enumerate(self.item_ids) if i}
-        self.user_index = {str(u): i + 1 for i, u in enumerate(transform["user_ids"])}
+        self.users, self.items = _id_maps(loaded, transform)
         self.history_len = int(transform["history_len"])
         self.popular = [str(i) for i in transform["popular_items"]]
         with torch.inference_mode():
-            self.item_vectors = self.module.item_vectors().float().numpy()  # (items + 1, D)
+            item_vectors = self.module.item_vectors().float().numpy()  # (items + 1, D)
+        self.index = ItemIndex(item_vectors)
         # Documented: indices valid in every column (users, then items, per row).
-        self.value_bounds = [(0, min(len(self.user_index) + 1, self.schema["output_dim"]) - 1)]
+        self.value_bounds = [(0, min(len(self.users) + 1, self.schema["output_dim"]) - 1)]
 
     def prepare(
         self, index: int, array: np.ndarray, parameters: dict[str, Any] | None = None
     ) -> torch.Tensor:
-        _check_ids(array[:, :1], len(self.user_index) + 1, "user indices")
+        _check_ids(array[:, :1], len(self.users) + 1, "user indices")
         _check_ids(array[:, 1:], self.schema["output_dim"], "item indices")
         return super().prepare(index, array)
 
     def knows(self, user_id: str) -> bool:
-        return user_id in self.user_index
+        return user_id in self.users
 
     def user_vectors(self, rows: list[tuple[str, list[str]]]) -> np.ndarray:
         """(user id, recent item ids, oldest first) per row -> (rows, D) unit vectors; unknown
         users and items count as the model's "unknown" index 0 (history still speaks)."""
         x = np.zeros((len(rows), 1 + self.history_len), dtype=np.int64)
         for r, (user, recent) in enumerate(rows):
-            x[r, 0] = self.user_index.get(user, 0)
-            items = [self.item_index[i] for i in recent if i in self.item_index]
-            items = items[-self.history_len :]
+            x[r, 0] = self.users.index_of(user)
+            items = [i for i in self.items.indices(recent) if i][-self.history_len :]
             if items:
                 x[r, -len(items) :] = items
         with torch.inference_mode():
             return self.module.user_vectors(torch.from_numpy(x)).float().numpy()
 
-    def top_k(self, vector: np.ndarray, k: int, seen: set[str]) -> list[tuple[str, float]]:
-        scores = self.item_vectors @ vector
-        scores[0] = -np.inf
-        scores[[self.item_index[i] for i in seen if i in self.item_index]] = -np.inf
-        k = min(k, int(np.isfinite(scores).sum()))
-        best = np.argpartition(-scores, k - 1)[:k] if k else np.array([], dtype=np.int64)
-        best = best[np.argsort(-scores[best])]
-        return [(str(self.item_ids[i]), float(scores[i])) for i in best]
+    def top_k(
+        self, vectors: np.ndarray, k: int, seen: list[set[str]]
+    ) -> list[list[tuple[str, float]]]:
+        """Per user vector (B, D): the k best items not in its seen ids, as (id, score)."""
+        known = [{i for i in self.items.indices(ids) if i} for ids in seen]
+        found = self.index.search(vectors, k, known)
+        return [
+            list(zip(self.items.ids_of([i for i, _ in row]), [s for _, s in row], strict=True))
+            for row in found
+        ]
 
     def popular_k(self, k: int, seen: set[str]) -> list[tuple[str, float]]:
         """Cold start: the most popular items (score: 1 / rank)."""
         ranked = [i for i in self.popular if i not in seen][:k]
         return [(item, 1.0 / (rank + 1)) for rank, item in enumerate(ranked)]
+
+
+def _id_maps(loaded: LoadedModel, transform: dict[str, Any]) -> tuple[IdMap, IdMap]:
+    """The version's user and item id maps: Parquet files beside the card, or (versions
+    registered before kiln.idmaps) lists inside it."""
+    if "item_ids" in transform:
+        return IdMap(transform["user_ids"]), IdMap(transform["item_ids"])
+    return (
+        IdMap.from_parquet(loaded.read("users.parquet")),
+        IdMap.from_parquet(loaded.read("items.parquet")),
+    )
 
 
 def _texts(array: np.ndarray) -> list[str]:

@@ -17,17 +17,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
+from ray import serve
 
 import kiln
 from kiln.errors import RequestError
 from kiln.features import Event, FeatureStore, UserFeatures
 from kiln.features.breaker import CircuitBreaker
+from kiln.serve.config import Batching
 from kiln.serve.replica.api import ERRORS, answer_errors_as_protocol, document_schemas
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
@@ -45,6 +48,17 @@ class RedisUnavailable(Exception):
     pass
 
 
+@dataclass
+class Ask:
+    """One request's ranking: its vector, or the (user id, recent items) to compute it from."""
+
+    predictor: Recommender
+    k: int
+    seen: set[str]
+    vector: np.ndarray | None = None
+    history: tuple[str, list[str]] | None = None
+
+
 class RecommendEndpoint:
     def __init__(
         self,
@@ -55,6 +69,7 @@ class RecommendEndpoint:
     ):
         self.model_endpoint = model_endpoint  # the two-tower model, following its alias
         self.store, self.breaker, self.metrics = store, breaker, metrics
+        self.batching = Batching()
 
     @property
     def predictor(self) -> Recommender:
@@ -79,10 +94,11 @@ class RecommendEndpoint:
         seen = set(history)
         cache, cold = ("miss" if cached else "bypass"), False
         if features.vector is not None:
-            cache, items = "hit", predictor.top_k(features.vector, k, seen)
+            cache = "hit"
+            _, items = await self._rank(Ask(predictor, k, seen, vector=features.vector))
         elif predictor.knows(user_id) or history:
-            vector = predictor.user_vectors([(user_id, history[-predictor.history_len :])])[0]
-            items = predictor.top_k(vector, k, seen)
+            latest = (user_id, history[-predictor.history_len :])
+            vector, items = await self._rank(Ask(predictor, k, seen, history=latest))
             if cached:
                 await self._write_back(user_id, predictor, vector)
         else:
@@ -100,6 +116,42 @@ class RecommendEndpoint:
             "degraded": not cached,
             "features": {"history": features.history_state, "vector": features.vector_state},
         }
+
+    # --- ranking, batched across concurrent requests ---------------------------------------
+
+    def set_batching(self, batching: Batching) -> None:
+        self.batching = batching
+        batched: Any = self._ranked  # serve.batch adds these setters
+        batched.set_max_batch_size(batching.max_batch_size)
+        batched.set_batch_wait_timeout_s(batching.batch_wait_ms / 1000)
+
+    async def _rank(self, ask: "Ask") -> tuple[np.ndarray, list[tuple[str, float]]]:
+        """The user's vector (the cached one, or the tower's) and the k items for it."""
+        if self.batching.max_batch_size > 1:
+            return await self._ranked(ask)
+        return self._rank_now([ask])[0]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _ranked(self, asks: list["Ask"]) -> list[tuple[np.ndarray, list[tuple[str, float]]]]:
+        return self._rank_now(asks)
+
+    def _rank_now(self, asks: list["Ask"]) -> list[tuple[np.ndarray, list[tuple[str, float]]]]:
+        """Requests that arrive together: one user-tower call for the vectors to compute and
+        one search for all of them, per model version."""
+        results: list[Any] = [None] * len(asks)
+        for predictor in {id(a.predictor): a.predictor for a in asks}.values():
+            positions = [i for i, a in enumerate(asks) if a.predictor is predictor]
+            group = [asks[i] for i in positions]
+            towers = [a.history for a in group if a.history is not None and a.vector is None]
+            computed = iter(predictor.user_vectors(towers) if towers else [])
+            vectors = np.stack(
+                [a.vector if a.vector is not None else next(computed) for a in group]
+            )
+            ranked = predictor.top_k(vectors, max(a.k for a in group), [a.seen for a in group])
+            self.model_endpoint.metrics.batched(predictor.version, len(group))
+            for position, ask, vector, items in zip(positions, group, vectors, ranked, strict=True):
+                results[position] = (vector, items[: ask.k])
+        return results
 
     async def ingest(self, events: list[Event]) -> int:
         """Raises RedisUnavailable: the caller answers 503 so the client retries."""
@@ -213,8 +265,14 @@ def recommend_api(endpoint: RecommendEndpoint, keys: ApiKeys, max_k: int) -> Fas
             "model": predictor.name,
             "version": predictor.version,
             "follows": endpoint.model_endpoint.ref,
-            "items": len(predictor.item_index),
-            "users": len(predictor.user_index),
+            "items": len(predictor.items),
+            "users": len(predictor.users),
+            "retrieval": {
+                "mode": predictor.index.mode,
+                "recall_at_10": round(predictor.index.recall, 4),
+                "nprobe": predictor.index.nprobe,
+                "build_s": round(predictor.index.build_s, 2),
+            },
             "redis": endpoint.breaker.state,
         }
 
