@@ -15,7 +15,7 @@ from torch import nn
 
 from kiln.builders import import_object
 from kiln.errors import SpecError
-from kiln.models import cnn, gan, mlp, rnn, speech, two_tower  # noqa: F401  (registers the families)
+from kiln.models import cnn, gan, mlp, rnn, sequential, speech, two_tower  # noqa: F401  (registers the families)
 from kiln.models.base import MODELS
 from kiln.schema import DataSchema
 

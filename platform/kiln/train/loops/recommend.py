@@ -1,5 +1,6 @@
-"""Two-tower training under Ray Train: sampled softmax or BPR, with in-batch or sampled
-negatives, and ranking metrics (HR@10, NDCG@10, Recall@20) every epoch.
+"""Recommender training under Ray Train (the two-tower and the sequential family, which share
+`user_vectors` and `item_vectors`): sampled softmax or BPR, with in-batch or sampled negatives,
+and ranking metrics (HR@10, NDCG@10, Recall@20) every epoch.
 
 Each training example is (user, recent items) -> next item. One DDP forward computes the user
 vectors and the candidate item vectors together, so both towers' gradients are synchronised.
