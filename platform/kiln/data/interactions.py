@@ -22,6 +22,7 @@ from kiln.metrics.ranking import popularity_metrics
 from kiln.schema import DataSchema
 
 NEGATIVES = 100  # sampled per validation user (the NCF protocol)
+EXACT_NEGATIVES_UP_TO = 20_000  # items; larger catalogues sample negatives by rejection
 LAYOUTS = {  # header names of known layouts -> our columns
     "movielens": {"userId": "user", "movieId": "item", "timestamp": "time"},
 }
@@ -139,26 +140,20 @@ def leave_last_out(frame: pd.DataFrame, history_len: int, seed: int) -> Dataset:
     train, val = frame[~is_val], frame[is_val]
     user_ids = np.sort(train["user"].unique())
     item_ids = np.sort(train["item"].unique())
-    user_index = {u: i + 1 for i, u in enumerate(user_ids)}
-    item_index = {v: i + 1 for i, v in enumerate(item_ids)}
+    item_index = pd.Index(item_ids)
     cold = ~val["item"].isin(item_index)  # items never seen in training cannot be ranked
     val = val[~cold]
-    histories = {
-        user_index[u]: np.array([item_index[i] for i in items], dtype=np.int64)
-        for u, items in train.groupby("user", sort=False)["item"]
-    }
-    x_train, y_train = _training_examples(histories, history_len)
-    val_users = np.array([user_index[u] for u in val["user"]], dtype=np.int64)
-    y_val = np.array([item_index[i] for i in val["item"]], dtype=np.int64)
-    x_val = (
-        np.stack([_example(u, histories[u], history_len) for u in val_users])
-        if len(val_users)
-        else np.zeros((0, 1 + history_len), np.int64)
-    )
-    popularity = np.bincount(
-        np.concatenate(list(histories.values())), minlength=len(item_ids) + 1
-    ).astype(np.float64)
-    seen = [histories[u] for u in val_users]
+    users = pd.Index(user_ids).get_indexer(train["user"]) + 1  # dense, in (user, time) order
+    items = pd.Index(item_ids).get_indexer(train["item"]) + 1
+    position = train.groupby("user").cumcount().to_numpy()  # 0 = the user's first
+    x_train, y_train = _windows(users, items, position, history_len), items.astype(np.int64)
+    val_users = pd.Index(user_ids).get_indexer(val["user"]).astype(np.int64) + 1
+    y_val = pd.Index(item_ids).get_indexer(val["item"]).astype(np.int64) + 1
+    x_val = _next_windows(users, items, position, val_users, history_len)
+    popularity = np.bincount(items, minlength=len(item_ids) + 1).astype(np.float64)
+    starts = np.searchsorted(users, val_users)  # each validation user's training items
+    ends = np.searchsorted(users, val_users, side="right")
+    seen = [items[a:b] for a, b in zip(starts, ends, strict=True)]
     negatives = _negatives(seen, y_val, len(item_ids), seed)
     candidates = np.concatenate([y_val[:, None], negatives], axis=1)
     schema = DataSchema(
@@ -186,35 +181,78 @@ def leave_last_out(frame: pd.DataFrame, history_len: int, seed: int) -> Dataset:
     return data
 
 
-def _example(user: int, history: np.ndarray, history_len: int) -> np.ndarray:
-    recent = history[-history_len:]
-    row = np.zeros(1 + history_len, dtype=np.int64)
-    row[0] = user
-    if len(recent):
-        row[-len(recent) :] = recent
-    return row
+def _windows(
+    users: np.ndarray, items: np.ndarray, position: np.ndarray, history_len: int
+) -> np.ndarray:
+    """(rows, 1 + N): each training row's user and the N items before it (oldest first,
+    left-padded with 0), rows sorted by user then time: one example per step of a history."""
+    x = np.zeros((len(items), 1 + history_len), dtype=np.int64)
+    x[:, 0] = users
+    for back in range(1, history_len + 1):  # the item `back` steps earlier, same user
+        earlier = position >= back
+        x[back:, -back][earlier[back:]] = items[:-back][earlier[back:]]
+    return x
 
 
-def _training_examples(
-    histories: dict[int, np.ndarray], history_len: int
-) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = [], []
-    for user, items in histories.items():
-        for t in range(len(items)):
-            xs.append(_example(user, items[:t], history_len))
-            ys.append(items[t])
-    return np.stack(xs), np.array(ys, dtype=np.int64)
+def _next_windows(
+    users: np.ndarray, items: np.ndarray, position: np.ndarray, wanted: np.ndarray, history_len: int
+) -> np.ndarray:
+    """(len(wanted), 1 + N): the example after each wanted user's last training item."""
+    x = np.zeros((len(wanted), 1 + history_len), dtype=np.int64)
+    x[:, 0] = wanted
+    last = np.searchsorted(users, wanted, side="right") - 1  # the user's last training row
+    for back in range(history_len):
+        have = position[last] >= back
+        x[have, -1 - back] = items[last[have] - back]
+    return x
 
 
 def _negatives(
     seen: list[np.ndarray], positives: np.ndarray, n_items: int, seed: int
 ) -> np.ndarray:
     """NEGATIVES items per user that the user never interacted with (fixed by the seed). A
-    catalogue too small for that many is padded with item 0, which scorers rank last."""
+    catalogue too small for that many is padded with item 0, which scorers rank last. Up to
+    EXACT_NEGATIVES_UP_TO items, drawn from the exact set difference (as published figures
+    were); above, by rejection, which costs per user what the user saw, not the catalogue."""
+    if n_items > EXACT_NEGATIVES_UP_TO:
+        return _rejected_negatives(seen, positives, n_items, seed)
     rng = np.random.default_rng(seed + 1)
     out = np.zeros((len(seen), NEGATIVES), dtype=np.int64)
     for row, (items, positive) in enumerate(zip(seen, positives, strict=True)):
         allowed = np.setdiff1d(np.arange(1, n_items + 1), np.append(items, positive))
         take = min(NEGATIVES, len(allowed))
         out[row, :take] = rng.choice(allowed, take, replace=False)
+    return out
+
+
+def _rejected_negatives(
+    seen: list[np.ndarray], positives: np.ndarray, n_items: int, seed: int
+) -> np.ndarray:
+    """Uniform draws over the catalogue, redrawn where one hits a seen item, the positive or
+    an earlier draw in its row. Membership is a binary search of (row, item) codes in the
+    sorted codes of what each row saw; after the first round only the rows with a redraw are
+    looked at again (in a large catalogue, few)."""
+    rng = np.random.default_rng(seed + 1)
+    width = n_items + 1  # codes: row * width + item
+    lengths = np.array([len(s) for s in seen], dtype=np.int64)
+    owners = np.repeat(np.arange(len(seen)), lengths)
+    flat = np.concatenate([*seen, np.zeros(0, np.int64)])
+    taken = np.sort(
+        np.concatenate([owners * width + flat, np.arange(len(seen)) * width + positives])
+    )
+    out = rng.integers(1, n_items + 1, size=(len(seen), NEGATIVES))
+    rows = np.arange(len(seen))
+    while len(rows):
+        draws = out[rows]
+        codes = rows[:, None] * width + draws
+        spot = np.searchsorted(taken, codes).clip(max=len(taken) - 1)
+        redraw = taken[spot] == codes
+        order = np.argsort(draws, axis=1, kind="stable")  # an item drawn twice in a row
+        ranked = np.take_along_axis(draws, order, axis=1)
+        repeat = np.zeros_like(redraw)
+        np.put_along_axis(repeat, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], axis=1)
+        redraw |= repeat
+        draws[redraw] = rng.integers(1, n_items + 1, int(redraw.sum()))
+        out[rows] = draws
+        rows = rows[redraw.any(axis=1)]
     return out

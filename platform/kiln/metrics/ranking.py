@@ -6,13 +6,20 @@
 NCF protocol (He et al., 2017): each validation user's held-out item is ranked against 100
 sampled items the user never interacted with; HR@10 is the share ranked in the top 10 and
 NDCG@10 rewards it by 1/log2(rank + 2). Recall@20 ranks it against the whole catalogue, less
-the items the user saw in training. Ties count half against the held-out item (the expected
-rank under random tie-breaking), so a constant scorer is not rewarded.
+the items the user saw in training: over every validation user up to RECALL_USERS, else over a
+fixed sample of them (`recall_rows`: a million users against a million items is 10^12
+scores), in chunks of users small enough to hold. Ties count half against the held-out item
+(the expected rank under random tie-breaking), so a constant scorer is not rewarded.
 """
+
+import math
+from collections.abc import Callable
 
 import numpy as np
 
-RANKING_SUMS = ("hr10", "ndcg10", "recall20", "users")
+RANKING_SUMS = ("hr10", "ndcg10", "recall20", "users", "recall_users")
+RECALL_USERS = 10_000  # validation users ranked against the whole catalogue, at most
+CHUNK_SCORES = 2**23  # user x item scores held at once (64 MiB of float64)
 
 
 def rank_of_first(scores: np.ndarray) -> np.ndarray:
@@ -33,9 +40,30 @@ def sampled_sums(candidate_scores: np.ndarray, candidates: np.ndarray | None = N
     return np.array([hit.sum(), (hit / np.log2(rank + 2)).sum()], dtype=np.float64)
 
 
-def catalogue_hits(all_scores: np.ndarray, positives: np.ndarray, seen: list[np.ndarray]) -> float:
-    """Recall@20 numerator: rows whose held-out item ranks in the top 20 of all items, with
-    the padding item 0 and the user's training items excluded."""
+def recall_rows(users: int) -> np.ndarray:
+    """The validation users (positions) Recall@20 is measured on: all of them up to
+    RECALL_USERS, else every k-th, the same sample on every rank and in every epoch."""
+    return np.arange(0, users, max(1, math.ceil(users / RECALL_USERS)))
+
+
+def catalogue_hits(
+    scores_of: Callable[[np.ndarray], np.ndarray],
+    positives: np.ndarray,
+    seen: list[np.ndarray],
+    items: int,
+) -> float:
+    """Recall@20 numerator over the given users: rows whose held-out item ranks in the top 20
+    of all items, with the padding item 0 and the user's training items excluded.
+    `scores_of(rows)` gives those rows' scores over the catalogue, a chunk at a time."""
+    chunk = max(1, CHUNK_SCORES // max(items, 1))
+    hits = 0.0
+    for start in range(0, len(positives), chunk):
+        rows = np.arange(start, min(start + chunk, len(positives)))
+        hits += _hits(scores_of(rows), positives[rows], [seen[i] for i in rows])
+    return hits
+
+
+def _hits(all_scores: np.ndarray, positives: np.ndarray, seen: list[np.ndarray]) -> float:
     scores = all_scores.astype(np.float64, copy=True)
     scores[:, 0] = -np.inf
     for row, items in enumerate(seen):
@@ -48,17 +76,30 @@ def catalogue_hits(all_scores: np.ndarray, positives: np.ndarray, seen: list[np.
 
 def ranking_metrics(sums: list[float], prefix: str = "val_") -> dict[str, float]:
     total = dict(zip(RANKING_SUMS, sums, strict=True))
-    users = max(total["users"], 1)
+    users, recall_users = max(total["users"], 1), max(total["recall_users"], 1)
     return {
-        f"{prefix}{name}": float(total[name] / users) for name in ("hr10", "ndcg10", "recall20")
+        f"{prefix}hr10": float(total["hr10"] / users),
+        f"{prefix}ndcg10": float(total["ndcg10"] / users),
+        f"{prefix}recall20": float(total["recall20"] / recall_users),
     }
 
 
 def popularity_metrics(
     popularity: np.ndarray, candidates: np.ndarray, positives: np.ndarray, seen: list[np.ndarray]
 ) -> dict[str, float]:
-    """The popularity baseline through the same evaluator: score = training interactions."""
+    """The popularity baseline through the same evaluator: score = training interactions.
+    Every user has the same scores, so the held-out item's catalogue rank is a count: the
+    items above it (ties half), less those of them the user saw; no score matrix is needed."""
     hits = sampled_sums(popularity[candidates], candidates)
-    all_scores = np.broadcast_to(popularity, (len(positives), len(popularity)))
-    recall = catalogue_hits(all_scores, positives, seen)
-    return ranking_metrics([hits[0], hits[1], recall, len(positives)], prefix="popularity_val_")
+    sample = recall_rows(len(positives))
+    ranked = np.sort(popularity[1:])  # item 0 (padding) never ranks
+    recall = 0.0
+    for row in sample:
+        own, items = popularity[positives[row]], seen[row]
+        above = len(ranked) - np.searchsorted(ranked, own, side="right")
+        tied = np.searchsorted(ranked, own, side="right") - np.searchsorted(ranked, own) - 1
+        others = popularity[items[items != positives[row]]]
+        rank = above - (others > own).sum() + (tied - (others == own).sum()) // 2
+        recall += rank < 20
+    sums = [hits[0], hits[1], recall, len(positives), len(sample)]
+    return ranking_metrics(sums, prefix="popularity_val_")

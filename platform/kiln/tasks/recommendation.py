@@ -1,5 +1,6 @@
-"""Recommendation: a two-tower or sequential model trained on next-item prediction, ranked under the NCF
-protocol (kiln.metrics.ranking); served as scores over the protocol and as top-k items."""
+"""Recommendation: a two-tower or sequential model trained on next-item prediction, ranked
+under the NCF protocol (kiln.metrics.ranking); served as scores over the protocol and as top-k
+items."""
 
 from typing import Any
 

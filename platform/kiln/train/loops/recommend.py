@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from kiln import models
-from kiln.metrics.ranking import catalogue_hits, ranking_metrics, sampled_sums
+from kiln.metrics.ranking import catalogue_hits, ranking_metrics, recall_rows, sampled_sums
 from kiln.models.two_tower import TwoTower
 from kiln.train.feed import train_loader
 from kiln.train.session import WorkerSession, unwrap
@@ -80,17 +80,28 @@ def batch_loss(
 
 
 @torch.no_grad()
-def validate(session: WorkerSession, model: TwoTower) -> dict[str, float]:
-    """Each rank ranks every world-th validation user; the sums are added across ranks."""
-    data, rows = session.data, slice(session.rank, None, session.world)
+def validate(session: WorkerSession, model: TwoTower, chunk: int = 4096) -> dict[str, float]:
+    """Each rank ranks every world-th validation user (a chunk of users at a time), and its
+    share of the users Recall@20 is measured on; the sums are added across ranks."""
+    data, device = session.data, session.device
     model = cast(TwoTower, unwrap(model)).eval()
-    device = session.device
-    users = model.user_vectors(torch.as_tensor(data.x_val[rows], device=device))
     all_items = model.item_vectors()  # (num_items, D)
-    candidates = torch.as_tensor(data.extras["candidates"][rows], device=device)
-    candidate_scores = (users[:, None, :] * all_items[candidates]).sum(-1)  # (U, 101)
-    hits = sampled_sums(candidate_scores.float().cpu().numpy(), data.extras["candidates"][rows])
-    full = (users @ all_items.T).float().cpu().numpy()
-    recall = catalogue_hits(full, data.y_val[rows], data.extras["seen"][rows])
-    sums = session.all_sum([hits[0], hits[1], recall, float(len(candidates))])
+    mine = np.arange(session.rank, len(data.y_val), session.world)
+    hits = np.zeros(2)
+    for start in range(0, len(mine), chunk):
+        rows = mine[start : start + chunk]
+        users = model.user_vectors(torch.as_tensor(data.x_val[rows], device=device))
+        candidates = torch.as_tensor(data.extras["candidates"][rows], device=device)
+        scores = (users[:, None, :] * all_items[candidates]).sum(-1)  # (U, 101)
+        hits += sampled_sums(scores.float().cpu().numpy(), data.extras["candidates"][rows])
+    sample = recall_rows(len(data.y_val))
+    sample = sample[sample % session.world == session.rank]
+
+    def scores_of(rows: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(data.x_val[sample[rows]], device=device)
+        return (model.user_vectors(x) @ all_items.T).float().cpu().numpy()
+
+    seen = [data.extras["seen"][i] for i in sample]
+    recall = catalogue_hits(scores_of, data.y_val[sample], seen, len(all_items))
+    sums = session.all_sum([hits[0], hits[1], recall, float(len(mine)), float(len(sample))])
     return ranking_metrics(sums)
