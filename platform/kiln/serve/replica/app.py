@@ -145,6 +145,8 @@ class RecommendDeployment:
         breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
         self.endpoint = RecommendEndpoint(model, store, breaker, RecommendMetrics(model.name))
         model.on_switch = self.endpoint.on_switch
+        model.on_load = RecommendEndpoint.prepare
+        RecommendEndpoint.prepare(model.current)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return recommend_api(self.endpoint, self.keys, self.max_k)

@@ -11,6 +11,7 @@ needs no access to Serve from the machine that promotes.
 import asyncio
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -45,9 +46,11 @@ class ModelEndpoint:
         watch_interval_s: float = 2.0,
         versions_cached: int = 2,
         on_switch: Callable[[Predictor, Predictor], None] | None = None,
+        on_load: Callable[[Predictor], None] | None = None,
     ):
         self.name, self.ref, self.registry, self.metrics = name, ref, registry, metrics
         self.on_switch = on_switch  # (old, new), after a new version starts answering
+        self.on_load = on_load  # (new), before it answers: what a deployment prepares
         first = registry.resolve(ref)
         self.registered_name = first.name  # `name` is the endpoint's (the application's)
         self.current = self._load(first.version)
@@ -181,6 +184,10 @@ class ModelEndpoint:
         predictor = Predictor.load(
             self.registry, self.registry.resolve(f"{self.registered_name}@{version}")
         )
+        if self.on_load:
+            started = time.perf_counter()
+            self.on_load(predictor)
+            predictor.load_seconds += time.perf_counter() - started
         self.metrics.loaded(version, predictor.load_seconds, serving=False)
         return predictor
 

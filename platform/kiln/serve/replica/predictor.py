@@ -14,6 +14,7 @@ text classifier takes `text` (BYTES, one string per example) beside its token id
 classifier takes waveforms, PCM or WAV files (kiln.serve.replica.clips).
 """
 
+import functools
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ from kiln.registry.loading import LoadedModel, load_model
 from kiln.serve.replica import clips
 from kiln.serve.replica.protocol import TensorMetadata, file_bytes
 from kiln.serve.replica.retrieval import ItemIndex
+from kiln.settings import get_settings
 
 
 class Predictor:
@@ -182,8 +184,7 @@ class Recommender(Predictor):
         self.history_len = int(transform["history_len"])
         self.popular = [str(i) for i in transform["popular_items"]]
         with torch.inference_mode():
-            item_vectors = self.module.item_vectors().float().numpy()  # (items + 1, D)
-        self.index = ItemIndex(item_vectors)
+            self.item_vectors = self.module.item_vectors().float().numpy()  # (items + 1, D)
         # Documented: indices valid in every column (users, then items, per row).
         self.value_bounds = [(0, min(len(self.users) + 1, self.schema["output_dim"]) - 1)]
 
@@ -196,6 +197,12 @@ class Recommender(Predictor):
 
     def knows(self, user_id: str) -> bool:
         return user_id in self.users
+
+    @functools.cached_property
+    def index(self) -> ItemIndex:
+        """Built on first use (the recommendation endpoint asks for it when a version loads,
+        before it serves; the raw /v2 scores never need it)."""
+        return ItemIndex(self.item_vectors, get_settings().exact_retrieval_up_to)
 
     def user_vectors(self, rows: list[tuple[str, list[str]]]) -> np.ndarray:
         """(user id, recent item ids, oldest first) per row -> (rows, D) unit vectors; unknown

@@ -163,6 +163,16 @@ class RecommendEndpoint:
         self.metrics.events.inc(accepted, tags={"outcome": "accepted"})
         return accepted
 
+    @staticmethod
+    def prepare(predictor: Any) -> None:
+        """A version's retrieval index, built before it answers (ModelEndpoint.on_load)."""
+        if isinstance(predictor, Recommender):
+            index = predictor.index
+            log.info(
+                f"{predictor.name}@{predictor.version}: {index.mode} retrieval over {index.items}"
+                f" items (recall@10 {index.recall:.3f}, built in {index.build_s:.1f} s)"
+            )
+
     def on_switch(self, old: Any, new: Any) -> None:
         """A new model version: its history length, and old vectors removed key by key."""
         self.store.history_len = new.history_len
