@@ -173,10 +173,20 @@ class Domain(Strict):
     def kind(self) -> str:
         return next(k for k in type(self).model_fields if getattr(self, k) is not None)
 
+    @property
+    def samples(self) -> bool:
+        """Drawn at random (every kind but grid, which is enumerated)."""
+        return self.kind != "grid"
+
     def corners(self) -> list[Any]:
-        """Values that stand for the whole domain when checking it against the job spec."""
-        values = getattr(self, self.kind)
-        return list(values)
+        """Values that stand for the whole domain when checking it against the job spec: every
+        listed value, both ends of a range, and for a continuous range a fractional value
+        inside it (what it draws: an integer field refuses it)."""
+        values = list(getattr(self, self.kind))
+        if self.kind in ("uniform", "loguniform") and values[0] < values[1]:
+            inside = values[0] + (values[1] - values[0]) * 0.3819660112501051  # 1 - 1/phi
+            values.append(inside if not float(inside).is_integer() else inside + 0.5)
+        return values
 
 
 class SchedulerSpec(Strict):
@@ -197,6 +207,24 @@ class TuneSpec(Strict):
     space: dict[str, Domain] = Field(
         min_length=1, description="spec paths, e.g. train.optimizer.lr"
     )
+
+    @model_validator(mode="after")
+    def _searcher_takes_its_domains(self) -> "TuneSpec":
+        """Each searcher's domains, as Ray runs them: Optuna samples (no grid); a grid search
+        enumerates its grid domains, each point `num_samples` times (1 unless given), and may
+        draw the sampled ones at each; random draws, crossing any grid domains."""
+        kinds = {path: d.kind for path, d in self.space.items()}
+        grids = [p for p, k in kinds.items() if k == "grid"]
+        if self.search == "optuna" and grids:
+            raise ValueError(
+                f"search: optuna samples each trial's values and cannot enumerate a grid "
+                f"({grids[0]}: grid); use search: grid, or a choice domain"
+            )
+        if self.search == "grid" and not grids:
+            raise ValueError("search: grid needs at least one grid domain (e.g. {grid: [1, 2]})")
+        if self.search == "grid" and "num_samples" not in self.model_fields_set:
+            self.num_samples = 1  # each combination once
+        return self
 
 
 class JobSpec(Strict):

@@ -42,8 +42,9 @@ def check_spec(spec: JobSpec, source: str) -> None:
 
 
 def check_space(spec: JobSpec, source: str) -> None:
-    """Every corner of every search dimension must make a valid job spec, so a bad space fails
-    before any trial runs."""
+    """Every corner of every search dimension (both ends, every listed value, and a fraction
+    drawn from a continuous range) must make a valid job spec, so a bad space fails before
+    any trial runs."""
     if spec.tune is None:
         return
     base = spec.model_dump(mode="json", by_alias=True, exclude={"tune"})
@@ -51,5 +52,7 @@ def check_space(spec: JobSpec, source: str) -> None:
         for value in domain.corners():
             raw = json.loads(json.dumps(base))
             where = f"{source}: tune.space.{path}={value!r} gives"
+            if domain.kind in ("uniform", "loguniform") and not float(value).is_integer():
+                where = f"{source}: tune.space.{path}: {domain.kind} draws fractions ({value:.4g})"
             set_path(raw, path, value, source=where)
             check_spec(parse_spec(raw, source=where), source=where)

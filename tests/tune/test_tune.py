@@ -170,6 +170,18 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home
             "train.optimizer.lr: Input should be greater than 0",
         ),
         ("model.params.widht: {randint: [1, 4]}", "model.params.widht: unknown key"),
+        (  # both ends are integers, but uniform draws fractions
+            "train.batch_size: {uniform: [32, 256]}",
+            "tune.space.train.batch_size: uniform draws fractions",
+        ),
+        (  # Optuna samples; it cannot enumerate a grid
+            "train.batch_size: {grid: [32, 64]}\n  search: optuna",
+            "search: optuna samples each trial's values and cannot enumerate a grid",
+        ),
+        (  # a grid search with nothing to enumerate
+            "train.optimizer.lr: {loguniform: [0.001, 0.01]}\n  search: grid",
+            "search: grid needs at least one grid domain",
+        ),
     ],
 )
 def test_bad_spaces_fail_before_ray_in_one_line(tmp_path, space, message):
@@ -185,3 +197,23 @@ def test_bad_spaces_fail_before_ray_in_one_line(tmp_path, space, message):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert message in lines[0], lines[0]
+
+
+def test_a_grid_search_runs_every_combination_once(fresh_home, tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        f"extends: {ROOT / 'jobs/digits-mlp.yaml'}\n"
+        "train: {epochs: 1, early_stopping: null}\n"
+        "scaling: {num_workers: 1}\n"
+        "tune:\n"
+        "  search: grid\n"
+        "  scheduler: {name: fifo}\n"
+        "  space:\n"
+        "    train.optimizer.lr: {grid: [0.001, 0.01]}\n"
+        "    train.batch_size: {grid: [32, 64, 128]}\n"
+    )
+    outcome = run_search(load_spec(path), quiet=True)
+    trials = outcome.trials
+    lrs, batches = trials["config/train.optimizer.lr"], trials["config/train.batch_size"]
+    combinations = sorted(zip(lrs, batches, strict=True))
+    assert combinations == sorted((lr, b) for lr in (0.001, 0.01) for b in (32, 64, 128))
