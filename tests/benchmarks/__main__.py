@@ -9,6 +9,7 @@ import sys
 from tests.benchmarks import (
     bench_amp,
     bench_autoscale,
+    bench_interactions,
     bench_recommend,
     bench_serve,
     bench_soak,
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "amp": bench_amp.main,
     "serve": bench_serve.main,
     "recommend": bench_recommend.main,
+    "interactions": bench_interactions.main,
     "soak": bench_soak.main,
     "stream": bench_stream.main,
     "speech": bench_speech.main,

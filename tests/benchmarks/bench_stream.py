@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +54,19 @@ def main() -> None:
 
 
 def cached_table(rows: int) -> Path:
-    folder = ROOT / "bench-results" / f"stream-table-{rows}"
+    return cached(
+        f"stream-table-{rows}",
+        lambda folder: write_table(folder, rows=rows, files=max(1, rows // 200_000)),
+    )
+
+
+def cached(name: str, write: Callable[[Path], object]) -> Path:
+    """bench-results/NAME, written by `write` once (a run cut short writes it again)."""
+    folder = ROOT / "bench-results" / name
     if not (folder / "DONE").exists():
         shutil.rmtree(folder, ignore_errors=True)
-        write_table(folder, rows=rows, files=max(1, rows // 200_000))
+        folder.mkdir(parents=True)
+        write(folder)
         (folder / "DONE").write_text("")
     return folder
 
@@ -109,26 +119,15 @@ def streamed(folder: Path, workers: int) -> dict:
     spec_file = ROOT / "bench-results" / "stream-spec.json"
     spec_file.write_text(json.dumps(spec))
     home = ROOT / "bench-results" / "stream-home"
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.data.streamed_job", str(spec_file), "2048"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "KILN_HOME": str(home), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"},
+    result, peaks, wall_s = measured_child(
+        ["tests.data.streamed_job", str(spec_file), "2048"],
+        env={"KILN_HOME": str(home), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"},
     )
-    peaks = Peaks(child.pid)
-    peaks.start()
-    out, _ = child.communicate()
-    peaks.stop.set()
-    peaks.join()
-    result = json.loads(out.strip().splitlines()[-1])
     metrics = result["outcome"]["metrics"]
     return {
         "rows_per_s": metrics["train_rows_per_s"],
         "epoch_time_s": metrics["epoch_time_s"],
-        "wall_s": time.perf_counter() - started,
+        "wall_s": wall_s,
         "val_accuracy": metrics["val_accuracy"],
         "train_rows": metrics["train_rows"],
         "train_rows_dropped": metrics["train_rows_dropped"],
@@ -136,6 +135,26 @@ def streamed(folder: Path, workers: int) -> dict:
         "worker_peak_rss_mb": [v / 2**20 for v in peaks.workers.values()],
         "object_store_peak_mb": peaks.store / 2**20,
     }
+
+
+def measured_child(module_args: list[str], env: dict | None = None) -> tuple[dict, "Peaks", float]:
+    """`python -m MODULE ARGS` with its peaks sampled from outside: the last line it prints
+    (JSON), the peaks and the wall time."""
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-m", *module_args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    peaks = Peaks(child.pid)
+    peaks.start()
+    out, _ = child.communicate()
+    peaks.stop.set()
+    peaks.join()
+    return json.loads(out.strip().splitlines()[-1]), peaks, time.perf_counter() - started
 
 
 class Peaks(threading.Thread):

@@ -6,6 +6,7 @@ import pytest
 
 from kiln import data
 from kiln.data.interactions import NEGATIVES, leave_last_out, read_interactions
+from kiln.errors import DataError
 from kiln.spec import DataSpec
 
 ROWS = [  # user, item, rating, timestamp; deliberately unsorted, with a duplicate
@@ -68,8 +69,63 @@ def test_synthetic_interactions_are_seeded_and_negatives_unseen():
     assert a.fingerprint() == b.fingerprint()
     candidates = a.extras["candidates"]
     assert candidates.shape == (len(a.y_val), 1 + NEGATIVES)
-    for row, seen in enumerate(a.extras["seen"]):
+    assert len(a.extras["seen"]) == len(a.y_val)  # under RECALL_USERS: every user's
+    for row, seen in a.extras["seen"].items():
         assert not set(candidates[row, 1:]) & set(seen.tolist())
         assert a.y_val[row] not in candidates[row, 1:]
     popularity = a.extras["popularity"]
     assert popularity[1:].max() > 5 * np.median(popularity[1:])  # a popularity skew
+
+
+# --- streamed: Ray Data groups the rows by user; the same arrays as in memory -----------------
+
+
+def write_shuffled_shards(folder, users=400, items=300, files=3, seed=5):
+    """Synthetic interactions in shuffled rows over several Parquet files, with re-watches."""
+    from kiln.data.interactions import Synthetic, synthetic_interactions
+
+    frame = synthetic_interactions(Synthetic(users=users, items=items), seed=seed)
+    frame = pd.concat([frame, frame.sample(frac=0.05, random_state=1).assign(time=9e9)])
+    frame = frame.sample(frac=1.0, random_state=2).rename(columns={"user": "uid"})
+    folder.mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(len(frame)), files)):
+        frame.iloc[rows].to_parquet(folder / f"part-{i}.parquet", index=False)
+    return frame
+
+
+def build_interactions(path, streaming):
+    params = {"history_len": 5, "user_column": "uid"}
+    spec = DataSpec(name="interactions", path=str(path), params=params, streaming=streaming)
+    return data.build(spec, "recommendation")
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_streamed_histories_equal_the_in_memory_arrays(tmp_path):
+    write_shuffled_shards(tmp_path / "events")
+    whole = build_interactions(tmp_path / "events", streaming=False)
+    streamed = build_interactions(tmp_path / "events", streaming=True)
+    assert isinstance(streamed, data.StreamedDataset) and isinstance(whole, data.Dataset)
+    assert streamed.schema == whole.schema and streamed.baselines == whole.baselines
+    for name in ("candidates", "popularity"):
+        np.testing.assert_array_equal(streamed.extras[name], whole.extras[name])
+    np.testing.assert_array_equal(streamed.extras["x_val"], whole.x_val)
+    np.testing.assert_array_equal(streamed.extras["y_val"], whole.y_val)
+    for name in ("users", "items"):
+        np.testing.assert_array_equal(streamed.extras["ids"][name], whole.extras["ids"][name])
+    batches = list(streamed.datasets["train"].iter_batches(batch_size=None, batch_format="numpy"))
+    rows = np.concatenate([np.column_stack([b["x"], b["y"]]) for b in batches])
+    expected = np.column_stack([whole.x_train, whole.y_train])
+    assert streamed.train_rows == len(expected)
+    np.testing.assert_array_equal(_sorted_rows(rows), _sorted_rows(expected))
+
+
+def _sorted_rows(a: np.ndarray) -> np.ndarray:
+    return a[np.lexsort(a.T[::-1])]
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_streamed_interactions_column_the_files_lack_is_one_line(tmp_path):
+    write_shuffled_shards(tmp_path / "events", users=20, items=20, files=2)
+    spec = DataSpec(name="interactions", path=str(tmp_path / "events"), params={}, streaming=True)
+    with pytest.raises(DataError, match="has no column 'user'"):
+        data.build(spec, "recommendation")

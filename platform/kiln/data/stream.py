@@ -164,7 +164,7 @@ def stream(
     """A streamed dataset, its preprocessing fitted on the training rows in one pass."""
     import ray.data
 
-    _quiet_ray_data()
+    quiet_ray_data()
 
     def part(name: str):
         return source.dataset(columns_read(layout, key)).map_batches(
@@ -204,7 +204,7 @@ def in_memory(
     return Dataset(a["x"], a["y"], b["x"], b["y"], layout.schema())
 
 
-def _quiet_ray_data() -> None:
+def quiet_ray_data() -> None:
     """Kiln draws its own progress: Ray Data's bars and execution logs (a line every few
     seconds where stdout is not a terminal) would bury it. Its warnings stay."""
     import ray.data

@@ -90,7 +90,14 @@ def popularity_metrics(
     """The popularity baseline through the same evaluator: score = training interactions.
     Every user has the same scores, so the held-out item's catalogue rank is a count: the
     items above it (ties half), less those of them the user saw; no score matrix is needed."""
-    hits = sampled_sums(popularity[candidates], candidates)
+    step = max(1, CHUNK_SCORES // max(1, candidates.shape[1]))  # rows of scores at once
+    hits = sum(
+        (
+            sampled_sums(popularity[c], c)
+            for c in np.split(candidates, range(step, len(candidates), step))
+        ),
+        np.zeros(2),
+    )
     sample = recall_rows(len(positives))
     ranked = np.sort(popularity[1:])  # item 0 (padding) never ranks
     recall = 0.0

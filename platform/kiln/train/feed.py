@@ -61,7 +61,6 @@ class StreamFeed:
         self.batch = max(1, global_batch // world)
         self.rank, self.device, self.seed = rank, device, seed
         self.train = ray.train.get_dataset_shard("train")
-        self.val = ray.train.get_dataset_shard("val")
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, epoch, self.rank])
@@ -72,7 +71,7 @@ class StreamFeed:
             )
 
     def validation(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        yield from self._blocks(self.val)
+        yield from self._blocks(ray.train.get_dataset_shard("val"))
 
     @staticmethod
     def _blocks(shard: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
