@@ -7,7 +7,9 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
+import yaml
 
 from tests.conftest import ROOT, run_kiln
 from tests.serve.conftest import GRPC_PORT, PORT, dashboard_url
@@ -91,6 +93,52 @@ def test_serve_detach_status_bench_shutdown(digits_models, tmp_path):
     finally:
         down = run_kiln("serve", "shutdown", "--address", dashboard)
     assert down.returncode == 0, down.stderr
+    from tests.serve.conftest import wait_until_gone
+
+    wait_until_gone(dashboard)
+
+
+def test_a_second_teams_config_is_added_beside_the_first_and_removed_alone(digits_models, tmp_path):
+    """Team A serves digits-cnn from serving/digits.yaml; team B's own file adds digits-mlp
+    without touching it, cannot silently take digits-cnn over, and removes only its own."""
+    dashboard = dashboard_url()
+    ports = ("--address", dashboard, "--port", str(PORT), "--grpc-port", str(GRPC_PORT))
+    team_b = tmp_path / "team-b.yaml"
+    config = yaml.safe_load((ROOT / "serving/digits.yaml").read_text())
+    for app in config["applications"]:  # team B batches digits-cnn its own way
+        if app["name"] == "digits-cnn":
+            app["deployments"][0]["user_config"] = {"max_batch_size": 8, "batch_wait_ms": 0}
+    team_b.write_text(yaml.safe_dump(config))
+
+    def running() -> dict:
+        status = run_kiln("serve", "status", "--address", dashboard, "--json")
+        return {a["application"]: a["deployed_from"] for a in json.loads(status.stdout)}
+
+    a = run_kiln("serve", "serving/digits.yaml", "--only", "digits-cnn", "--detach", *ports)
+    assert a.returncode == 0, a.stderr
+    try:
+        b = run_kiln("serve", str(team_b), "--only", "digits-mlp", "--detach", *ports)
+        assert b.returncode == 0, b.stderr
+        origins = running()
+        assert set(origins) == {"kiln", "digits-cnn", "digits-mlp"}
+        assert origins["digits-cnn"].endswith(str(ROOT / "serving/digits.yaml"))
+        assert origins["digits-mlp"].endswith(str(team_b))
+        for model in ("digits-cnn", "digits-mlp"):
+            ready = httpx.get(f"http://127.0.0.1:{PORT}/v2/models/{model}/ready", timeout=10)
+            assert ready.status_code == 200, model
+
+        clash = run_kiln("serve", str(team_b), "--only", "digits-cnn", "--detach", *ports)
+        assert clash.returncode == 1 and "Traceback" not in clash.stderr
+        assert "'digits-cnn' already runs, deployed from" in clash.stderr, clash.stderr
+        assert "--replace" in clash.stderr
+
+        down = run_kiln("serve", "shutdown", "--address", dashboard, "--only", "digits-mlp")
+        assert down.returncode == 0, down.stderr
+        assert set(running()) == {"kiln", "digits-cnn"}
+        missing = run_kiln("serve", "shutdown", "--address", dashboard, "--only", "nope")
+        assert missing.returncode == 1 and "no application 'nope' runs" in missing.stderr
+    finally:
+        run_kiln("serve", "shutdown", "--address", dashboard)
     from tests.serve.conftest import wait_until_gone
 
     wait_until_gone(dashboard)

@@ -6,6 +6,7 @@ kiln serve serving/digits.yaml --address http://head:8265
 kiln serve status --json
 """
 
+import json
 import os
 import signal
 import time
@@ -54,13 +55,21 @@ def up(
         None, "--grpc-port", help="gRPC port, where the config serves gRPC (default: the config's)"
     ),
     only: list[str] = typer.Option([], "--only", help="serve only this model (repeatable)"),
+    replace: bool = typer.Option(
+        False, "--replace", help="take over applications of these names deployed from elsewhere"
+    ),
     timeout: float = typer.Option(300, help="seconds to wait until every application runs"),
 ) -> None:
-    """Deploy a serving config, wait until it is healthy, print its URLs."""
-    from kiln.serve.control import deploy
+    """Deploy a serving config beside the cluster's other applications (adding or updating
+    only its own), wait until it is healthy, print its URLs."""
+    from kiln.serve.control import deploy, running
 
     configs = [
-        deploy.load_config(path, port=port, only=only, grpc_port=grpc_port) for path in config_paths
+        running.stamped(
+            deploy.load_config(path, port=port, only=only, grpc_port=grpc_port),
+            running.origin_of_file(path),
+        )
+        for path in config_paths
     ]
     if unknown := set(only) - {name for c in configs for name in deploy.model_names(c)}:
         raise SpecError(f"no model application {sorted(unknown)[0]!r} in {config_paths[0]}")
@@ -70,12 +79,15 @@ def up(
         console.print(f"[yellow]warning:[/yellow] {advice}")
     redis = _embedded_redis(config)
     dashboard, started_here = _cluster(address, detach)
+    whole = running.merged_into(config, deploy.details(dashboard), replace)
     console.print(f"deploying {' '.join(map(str, config_paths))} to {dashboard} ...")
-    deploy.deploy(config, dashboard)
+    deploy.deploy(whole, dashboard)
     deploy.wait_until_running(config, dashboard, timeout)
     _print_urls(config)
     if detach:
-        console.print(f"detached; stop with: kiln serve shutdown --address {dashboard}")
+        if address is None:
+            _remember_detached(started_here=started_here, redis=redis)
+        console.print(f"detached; stop with: kiln serve shutdown{_flag(address)}")
         if redis:
             console.print(f"the embedded Redis ({redis.url}) keeps running under KILN_HOME")
         return
@@ -88,7 +100,12 @@ def up(
             time.sleep(3600)
     except KeyboardInterrupt:
         console.print("shutting down ...")
-        deploy.shutdown(dashboard)
+        if started_here:
+            deploy.shutdown(dashboard)
+        else:  # what this config deployed; others' applications stay
+            mine = running.deployed_from(deploy.details(dashboard), running.origins(config))
+            if mine:
+                deploy.shutdown(dashboard, only=mine)
         if started_here:
             import ray
 
@@ -108,7 +125,7 @@ def status(
 ) -> None:
     """Per deployment: replicas (running/target), queued and ongoing requests, requests per
     second, p50/p99 latency in the replicas, and the model version."""
-    from kiln.serve.control import deploy
+    from kiln.serve.control import deploy, running
     from kiln.serve.control.status import DeploymentStats, deployment_stats, metrics_targets
 
     details = deploy.details(_dashboard(address))
@@ -122,6 +139,7 @@ def status(
             "application": name,
             "status": application["status"],
             "route": application.get("route_prefix"),
+            "deployed_from": running.origin(application.get("deployed_app_config") or {}),
             "deployments": {
                 d_name: {
                     "status": d["status"],
@@ -150,6 +168,8 @@ def status(
                 str(d["version"] or "-"),
             )
     console.print(table if rows else "no applications are deployed")
+    for row in rows:
+        console.print(f"  {row['application']}: deployed from {row['deployed_from'] or '-'}")
 
 
 def _figure(value: float | None) -> str:
@@ -157,13 +177,57 @@ def _figure(value: float | None) -> str:
 
 
 @app.command()
-def shutdown(address: str | None = ADDRESS) -> None:
-    """Delete every Serve application on the cluster."""
+def shutdown(
+    address: str | None = ADDRESS,
+    only: list[str] = typer.Option(
+        [], "--only", help="delete only this application (repeatable); the others keep running"
+    ),
+) -> None:
+    """Delete the Serve applications on the cluster (or `--only` some). After `kiln serve
+    --detach` on this machine, also stop what it started: the local Ray and the embedded
+    Redis (saved first)."""
     from kiln.serve.control import deploy
 
     dashboard = _dashboard(address)
-    deploy.shutdown(dashboard)
-    console.print(f"deleted the Serve applications on {dashboard}")
+    deploy.shutdown(dashboard, only=only, timeout_s=60)
+    console.print(f"deleted {', '.join(only) or 'the Serve applications'} on {dashboard}")
+    if address is None and not only:
+        _stop_detached()
+
+
+DETACHED = "serve-detached.json"  # under KILN_HOME: what `kiln serve --detach` started
+
+
+def _remember_detached(started_here: bool, redis: Any) -> None:
+    """Record what a detached `kiln serve` started, for `kiln serve shutdown` to stop."""
+    path = Path(get_settings().home) / DETACHED
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known["ray"] = known.get("ray", False) or started_here
+    known["redis"] = known.get("redis", False) or redis is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(known))
+
+
+def _stop_detached() -> None:
+    path = Path(get_settings().home) / DETACHED
+    if not path.exists():
+        return
+    started = json.loads(path.read_text())
+    if started.get("redis"):
+        from kiln.features import EmbeddedRedis
+
+        EmbeddedRedis(Path(get_settings().home).resolve() / "redis").stop()
+        console.print("stopped the embedded Redis (saved under KILN_HOME)")
+    if started.get("ray"):
+        from kiln.cluster.local import stop_detached_head
+
+        stop_detached_head()
+        console.print("stopped the local Ray that kiln serve --detach started")
+    path.unlink()
+
+
+def _flag(address: str | None) -> str:
+    return f" --address {address}" if address else ""
 
 
 def _dashboard(address: str | None) -> str:
@@ -185,8 +249,7 @@ def _cluster(address: str | None, detach: bool) -> tuple[str, bool]:
     from kiln.cluster.local import start_detached_head
 
     if detach:
-        start_detached_head(METRICS_PORT)
-        return LOCAL_DASHBOARD, False
+        return LOCAL_DASHBOARD, start_detached_head(METRICS_PORT)
     import ray
 
     from kiln.cluster.connect import connect, local_cluster_running

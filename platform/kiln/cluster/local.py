@@ -167,18 +167,28 @@ def ray_start(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("ray")), "start", *args, "--disable-usage-stats"]
 
 
-def start_detached_head(metrics_port: int) -> None:
-    """A head node that outlives this process (`kiln serve --detach`), unless one runs here."""
+def start_detached_head(metrics_port: int) -> bool:
+    """A head node that outlives this process (`kiln serve --detach`), unless one runs here;
+    whether it started one."""
     from kiln.cluster.connect import local_cluster_running
 
     if local_cluster_running():
-        return
+        return False
     command = ray_start(
         "--head", f"--dashboard-host={HOST}", f"--metrics-export-port={metrics_port}"
     )
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise ClusterError(f"ray start failed: {done.stderr.strip().splitlines()[-1:]}")
+    return True
+
+
+def stop_detached_head() -> None:
+    """`ray stop` of this environment's Ray: what `start_detached_head` started."""
+    command = [str(Path(sys.executable).with_name("ray")), "stop"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ClusterError(f"ray stop failed: {done.stderr.strip().splitlines()[-1:]}")
 
 
 def _start(folder: Path, name: str, cpus: float, args: list[str], auth: bool) -> Node:

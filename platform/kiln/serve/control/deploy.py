@@ -17,7 +17,7 @@ from kiln.cluster.dashboard import describe, open_client, with_scheme
 from kiln.errors import ServeError, SpecError
 from kiln.registry import ModelRegistry
 from kiln.serve.config import MODEL_DEPLOYMENT, MODEL_ROUTE, Batching, ModelArgs, RecommendArgs
-from kiln.serve.control import ingress
+from kiln.serve.control import ingress, running
 from kiln.settings import absolute
 from kiln.spec import first_error, read_yaml
 
@@ -94,7 +94,7 @@ def merge(configs: list[dict[str, Any]]) -> dict[str, Any]:
     by_name: dict[str, dict[str, Any]] = {}
     for app in (a for c in configs for a in c["applications"]):
         if app["name"] in by_name:
-            if by_name[app["name"]] != app:
+            if not running.same(by_name[app["name"]], app):
                 raise SpecError(f"two different applications are named {app['name']!r}")
             continue
         by_name[app["name"]] = app
@@ -211,8 +211,20 @@ def running_replicas(deployment: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in deployment.get("replicas", []) if r.get("state") == "RUNNING"]
 
 
-def shutdown(dashboard: str) -> None:
-    _call(dashboard, "delete_applications")
+def shutdown(dashboard: str, only: Collection[str] = (), timeout_s: float = 0) -> None:
+    """Delete every application, or only those named (the others keep running); with a
+    timeout, wait until they are gone (their replicas stopped)."""
+    rest = running.without(details(dashboard), only) if only else None
+    if rest is None:
+        _call(dashboard, "delete_applications")
+    else:
+        deploy(rest, dashboard)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        apps = details(dashboard).get("applications", {})
+        if not (set(apps) & set(only) if only else apps):
+            return
+        time.sleep(0.5)
 
 
 def _client(dashboard: str) -> Any:
