@@ -200,20 +200,43 @@ def test_bad_spaces_fail_before_ray_in_one_line(tmp_path, space, message):
 
 
 def test_a_grid_search_runs_every_combination_once(fresh_home, tmp_path):
-    path = tmp_path / "grid.yaml"
-    path.write_text(
-        f"extends: {ROOT / 'jobs/digits-mlp.yaml'}\n"
-        "train: {epochs: 1, early_stopping: null}\n"
-        "scaling: {num_workers: 1}\n"
-        "tune:\n"
-        "  search: grid\n"
-        "  scheduler: {name: fifo}\n"
-        "  space:\n"
+    space = (
         "    train.optimizer.lr: {grid: [0.001, 0.01]}\n"
         "    train.batch_size: {grid: [32, 64, 128]}\n"
     )
-    outcome = run_search(load_spec(path), quiet=True)
+    outcome = run_search(load_spec(grid_job(tmp_path, space)), quiet=True)
     trials = outcome.trials
     lrs, batches = trials["config/train.optimizer.lr"], trials["config/train.batch_size"]
     combinations = sorted(zip(lrs, batches, strict=True))
     assert combinations == sorted((lr, b) for lr in (0.001, 0.01) for b in (32, 64, 128))
+
+
+def test_a_search_on_a_file_uri_writes_registers_and_resumes(fresh_home, tmp_path):
+    """Storage as a URI (`file://`, as s3:// or gs:// would be): pathlib would make a folder
+    named `file:`; pyarrow.fs writes the results, Ray Train the runs, the registry the best."""
+    store = tmp_path / "store"
+    space = "    train.optimizer.lr: {grid: [0.001, 0.01]}\n"
+    spec = load_spec(grid_job(tmp_path, space, f"storage_path: file://{store}\n"))
+    outcome = run_search(spec, quiet=True)
+    folder = store / "tune" / outcome.name
+    assert (folder / "results.csv").exists() and (folder / "curves.png").exists()
+    assert not list(ROOT.glob("file:*")) and not list(tmp_path.glob("file:*"))
+    registry = ModelRegistry.open()
+    version = registry.resolve(f"{outcome.model.model}@{outcome.model.version}")
+    assert registry.read_json(version, "lineage.json")["search"]["trials"] == 2
+
+    resumed = run_search(spec, quiet=True, resume=True)  # the latest search, found by pyarrow
+    assert resumed.name == outcome.name
+    assert sorted(resumed.trials["trial_id"]) == sorted(outcome.trials["trial_id"])
+
+
+def grid_job(folder, space: str, extra: str = ""):
+    """A one-epoch digits-mlp grid search over `space` (indented YAML lines)."""
+    path = folder / "grid.yaml"
+    path.write_text(
+        f"extends: {ROOT / 'jobs/digits-mlp.yaml'}\n{extra}"
+        "train: {epochs: 1, early_stopping: null}\n"
+        "scaling: {num_workers: 1}\n"
+        "tune:\n  search: grid\n  scheduler: {name: fifo}\n  space:\n" + space
+    )
+    return path

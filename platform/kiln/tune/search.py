@@ -3,10 +3,10 @@
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.fs as pafs
 import ray
 import ray.train
 from ray import tune
@@ -211,10 +211,8 @@ def _finish(
         float(table.loc[table.trial_id == trial_id, "best"].iloc[0]),
         table,
     )
-    Path(path).mkdir(parents=True, exist_ok=True)
-    table.to_csv(f"{path}/results.csv", index=False)
     curves = trial_curves_png(grid, t.metric)
-    Path(f"{path}/curves.png").write_bytes(curves)
+    write_files(path, {"results.csv": table.to_csv(index=False).encode(), "curves.png": curves})
     if spec.registration is not None:
         outcome.model = _register_best(
             spec, config, f"{storage}/{name}-{trial_id}", outcome, curves, dataset
@@ -229,7 +227,7 @@ def trials_table(grid, metric: str, mode: str) -> pd.DataFrame:
         values = history[metric].tolist() if history is not None and metric in history else []
         rows.append(
             {
-                "trial_id": (result.metrics or {}).get("trial_id", Path(result.path).name),
+                "trial_id": (result.metrics or {}).get("trial_id", base_name(result.path)),
                 "status": "ERROR"
                 if result.error
                 else ("STOPPED" if _stopped_early(result) else "TERMINATED"),
@@ -288,7 +286,7 @@ def _register_best(
         alias=None,
         metrics=metrics,
         baselines=dataset.baselines,
-        run_name=Path(run_path).name,
+        run_name=base_name(run_path),
         run_path=run_path,
         history=run_history(result.checkpoint),
     )
@@ -318,8 +316,26 @@ def _new_name(spec: JobSpec) -> str:
 
 
 def _latest_search(root: str, job: str) -> str | None:
-    folder = Path(root)
-    names = (
-        sorted(p.name for p in folder.glob(f"{job}-2*") if p.is_dir()) if folder.exists() else []
+    """The newest search of this job under `root` (a local path or any pyarrow URI)."""
+    filesystem, base = pafs.FileSystem.from_uri(absolute(root))
+    found = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    names = sorted(
+        info.base_name
+        for info in found
+        if info.type == pafs.FileType.Directory and info.base_name.startswith(f"{job}-2")
     )
     return names[-1] if names else None
+
+
+def write_files(folder: str, files: dict[str, bytes]) -> None:
+    """Files into `folder`, a local path or any URI pyarrow opens (s3://, gs://, file://)."""
+    filesystem, base = pafs.FileSystem.from_uri(absolute(folder))
+    filesystem.create_dir(base, recursive=True)
+    for name, data in files.items():
+        with filesystem.open_output_stream(f"{base}/{name}") as out:
+            out.write(data)
+
+
+def base_name(path: str) -> str:
+    """The last part of a path or URI (pathlib would read `s3://b/x` as a relative path)."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
