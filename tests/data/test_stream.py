@@ -296,6 +296,7 @@ def test_a_corrupt_parquet_file_fails_in_one_line_naming_it(tmp_path):
 def test_streaming_a_dataset_that_cannot_stream_is_refused():
     with pytest.raises(
         DataError,
-        match="digits is read in memory; datasets that stream: image_folder, table, text_csv",
+        match="digits is read in memory; datasets that stream: "
+        "image_folder, interactions, table, text_csv",
     ):
         data.check(DataSpec(name="digits", streaming=True))

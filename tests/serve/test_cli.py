@@ -17,7 +17,7 @@ from tests.serve.conftest import GRPC_PORT, PORT, dashboard_url
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_serve_detach_status_bench_shutdown(digits_models, tmp_path):
+def test_serve_detach_status_bench_shutdown_beside_another_team(digits_models, tmp_path):
     dashboard = dashboard_url()
     up = run_kiln(
         "serve",
@@ -90,6 +90,8 @@ def test_serve_detach_status_bench_shutdown(digits_models, tmp_path):
         [replica] = [r for n, r in report["replicas"].items() if n.startswith("digits-cnn/")]
         assert replica["start_mb"] > 50 and "growth_mb_per_hour" in replica
         assert (tmp_path / "soak.png").read_bytes()[:4] == b"\x89PNG"
+
+        a_second_team_adds_and_removes_its_own(dashboard, tmp_path)
     finally:
         down = run_kiln("serve", "shutdown", "--address", dashboard)
     assert down.returncode == 0, down.stderr
@@ -98,10 +100,10 @@ def test_serve_detach_status_bench_shutdown(digits_models, tmp_path):
     wait_until_gone(dashboard)
 
 
-def test_a_second_teams_config_is_added_beside_the_first_and_removed_alone(digits_models, tmp_path):
-    """Team A serves digits-cnn from serving/digits.yaml; team B's own file adds digits-mlp
-    without touching it, cannot silently take digits-cnn over, and removes only its own."""
-    dashboard = dashboard_url()
+def a_second_team_adds_and_removes_its_own(dashboard: str, tmp_path) -> None:
+    """While team A serves digits-cnn from serving/digits.yaml, team B's own file adds
+    digits-mlp without touching it, cannot silently take digits-cnn over, and removes only
+    its own."""
     ports = ("--address", dashboard, "--port", str(PORT), "--grpc-port", str(GRPC_PORT))
     team_b = tmp_path / "team-b.yaml"
     config = yaml.safe_load((ROOT / "serving/digits.yaml").read_text())
@@ -114,34 +116,26 @@ def test_a_second_teams_config_is_added_beside_the_first_and_removed_alone(digit
         status = run_kiln("serve", "status", "--address", dashboard, "--json")
         return {a["application"]: a["deployed_from"] for a in json.loads(status.stdout)}
 
-    a = run_kiln("serve", "serving/digits.yaml", "--only", "digits-cnn", "--detach", *ports)
-    assert a.returncode == 0, a.stderr
-    try:
-        b = run_kiln("serve", str(team_b), "--only", "digits-mlp", "--detach", *ports)
-        assert b.returncode == 0, b.stderr
-        origins = running()
-        assert set(origins) == {"kiln", "digits-cnn", "digits-mlp"}
-        assert origins["digits-cnn"].endswith(str(ROOT / "serving/digits.yaml"))
-        assert origins["digits-mlp"].endswith(str(team_b))
-        for model in ("digits-cnn", "digits-mlp"):
-            ready = httpx.get(f"http://127.0.0.1:{PORT}/v2/models/{model}/ready", timeout=10)
-            assert ready.status_code == 200, model
+    b = run_kiln("serve", str(team_b), "--only", "digits-mlp", "--detach", *ports)
+    assert b.returncode == 0, b.stderr
+    origins = running()
+    assert set(origins) == {"kiln", "digits-cnn", "digits-mlp"}
+    assert origins["digits-cnn"].endswith(str(ROOT / "serving/digits.yaml"))
+    assert origins["digits-mlp"].endswith(str(team_b))
+    for model in ("digits-cnn", "digits-mlp"):
+        ready = httpx.get(f"http://127.0.0.1:{PORT}/v2/models/{model}/ready", timeout=10)
+        assert ready.status_code == 200, model
 
-        clash = run_kiln("serve", str(team_b), "--only", "digits-cnn", "--detach", *ports)
-        assert clash.returncode == 1 and "Traceback" not in clash.stderr
-        assert "'digits-cnn' already runs, deployed from" in clash.stderr, clash.stderr
-        assert "--replace" in clash.stderr
+    clash = run_kiln("serve", str(team_b), "--only", "digits-cnn", "--detach", *ports)
+    assert clash.returncode == 1 and "Traceback" not in clash.stderr
+    assert "'digits-cnn' already runs, deployed from" in clash.stderr, clash.stderr
+    assert "--replace" in clash.stderr
 
-        down = run_kiln("serve", "shutdown", "--address", dashboard, "--only", "digits-mlp")
-        assert down.returncode == 0, down.stderr
-        assert set(running()) == {"kiln", "digits-cnn"}
-        missing = run_kiln("serve", "shutdown", "--address", dashboard, "--only", "nope")
-        assert missing.returncode == 1 and "no application 'nope' runs" in missing.stderr
-    finally:
-        run_kiln("serve", "shutdown", "--address", dashboard)
-    from tests.serve.conftest import wait_until_gone
-
-    wait_until_gone(dashboard)
+    down = run_kiln("serve", "shutdown", "--address", dashboard, "--only", "digits-mlp")
+    assert down.returncode == 0, down.stderr
+    assert set(running()) == {"kiln", "digits-cnn"}
+    missing = run_kiln("serve", "shutdown", "--address", dashboard, "--only", "nope")
+    assert missing.returncode == 1 and "no application 'nope' runs" in missing.stderr
 
 
 @pytest.mark.parametrize(

@@ -199,31 +199,31 @@ def test_bad_spaces_fail_before_ray_in_one_line(tmp_path, space, message):
     assert message in lines[0], lines[0]
 
 
-def test_a_grid_search_runs_every_combination_once(fresh_home, tmp_path):
+def test_a_grid_search_on_a_file_uri_runs_every_combination_once_registers_and_resumes(
+    fresh_home, tmp_path
+):
+    """A 2 x 3 grid runs exactly its 6 combinations. Storage is a URI (`file://`, as s3:// or
+    gs:// would be): pathlib would make a folder named `file:`; pyarrow.fs writes the results,
+    Ray Train the runs, the registry the best, and --resume finds the search."""
+    store = tmp_path / "store"
     space = (
         "    train.optimizer.lr: {grid: [0.001, 0.01]}\n"
         "    train.batch_size: {grid: [32, 64, 128]}\n"
     )
-    outcome = run_search(load_spec(grid_job(tmp_path, space)), quiet=True)
+    spec = load_spec(grid_job(tmp_path, space, f"storage_path: file://{store}\n"))
+    outcome = run_search(spec, quiet=True)
     trials = outcome.trials
     lrs, batches = trials["config/train.optimizer.lr"], trials["config/train.batch_size"]
     combinations = sorted(zip(lrs, batches, strict=True))
     assert combinations == sorted((lr, b) for lr in (0.001, 0.01) for b in (32, 64, 128))
 
-
-def test_a_search_on_a_file_uri_writes_registers_and_resumes(fresh_home, tmp_path):
-    """Storage as a URI (`file://`, as s3:// or gs:// would be): pathlib would make a folder
-    named `file:`; pyarrow.fs writes the results, Ray Train the runs, the registry the best."""
-    store = tmp_path / "store"
-    space = "    train.optimizer.lr: {grid: [0.001, 0.01]}\n"
-    spec = load_spec(grid_job(tmp_path, space, f"storage_path: file://{store}\n"))
-    outcome = run_search(spec, quiet=True)
     folder = store / "tune" / outcome.name
     assert (folder / "results.csv").exists() and (folder / "curves.png").exists()
     assert not list(ROOT.glob("file:*")) and not list(tmp_path.glob("file:*"))
     registry = ModelRegistry.open()
+    assert outcome.model is not None
     version = registry.resolve(f"{outcome.model.model}@{outcome.model.version}")
-    assert registry.read_json(version, "lineage.json")["search"]["trials"] == 2
+    assert registry.read_json(version, "lineage.json")["search"]["trials"] == 6
 
     resumed = run_search(spec, quiet=True, resume=True)  # the latest search, found by pyarrow
     assert resumed.name == outcome.name
