@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,6 +21,12 @@ from rich.rule import Rule
 
 SERVE_URL = "http://127.0.0.1:8000"
 QUICK = ["--set", "train.epochs=6", "--set", "register.alias=production"]
+CORPUS = Path(__file__).resolve().parents[2] / "shared/data/spoken-digits"  # ../shared, if there
+SPEECH_DATA = (
+    (f"the 2,500 of {CORPUS}", ["--set", f"data.path={CORPUS}"])
+    if CORPUS.is_dir()
+    else ("the 400 that ship with Kiln", [])
+)
 TRAINING = [
     ("Check the job spec (no Ray needed)", ["validate", "jobs/digits-cnn.yaml"]),
     (
@@ -44,8 +51,9 @@ TRAINING = [
     (None, ["train", "jobs/digits-rnn.yaml", "--quiet", *QUICK]),
     (None, ["train", "jobs/digits-gan.yaml", "--quiet", *QUICK, "--set", "train.epochs=20"]),
     (
-        "Spoken digits: a CNN on log-mel frames of real recordings (the 400 that ship with Kiln)",
-        ["train", "jobs/spoken-digits-cnn.yaml", "--set", "register.alias=production"],
+        f"Spoken digits: a CNN on log-mel frames of real recordings ({SPEECH_DATA[0]})",
+        ["train", "jobs/spoken-digits-cnn.yaml", "--set", "register.alias=production"]
+        + SPEECH_DATA[1],
     ),
     ("The registry", ["models", "list"]),
     ("The model card", ["models", "show", "digits-cnn@staging"]),
