@@ -213,7 +213,7 @@ def stream_histories(
         raise
     except Exception as e:  # Ray Data wraps reader errors in its own types
         raise DataError(f"{shards.path}: cannot read the interactions: {root_cause(e)}") from None
-    train = histories.map_batches(_windows_of, fn_kwargs=job, **WHOLE_BLOCKS)
+    train = histories.map_batches(training_windows, fn_kwargs=job, **WHOLE_BLOCKS)
     train.context.target_max_block_size = 8 * 2**20
     digest = hashlib.sha256(f"{shards.fingerprint}|{columns}|{history_len}".encode())
     held = evaluation(ids, popularity, held, history_len, seed)
@@ -232,10 +232,6 @@ WHOLE_BLOCKS: dict[str, Any] = {"batch_format": "pandas", "batch_size": None}
 
 def _renamed(frame: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     return frame.rename(columns={theirs: ours for ours, theirs in columns.items()})
-
-
-def _windows_of(histories: pd.DataFrame, ids: Ids, history_len: int) -> dict[str, Any]:
-    return training_windows(histories, ids, history_len)
 
 
 def _column(dataset: Any, name: str) -> np.ndarray:
