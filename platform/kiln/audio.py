@@ -8,21 +8,28 @@ decoding, resampling, a clip's fixed length, and log-mel features.
 
 scipy reads WAV files and resamples (polyphase filtering); the mel filter bank is the HTK
 formula over `torch.stft`'s power spectrum (torchaudio has one, but no build for this torch).
+
+torch is imported by the functions that use it: Ray Data's worker processes import kiln.data
+(and so this module) to run Kiln's map functions, and torch would add 2-3 s to each one's start.
 """
+
+from __future__ import annotations
 
 import io
 import math
 import struct
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt
 
 LOG_FLOOR = 1e-6  # keeps the log of a silent frame finite
 MAX_RATE = 384_000  # sample rates beyond this are not audio any client sends
+
+if TYPE_CHECKING:
+    import torch
 
 
 class AudioError(ValueError):
@@ -132,6 +139,8 @@ def clip(samples: np.ndarray, rate: int, setup: FrameSetup, max_seconds: float) 
 
 def mel_filters(setup: FrameSetup) -> torch.Tensor:
     """(n_fft // 2 + 1, n_mels): triangular filters evenly spaced on the HTK mel scale."""
+    import torch
+
     f_max = setup.f_max or setup.sample_rate / 2
 
     def mel(hz: np.ndarray) -> np.ndarray:
@@ -152,6 +161,8 @@ def log_mel(
 ) -> torch.Tensor:
     """(B, samples) -> (B, n_mels, frames): the log of the mel-filtered power spectrum.
     `filters` (from `mel_filters`) may be passed in to skip building them on every call."""
+    import torch
+
     if filters is None:
         filters = mel_filters(setup)
     window = torch.hann_window(setup.window, device=waveforms.device)
@@ -189,6 +200,8 @@ class Augmentation(BaseModel):
 
 def augment_waveforms(x: torch.Tensor, rule: Augmentation, rate: int) -> torch.Tensor:
     """(B, samples): each clip shifted in time (silence fills in), scaled and noised."""
+    import torch
+
     batch, length = x.shape
     if rule.shift_s:
         limit = round(rule.shift_s * rate)
@@ -205,6 +218,8 @@ def augment_waveforms(x: torch.Tensor, rule: Augmentation, rate: int) -> torch.T
 
 
 def _shift(row: torch.Tensor, by: int, length: int) -> torch.Tensor:
+    import torch
+
     if by == 0:
         return row
     out = torch.zeros_like(row)
@@ -217,6 +232,8 @@ def _shift(row: torch.Tensor, by: int, length: int) -> torch.Tensor:
 
 def spec_augment(features: torch.Tensor, rule: Augmentation) -> torch.Tensor:
     """(B, n_mels, frames), normalised (0 is the mean): random bands and spans set to 0."""
+    import torch
+
     features = features.clone()
     batch = features.shape[0]
     for masks, widest, axis in (

@@ -21,7 +21,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import pyarrow.fs
-import torch
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt
 
 from kiln import audio
@@ -195,6 +194,8 @@ def band_statistics(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each mel band's mean and std over every frame of the training clips (the features the
     model computes, without augmentation), a few hundred clips at a time."""
+    import torch  # here: Ray Data's workers import this module and need no torch
+
     filters = audio.mel_filters(setup)
     total = np.zeros(setup.n_mels)
     squares = np.zeros(setup.n_mels)
