@@ -15,10 +15,16 @@ barriers: a rank with one batch more would hang the job).
   its largest, so whole blocks are fetched and cut into batches here, shuffled within a
   window of blocks by a seeded generator. Validation shards are not equalised
   (`ExactValidation`): every validation row is scored exactly once.
+
+Both feeds time how long the training loop waits for its batches (`feed.wait`): the wait for
+the first batch of an epoch is the pipeline starting; the rest is time the input could not
+keep up with the model.
 """
 
+import time
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import ray.train
@@ -29,6 +35,35 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from kiln.data import Dataset, StreamedDataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+T = TypeVar("T")
+
+
+@dataclass
+class InputWait:
+    """Seconds this epoch's training loop waited for batches: for the first one, and in all."""
+
+    first_s: float = 0.0
+    total_s: float = 0.0
+
+    def metrics(self, session: Any) -> dict[str, float]:
+        """Each rank's waits, averaged over the ranks (an all-reduce: every rank calls it)."""
+        first, total = session.all_sum([self.first_s, self.total_s])
+        return {"input_first_batch_s": first / session.world, "input_wait_s": total / session.world}
+
+
+def timed(batches: Iterator[T], wait: InputWait) -> Iterator[T]:
+    """The batches, with the time spent waiting for each added to `wait`."""
+    first = True
+    while True:
+        started = time.perf_counter()
+        batch = next(batches, None)
+        waited = time.perf_counter() - started
+        wait.total_s += waited
+        if first:
+            wait.first_s, first = waited, False
+        if batch is None:
+            return
+        yield batch
 
 
 def train_loader(
@@ -45,11 +80,13 @@ class MemoryFeed:
     def __init__(self, data: Dataset, global_batch: int, world: int, rank: int):
         self.data, self.world, self.rank = data, world, rank
         self.loader = train_loader(data, global_batch, world)
+        self.wait = InputWait()
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         if isinstance(self.loader.sampler, DistributedSampler):
             self.loader.sampler.set_epoch(epoch)
-        yield from self.loader
+        self.wait = InputWait()
+        yield from timed(iter(self.loader), self.wait)
 
     def validation(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         shard = slice(self.rank, None, self.world)
@@ -61,10 +98,12 @@ class StreamFeed:
         self.batch = max(1, global_batch // world)
         self.rank, self.device, self.seed = rank, device, seed
         self.train = ray.train.get_dataset_shard("train")
+        self.wait = InputWait()
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, epoch, self.rank])
-        for x, y in rebatch(self._blocks(self.train), self.batch, rng):
+        self.wait = InputWait()
+        for x, y in timed(rebatch(self._blocks(self.train), self.batch, rng), self.wait):
             yield (
                 torch.from_numpy(x).to(self.device, non_blocking=True),
                 torch.from_numpy(y).to(self.device, non_blocking=True),

@@ -98,5 +98,13 @@ class ProgressView:
             )
             resumed = f"  (resumed at epoch {m['resumed_from']})" if m["resumed_from"] >= 0 else ""
             self.bar.console.print(
-                f"epoch {m['epoch']:>3}/{m['epochs']}  {shown}  {m['epoch_time_s']:.1f}s{resumed}"
+                f"epoch {m['epoch']:>3}/{m['epochs']}  {shown}  {m['epoch_time_s']:.1f}s"
+                f"{input_bound(m)}{resumed}"
             )
+
+
+def input_bound(metrics: dict[str, Any]) -> str:
+    """A note when the epoch spent over a fifth of its time waiting for data: the input
+    pipeline, not the model, sets the pace (more read parallelism or CPUs would help)."""
+    waited = metrics.get("input_wait_s", 0.0)
+    return f" ({waited:.1f}s waiting for data)" if waited > 0.2 * metrics["epoch_time_s"] else ""

@@ -44,6 +44,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {
             "train_loss": total / max(count, 1),
             **rows_accounted(data, count),
+            **feed.wait.metrics(session),
             **validate(session, model),
         }
         if session.end_epoch(metrics):

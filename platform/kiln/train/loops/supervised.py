@@ -41,6 +41,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train_loss": total / max(count, 1),
             "train_rows_per_s": count / max(seconds / session.world, 1e-9),  # all ranks
             **rows_accounted(data, count),
+            **feed.wait.metrics(session),
             **scores,
         }
         if session.end_epoch(metrics, artifacts):
