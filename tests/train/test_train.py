@@ -158,3 +158,23 @@ def test_a_job_whose_workers_cannot_start_fails_naming_what_is_missing(fresh_hom
     assert "could not start within 8 s (scaling.start_timeout_s)" in message
     assert "need 2 CPU (free 0.5 of 2" in message
     assert time.monotonic() - started < 60
+
+
+def test_resources_the_runs_own_placement_group_holds_are_not_a_shortfall():
+    """While the workers start, their placement group holds the CPUs: the wait notice must
+    not blame other jobs for them (it did: "free 0 of 2: other jobs ... hold the rest").
+    Small bundles, so that the group is placed beside whatever else the session runs."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from kiln.train.runner import placed, shortfall
+
+    before = set(ray.util.placement_group_table())
+    group = placement_group([{"CPU": 0.01}, {"CPU": 0.01}])
+    ray.get(group.ready(), timeout=60)
+    try:
+        assert placed({"CPU": 0.02}, before) and shortfall({"CPU": 0.02}, before) is None
+        assert not placed({"CPU": 0.02}, before | {group.id.hex()})  # another run's group
+        assert not placed({"CPU": 0.03}, before)  # it holds less than the workers need
+    finally:
+        remove_placement_group(group)

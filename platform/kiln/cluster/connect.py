@@ -18,6 +18,8 @@ def connect(
         return
     address = address or get_settings().ray_address or os.environ.get("RAY_ADDRESS")
     starts_one = not address and not local_cluster_running()
+    if starts_one:
+        logging.getLogger(TOKEN_SETUP_LOGGER).addFilter(quiet_default_token_notice)
     port = metrics_export_port if starts_one else None
     extra: dict[str, Any] = {"_metrics_export_port": port} if port else {}
     ray.init(
@@ -27,6 +29,16 @@ def connect(
         configure_logging=True,
         **extra,
     )
+
+
+TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def quiet_default_token_notice(record: logging.LogRecord) -> bool:
+    """Ray warns on every local start that it turned token authentication on by default:
+    nothing a Kiln user can act on (`kiln cluster up` reports the cluster's auth). Its
+    warning that authentication is off stays."""
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def local_cluster_running() -> bool:

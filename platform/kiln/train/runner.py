@@ -6,6 +6,7 @@ import os
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,6 +200,7 @@ def _fit_with_progress(
         except Exception as e:  # re-raised below, on the caller's thread
             outcome["error"] = e
 
+    groups_before = set(ray.util.placement_group_table())
     thread = threading.Thread(target=fit, name="kiln-fit", daemon=True)
     thread.start()
     noticed = False
@@ -207,13 +209,13 @@ def _fit_with_progress(
             view.drain(queue)
             if not noticed and not view.events and view.elapsed_s() > WAIT_NOTICE_S:
                 noticed = True
-                if short := shortfall(needed):
+                if short := shortfall(needed, groups_before):
                     view.waiting(f"{short}; {_patience(start_timeout_s)}")
         view.drain(queue, timeout=0.5)
     if "error" in outcome:
         error = outcome["error"]
         if isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
-            short = shortfall(needed) or "their resources were not free in time"
+            short = shortfall(needed, groups_before) or "their resources were not free in time"
             raise TrainingError(
                 f"training workers could not start within {start_timeout_s:g} s "
                 f"(scaling.start_timeout_s): {short}"
@@ -222,8 +224,12 @@ def _fit_with_progress(
     return outcome["result"]
 
 
-def shortfall(needed: dict[str, float]) -> str | None:
-    """What the workers wait for, in words, or None when the cluster has it free now."""
+def shortfall(needed: dict[str, float], groups_before: set[str]) -> str | None:
+    """What the workers wait for, in words, or None when the cluster has it free now or
+    their placement group (one created since `groups_before`) already holds it: then they
+    are only starting, and the resources they took are not "held by other jobs"."""
+    if placed(needed, groups_before):
+        return None
     free = ray.available_resources()
     total = ray.cluster_resources()
     short = {name: amount for name, amount in needed.items() if free.get(name, 0.0) < amount}
@@ -234,6 +240,16 @@ def shortfall(needed: dict[str, float]) -> str | None:
         "other jobs or Serve replicas hold the rest)"
         for name, amount in short.items()
     )
+
+
+def placed(needed: dict[str, float], groups_before: set[str]) -> bool:
+    """Placement groups created since `groups_before` (the run's workers') hold `needed`."""
+    held: Counter[str] = Counter()
+    for group_id, group in ray.util.placement_group_table().items():
+        if group_id not in groups_before and group["state"] == "CREATED":
+            for bundle in group["bundles"].values():
+                held.update(bundle)
+    return all(held[name] >= amount for name, amount in needed.items())
 
 
 def _patience(timeout_s: float | None) -> str:
