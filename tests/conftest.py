@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from kiln.cluster.connect import LOCAL_TRAIN_ENV
+
 # Before Ray starts: fast health checks (crashed workers are noticed quickly), no telemetry,
 # and no token auth for this hermetic, loopback-only cluster.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -17,6 +19,9 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # so that the start-timeout test is quick (kiln.train.runner.start_retries scales with it).
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "4")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The session's cluster is local, as `kiln train` starts one (no preemption watcher).
+for name, value in LOCAL_TRAIN_ENV.items():
+    os.environ.setdefault(name, value)
 # Serving as `kiln serve` runs it (the HAProxy ingress), with metrics reported every second
 # instead of every ten so that a test sees its requests counted quickly.
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")

@@ -20,6 +20,8 @@ def connect(
     starts_one = not address and not local_cluster_running()
     if starts_one:
         logging.getLogger(TOKEN_SETUP_LOGGER).addFilter(quiet_default_token_notice)
+        for name, value in LOCAL_TRAIN_ENV.items():
+            os.environ.setdefault(name, value)
     port = metrics_export_port if starts_one else None
     extra: dict[str, Any] = {"_metrics_export_port": port} if port else {}
     ray.init(
@@ -30,6 +32,11 @@ def connect(
         **extra,
     )
 
+
+# A cluster this process starts is this one machine: none of its nodes is drained for
+# preemption, so Ray Train's preemption watcher, an actor process started for every run
+# (a second of CPU on a small machine), stays off. Read by the run's controller.
+LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 
