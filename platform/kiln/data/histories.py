@@ -92,14 +92,27 @@ def _flat(histories: pd.DataFrame, ids: Ids) -> tuple[np.ndarray, np.ndarray, np
 
 def training_windows(histories: pd.DataFrame, ids: Ids, history_len: int) -> dict[str, Any]:
     """{"x": (rows, 1 + N) user and the N items before, "y": the next item} per interaction."""
-    users, items, position = _flat(histories, ids)
+    return _windows_of(_flat(histories, ids), history_len)
+
+
+def _windows_of(flat: tuple[np.ndarray, np.ndarray, np.ndarray], history_len: int) -> dict:
+    users, items, position = flat
     return {"x": windows(users, items, position, history_len), "y": items}
 
 
 def held_out_rows(histories: pd.DataFrame, ids: Ids, history_len: int) -> pd.DataFrame:
     """A row per user with at least two items: the example after their training items (`x`),
     the held-out item (`y`; 0 when training never saw it: a cold item) and `seen`."""
-    users, items, position = _flat(histories, ids)
+    return _held_out_of(histories, ids, _flat(histories, ids), history_len)
+
+
+def _held_out_of(
+    histories: pd.DataFrame,
+    ids: Ids,
+    flat: tuple[np.ndarray, np.ndarray, np.ndarray],
+    history_len: int,
+) -> pd.DataFrame:
+    users, items, position = flat
     held = histories[histories["items"].map(len) >= 2]
     wanted = ids.user_index(held["user"])
     order = np.argsort(wanted, kind="stable")
@@ -122,8 +135,9 @@ def leave_last_out(frame: pd.DataFrame, history_len: int, seed: int) -> Dataset:
     if histories.empty:
         raise DataError("no interactions to train on")
     ids, popularity = catalogue(histories["user"].to_numpy(), training_item_counts(histories))
-    train = training_windows(histories, ids, history_len)
-    held_out = held_out_rows(histories, ids, history_len)
+    flat = _flat(histories, ids)  # both the training windows and the held-out rows read it
+    train = _windows_of(flat, history_len)
+    held_out = _held_out_of(histories, ids, flat, history_len)
     held = evaluation(ids, popularity, held_out, history_len, seed)
     x_val, y_val = held.extras.pop("x_val"), held.extras.pop("y_val")
     return Dataset(train["x"], train["y"], x_val, y_val, held.schema, held.baselines, held.extras)
