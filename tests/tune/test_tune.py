@@ -215,6 +215,7 @@ def test_a_grid_search_on_a_file_uri_runs_every_combination_once_registers_and_r
     lrs, batches = trials["config/train.optimizer.lr"], trials["config/train.batch_size"]
     combinations = sorted(zip(lrs, batches, strict=True))
     assert combinations == sorted((lr, b) for lr in (0.001, 0.01) for b in (32, 64, 128))
+    assert (trials["first_epoch_s"] > 0).all(), trials["first_epoch_s"]  # each trial's start
 
     folder = store / "tune" / outcome.name
     assert (folder / "results.csv").exists() and (folder / "curves.png").exists()

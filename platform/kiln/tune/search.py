@@ -238,10 +238,19 @@ def trials_table(grid, metric: str, mode: str) -> pd.DataFrame:
                 "epochs": int((result.metrics or {}).get("epoch", 0)),
                 "last": values[-1] if values else float("nan"),
                 "best": (max if mode == "max" else min)(values) if values else float("nan"),
+                "first_epoch_s": _first_epoch_s(history),
                 **{f"config/{k}": v for k, v in result.config.items()},
             }
         )
     return pd.DataFrame(rows)
+
+
+def _first_epoch_s(history: pd.DataFrame | None) -> float:
+    """Seconds from the trial's start (its Train run: placement group, worker processes,
+    data, model) to its first reported epoch, as Tune timed it."""
+    if history is None or history.empty or "time_total_s" not in history:
+        return float("nan")
+    return float(history["time_total_s"].iloc[0])
 
 
 def _stopped_early(result) -> bool:
