@@ -116,13 +116,8 @@ def up(
         _wait_for_nodes(cluster, timeout_s)
         for i in range(workers):
             temp_dir = f"{tempfile.gettempdir()}/ray-kiln-{port}-w{i + 1}"  # short: socket paths
-            args = common + [f"--address={cluster.address}", f"--temp-dir={temp_dir}"]
             name = f"worker-{i + 1}"
-            node = _start(folder, name, cpus_per_worker, args, cluster.token_auth)
-            node.temp_dir = temp_dir
-            cluster.nodes.append(node)
-            _save(cluster)
-            _wait_for_nodes(cluster, timeout_s)
+            _join_worker(cluster, folder, name, cpus_per_worker, common, temp_dir, timeout_s)
     except BaseException:
         down()
         raise
@@ -189,6 +184,40 @@ def stop_detached_head() -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise ClusterError(f"ray stop failed: {done.stderr.strip().splitlines()[-1:]}")
+
+
+# What `ray start` says when its node's raylet did not register with the GCS within Ray's
+# fixed 30 s: on a busy machine a retry joins (the cluster and the GCS are healthy).
+SLOW_NODE_START = "timed out during startup"
+
+
+def _join_worker(
+    cluster: LocalCluster,
+    folder: Path,
+    name: str,
+    cpus: float,
+    common: list[str],
+    temp_dir: str,
+    timeout_s: float,
+) -> None:
+    """Starts a worker node and waits for it to join, starting it again within `timeout_s`
+    when Ray gave up on it only because the machine was slow."""
+    args = common + [f"--address={cluster.address}", f"--temp-dir={temp_dir}"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        node = _start(folder, name, cpus, args, cluster.token_auth)
+        node.temp_dir = temp_dir
+        cluster.nodes.append(node)
+        _save(cluster)
+        try:
+            _wait_for_nodes(cluster, max(deadline - time.monotonic(), 1))
+            return
+        except ClusterError:
+            if SLOW_NODE_START not in Path(node.log).read_text() or time.monotonic() > deadline:
+                raise
+        cluster.nodes.pop()
+        _signal(node, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _start(folder: Path, name: str, cpus: float, args: list[str], auth: bool) -> Node:
@@ -263,7 +292,8 @@ def _check_alive(node: Node) -> None:
     if child is None or child.poll() is None:
         return
     lines = [ln.strip() for ln in Path(node.log).read_text().splitlines() if ln.strip()]
-    reason = next((ln for ln in reversed(lines) if "rror" in ln), lines[-1] if lines else "")
+    named = (ln for ln in reversed(lines) if "rror" in ln or "xception" in ln)
+    reason = next(named, lines[-1] if lines else "")
     raise ClusterError(f"ray start ({node.name}) exited: {reason[:300]} (log: {node.log})")
 
 
