@@ -190,6 +190,18 @@ def test_a_stalled_replica_fails_its_health_check_and_is_replaced(digits_models)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim["pid"], signal.SIGKILL)
+        # The proxy learns the new replica set from the controller a moment after the
+        # dashboard shows it (a long poll): wait for 10 answers in a row, then measure.
+        settled = wait_for(lambda: all_answered(target, body, 10), 30, "10 answers in a row")
         after = asyncio.run(generate_load(target, body, rate=50, duration_s=4, warmup_s=0))
-    print(f"\nstall: replaced {replaced:.1f} s after SIGSTOP; then {after.summary()}")
-    assert set(after.statuses) == {200}
+    print(f"\nstall: replaced {replaced:.1f} s after SIGSTOP, settled {settled:.1f} s later;")
+    print(f"then {after.summary()}")
+    assert set(after.statuses) == {200}, after.summary()
+
+
+def all_answered(target: str, body: bytes, count: int) -> bool:
+    with httpx.Client(timeout=5) as client:
+        try:
+            return all(client.post(target, content=body).status_code == 200 for _ in range(count))
+        except httpx.HTTPError:
+            return False

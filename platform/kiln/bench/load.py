@@ -35,6 +35,7 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)  # 0: no answer (connection error)
     retry_after: list[str | None] = field(default_factory=list)  # the header, when answered
+    failures: dict[str, int] = field(default_factory=dict)  # why status 0: "ClientOSError: ..."
 
     def summary(self) -> dict[str, Any]:
         statuses = np.array(self.statuses)
@@ -46,6 +47,7 @@ class LoadResult:
             "requests": len(self.statuses),
             "ok": int(len(ok)),
             "errors": errors,
+            **({"failures": self.failures} if self.failures else {}),
             "duration_s": round(self.duration_s, 3),
             "throughput_rps": round(len(ok) / self.duration_s, 1) if self.duration_s else 0.0,
             **percentiles(ok, (50, 95, 99), digits=3),
@@ -98,8 +100,8 @@ async def generate_load(
                 async with session.request(method, target, data=body, headers=headers) as response:
                     await response.read()
                     return response.status, response.headers.get("Retry-After")
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                return 0, None
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                return 0, f"{type(e).__name__}: {e}"
 
         return await run_load(call, concurrency, rate, duration_s, warmup_s)
 
@@ -143,17 +145,20 @@ async def run_load(
     duration_s: float,
     warmup_s: float,
 ) -> LoadResult:
-    """`call()` (its status and Retry-After) closed loop, or open loop at `rate`, after a
-    warm-up whose calls are not recorded."""
+    """`call()` closed loop, or open loop at `rate`, after a warm-up whose calls are not
+    recorded. `call()` gives the status and its Retry-After header, or for status 0 (no
+    answer) what went wrong."""
 
     async def send(result: LoadResult | None, start: float) -> None:
         sent = time.perf_counter()
-        status, retry_after = await call()
+        status, note = await call()
         if result is not None:
             result.started.append(sent - start)
             result.latencies_ms.append((time.perf_counter() - sent) * 1000)
             result.statuses.append(status)
-            result.retry_after.append(retry_after)
+            result.retry_after.append(note if status else None)
+            if not status:
+                result.failures[note or "?"] = result.failures.get(note or "?", 0) + 1
 
     if warmup_s > 0:
         await _closed_loop(send, None, concurrency, warmup_s)
