@@ -190,9 +190,18 @@ class Domain(Strict):
 
 
 class SchedulerSpec(Strict):
-    name: Literal["fifo", "asha"] = "asha"
+    name: Literal["fifo", "asha", "pbt"] = "asha"
     grace_period: PositiveInt = Field(2, description="asha: epochs every trial runs")
     reduction_factor: float = Field(2.0, gt=1, description="asha: keep 1/reduction_factor per rung")
+    perturbation_interval: PositiveInt = Field(
+        2, description="pbt: epochs between a trial's chances to exploit a better one"
+    )
+    quantile_fraction: float = Field(
+        0.25, gt=0, le=0.5, description="pbt: the bottom fraction copies the top fraction"
+    )
+    resample_probability: float = Field(
+        0.25, ge=0, le=1, description="pbt: chance to draw a value anew rather than perturb it"
+    )
 
 
 class TuneSpec(Strict):
@@ -220,6 +229,13 @@ class TuneSpec(Strict):
                 f"search: optuna samples each trial's values and cannot enumerate a grid "
                 f"({grids[0]}: grid); use search: grid, or a choice domain"
             )
+        if self.scheduler.name == "pbt" and self.search == "optuna":
+            raise ValueError(
+                "scheduler: pbt chooses each trial's next values itself; Ray runs it with "
+                "search: random or grid, not optuna"
+            )
+        if self.scheduler.name == "pbt" and len(grids) == len(kinds):
+            raise ValueError("scheduler: pbt needs a sampled domain to mutate (not only grid)")
         if self.search == "grid" and not grids:
             raise ValueError("search: grid needs at least one grid domain (e.g. {grid: [1, 2]})")
         if self.search == "grid" and "num_samples" not in self.model_fields_set:

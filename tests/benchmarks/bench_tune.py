@@ -1,4 +1,4 @@
-"""ASHA against FIFO on digits-cnn, in one run: the same 8 trials (same seed, so the same
+"""ASHA and PBT against FIFO on digits-cnn, in one run: the same 8 trials (same seed, so the same
 sampled configurations) and the same epoch budget per trial. Reports wall time, the best
 validation accuracy and the median time from a trial's start to its first epoch of each;
 figures go to bench-results/tune.json."""
@@ -17,6 +17,7 @@ from kiln.validate import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-results" / "tune.json"
+SCHEDULERS = ("fifo", "asha", "pbt")
 COMMON = ["tune.num_samples=8", "train.epochs=8", "tune.seed=0", "register=null"]
 
 
@@ -34,6 +35,10 @@ def search(scheduler: str) -> dict:
         "epochs_trained": epochs,
         "trials_stopped": int((outcome.trials["status"] == "STOPPED").sum()),
         "median_trial_first_epoch_s": float(outcome.trials["first_epoch_s"].median()),
+        # PBT: how many times a final model's weights passed from one trial to another
+        "inherited_links": int(trials["lineage"].str.count(" > ").sum())
+        if "lineage" in (trials := outcome.trials)
+        else 0,
     }
 
 
@@ -43,9 +48,10 @@ def main() -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ["KILN_HOME"] = tempfile.mkdtemp(prefix="kiln-bench-tune-")
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
-    results = {"fifo": search("fifo"), "asha": search("asha")}
+    results = {name: search(name) for name in SCHEDULERS}
     ray.shutdown()
-    results["asha_wall_vs_fifo"] = results["asha"]["wall_s"] / results["fifo"]["wall_s"]
+    for name in ("asha", "pbt"):
+        results[f"{name}_wall_vs_fifo"] = results[name]["wall_s"] / results["fifo"]["wall_s"]
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2))
     table = Table(
@@ -55,9 +61,10 @@ def main() -> None:
         "epochs trained",
         "trials stopped",
         "median trial start to 1st epoch s",
+        "inherited links",
         title="tuning benchmark: 8 trials x 8 epochs, digits-cnn",
     )
-    for name in ("fifo", "asha"):
+    for name in SCHEDULERS:
         r = results[name]
         table.add_row(
             name,
@@ -66,6 +73,10 @@ def main() -> None:
             str(r["epochs_trained"]),
             str(r["trials_stopped"]),
             f"{r['median_trial_first_epoch_s']:.1f}",
+            str(r["inherited_links"]),
         )
     Console().print(table)
-    Console().print(f"ASHA wall time / FIFO: {results['asha_wall_vs_fifo']:.2f}")
+    Console().print(
+        f"wall time / FIFO: ASHA {results['asha_wall_vs_fifo']:.2f}, "
+        f"PBT {results['pbt_wall_vs_fifo']:.2f}"
+    )

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -56,6 +57,66 @@ def test_asha_stops_trials_and_registers_the_best(fresh_home):
     while (leaked := live_placement_groups()) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not leaked, leaked
+
+
+def test_pbt_exploits_a_better_trial_from_its_weights_and_registers_the_chain(fresh_home):
+    """4 digits-cnn trials, two with a learning rate too small to learn in 6 epochs. PBT
+    copies a better trial's Train checkpoint into a worse one: the worse one's next epoch
+    scores near its donor, not near its own last epoch, and the registered best names the
+    chain of trials its weights came through."""
+    spec = load_spec(
+        ROOT / "jobs/digits-cnn-tune.yaml",
+        [
+            "train.epochs=6",
+            "model.params.channels=[16, 32]",
+            "tune.search=grid",
+            "tune.num_samples=2",
+            "tune.scheduler.name=pbt",
+            "tune.scheduler.perturbation_interval=1",
+            "tune.scheduler.quantile_fraction=0.5",
+            "tune.scheduler.resample_probability=0",
+            'tune.space={"train.optimizer.lr": {"grid": [0.00002, 0.003]},'
+            ' "model.params.dropout": {"uniform": [0.0, 0.3]}}',
+        ],
+    )
+    outcome = run_search(spec, quiet=True)
+    histories = trial_histories(outcome.path)
+    exploits = [
+        (trial, rows.index[i])
+        for trial, rows in histories.items()
+        for i in range(1, len(rows))
+        if rows["inherited_from"].iloc[i]
+        and rows["lineage"].iloc[i] != rows["lineage"].iloc[i - 1]
+        and not rows["inherited_from"].iloc[i - 1]
+    ]
+    print(f"\nPBT: {outcome.trials[['trial_id', 'epochs', 'best', 'lineage']].to_dict('records')}")
+    assert exploits, {t: rows["lineage"].tolist() for t, rows in histories.items()}
+    for trial, at in exploits:
+        rows = histories[trial]
+        after, own = rows.loc[at], rows.loc[rows.index[rows.index.get_loc(at) - 1]]
+        donor_trial, donor_epoch = after["lineage"].split(" > ")[-2].split("@")
+        donor = histories[donor_trial]
+        donor_score = donor[donor["epoch"] == int(donor_epoch)]["val_accuracy"].iloc[-1]
+        assert after["epoch"] == int(donor_epoch) + 1
+        gap_to_donor = abs(after["val_accuracy"] - donor_score)
+        assert gap_to_donor < abs(after["val_accuracy"] - own["val_accuracy"]), (after, own)
+
+    assert outcome.model is not None
+    registry = ModelRegistry.open()
+    version = registry.resolve(f"{outcome.model.model}@{outcome.model.version}")
+    chain = registry.read_json(version, "lineage.json")["search"]["inherited"]
+    best_row = outcome.trials[outcome.trials.trial_id == outcome.best_trial].iloc[0]
+    assert chain[-1] == {"trial": outcome.best_trial, "epoch": 6}
+    assert " > ".join(f"{c['trial']}@{c['epoch']}" for c in chain) == best_row["lineage"]
+
+
+def trial_histories(search_path: str) -> dict:
+    """Every report of every trial (restarts included), by trial id, from Tune's files."""
+    import pandas as pd
+
+    frames = [pd.read_csv(p) for p in sorted(Path(search_path).glob("*/progress.csv"))]
+    everything = pd.concat(frames).fillna({"inherited_from": "", "lineage": ""})
+    return {t: rows.reset_index(drop=True) for t, rows in everything.groupby("trial_id")}
 
 
 def live_placement_groups() -> list[dict]:
@@ -176,6 +237,15 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home
         (  # Optuna samples; it cannot enumerate a grid
             "train.batch_size: {grid: [32, 64]}\n  search: optuna",
             "search: optuna samples each trial's values and cannot enumerate a grid",
+        ),
+        (  # PBT picks the next values itself: Ray runs it without a searcher
+            "train.optimizer.lr: {loguniform: [0.001, 0.01]}\n  search: optuna\n"
+            "  scheduler: {name: pbt}",
+            "scheduler: pbt chooses each trial's next values itself",
+        ),
+        (  # PBT with nothing it may mutate
+            "train.batch_size: {grid: [32, 64]}\n  search: grid\n  scheduler: {name: pbt}",
+            "scheduler: pbt needs a sampled domain to mutate",
         ),
         (  # a grid search with nothing to enumerate
             "train.optimizer.lr: {loguniform: [0.001, 0.01]}\n  search: grid",

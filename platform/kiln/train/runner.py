@@ -102,9 +102,11 @@ def build_trainer(
     storage: str,
     callbacks: list,
     data_ref: ray.ObjectRef | None = None,
+    start_from: str | None = None,
 ) -> TorchTrainer:
     """`data_ref`: the dataset already in the object store (a search puts it once for all of
-    its trials); a streamed dataset's rows go to the workers as Ray Data shards instead."""
+    its trials); a streamed dataset's rows go to the workers as Ray Data shards instead.
+    `start_from`: the path in `storage` of a checkpoint to continue from (another run's)."""
     scaling = spec.scaling
     workers: Any = scaling.num_workers  # an int, or a (min, max) tuple for elastic training
     loop = loops.for_task(spec.task)
@@ -117,6 +119,7 @@ def build_trainer(
             "spec": spec.model_dump(mode="json", by_alias=True),
             "data": data_ref,
             "extras": extras,
+            "start_from": start_from and {"path": start_from, "storage": storage},
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers,

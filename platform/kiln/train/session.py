@@ -53,6 +53,7 @@ class WorkerSession:
         self.spec = JobSpec.model_validate(config["spec"])
         self.data: Dataset = ray.get(config["data"])
         self.extras: dict[str, Any] = config.get("extras", {})
+        self.start_from: dict[str, str] | None = config.get("start_from")
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -191,19 +192,59 @@ class WorkerSession:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     def _restore(self) -> None:
-        checkpoint = ray.train.get_checkpoint()
+        """From this run's latest checkpoint (a restart after a failure), else from the one
+        the run was started from (`start_from`: a PBT donor's, whose weights, optimizer state
+        and epochs it takes, with its own hyperparameters)."""
+        checkpoint, inherited = ray.train.get_checkpoint(), False
+        if checkpoint is None and self.start_from is not None:
+            checkpoint, inherited = _checkpoint_at(**self.start_from), True
         if checkpoint is None:
             return
         assert self.model is not None, "call session.prepare(model) first"
+        own = {n: hyperparameters(o, self.schedulers[n]) for n, o in self.optimizers.items()}
         with checkpoint.as_directory() as folder:
             unwrap(self.model).load_state_dict(load_file(os.path.join(folder, MODEL_FILE)))
             state = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
             self.schedulers[name].load_state_dict(state["schedulers"][name])
+            if inherited:
+                take_hyperparameters(optimizer, self.schedulers[name], *own[name])
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
         self.progress.resumed_from = self.progress.epoch
+
+
+def _checkpoint_at(path: str, storage: str) -> ray.train.Checkpoint:
+    """A checkpoint by its path in the storage (a local path or a URI pyarrow opens)."""
+    import pyarrow.fs as pafs
+
+    return ray.train.Checkpoint(path, filesystem=pafs.FileSystem.from_uri(storage)[0])
+
+
+def hyperparameters(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """An optimizer's settings per parameter group (lr, betas, weight decay...) and its
+    scheduler's base learning rates: what loading another run's state would overwrite."""
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    return groups, [float(lr) for lr in scheduler.base_lrs]
+
+
+def take_hyperparameters(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    groups: list[dict[str, Any]],
+    base_lrs: list[float],
+) -> None:
+    """Put this run's settings back over a loaded state, keeping its moments and its place
+    in the schedule: the learning rate is this run's base at the loaded epoch."""
+    scheduler.base_lrs = list(base_lrs)
+    factors = getattr(scheduler, "lr_lambdas", None) or [lambda _: 1.0] * len(base_lrs)
+    for group, settings, base, factor in zip(
+        optimizer.param_groups, groups, base_lrs, factors, strict=True
+    ):
+        group.update(settings, lr=base * factor(scheduler.last_epoch))
 
 
 def unwrap(module: nn.Module) -> nn.Module:

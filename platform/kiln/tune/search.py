@@ -1,6 +1,8 @@
 """Building and running the search; registering the best trial with its story."""
 
+import io
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.util.queue import Queue
 
 from kiln import data as datasets
 from kiln import plots
@@ -21,6 +24,7 @@ from kiln.data import Dataset, StreamedDataset
 from kiln.errors import SpecError, TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import Domain, JobSpec, TuneSpec, apply_overrides
+from kiln.train.progress import ReportForwarder
 from kiln.train.runner import (
     TrainOutcome,
     best_checkpoint,
@@ -28,6 +32,7 @@ from kiln.train.runner import (
     put_for_workers,
     run_history,
 )
+from kiln.tune import population
 from kiln.tune.progress import SearchView
 
 
@@ -71,6 +76,7 @@ def run_search(
             search=name,
             storage=storage,
             shared=None if dataset is None else share(dataset),
+            population_based=spec.tune.scheduler.name == "pbt",
         ),
         # No CPU: the trial only waits on its Train workers, which hold the resources. Tune
         # refuses an all-zero request, so the trial asks for a token 1 MiB of memory.
@@ -91,6 +97,9 @@ def run_search(
                 storage_path=root,
                 callbacks=[SearchView(name, spec.tune, quiet)],
                 verbose=0,
+                # Tune stops a trial at its last epoch before PBT sees the result, which would
+                # otherwise restart a trial that has finished from a donor's last checkpoint.
+                stop={"epoch": spec.train.epochs} if spec.tune.scheduler.name == "pbt" else None,
             ),
         )
     grid = tuner.fit()
@@ -103,17 +112,39 @@ def run_trial(
     search: str,
     storage: str,
     shared: dict[str, Any] | None,
+    population_based: bool = False,
 ) -> None:
     """One trial: the job with this trial's values, as a Ray Train run, on the search's
-    dataset (`shared`) unless the search varies the data."""
+    dataset (`shared`) unless the search varies the data. Under PBT the trial reports to
+    Tune itself, with checkpoints, and may start from a donor's (kiln.tune.population)."""
     spec = apply_overrides(JobSpec.model_validate(base), config)
-    run_name = f"{search}-{tune.get_context().get_trial_id()}"  # stable across trial retries
+    trial_id = tune.get_context().get_trial_id()
     if shared is None:
         dataset, ref = datasets.build(spec.data, spec.task), None
     else:  # in memory: read from the object store without a copy; streamed: the lazy plan
         ref = shared["ref"]
         dataset = shared["streamed"] or ray.get(ref)
-    build_trainer(spec, dataset, run_name, storage, [TuneReportCallback()], data_ref=ref).fit()
+    if not population_based:
+        run_name = f"{search}-{trial_id}"  # stable across trial retries
+        build_trainer(spec, dataset, run_name, storage, [TuneReportCallback()], data_ref=ref).fit()
+        return
+    # PBT may hand any epoch's checkpoint of this run to another trial, later: keep them all.
+    spec.checkpoint.keep = max(spec.checkpoint.keep, spec.train.epochs)
+    start = population.inherited()
+    run_name = population.run_name(search, trial_id, start)
+    # One report in flight, as Ray's own TuneReportCallback queue: the run waits for Tune to
+    # take each epoch, so PBT decides on the epoch the run is at, not on one long past.
+    queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    trainer = build_trainer(
+        spec,
+        dataset,
+        run_name,
+        storage,
+        [ReportForwarder(queue)],
+        data_ref=ref,
+        start_from=start.checkpoint if start else None,
+    )
+    population.fit_reporting(trainer, queue, trial_id, start, run_name)
 
 
 def searches_data(tune_spec: TuneSpec) -> bool:
@@ -171,8 +202,10 @@ def _tune_config(spec: JobSpec) -> tune.TuneConfig:
         search_alg: Any = ConcurrencyLimiter(OptunaSearch(seed=t.seed), max_concurrent=concurrent)
     else:  # Tune ignores TuneConfig.max_concurrent_trials for a variant generator: set it here
         search_alg = BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent)
-    if t.scheduler.name == "asha":
-        scheduler: Any = ASHAScheduler(
+    if t.scheduler.name == "pbt":
+        scheduler: Any = population.scheduler(spec, param_space(t))
+    elif t.scheduler.name == "asha":
+        scheduler = ASHAScheduler(
             time_attr="epoch",
             max_t=spec.train.epochs,
             grace_period=min(t.scheduler.grace_period, spec.train.epochs),
@@ -205,7 +238,7 @@ def _finish(
         raise TrainingError(f"no trial of {name} reported {t.metric}: {errors[:1] or 'no results'}")
     table = trials_table(grid, t.metric, t.mode)
     best = grid.get_best_result(t.metric, t.mode, scope="all")
-    trial_id = best.metrics["trial_id"]
+    trial_id = trial_id_of(best)
     config = {k: v for k, v in best.config.items()}
     outcome = SearchOutcome(
         name,
@@ -218,8 +251,10 @@ def _finish(
     curves = trial_curves_png(grid, t.metric)
     write_files(path, {"results.csv": table.to_csv(index=False).encode(), "curves.png": curves})
     if spec.registration is not None:
+        run = best.metrics.get("run_name") or f"{name}-{trial_id}"  # PBT: its latest run
+        chain = population.chain_of(best.checkpoint)
         outcome.model = _register_best(
-            spec, config, f"{storage}/{name}-{trial_id}", outcome, curves, dataset
+            spec, config, f"{storage}/{run}", outcome, curves, dataset, chain
         )
     return outcome
 
@@ -227,11 +262,11 @@ def _finish(
 def trials_table(grid, metric: str, mode: str) -> pd.DataFrame:
     rows = []
     for result in grid:
-        history = result.metrics_dataframe
+        history = trial_history(result)
         values = history[metric].tolist() if history is not None and metric in history else []
         rows.append(
             {
-                "trial_id": (result.metrics or {}).get("trial_id", base_name(result.path)),
+                "trial_id": trial_id_of(result),
                 "status": "ERROR"
                 if result.error
                 else ("STOPPED" if _stopped_early(result) else "TERMINATED"),
@@ -239,10 +274,29 @@ def trials_table(grid, metric: str, mode: str) -> pd.DataFrame:
                 "last": values[-1] if values else float("nan"),
                 "best": (max if mode == "max" else min)(values) if values else float("nan"),
                 "first_epoch_s": _first_epoch_s(history),
+                **({"lineage": m["lineage"]} if "lineage" in (m := result.metrics or {}) else {}),
                 **{f"config/{k}": v for k, v in result.config.items()},
             }
         )
     return pd.DataFrame(rows)
+
+
+def trial_history(result) -> pd.DataFrame | None:
+    """Every report of a trial, restarts included, from its progress.csv: Tune's result.json
+    (what `metrics_dataframe` reads) loses lines when PBT restarts a trial."""
+    path = f"{result.path}/progress.csv"
+    try:
+        with result.filesystem.open_input_stream(path) as stream:
+            return pd.read_csv(io.BytesIO(stream.readall()), dtype={"trial_id": str})
+    except (FileNotFoundError, OSError, pd.errors.EmptyDataError):
+        return result.metrics_dataframe
+
+
+def trial_id_of(result) -> str:
+    """The trial's id, from its folder (`run_trial_<id>_<n>_<params>`): after a PBT exploit
+    at its last epoch, a trial's last metrics are its donor's, trial_id included."""
+    match = re.search(r"_([0-9a-f]{5}_\d{5})_", base_name(result.path))
+    return match.group(1) if match else (result.metrics or {}).get("trial_id", "")
 
 
 def _first_epoch_s(history: pd.DataFrame | None) -> float:
@@ -263,15 +317,10 @@ def _stopped_early(result) -> bool:
 def trial_curves_png(grid, metric: str) -> bytes:
     figure, axis = plots.subplots(figsize=(6, 3.5))
     for result in grid:
-        history = result.metrics_dataframe
+        history = trial_history(result)
         if history is not None and metric in history:
-            axis.plot(
-                history["epoch"],
-                history[metric],
-                marker=".",
-                alpha=0.8,
-                label=(result.metrics or {}).get("trial_id", ""),
-            )
+            label = trial_id_of(result)
+            axis.plot(history["epoch"], history[metric], marker=".", alpha=0.8, label=label)
     axis.set(xlabel="epoch", ylabel=metric, title="trials")
     axis.legend(fontsize=6, ncol=2)
     figure.tight_layout()
@@ -285,6 +334,7 @@ def _register_best(
     search: SearchOutcome,
     curves: bytes,
     dataset: Any = None,
+    chain: list[dict[str, Any]] | None = None,
 ) -> TrainOutcome:
     from kiln.train.publish import publish
 
@@ -310,6 +360,7 @@ def _register_best(
             "trial_id": search.best_trial,
             "config": config,
             "trials": len(search.trials),
+            **({"inherited": chain} if chain else {}),  # PBT: the trials its weights came through
         }
     }
     files = {

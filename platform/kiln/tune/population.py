@@ -1,0 +1,134 @@
+"""Population Based Training on Ray Train V2.
+
+A Train V2 run reports to Tune through its controller, which carries metrics but no
+checkpoint, and PBT can only exploit a trial that reported one. So a PBT trial fits its Train
+run in a thread and reports each epoch to Tune itself, with a small Tune checkpoint that
+points at the Train checkpoint of that epoch (`inherit.json`). A trial that PBT restarts
+from a donor's Tune checkpoint starts a new Train run from the donor's Train checkpoint: its
+weights, optimizer moments and epochs, with the trial's own (mutated) hyperparameters.
+
+The pointer also carries the chain of trials the weights came through, oldest first, each
+with the epoch it trained to: the registered model's lineage names it.
+"""
+
+import functools
+import json
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import PopulationBasedTraining
+from ray.util.queue import Empty, Queue
+
+from kiln.spec import Domain, JobSpec
+
+POINTER = "inherit.json"
+
+
+@dataclass
+class Inheritance:
+    checkpoint: str  # the Train checkpoint's path in the search's storage
+    chain: list[dict[str, Any]] = field(default_factory=list)  # [{"trial", "epoch"}, ...]
+
+    @property
+    def donor(self) -> str:
+        return self.chain[-1]["trial"] if self.chain else ""
+
+
+def scheduler(spec: JobSpec, samplers: dict[str, Any]) -> PopulationBasedTraining:
+    """PBT over the space's sampled domains (a grid domain stays as enumerated)."""
+    assert spec.tune is not None
+    t, space = spec.tune.scheduler, spec.tune.space
+    mutations = {path: samplers[path] for path, domain in space.items() if domain.samples}
+    return PopulationBasedTraining(
+        time_attr="epoch",
+        perturbation_interval=t.perturbation_interval,
+        quantile_fraction=t.quantile_fraction,
+        resample_probability=t.resample_probability,
+        hyperparam_mutations=mutations,
+        custom_explore_fn=functools.partial(within_space, space=space),
+        synch=False,
+    )
+
+
+def within_space(config: dict[str, Any], space: dict[str, Domain]) -> dict[str, Any]:
+    """A perturbed config brought back into its domains: PBT multiplies a value by 0.8 or 1.2,
+    which can leave a range or make an integer fractional."""
+    for path, domain in space.items():
+        if domain.kind in ("uniform", "loguniform", "randint") and path in config:
+            low, high = getattr(domain, domain.kind)
+            value = min(max(config[path], low), high)
+            config[path] = int(round(value)) if domain.kind == "randint" else float(value)
+    return config
+
+
+def inherited() -> Inheritance | None:
+    """What this trial was handed: a donor's pointer after an exploit, its own after a
+    restart, nothing at its first start."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return Inheritance(**json.loads(Path(folder, POINTER).read_text()))
+
+
+def run_name(search: str, trial_id: str, start: Inheritance | None) -> str:
+    """Stable across retries of the same start (Train resumes the run), new per inheritance."""
+    if start is None or not start.chain:
+        return f"{search}-{trial_id}"
+    return f"{search}-{trial_id}-from-{start.donor}-e{start.chain[-1]['epoch']}"
+
+
+def fit_reporting(
+    trainer: Any, queue: Queue, trial_id: str, start: Inheritance | None, run: str
+) -> None:
+    """`trainer.fit()` in a thread; every checkpointed Train report goes on to Tune from this
+    one, with its pointer. A failure of the fit is raised here, after the last report."""
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # re-raised on the trial's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, name="kiln-pbt-fit", daemon=True)
+    thread.start()
+    before = start.chain if start else []
+    if before and before[-1]["trial"] == trial_id:  # a restart from its own checkpoint
+        before = before[:-1]
+    while thread.is_alive() or not queue.empty():
+        try:
+            event = queue.get(timeout=0.5)
+        except Empty:
+            continue
+        if event["kind"] == "report" and "checkpoint" in event:
+            _report(event, [*before, {"trial": trial_id, "epoch": event["metrics"]["epoch"]}], run)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def _report(event: dict[str, Any], chain: list[dict[str, Any]], run: str) -> None:
+    pointer = Inheritance(event["checkpoint"], chain)
+    metrics = {
+        **event["metrics"],
+        "checkpoint_path": pointer.checkpoint,
+        "run_name": run,
+        "lineage": " > ".join(f"{link['trial']}@{link['epoch']}" for link in chain),
+        "inherited_from": chain[-2]["trial"] if len(chain) > 1 else "",
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, POINTER).write_text(json.dumps(pointer.__dict__))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def chain_of(tune_checkpoint: Any) -> list[dict[str, Any]]:
+    """The chain in a trial's last Tune checkpoint (none for a trial without one)."""
+    if tune_checkpoint is None:
+        return []
+    with tune_checkpoint.as_directory() as folder:
+        pointer = Path(folder, POINTER)
+        return json.loads(pointer.read_text())["chain"] if pointer.exists() else []

@@ -1,0 +1,67 @@
+"""PBT's pure parts: perturbed values brought back into their domains, and a run continued
+from another run's optimizer state with its own hyperparameters."""
+
+import torch
+
+from kiln.spec import Domain, TrainSpec
+from kiln.train.session import hyperparameters, make_optimizer, make_scheduler, take_hyperparameters
+from kiln.tune.population import Inheritance, run_name, within_space
+
+
+def test_perturbed_values_are_clipped_to_their_range_and_integers_stay_integers():
+    space = {
+        "lr": Domain(loguniform=(1e-4, 1e-2)),
+        "hidden": Domain(randint=(32, 256)),
+        "dropout": Domain(uniform=(0.0, 0.5)),
+        "batch": Domain(choice=[32, 64]),
+    }
+    perturbed = {"lr": 0.012, "hidden": 38.4, "dropout": -0.1, "batch": 64}
+    assert within_space(perturbed, space) == {"lr": 0.01, "hidden": 38, "dropout": 0.0, "batch": 64}
+    assert within_space({"hidden": 300.0}, space) == {"hidden": 256}
+
+
+def test_a_run_is_named_after_what_it_inherited():
+    assert run_name("s", "t1", None) == "s-t1"
+    start = Inheritance("/ckpt", [{"trial": "t0", "epoch": 4}])
+    assert run_name("s", "t1", start) == "s-t1-from-t0-e4"
+
+
+def test_an_inherited_optimizer_state_keeps_its_moments_and_takes_this_runs_hyperparameters():
+    donor_spec = TrainSpec.model_validate(
+        {
+            "epochs": 10,
+            "optimizer": {"name": "adamw", "lr": 0.1, "weight_decay": 0.1},
+            "schedule": {"name": "cosine"},
+        }
+    )
+    own_spec = TrainSpec.model_validate(
+        {
+            "epochs": 10,
+            "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 0.0},
+            "schedule": {"name": "cosine"},
+        }
+    )
+    weights = torch.nn.Parameter(torch.ones(3))
+    donor = make_optimizer([weights], donor_spec)
+    donor_schedule = make_scheduler(donor, donor_spec)
+    for _ in range(3):  # three epochs of one step each
+        donor.zero_grad()
+        (weights**2).sum().backward()
+        donor.step()
+        donor_schedule.step()
+    state, schedule_state = donor.state_dict(), donor_schedule.state_dict()
+
+    own = make_optimizer([weights], own_spec)
+    own_schedule = make_scheduler(own, own_spec)
+    settings = hyperparameters(own, own_schedule)
+    own.load_state_dict(state)
+    own_schedule.load_state_dict(schedule_state)
+    take_hyperparameters(own, own_schedule, *settings)
+
+    group = own.param_groups[0]
+    factor = own_schedule.lr_lambdas[0](3)
+    assert own_schedule.last_epoch == 3 and group["weight_decay"] == 0.0
+    assert group["lr"] == 0.001 * factor and own_schedule.base_lrs == [0.001]
+    assert torch.equal(own.state_dict()["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
+    own_schedule.step()
+    assert own.param_groups[0]["lr"] == 0.001 * own_schedule.lr_lambdas[0](4)
