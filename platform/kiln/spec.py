@@ -234,8 +234,12 @@ class TuneSpec(Strict):
                 "scheduler: pbt chooses each trial's next values itself; Ray runs it with "
                 "search: random or grid, not optuna"
             )
-        if self.scheduler.name == "pbt" and len(grids) == len(kinds):
-            raise ValueError("scheduler: pbt needs a sampled domain to mutate (not only grid)")
+        mutable = [p for p, d in self.space.items() if d.samples and p.startswith("train.")]
+        if self.scheduler.name == "pbt" and not mutable:
+            raise ValueError(
+                "scheduler: pbt needs a sampled train.* domain to mutate (model and data values "
+                "travel with the weights: a new size would not fit them)"
+            )
         if self.search == "grid" and not grids:
             raise ValueError("search: grid needs at least one grid domain (e.g. {grid: [1, 2]})")
         if self.search == "grid" and "num_samples" not in self.model_fields_set:

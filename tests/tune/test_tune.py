@@ -76,7 +76,8 @@ def test_pbt_exploits_a_better_trial_from_its_weights_and_registers_the_chain(fr
             "tune.scheduler.quantile_fraction=0.5",
             "tune.scheduler.resample_probability=0",
             'tune.space={"train.optimizer.lr": {"grid": [0.00002, 0.003]},'
-            ' "model.params.dropout": {"uniform": [0.0, 0.3]}}',
+            ' "train.optimizer.weight_decay": {"uniform": [0.0, 0.01]},'
+            ' "model.params.hidden": {"randint": [32, 128]}}',
         ],
     )
     outcome = run_search(spec, quiet=True)
@@ -98,6 +99,8 @@ def test_pbt_exploits_a_better_trial_from_its_weights_and_registers_the_chain(fr
         donor = histories[donor_trial]
         donor_score = donor[donor["epoch"] == int(donor_epoch)]["val_accuracy"].iloc[-1]
         assert after["epoch"] == int(donor_epoch) + 1
+        configs = outcome.trials.set_index("trial_id")["config/model.params.hidden"]
+        assert configs[trial] == configs[donor_trial]  # the architecture came with the weights
         gap_to_donor = abs(after["val_accuracy"] - donor_score)
         assert gap_to_donor < abs(after["val_accuracy"] - own["val_accuracy"]), (after, own)
 
@@ -245,7 +248,11 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home
         ),
         (  # PBT with nothing it may mutate
             "train.batch_size: {grid: [32, 64]}\n  search: grid\n  scheduler: {name: pbt}",
-            "scheduler: pbt needs a sampled domain to mutate",
+            "scheduler: pbt needs a sampled train.* domain to mutate",
+        ),
+        (  # a model value would change the shapes the donor's weights have
+            "model.params.hidden: {randint: [32, 64]}\n  scheduler: {name: pbt}",
+            "scheduler: pbt needs a sampled train.* domain to mutate",
         ),
         (  # a grid search with nothing to enumerate
             "train.optimizer.lr: {loguniform: [0.001, 0.01]}\n  search: grid",

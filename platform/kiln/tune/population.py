@@ -38,11 +38,18 @@ class Inheritance:
         return self.chain[-1]["trial"] if self.chain else ""
 
 
+def mutable(path: str, domain: Domain) -> bool:
+    """What PBT may change in a trial that continues from another's weights: a sampled
+    training value. Model and data values travel with the weights (the donor's are copied):
+    a new hidden size or vocabulary would not fit them. Grid values stay as enumerated."""
+    return domain.samples and path.startswith("train.")
+
+
 def scheduler(spec: JobSpec, samplers: dict[str, Any]) -> PopulationBasedTraining:
-    """PBT over the space's sampled domains (a grid domain stays as enumerated)."""
+    """PBT over the space's mutable domains."""
     assert spec.tune is not None
     t, space = spec.tune.scheduler, spec.tune.space
-    mutations = {path: samplers[path] for path, domain in space.items() if domain.samples}
+    mutations = {path: samplers[path] for path, domain in space.items() if mutable(path, domain)}
     return PopulationBasedTraining(
         time_attr="epoch",
         perturbation_interval=t.perturbation_interval,
