@@ -91,7 +91,7 @@ def run_search(
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(spec.tune),
-            tune_config=_tune_config(spec),
+            tune_config=tune_config(spec),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=root,
@@ -192,7 +192,7 @@ def max_concurrent(spec: JobSpec) -> int:
     return max(1, min([spec.tune.max_concurrent_trials, *fits] if spec.tune else fits))
 
 
-def _tune_config(spec: JobSpec) -> tune.TuneConfig:
+def tune_config(spec: JobSpec) -> tune.TuneConfig:
     t = spec.tune
     assert t is not None and t.metric is not None and t.mode is not None
     concurrent = max_concurrent(spec)
