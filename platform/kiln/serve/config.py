@@ -7,10 +7,20 @@ applications:
   args: {model: digits-cnn@production}   # ModelArgs
   deployments:
   - name: ModelDeployment
-    user_config: {max_batch_size: 16, batch_wait_ms: 2}   # Batching; changes in place
+    user_config: {max_batch_size: 16, batch_wait_ms: 2}   # ModelUserConfig; changes in place
 """
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+)
 
 MODEL_DEPLOYMENT = "ModelDeployment"
 MODEL_ROUTE = "/v2/models/"
@@ -37,6 +47,59 @@ class Batching(BaseModel):
     # 0: a batch is whatever is queued when the model is free, so a lone request never waits
     # (bench_serve: 2 ms of waiting cost 2.3 ms at concurrency 1 and 17% throughput at 32).
     batch_wait_ms: NonNegativeFloat = 0.0
+
+
+class Shadow(BaseModel):
+    """A copy of each answered request (or a sampled share) sent to another model application
+    after the answer is on its way: its answer is compared with the primary's, counted in
+    metrics, and never returned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    application: str = Field(description="the shadow's model application, e.g. digits-mlp-shadow")
+    share: float = Field(1.0, gt=0, le=1, description="the share of requests copied")
+    timeout_s: PositiveFloat = Field(5.0, description="a slower shadow answer counts as failed")
+
+
+class Traffic(BaseModel):
+    """A rollout on one model endpoint. A request that names no version goes to an arm of
+    `split`: an alias of the endpoint's model (followed as it moves) or a version number.
+    Without `sticky_header` each request draws its arm with probability weight / total (a
+    canary); with it, a hash of the header's value picks the arm, so one user stays on one arm
+    while the weights stay (an A/B test). A request without the header draws at random.
+    `shadow` mirrors requests to another application, with or without a split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: dict[str, NonNegativeFloat] | None = Field(
+        None,
+        min_length=1,
+        description="arm (alias or version) -> weight, e.g. {production: 90, candidate: 10}",
+    )
+    sticky_header: str | None = Field(None, description="e.g. x-user-id: one arm per value")
+    shadow: Shadow | None = None
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _arms_are_names(cls, split: Any) -> Any:  # YAML reads `2: 10` with an integer key
+        return (
+            {str(arm): weight for arm, weight in split.items()}
+            if isinstance(split, dict)
+            else split
+        )
+
+    @field_validator("split")
+    @classmethod
+    def _some_weight(cls, split: dict[str, float] | None) -> dict[str, float] | None:
+        if split is not None and not any(split.values()):
+            raise ValueError("every weight is 0: give at least one arm a weight")
+        return split
+
+
+class ModelUserConfig(Batching):
+    """A model deployment's `user_config`: batching and the rollout, both changed in place."""
+
+    traffic: Traffic | None = None
 
 
 class IndexArgs(BaseModel):

@@ -16,7 +16,13 @@ from pydantic import ValidationError
 from kiln.cluster.dashboard import describe, open_client, with_scheme
 from kiln.errors import ServeError, SpecError
 from kiln.registry import ModelRegistry
-from kiln.serve.config import MODEL_DEPLOYMENT, MODEL_ROUTE, Batching, ModelArgs, RecommendArgs
+from kiln.serve.config import (
+    MODEL_DEPLOYMENT,
+    MODEL_ROUTE,
+    ModelArgs,
+    ModelUserConfig,
+    RecommendArgs,
+)
 from kiln.serve.control import ingress, running
 from kiln.settings import absolute
 from kiln.spec import first_error, read_yaml
@@ -115,10 +121,16 @@ def _check_model_app(app: dict[str, Any], where: str, registry: str | None) -> N
         raise SpecError(first_error(e, where, ModelArgs, prefix="args")) from None
     if app.get("route_prefix") != MODEL_ROUTE + app["name"]:
         raise SpecError(f"{where}: route_prefix must be {MODEL_ROUTE}{app['name']} (its name)")
-    _fill_registry(app, args.registry, registry).resolve(args.model)
+    models = _fill_registry(app, args.registry, registry)
+    name = models.resolve(args.model).name
     for deployment in app.get("deployments", []):
         if deployment["name"] == MODEL_DEPLOYMENT:
-            _check_batching(deployment, where)
+            live = _check_user_config(deployment, where)
+            for arm in live.traffic.split or {} if live.traffic else ():  # raises naming it
+                models.resolve(f"{name}@{arm}")
+            shadow = live.traffic.shadow if live.traffic else None
+            if shadow and shadow.application == app["name"]:
+                raise SpecError(f"{where}: traffic.shadow must name another application")
 
 
 def _fill_registry(app: dict[str, Any], given: str | None, default: str | None) -> ModelRegistry:
@@ -129,17 +141,18 @@ def _fill_registry(app: dict[str, Any], given: str | None, default: str | None) 
     return ModelRegistry.open(uri)
 
 
-def _check_batching(deployment: dict[str, Any], where: str) -> None:
+def _check_user_config(deployment: dict[str, Any], where: str) -> ModelUserConfig:
     try:
-        batching = Batching.model_validate(deployment.get("user_config") or {})
+        live = ModelUserConfig.model_validate(deployment.get("user_config") or {})
     except ValidationError as e:
-        raise SpecError(first_error(e, where, Batching, prefix="user_config")) from None
+        raise SpecError(first_error(e, where, ModelUserConfig, prefix="user_config")) from None
     ongoing = deployment.get("max_ongoing_requests", 32)
-    if ongoing < batching.max_batch_size:  # Serve never fills a batch past this
+    if ongoing < live.max_batch_size:  # Serve never fills a batch past this
         raise SpecError(
             f"{where}: max_ongoing_requests ({ongoing}) must be at least "
-            f"max_batch_size ({batching.max_batch_size})"
+            f"max_batch_size ({live.max_batch_size})"
         )
+    return live
 
 
 def autoscaling_advice(config: dict[str, Any]) -> list[str]:

@@ -29,6 +29,7 @@ from kiln.serve.replica.protocol import (
     narrow_to,
     parse_request,
 )
+from kiln.serve.replica.rollout import ARM_HEADER
 
 log = logging.getLogger("ray.serve")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -114,19 +115,22 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
 
 async def _timed(endpoint: ModelEndpoint, request: Request, version: int | None) -> Response:
     start = time.perf_counter()
-    code, answered = 200, version or endpoint.current.version
+    code, answered, arm = 200, version or endpoint.current.version, None
+    rollout = endpoint.rollout
+    key = request.headers.get(rollout.sticky_header) if rollout and rollout.sticky_header else None
     try:
         body = parse_request(await request.body(), request.headers.get(binary.HEADER_LENGTH))
-        answered, content, header_length = await endpoint.infer(body, version)
+        answered, arm, content, header_length = await endpoint.infer(body, version, key)
+        headers = {ARM_HEADER: arm} if arm else {}
         if header_length is None:
-            return Response(content, media_type=JSON)
-        headers = {binary.HEADER_LENGTH: str(header_length)}
+            return Response(content, media_type=JSON, headers=headers)
+        headers[binary.HEADER_LENGTH] = str(header_length)
         return Response(content, media_type=binary.CONTENT_TYPE, headers=headers)
     except KilnError as e:
         code = status_of(e)
         return JSONResponse({"error": str(e)}, code)
     finally:
-        endpoint.metrics.answered(answered, code, (time.perf_counter() - start) * 1000)
+        endpoint.metrics.answered(answered, code, (time.perf_counter() - start) * 1000, arm)
 
 
 def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:

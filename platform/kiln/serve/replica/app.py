@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import FastAPI
 from ray import serve
@@ -29,6 +30,7 @@ from kiln.serve.config import (
     Batching,
     IndexArgs,
     ModelArgs,
+    ModelUserConfig,
     RecommendArgs,
 )
 from kiln.serve.replica.api import index_api, model_api
@@ -37,6 +39,7 @@ from kiln.serve.replica.endpoint import ModelEndpoint
 from kiln.serve.replica.grpc_service import IndexService, ModelService
 from kiln.serve.replica.metrics import EndpointMetrics, RecommendMetrics
 from kiln.serve.replica.predictor import Recommender
+from kiln.serve.replica.protocol import InferenceRequest
 from kiln.serve.replica.recommend import RecommendEndpoint, recommend_api
 from kiln.settings import get_settings
 
@@ -68,7 +71,7 @@ def open_endpoint(
     name=MODEL_DEPLOYMENT,
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=32,
-    user_config=Batching().model_dump(),
+    user_config=ModelUserConfig().model_dump(),
 )
 @serve.ingress()
 class ModelDeployment(ModelService):  # ModelService: the same model over gRPC
@@ -83,7 +86,15 @@ class ModelDeployment(ModelService):  # ModelService: the same model over gRPC
         return model_api(self.endpoint, self.keys, self.max_body_bytes)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.endpoint.set_batching(Batching.model_validate(user_config))
+        config = ModelUserConfig.model_validate(user_config)
+        self.endpoint.set_batching(config)
+        self.endpoint.set_traffic(config.traffic)
+
+    async def shadow_predict(self, request: InferenceRequest) -> dict[str, np.ndarray]:
+        """Another endpoint's copy of a request it answered (its `traffic.shadow`): the
+        outputs, compared there and never returned to a client."""
+        _, _, outputs = await self.endpoint.predict(request, mirror=False)
+        return outputs
 
     def __del__(self) -> None:
         self.endpoint.stop()

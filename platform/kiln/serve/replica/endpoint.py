@@ -6,6 +6,11 @@ example through it and only then swaps it in. A version that fails to load (corr
 architecture) is refused and logged; the old one keeps answering. Promotion is therefore just
 `kiln models promote`: a registry write that works the same on a laptop and on Kubernetes, and
 needs no access to Serve from the machine that promotes.
+
+A rollout (`user_config.traffic`) sends requests that name no version to its arms instead:
+each arm is an alias or version of the same model, followed by the same watcher, and loaded
+before the first request is sent to it. A shadow (`traffic.shadow`) gets a copy of each answer's
+request (shadow.py).
 """
 
 import asyncio
@@ -22,8 +27,8 @@ from ray import serve
 
 from kiln.errors import KilnError, ModelNotFoundError, RequestError
 from kiln.registry import ModelRegistry
-from kiln.serve.config import Batching
-from kiln.serve.replica.metrics import EndpointMetrics
+from kiln.serve.config import Batching, Traffic
+from kiln.serve.replica.metrics import EndpointMetrics, ShadowMetrics
 from kiln.serve.replica.predictor import Predictor
 from kiln.serve.replica.protocol import (
     InferenceRequest,
@@ -32,6 +37,8 @@ from kiln.serve.replica.protocol import (
     encode_response,
     pick_input,
 )
+from kiln.serve.replica.rollout import Rollout
+from kiln.serve.replica.shadow import ShadowCopy
 
 log = logging.getLogger("ray.serve")
 
@@ -59,6 +66,10 @@ class ModelEndpoint:
         self.others: OrderedDict[int, Predictor] = OrderedDict()
         self.versions_cached = versions_cached
         self.batching = Batching()
+        self.traffic: Traffic | None = None
+        self.rollout: Rollout | None = None
+        self.shadow: ShadowCopy | None = None
+        self.arm_versions: dict[str, int] = {}
         self._stopped = threading.Event()
         self._watcher = threading.Thread(
             target=self._watch, args=(watch_interval_s,), daemon=True, name="alias-watcher"
@@ -68,10 +79,20 @@ class ModelEndpoint:
     # --- the protocol ----------------------------------------------------------------------
 
     async def predict(
-        self, request: InferenceRequest, version: int | None = None
-    ) -> tuple[int, dict[str, np.ndarray]]:
-        """The version that answered and the outputs the request asked for (all by default).
-        Raises RequestError (400) or ModelNotFoundError (404)."""
+        self,
+        request: InferenceRequest,
+        version: int | None = None,
+        key: str | None = None,
+        mirror: bool = True,
+    ) -> tuple[int, str | None, dict[str, np.ndarray]]:
+        """The version that answered, the rollout's arm that chose it (None: no rollout, or
+        the request named its version) and the outputs the request asked for (all by
+        default). `key` is the request's sticky key; `mirror=False` sends no shadow copy (for
+        a request that is itself a copy). Raises RequestError (400) or ModelNotFoundError."""
+        arm = None
+        if version is None and (rollout := self.rollout) is not None:
+            arm = rollout.arm(key)
+            version = self.arm_versions.get(arm)
         predictor = await self.predictor(version)
         x = predictor.prepare(*pick_input(request, predictor.inputs))
         if self.batching.max_batch_size > 1:
@@ -79,18 +100,25 @@ class ModelEndpoint:
         else:
             outputs = predictor.run(x)
             self.metrics.batched(predictor.version, len(x))
-        return predictor.version, {name: outputs[name] for name in _wanted(request, outputs)}
+        wanted = {name: outputs[name] for name in _wanted(request, outputs)}
+        if mirror and (shadow := self.shadow) is not None:
+            shadow.send(request, wanted)
+        return predictor.version, arm, wanted
 
     async def infer(
-        self, request: InferenceRequest, version: int | None = None
-    ) -> tuple[int, bytes, int | None]:
-        """`predict`, as a REST body: the version that answered, the body, and the length of
-        its JSON header when outputs follow it in binary."""
-        answered, outputs = await self.predict(request, version)
+        self, request: InferenceRequest, version: int | None = None, key: str | None = None
+    ) -> tuple[int, str | None, bytes, int | None]:
+        """`predict`, as a REST body: the version that answered, the arm, the body, and the
+        length of its JSON header when outputs follow it in binary."""
+        answered, arm, outputs = await self.predict(request, version, key)
         response = InferenceResponse(
-            model_name=self.name, model_version=str(answered), id=request.id, outputs=[]
+            model_name=self.name,
+            model_version=str(answered),
+            id=request.id,
+            parameters={"arm": arm} if arm else None,
+            outputs=[],
         )
-        return answered, *encode_response(request, response, outputs)
+        return answered, arm, *encode_response(request, response, outputs)
 
     def metadata(self, predictor: Predictor | None = None) -> ModelMetadata:
         """Of the version answering unversioned calls, or of `predictor`'s version."""
@@ -106,6 +134,7 @@ class ModelEndpoint:
                 "follows": self.ref,
                 "version": current.version,
                 "refused": {str(v): why for v, why in self.refused.items()},
+                **({"traffic": self.traffic.model_dump(exclude_none=True)} if self.traffic else {}),
             },
         )
 
@@ -113,14 +142,62 @@ class ModelEndpoint:
         current = self.current
         if version is None or version == current.version:
             return current
+        if version in self.others:
+            self.others.move_to_end(version)
+            return self.others[version]
+        if version not in self.registry.versions(self.registered_name):
+            raise ModelNotFoundError(f"{self.name} has no version {version}")
+        return await asyncio.to_thread(self._cached, version)
+
+    def _cached(self, version: int) -> Predictor:
+        """The version loaded once and kept: the least recently used other version goes
+        first, never one a rollout's arm points at."""
+        if version == self.current.version:
+            return self.current
         if version not in self.others:
-            if version not in self.registry.versions(self.registered_name):
-                raise ModelNotFoundError(f"{self.name} has no version {version}")
-            self.others[version] = await asyncio.to_thread(self._load, version)
-            while len(self.others) > self.versions_cached:
+            self.others[version] = self._load(version)
+            keep = max(self.versions_cached, len(self.arm_versions))
+            while len(self.others) > keep:
                 self.others.popitem(last=False)
         self.others.move_to_end(version)
         return self.others[version]
+
+    # --- rollouts --------------------------------------------------------------------------
+
+    def set_traffic(self, traffic: Traffic | None) -> None:
+        """Start, change or end a rollout and a shadow (a `user_config` change: the replica
+        keeps running). Raises ModelNotFoundError for an arm the registry does not have."""
+        shadow = traffic.shadow if traffic else None
+        if shadow is None:
+            self.shadow = None
+        elif self.shadow is None or self.shadow.config != shadow:
+            self.shadow = ShadowCopy(shadow, ShadowMetrics(self.name, shadow.application))
+        if traffic is None or traffic.split is None:
+            self.rollout, self.arm_versions = None, {}
+        else:
+            rollout = Rollout(traffic.split, traffic.sticky_header)
+            versions = {arm: self._version_of(arm) for arm in rollout.arms}
+            self.arm_versions = {**self.arm_versions, **versions}  # kept while loading others
+            for version in versions.values():
+                self._cached(version)
+            self.rollout, self.arm_versions = rollout, versions
+            log.info(f"{self.name}: rollout {traffic.split} -> versions {versions}")
+        self.traffic = traffic  # what metadata says is live
+
+    def _follow_arms(self) -> None:
+        """An arm that is an alias follows it, as the endpoint follows its own reference."""
+        rollout = self.rollout
+        if rollout is None:
+            return
+        for arm in rollout.arms:
+            version = self._version_of(arm)
+            if version != self.arm_versions.get(arm):
+                self._cached(version)
+                self.arm_versions = {**self.arm_versions, arm: version}
+                log.info(f"{self.name}: arm {arm} now answers with version {version}")
+
+    def _version_of(self, arm: str) -> int:
+        return self.registry.resolve(f"{self.registered_name}@{arm}").version
 
     # --- batching --------------------------------------------------------------------------
 
@@ -175,6 +252,7 @@ class ModelEndpoint:
         while not self._stopped.wait(interval_s):
             try:
                 self.refresh()
+                self._follow_arms()
             except KilnError as e:  # e.g. the alias was deleted: keep serving what we have
                 log.warning(f"{self.name}: cannot follow {self.ref}: {e}")
             # Ray exports a gauge only while it is being set: say it again every tick.

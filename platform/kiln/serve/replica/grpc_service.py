@@ -124,13 +124,17 @@ class ModelService(ServerService):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, grpc_context: RayServegRPCContext
     ) -> pb.ModelInferResponse:
-        start, answered = time.perf_counter(), None
+        start, answered, arm = time.perf_counter(), None, None
 
         async def infer() -> pb.ModelInferResponse:
-            nonlocal answered
+            nonlocal answered, arm
             version = self._version_of(request.model_name, request.model_version)
-            answered, outputs = await self.endpoint.predict(from_grpc(request), version)
-            return to_grpc(self.endpoint.name, answered, request.id, outputs)
+            key = sticky_key(self.endpoint, grpc_context)
+            answered, arm, outputs = await self.endpoint.predict(from_grpc(request), version, key)
+            response = to_grpc(self.endpoint.name, answered, request.id, outputs)
+            if arm:
+                response.parameters["arm"].string_param = arm
+            return response
 
         try:
             return await self._answer(grpc_context, infer, pb.ModelInferResponse)
@@ -138,7 +142,7 @@ class ModelService(ServerService):
             latency_ms = (time.perf_counter() - start) * 1000
             code = http_status(grpc_context.code())
             self.endpoint.metrics.answered(
-                answered or self.endpoint.current.version, code, latency_ms
+                answered or self.endpoint.current.version, code, latency_ms, arm
             )
 
     async def _answer(
@@ -216,6 +220,15 @@ def _not_here(
         "(the model's application name) with the call"
     )
     return empty()
+
+
+def sticky_key(endpoint: ModelEndpoint, context: RayServegRPCContext) -> str | None:
+    """The rollout's sticky key from the call's metadata (gRPC keys are lower case)."""
+    rollout = endpoint.rollout
+    if rollout is None or not rollout.sticky_header:
+        return None
+    wanted = rollout.sticky_header.lower()
+    return next((value for key, value in context.invocation_metadata() if key == wanted), None)
 
 
 def from_grpc(request: pb.ModelInferRequest) -> InferenceRequest:

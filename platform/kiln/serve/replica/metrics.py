@@ -1,8 +1,8 @@
 """Kiln's serving metrics, exported with Ray Serve's own (`ray_serve_*`) on each node's metrics
 port. Ray prefixes names with `ray_` and counters end in `_total`:
 
-    ray_kiln_requests_total{model, version, code}          answered requests
-    ray_kiln_request_latency_ms_bucket{model, version}     time in the replica, parsing included
+    ray_kiln_requests_total{model, version, arm, code}     answered requests (arm: a rollout's)
+    ray_kiln_request_latency_ms_bucket{model, version, arm} time in the replica, parsing included
     ray_kiln_batch_size_bucket{model, version}             examples per model call
     ray_kiln_model_load_seconds{model, version}            load and warm-up time
     ray_kiln_model_version{model}                          the version answering unversioned calls
@@ -15,6 +15,7 @@ from ray.serve import metrics
 
 LATENCY_MS = [0.5, 1.0, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 BATCH = [1.0, 2, 4, 8, 16, 32, 64, 128, 256]
+DELTA = [0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0]
 
 
 class EndpointMetrics:
@@ -24,10 +25,13 @@ class EndpointMetrics:
         self.requests = metrics.Counter(
             "kiln_requests",
             "requests answered",
-            tag_keys=("model", "version", "code"),  # type: ignore[arg-type]
+            tag_keys=("model", "version", "arm", "code"),  # type: ignore[arg-type]
         )
         self.latency = metrics.Histogram(
-            "kiln_request_latency_ms", "time in the replica", LATENCY_MS, tag_keys=by_version
+            "kiln_request_latency_ms",
+            "time in the replica",
+            LATENCY_MS,
+            tag_keys=("model", "version", "arm"),  # type: ignore[arg-type]
         )
         self.batch = metrics.Histogram(
             "kiln_batch_size", "examples per model call", BATCH, tag_keys=by_version
@@ -40,8 +44,10 @@ class EndpointMetrics:
             "kiln_model_refusals", "versions refused at load", tag_keys=by_version
         )
 
-    def answered(self, version: int | None, code: int, latency_ms: float) -> None:
-        tags = {"model": self.model, "version": str(version or "")}
+    def answered(
+        self, version: int | None, code: int, latency_ms: float, arm: str | None = None
+    ) -> None:
+        tags = {"model": self.model, "version": str(version or ""), "arm": arm or ""}
         self.requests.inc(tags={**tags, "code": str(code)})
         self.latency.observe(latency_ms, tags=tags)
 
@@ -93,3 +99,45 @@ class RecommendMetrics:
             LATENCY_MS,
             tag_keys=("model", "version"),  # type: ignore[arg-type]
         )
+
+
+class ShadowMetrics:
+    """ray_kiln_shadow_requests_total{model,shadow,outcome}  compared, failed or skipped copies
+    ray_kiln_shadow_examples_total{model,shadow,result}      rows whose labels agreed or not
+    ray_kiln_shadow_score_delta_bucket{model,shadow}          largest score difference per copy
+    ray_kiln_shadow_latency_ms_bucket{model,shadow}           a copy's round trip to the shadow
+    """
+
+    def __init__(self, model: str, shadow: str):
+        self.tags = {"model": model, "shadow": shadow}
+        pair: Any = ("model", "shadow")
+        self.requests = metrics.Counter(
+            "kiln_shadow_requests",
+            "requests copied to a shadow",
+            tag_keys=("model", "shadow", "outcome"),  # type: ignore[arg-type]
+        )
+        self.examples = metrics.Counter(
+            "kiln_shadow_examples",
+            "rows compared with the shadow's",
+            tag_keys=("model", "shadow", "result"),  # type: ignore[arg-type]
+        )
+        self.delta = metrics.Histogram(
+            "kiln_shadow_score_delta", "largest score difference", DELTA, tag_keys=pair
+        )
+        self.latency = metrics.Histogram(
+            "kiln_shadow_latency_ms", "a copy's round trip", LATENCY_MS, tag_keys=pair
+        )
+
+    def request(self, outcome: str) -> None:
+        self.requests.inc(tags={**self.tags, "outcome": outcome})
+
+    def compared(self, comparison: Any, latency_ms: float) -> None:
+        self.request("compared")
+        self.latency.observe(latency_ms, tags=self.tags)
+        if comparison.agreed is not None:
+            disagreed = comparison.examples - comparison.agreed
+            for result, count in (("agreed", comparison.agreed), ("disagreed", disagreed)):
+                if count:  # a Ray counter takes only positive steps
+                    self.examples.inc(count, tags={**self.tags, "result": result})
+        if comparison.max_delta is not None:
+            self.delta.observe(comparison.max_delta, tags=self.tags)

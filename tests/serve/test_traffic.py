@@ -1,0 +1,227 @@
+"""Traffic policies on a live endpoint, digits-mlp over real Ray Serve and HTTP, one replica
+reconfigured in place from test to test: a canary's share of 1,000 requests, new weights under
+steady load, a sticky A/B assignment by header, and a shadow application whose agreement with
+the primary is counted in metrics. (Named to run after test_stress, which also deploys its own
+configs, so that the package's shared config is deployed again only once.)"""
+
+import asyncio
+import collections
+import json
+import os
+import re
+import signal
+import time
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from safetensors.torch import load as load_weights
+from safetensors.torch import save as save_weights
+from scipy import stats
+
+from kiln.registry import WEIGHTS
+from kiln.serve.config import Traffic
+from kiln.serve.control import deploy
+from kiln.serve.replica.predictor import Predictor
+from kiln.serve.replica.rollout import ARM_HEADER
+from tests.conftest import ROOT, run_kiln
+from tests.serve.conftest import dashboard_url, deployed, infer_body
+from tests.serve.test_endpoints import validation_split
+from tests.serve.test_metrics import scrape, total
+from tests.serve.test_promotion import SteadyClient
+from tests.serve.test_stress import APP, ids, infer, mlp_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+SHADOW = f"{APP}-shadow"
+
+
+@pytest.fixture(scope="module")
+def versions(digits_models) -> dict[str, int]:
+    """digits-mlp's production files registered again (aliased candidate), and a copy whose
+    scores lean towards the digit 3 (the shadow's model: it agrees with production on most
+    inputs, not all)."""
+    registry = digits_models
+    source = registry.resolve(f"{APP}@production")
+    files = {name: registry.read(source, name) for name in source.manifest["files"]}
+    candidate = registry.register(APP, files).version
+    registry.promote(APP, candidate, "candidate")
+    state = load_weights(files[WEIGHTS])
+    last_bias = [k for k, v in state.items() if k.endswith("bias") and v.shape == (10,)][-1]
+    state[last_bias][3] += 4.0
+    leaning = registry.register(APP, {**files, WEIGHTS: save_weights(state)}).version
+    return {"production": source.version, "candidate": candidate, "leaning": leaning}
+
+
+def configured(versions: dict[str, int], **traffic: object) -> dict:
+    """digits-mlp (one replica, `traffic`) and its shadow application (the leaning copy)."""
+    config = mlp_config(
+        num_replicas=1,
+        autoscaling_config=None,
+        user_config={"max_batch_size": 16, "batch_wait_ms": 0, "traffic": traffic or None},
+    )
+    primary = next(a for a in config["applications"] if a["name"] == APP)
+    shadow = {
+        **primary,
+        "name": SHADOW,
+        "route_prefix": f"/v2/models/{SHADOW}",
+        "args": {**primary["args"], "model": f"{APP}@{versions['leaning']}"},
+        "deployments": [{**primary["deployments"][0], "user_config": {"max_batch_size": 16}}],
+    }
+    config["applications"].append(shadow)
+    return config
+
+
+@pytest.fixture(scope="module")
+def endpoint(versions):
+    with deployed(configured(versions, split={"production": 80, "candidate": 20})) as url:
+        yield url
+
+
+def reconfigure(url: str, versions: dict[str, int], **traffic: object) -> None:
+    """New traffic in the running replica: deployed, then seen in the model's metadata."""
+    deploy.deploy(configured(versions, **traffic), dashboard_url())
+    deadline = time.monotonic() + 60
+    while True:
+        live = httpx.get(f"{url}/v2/models/{APP}", timeout=10).json()["parameters"]
+        if live.get("traffic") == Traffic.model_validate(traffic).model_dump(exclude_none=True):
+            return
+        assert time.monotonic() < deadline, f"traffic {traffic} not live: {live}"
+        time.sleep(0.5)
+
+
+async def answers(target: str, body: bytes, count: int, headers=None) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        gate = asyncio.Semaphore(8)
+
+        async def one(i: int) -> httpx.Response:
+            async with gate:
+                return await client.post(target, content=body, headers=headers and headers(i))
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def test_a_canary_gets_its_share_and_new_weights_apply_without_a_failed_request(endpoint, versions):
+    target, body = infer(endpoint)
+    replies = asyncio.run(answers(target, body, 1000))
+    assert {r.status_code for r in replies} == {200}
+    answered = collections.Counter(r.json()["model_version"] for r in replies)
+    arms = {(r.json()["parameters"]["arm"], r.headers[ARM_HEADER]) for r in replies}
+    low, high = stats.binom.interval(0.99, 1000, 0.2)
+    print(f"\ncanary 80/20: {dict(answered)}; 99% interval for the canary {low}-{high}")
+    assert low <= answered[str(versions["candidate"])] <= high
+    assert arms == {("production", "production"), ("candidate", "candidate")}
+
+    before = ids()
+    client = SteadyClient(target, json.loads(body))
+    client.start()
+    try:
+        client.wait_for(lambda: len(client.answers) >= 10)
+        reconfigure(endpoint, versions, split={"candidate": 1})
+        only_candidate = [str(versions["candidate"])] * 20
+        client.wait_for(lambda: [v for _, v, _ in client.answers[-20:]] == only_candidate)
+    finally:
+        client.stopped.set()
+        client.join()
+    assert {code for code, _, _ in client.answers} == {200}, client.answers[-3:]
+    assert ids() == before  # user_config applied in place: the same replica
+
+
+def test_a_sticky_header_keeps_each_user_on_one_arm(endpoint, versions):
+    split = {"production": 1, "candidate": 1}
+    reconfigure(endpoint, versions, split=split, sticky_header="x-user-id")
+    target, body = infer(endpoint)
+    users = [f"user-{i}" for i in range(200)]
+    replies = asyncio.run(answers(target, body, 600, lambda i: {"x-user-id": users[i % 200]}))
+    assert {r.status_code for r in replies} == {200}
+    arms_of = collections.defaultdict(set)
+    for i, reply in enumerate(replies):
+        arms_of[users[i % 200]].add(reply.json()["parameters"]["arm"])
+    assert all(len(arms) == 1 for arms in arms_of.values())
+    on_candidate = sum(arms == {"candidate"} for arms in arms_of.values())
+    low, high = stats.binom.interval(0.99, 200, 0.5)
+    print(f"\nsticky A/B: {on_candidate} of 200 users on the candidate")
+    assert low <= on_candidate <= high
+    anonymous = asyncio.run(answers(target, body, 40))  # no header: drawn at random
+    assert {r.json()["parameters"]["arm"] for r in anonymous} == set(split)
+    pinned = httpx.post(f"{endpoint}/v2/models/{APP}/versions/1/infer", content=body, timeout=30)
+    assert pinned.json()["model_version"] == "1"
+    assert "arm" not in (pinned.json().get("parameters") or {})
+
+
+def test_a_shadow_agrees_as_offline_and_its_death_costs_the_primary_nothing(
+    endpoint, versions, digits_models, metrics_url
+):
+    reconfigure(endpoint, versions, shadow={"application": SHADOW})
+    data, _ = validation_split(digits_models, f"{APP}@production")
+    batches = np.array_split(data.x_val.astype(np.float32), len(data.x_val) // 4)
+    offline = {
+        arm: np.concatenate([labels_of(predictor(digits_models, v), b) for b in batches])
+        for arm, v in (("primary", versions["production"]), ("shadow", versions["leaning"]))
+    }
+    agreed_offline = int((offline["primary"] == offline["shadow"]).sum())
+    assert 0 < agreed_offline < len(data.x_val)  # the leaning copy disagrees, sometimes
+
+    with httpx.Client(timeout=30) as client:
+        online = [post_labels(client, f"{endpoint}/v2/models/{APP}/infer", b) for b in batches]
+    assert np.array_equal(np.concatenate(online), offline["primary"])  # answers unchanged
+    counted = shadow_examples(metrics_url, len(data.x_val))
+    print(f"\nshadow: {counted} online; agreed offline {agreed_offline} of {len(data.x_val)}")
+    assert counted == {"agreed": agreed_offline, "disagreed": len(data.x_val) - agreed_offline}
+    dashboard = (ROOT / "k8s/base/kiln-dashboard.json").read_text()
+    plotted = set(re.findall(r"\bray_kiln_shadow_[a-z_]+", dashboard))
+    assert plotted and plotted <= {s.name for s in scrape(metrics_url)}, plotted
+
+    [replica] = shadow_replicas()
+    os.kill(replica["pid"], signal.SIGKILL)
+    target, body = infer(endpoint)
+    after = asyncio.run(answers(target, body, 300))
+    assert {r.status_code for r in after} == {200}  # the primary never noticed
+
+
+def predictor(registry, version: int) -> Predictor:
+    return Predictor.load(registry, registry.resolve(f"{APP}@{version}"))
+
+
+def labels_of(model: Predictor, batch: np.ndarray) -> np.ndarray:
+    return model.run(model.prepare(0, batch))["label"]
+
+
+def post_labels(client: httpx.Client, target: str, batch: np.ndarray) -> np.ndarray:
+    response = client.post(target, json=infer_body(batch))
+    assert response.status_code == 200, response.text
+    label = next(o for o in response.json()["outputs"] if o["name"] == "label")
+    return np.array(label["data"])
+
+
+def shadow_examples(metrics_url: str, rows: int) -> dict[str, float]:
+    """The shadow's row counts, once the metrics have caught up with every row sent."""
+    deadline = time.monotonic() + 60
+    while True:
+        samples = scrape(metrics_url)
+        counts = {
+            result: total(samples, "ray_kiln_shadow_examples_total", model=APP, result=result)
+            for result in ("agreed", "disagreed")
+        }
+        if sum(counts.values()) >= rows or time.monotonic() > deadline:
+            return counts
+        time.sleep(1)
+
+
+def shadow_replicas() -> list[dict]:
+    apps = deploy.details(dashboard_url()).get("applications", {})
+    deployment = apps[SHADOW]["deployments"]["ModelDeployment"]
+    return [r for r in deployment["replicas"] if r["state"] == "RUNNING"]
+
+
+def test_an_arm_the_registry_lacks_is_refused_before_deploying(versions, tmp_path):
+    config = yaml.safe_load((ROOT / "serving/digits.yaml").read_text())
+    app = next(a for a in config["applications"] if a["name"] == APP)
+    traffic = {"split": {"production": 90, "canary": 10}}
+    app["deployments"][0]["user_config"] = {"max_batch_size": 16, "traffic": traffic}
+    path = tmp_path / "canary.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = run_kiln("serve", str(path), "--only", APP, "--address", "http://127.0.0.1:9")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 3 and len(lines) == 1, done.stderr
+    assert "canary" in lines[0] and APP in lines[0], lines[0]
