@@ -149,6 +149,41 @@ def test_a_sticky_header_keeps_each_user_on_one_arm(endpoint, versions):
     assert "arm" not in (pinned.json().get("parameters") or {})
 
 
+def test_feedback_per_arm_decides_the_experiment_and_promote_ends_it(
+    endpoint, versions, digits_models, metrics_url
+):
+    """After the sticky test, arms production and candidate run. Clients report the candidate
+    right 90 times in 100 and production 70: `kiln rollout status` finds the candidate ahead
+    and significant; `kiln rollout promote` moves production to the candidate's version."""
+    feedback = f"{endpoint}/v2/models/{APP}/feedback"
+    for arm, correct in (("production", 70), ("candidate", 90)):
+        sent = httpx.post(feedback, json={"arm": arm, "correct": correct, "wrong": 100 - correct})
+        assert sent.status_code == 200 and sent.json() == {"accepted": 100}, sent.text
+    unknown = httpx.post(feedback, json={"arm": "nope", "correct": 1})
+    assert unknown.status_code == 400 and "no arm 'nope'" in unknown.json()["error"]
+
+    deadline = time.monotonic() + 60
+    while True:
+        status = run_kiln("rollout", "status", APP, "--metrics", metrics_url, "--json")
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        counted = {a["name"]: a["correct"] + a["wrong"] for a in report["arms"]}
+        if counted == {"production": 100, "candidate": 100} or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    [verdict] = report["comparisons"]
+    print(f"\nrollout status: {verdict}")
+    assert verdict["arm"] == "candidate" and verdict["metric"] == "accuracy"
+    assert verdict["difference"] == pytest.approx(0.2) and verdict["significant"]
+
+    promoted = run_kiln("rollout", "promote", APP, "--json")
+    assert promoted.returncode == 0, promoted.stderr
+    try:
+        assert digits_models.resolve(f"{APP}@production").version == versions["candidate"]
+    finally:  # the package's other tests serve production as it was
+        digits_models.promote(APP, versions["production"], "production")
+
+
 def test_a_shadow_agrees_as_offline_and_its_death_costs_the_primary_nothing(
     endpoint, versions, digits_models, metrics_url
 ):

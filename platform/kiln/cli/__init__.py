@@ -10,7 +10,19 @@ import sys
 
 import typer
 
-from kiln.cli import bench, cluster, features, jobs, k8s, models, serve, specs, train, tune
+from kiln.cli import (
+    bench,
+    cluster,
+    features,
+    jobs,
+    k8s,
+    models,
+    rollout,
+    serve,
+    specs,
+    train,
+    tune,
+)
 from kiln.cli.output import err_console
 from kiln.errors import KilnError
 
@@ -31,6 +43,7 @@ app.command("up")(cluster.up)
 app.command("down")(cluster.down)
 app.add_typer(models.app, name="models")
 app.add_typer(serve.app, name="serve")
+app.add_typer(rollout.app, name="rollout")
 app.add_typer(features.app, name="features")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(k8s.app, name="k8s")

@@ -29,7 +29,7 @@ from kiln.serve.replica.protocol import (
     narrow_to,
     parse_request,
 )
-from kiln.serve.replica.rollout import ARM_HEADER
+from kiln.serve.replica.rollout import ARM_HEADER, Feedback
 
 log = logging.getLogger("ray.serve")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -109,6 +109,12 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     @api.post("/versions/{version}/infer", **infer_route)
     async def infer_version(version: int, request: Request) -> Response:
         return await _timed(endpoint, request, version)
+
+    @api.post("/feedback", responses=ERRORS, dependencies=keys.required)
+    def feedback(given: Feedback) -> dict[str, int]:
+        """Labelled outcomes of a rollout arm's answers, counted for `kiln rollout status`."""
+        endpoint.labelled(given)
+        return {"accepted": given.correct + given.wrong}
 
     return api
 

@@ -37,7 +37,7 @@ from kiln.serve.replica.protocol import (
     encode_response,
     pick_input,
 )
-from kiln.serve.replica.rollout import Rollout
+from kiln.serve.replica.rollout import Feedback, Rollout
 from kiln.serve.replica.shadow import ShadowCopy
 
 log = logging.getLogger("ray.serve")
@@ -183,6 +183,18 @@ class ModelEndpoint:
             self.rollout, self.arm_versions = rollout, versions
             log.info(f"{self.name}: rollout {traffic.split} -> versions {versions}")
         self.traffic = traffic  # what metadata says is live
+
+    def labelled(self, feedback: Feedback) -> None:
+        """Count a client's feedback on an arm of the running rollout (only those: an arm
+        is a metric label, and a label per made-up name would grow Prometheus without bound).
+        Raises RequestError."""
+        arms = self.rollout.arms if self.rollout else []
+        if feedback.arm not in arms:
+            raise RequestError(
+                f"{self.name} has no arm {feedback.arm!r} "
+                + (f"(its arms: {', '.join(arms)})" if arms else "(no rollout runs)")
+            )
+        self.metrics.labelled(feedback.arm, feedback.correct, feedback.wrong)
 
     def _follow_arms(self) -> None:
         """An arm that is an alias follows it, as the endpoint follows its own reference."""

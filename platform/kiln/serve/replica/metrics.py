@@ -7,6 +7,7 @@ port. Ray prefixes names with `ray_` and counters end in `_total`:
     ray_kiln_model_load_seconds{model, version}            load and warm-up time
     ray_kiln_model_version{model}                          the version answering unversioned calls
     ray_kiln_model_refusals_total{model, version}          versions that failed to load
+    ray_kiln_feedback_total{model, arm, outcome}           clients' labelled feedback per arm
 """
 
 from typing import Any
@@ -43,6 +44,11 @@ class EndpointMetrics:
         self.refusals = metrics.Counter(
             "kiln_model_refusals", "versions refused at load", tag_keys=by_version
         )
+        self.feedback = metrics.Counter(
+            "kiln_feedback",
+            "answers a client marked correct or wrong",
+            tag_keys=("model", "arm", "outcome"),  # type: ignore[arg-type]
+        )
 
     def answered(
         self, version: int | None, code: int, latency_ms: float, arm: str | None = None
@@ -61,6 +67,11 @@ class EndpointMetrics:
 
     def refused(self, version: int) -> None:
         self.refusals.inc(tags={"model": self.model, "version": str(version)})
+
+    def labelled(self, arm: str, correct: int, wrong: int) -> None:
+        for outcome, count in (("correct", correct), ("wrong", wrong)):
+            if count:  # a Ray counter takes only positive steps
+                self.feedback.inc(count, tags={"model": self.model, "arm": arm, "outcome": outcome})
 
 
 class RecommendMetrics:

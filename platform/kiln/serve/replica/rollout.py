@@ -10,6 +10,8 @@ import hashlib
 import itertools
 import random
 
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+
 ARM_HEADER = "kiln-arm"  # the arm that answered, beside the OIP response's parameters.arm
 
 
@@ -26,6 +28,17 @@ class Rollout:
         """The arm for a request with this key (None: drawn at random)."""
         point = self._random.random() if key is None else unit_hash(key)
         return self.arms[min(bisect.bisect_right(self._bounds, point), len(self.arms) - 1)]
+
+
+class Feedback(BaseModel):
+    """POST /v2/models/{name}/feedback: how many of an arm's answers the client found correct
+    (a label it learned later); `kiln rollout status` compares the arms on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arm: str = Field(description="parameters.arm of the answers (the kiln-arm header)")
+    correct: NonNegativeInt = 0
+    wrong: NonNegativeInt = 0
 
 
 def unit_hash(key: str) -> float:
