@@ -27,6 +27,10 @@ for name, value in LOCAL_TRAIN_ENV.items():
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
 os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+# Under the HAProxy ingress a stopping replica drains for at least 30 s, for external load
+# balancers to deregister it; every teardown and scale-down in the suite waited for it. The
+# session's cluster is one node with no load balancer in front of its HAProxy: 5 s suffice.
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5")
 
 
 def free_port() -> int:

@@ -15,6 +15,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 import yaml
 from safetensors.torch import load as load_weights
 from safetensors.torch import save as save_weights
@@ -26,7 +27,7 @@ from kiln.serve.control import deploy
 from kiln.serve.replica.predictor import Predictor
 from kiln.serve.replica.rollout import ARM_HEADER
 from tests.conftest import ROOT, run_kiln
-from tests.serve.conftest import dashboard_url, deployed, infer_body
+from tests.serve.conftest import GRPC_PORT, dashboard_url, deployed, infer_body
 from tests.serve.test_endpoints import validation_split
 from tests.serve.test_metrics import scrape, total
 from tests.serve.test_promotion import SteadyClient
@@ -144,9 +145,25 @@ def test_a_sticky_header_keeps_each_user_on_one_arm(endpoint, versions):
     assert low <= on_candidate <= high
     anonymous = asyncio.run(answers(target, body, 40))  # no header: drawn at random
     assert {r.json()["parameters"]["arm"] for r in anonymous} == set(split)
+    over_grpc = grpc_arm(endpoint, {"application": APP, "x-user-id": users[7]})
+    assert over_grpc == replies[7].json()["parameters"]["arm"]  # the same key, the same arm
     pinned = httpx.post(f"{endpoint}/v2/models/{APP}/versions/1/infer", content=body, timeout=30)
     assert pinned.json()["model_version"] == "1"
     assert "arm" not in (pinned.json().get("parameters") or {})
+
+
+def grpc_arm(url: str, metadata: dict[str, str]) -> str:
+    """The arm a Triton gRPC client's call is answered by (its metadata carries the key)."""
+    declared = httpx.get(f"{url}/v2/models/{APP}", timeout=10).json()["inputs"][0]["shape"]
+    shape = [1 if d < 0 else d for d in declared]
+    tensor = triton.InferInput("input", shape, "FP32")
+    tensor.set_data_from_numpy(np.zeros(shape, np.float32))
+    client = triton.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}")
+    try:
+        result = client.infer(APP, [tensor], headers=metadata)
+    finally:
+        client.close()
+    return result.get_response().parameters["arm"].string_param
 
 
 def test_feedback_per_arm_decides_the_experiment_and_promote_ends_it(
