@@ -61,6 +61,10 @@ class RequestError(KilnError):
     """Raised while serving; the route edge turns it into a 400 with this message."""
 
 
+class UnknownArmError(RequestError):
+    """Feedback for an arm the endpoint's rollout does not have: 404, as an unknown version."""
+
+
 class ServeError(KilnError):
     pass
 

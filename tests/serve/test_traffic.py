@@ -177,7 +177,7 @@ def test_feedback_per_arm_decides_the_experiment_and_promote_ends_it(
         sent = httpx.post(feedback, json={"arm": arm, "correct": correct, "wrong": 100 - correct})
         assert sent.status_code == 200 and sent.json() == {"accepted": 100}, sent.text
     unknown = httpx.post(feedback, json={"arm": "nope", "correct": 1})
-    assert unknown.status_code == 400 and "no arm 'nope'" in unknown.json()["error"]
+    assert unknown.status_code == 404 and "no arm 'nope'" in unknown.json()["error"]
 
     deadline = time.monotonic() + 60
     while True:

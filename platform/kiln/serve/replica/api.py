@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 import kiln
-from kiln.errors import KilnError, ModelNotFoundError
+from kiln.errors import KilnError, ModelNotFoundError, UnknownArmError
 from kiln.serve.replica import binary
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
@@ -211,9 +211,9 @@ async def _not_served(name: str, models: Callable[[], Awaitable[dict[str, bool]]
 
 
 def status_of(error: KilnError) -> int:
-    """The HTTP status of an error a request caused: a model that is not there is 404, any
-    other mistake in the request 400."""
-    return 404 if isinstance(error, ModelNotFoundError) else 400
+    """The HTTP status of an error a request caused: a model, version or arm that is not
+    there is 404, any other mistake in the request 400."""
+    return 404 if isinstance(error, ModelNotFoundError | UnknownArmError) else 400
 
 
 def answer_errors_as_protocol(api: FastAPI) -> None:

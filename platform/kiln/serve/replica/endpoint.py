@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from ray import serve
 
-from kiln.errors import KilnError, ModelNotFoundError, RequestError
+from kiln.errors import KilnError, ModelNotFoundError, RequestError, UnknownArmError
 from kiln.registry import ModelRegistry
 from kiln.serve.config import Batching, Traffic
 from kiln.serve.replica.metrics import EndpointMetrics, ShadowMetrics
@@ -187,10 +187,10 @@ class ModelEndpoint:
     def labelled(self, feedback: Feedback) -> None:
         """Count a client's feedback on an arm of the running rollout (only those: an arm
         is a metric label, and a label per made-up name would grow Prometheus without bound).
-        Raises RequestError."""
+        Raises UnknownArmError (404)."""
         arms = self.rollout.arms if self.rollout else []
         if feedback.arm not in arms:
-            raise RequestError(
+            raise UnknownArmError(
                 f"{self.name} has no arm {feedback.arm!r} "
                 + (f"(its arms: {', '.join(arms)})" if arms else "(no rollout runs)")
             )
