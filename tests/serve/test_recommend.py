@@ -2,15 +2,17 @@
 model trained on synthetic interactions."""
 
 import asyncio
+import json
 import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from kiln.features import EmbeddedRedis, FeatureStore, connect
 from tests.conftest import ROOT, free_port, run_kiln
-from tests.serve.conftest import PORT, deployed
+from tests.serve.conftest import PORT, dashboard_url, deployed
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 VECTOR_TTL_S = 3.0
@@ -24,7 +26,7 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def recsys(recommender, redis_server):
+def recsys_config(recommender, redis_server) -> dict:
     from kiln.serve.control import deploy
 
     config = deploy.load_config(ROOT / "serving/recsys.yaml", port=PORT)
@@ -32,7 +34,12 @@ def recsys(recommender, redis_server):
     app = next(a for a in config["applications"] if a["name"] == "recommend")
     app["args"].update(vector_ttl_s=VECTOR_TTL_S, breaker_reset_s=1)
     app["deployments"][0]["autoscaling_config"]["max_replicas"] = 1
-    with deployed(config) as url:
+    return config
+
+
+@pytest.fixture(scope="module")
+def recsys(recsys_config):
+    with deployed(recsys_config) as url:
         yield f"{url}/v1"
 
 
@@ -173,7 +180,6 @@ def test_features_load_twice_gives_the_same_contents(recommender, redis_server, 
     snapshot = contents()
     second = run_kiln(*args, env=env)
     assert second.returncode == 0 and contents() == snapshot
-    import json
 
     assert json.loads(first.stdout)["users"] == 3 and len(snapshot) == 3
     store = FeatureStore(client, 20, namespace)
@@ -233,9 +239,94 @@ def test_feature_cache_metrics_are_exported(api, metrics_url):
         time.sleep(1)
 
 
+def with_split(config: dict, split: dict[str, float] | None) -> dict:
+    """The recsys config with a rollout on the recommend deployment (None: none)."""
+    import copy
+
+    changed = copy.deepcopy(config)
+    app = next(a for a in changed["applications"] if a["name"] == "recommend")
+    user_config = app["deployments"][0]["user_config"]
+    user_config["traffic"] = {"split": split} if split else None
+    return changed
+
+
+def click_experiment(recsys: str, rates: dict[str, float], users: int, seed: int) -> None:
+    """Each simulated user asks for recommendations once and clicks the first item with the
+    true click rate of the arm that answered."""
+    rng = np.random.default_rng(seed)
+
+    async def user(client: httpx.AsyncClient, gate: asyncio.Semaphore, name: str) -> None:
+        async with gate:
+            answer = (await client.get(f"/recommend/{name}?k=3")).json()
+            if rng.random() < rates[answer["arm"]]:
+                click = {"user_id": name, "item_id": answer["items"][0]["item_id"], "type": "click"}
+                assert (await client.post("/events", json=click)).status_code == 200
+
+    async def everyone() -> None:
+        async with httpx.AsyncClient(base_url=recsys, timeout=30) as client:
+            gate = asyncio.Semaphore(8)
+            await asyncio.gather(*(user(client, gate, f"ab{seed}-{i}") for i in range(users)))
+
+    asyncio.run(everyone())
+
+
+def rollout_status(metrics_url: str, control: str, requests: int) -> dict:
+    """`kiln rollout status recommend` once the replica's counters reach `requests`."""
+    deadline = time.monotonic() + 60
+    while True:
+        status = run_kiln("rollout", "status", "recommend", "--control", control,
+                          "--metrics", metrics_url, "--json")  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        counted = sum(a["requests"] for a in report["arms"])
+        if counted >= requests:
+            return report
+        assert time.monotonic() < deadline, report
+        time.sleep(1)
+
+
+def test_an_ab_rollout_finds_the_arm_users_click_more_and_an_a_a_finds_none(
+    api, recsys, recsys_config, metrics_url
+):
+    """Aliases ctl and exp (then aa1 and aa2) of the same version: a user's arm is a hash of
+    the user id; the simulated users click 8% of the time on ctl and 16% on exp."""
+    from kiln.registry import ModelRegistry
+    from kiln.serve.control import deploy
+
+    registry = ModelRegistry.open()
+    version = registry.resolve("recsys-two-tower@production").version
+    for alias in ("ctl", "exp", "aa1", "aa2"):
+        registry.promote("recsys-two-tower", version, alias)
+
+    def switch(split: dict[str, float] | None) -> None:
+        deploy.deploy(with_split(recsys_config, split), dashboard_url())
+        deadline = time.monotonic() + 60
+        while api.get("/recommend/1").json().get("arm") not in (set(split or {}) or {None}):
+            assert time.monotonic() < deadline, f"split {split} not live"
+            time.sleep(0.5)
+
+    try:
+        switch({"ctl": 1, "exp": 1})
+        click_experiment(recsys, {"ctl": 0.08, "exp": 0.16}, users=1200, seed=1)
+        report = rollout_status(metrics_url, "ctl", 1200)
+        [verdict] = report["comparisons"]
+        print(f"\nA/B: {report['arms']}\n{verdict}")
+        assert verdict["metric"] == "click-through" and verdict["arm"] == "exp"
+        assert verdict["difference"] > 0 and verdict["significant"]
+        assert sum(a["conversions"] for a in report["arms"]) > 100
+
+        switch({"aa1": 1, "aa2": 1})
+        click_experiment(recsys, {"aa1": 0.1, "aa2": 0.1}, users=1200, seed=2)
+        report = rollout_status(metrics_url, "aa1", 2400)
+        verdict = next(c for c in report["comparisons"] if c["arm"] == "aa2")
+        print(f"A/A: {verdict}")
+        assert verdict["metric"] == "click-through" and not verdict["significant"]
+    finally:
+        switch(None)
+
+
 def test_the_grafana_dashboard_queries_exported_metrics(api, recsys, metrics_url):
     """Every metric k8s/base/kiln-dashboard.json plots is in a scrape of the serving metrics."""
-    import json
     import re
 
     from kiln.bench.load import body_for

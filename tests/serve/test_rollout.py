@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 from scipy import stats
 
-from kiln.serve.config import ModelUserConfig, Traffic
+from kiln.serve.config import ModelUserConfig, RecommendUserConfig, Traffic
 from kiln.serve.replica.rollout import Rollout, unit_hash
 from kiln.serve.replica.shadow import Comparison, compare
 
@@ -36,6 +36,17 @@ def test_a_traffic_config_reads_version_numbers_and_refuses_no_weight():
         Traffic(split={"production": 0})
     with pytest.raises(ValidationError, match="at least 1 item"):
         Traffic(split={})
+
+
+def test_a_recommendation_rollout_takes_a_split_only():
+    config = RecommendUserConfig.model_validate({"traffic": {"split": {"a": 1, "b": 1}}})
+    assert config.traffic is not None and config.traffic.split == {"a": 1, "b": 1}
+    for traffic in (
+        {"split": {"a": 1}, "sticky_header": "x-user-id"},  # the key is always the user id
+        {"shadow": {"application": "other"}},
+    ):
+        with pytest.raises(ValidationError, match="takes a split only"):
+            RecommendUserConfig.model_validate({"traffic": traffic})
 
 
 def test_a_shadow_is_compared_row_by_row_on_labels_and_scores():

@@ -19,7 +19,9 @@ CANDIDATE = typer.Option("candidate", "--candidate", help="the arm under test")
 
 @app.command()
 def status(
-    model: str,
+    model: str = typer.Argument(
+        help="the endpoint: a model application's name, or a recommendation app's (recommend)"
+    ),
     control: str = CONTROL,
     metrics: list[str] = typer.Option(
         [], "--metrics", help="a node's /metrics URL (default: every node of the local cluster)"
@@ -27,8 +29,9 @@ def status(
     alpha: float = typer.Option(0.05, min=0.0001, max=0.5, help="significance level"),
     json_output: bool = JSON,
 ) -> None:
-    """Per arm since its replicas started: requests, errors, p50/p99, labelled feedback with
-    95% intervals; each arm against the control (two-sided two-proportion z-test)."""
+    """Per arm since its replicas started: requests, errors, p50/p99, labelled feedback and
+    click-through with 95% intervals; each arm against the control (two-sided two-proportion
+    z-test)."""
     from kiln.serve.control import experiment
     from kiln.serve.control.status import metrics_targets, scrape
 
@@ -40,9 +43,11 @@ def status(
     if not arms:
         console.print(f"{model}: no rollout has answered yet (no arm in the metrics)")
         return
-    table = Table("arm", "requests", "errors", "p50 ms", "p99 ms", "feedback", "accuracy (95%)")
+    table = Table(
+        "arm", "requests", "errors", "p50 ms", "p99 ms", "feedback", "accuracy (95%)",
+        "conversions", "click-through (95%)",
+    )  # fmt: skip
     for arm in arms.values():
-        accuracy, interval = arm.accuracy.rate, arm.accuracy.interval()
         table.add_row(
             arm.name,
             str(arm.requests),
@@ -50,7 +55,9 @@ def status(
             number(arm.p50_ms),
             number(arm.p99_ms),
             str(arm.accuracy.trials),
-            f"{accuracy:.3f} ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "-",
+            _rate(arm.accuracy),
+            str(arm.conversions),
+            _rate(arm.click_through) if arm.conversions else "-",
         )
     console.print(table)
     for c in comparisons:
@@ -61,11 +68,19 @@ def status(
         )
 
 
+def _rate(proportion) -> str:
+    interval = proportion.interval()
+    if interval is None:
+        return "-"
+    return f"{proportion.rate:.3f} ({interval[0]:.3f}-{interval[1]:.3f})"
+
+
 @app.command()
 def promote(
     model: str, control: str = CONTROL, candidate: str = CANDIDATE, json_output: bool = JSON
 ) -> None:
-    """End the experiment for the candidate: the control alias moves to its version."""
+    """End the experiment for the candidate: the control alias moves to its version (MODEL:
+    the registered model, e.g. recsys-two-tower for the recommend endpoint)."""
     _move(model, control, candidate, json_output)
 
 

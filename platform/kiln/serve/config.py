@@ -102,6 +102,24 @@ class ModelUserConfig(Batching):
     traffic: Traffic | None = None
 
 
+class RecommendUserConfig(Batching):
+    """A recommendation deployment's `user_config`. A rollout's arm is drawn by a hash of the
+    user id (always sticky: a user sees one arm, and the events the user posts count for
+    it), so its traffic takes a split only."""
+
+    traffic: Traffic | None = None
+
+    @field_validator("traffic")
+    @classmethod
+    def _split_only(cls, traffic: Traffic | None) -> Traffic | None:
+        if traffic is not None and (traffic.shadow or traffic.sticky_header or not traffic.split):
+            raise ValueError(
+                "a recommendation rollout takes a split only: arms are assigned by user id"
+                " (no sticky_header) and there is no shadow"
+            )
+        return traffic
+
+
 class IndexArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -134,3 +152,7 @@ class RecommendArgs(BaseModel):
     breaker_reset_s: PositiveFloat = Field(2.0, description="open circuit: seconds before a retry")
     watch_interval_s: PositiveFloat = 2.0
     api_keys_file: str | None = None
+    conversions: list[str] = Field(
+        ["click"],
+        description="event types that count as a conversion of the user's rollout arm",
+    )

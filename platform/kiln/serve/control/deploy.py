@@ -9,9 +9,9 @@ out inside a replica: the models exist, arguments are known, routes match the mo
 import time
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from kiln.cluster.dashboard import describe, open_client, with_scheme
 from kiln.errors import ServeError, SpecError
@@ -19,9 +19,11 @@ from kiln.registry import ModelRegistry
 from kiln.serve.config import (
     MODEL_DEPLOYMENT,
     MODEL_ROUTE,
+    RECOMMEND_DEPLOYMENT,
     ModelArgs,
     ModelUserConfig,
     RecommendArgs,
+    RecommendUserConfig,
 )
 from kiln.serve.control import ingress, running
 from kiln.settings import absolute
@@ -29,6 +31,8 @@ from kiln.spec import first_error, read_yaml
 
 MODEL_APP = "kiln.serve:model_app"
 RECOMMEND_APP = "kiln.serve:recommend_app"
+M = TypeVar("M", bound=BaseModel)
+U = TypeVar("U", ModelUserConfig, RecommendUserConfig)
 
 
 def load_config(
@@ -72,11 +76,9 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def _check_recommend_app(app: dict[str, Any], where: str, registry: str | None) -> None:
-    try:
-        args = RecommendArgs.model_validate(app.get("args") or {})
-    except ValidationError as e:
-        raise SpecError(first_error(e, where, RecommendArgs, prefix="args")) from None
-    _fill_registry(app, args.registry, registry).resolve(args.model)
+    args = _checked(RecommendArgs, app.get("args") or {}, where, "args")
+    models = _fill_registry(app, args.registry, registry)
+    _live_configs(app, where, models.resolve(args.model).name, models, RecommendUserConfig)
 
 
 def needs_redis(config: dict[str, Any]) -> bool:
@@ -115,22 +117,15 @@ def _keep(raw: dict[str, Any], names: Collection[str]) -> None:
 
 
 def _check_model_app(app: dict[str, Any], where: str, registry: str | None) -> None:
-    try:
-        args = ModelArgs.model_validate(app.get("args") or {})
-    except ValidationError as e:
-        raise SpecError(first_error(e, where, ModelArgs, prefix="args")) from None
+    args = _checked(ModelArgs, app.get("args") or {}, where, "args")
     if app.get("route_prefix") != MODEL_ROUTE + app["name"]:
         raise SpecError(f"{where}: route_prefix must be {MODEL_ROUTE}{app['name']} (its name)")
     models = _fill_registry(app, args.registry, registry)
     name = models.resolve(args.model).name
-    for deployment in app.get("deployments", []):
-        if deployment["name"] == MODEL_DEPLOYMENT:
-            live = _check_user_config(deployment, where)
-            for arm in live.traffic.split or {} if live.traffic else ():  # raises naming it
-                models.resolve(f"{name}@{arm}")
-            shadow = live.traffic.shadow if live.traffic else None
-            if shadow and shadow.application == app["name"]:
-                raise SpecError(f"{where}: traffic.shadow must name another application")
+    for live in _live_configs(app, where, name, models, ModelUserConfig):
+        shadow = live.traffic.shadow if live.traffic else None
+        if shadow and shadow.application == app["name"]:
+            raise SpecError(f"{where}: traffic.shadow must name another application")
 
 
 def _fill_registry(app: dict[str, Any], given: str | None, default: str | None) -> ModelRegistry:
@@ -141,11 +136,30 @@ def _fill_registry(app: dict[str, Any], given: str | None, default: str | None) 
     return ModelRegistry.open(uri)
 
 
-def _check_user_config(deployment: dict[str, Any], where: str) -> ModelUserConfig:
+def _checked(schema: type[M], value: dict[str, Any], where: str, prefix: str) -> M:
     try:
-        live = ModelUserConfig.model_validate(deployment.get("user_config") or {})
+        return schema.model_validate(value)
     except ValidationError as e:
-        raise SpecError(first_error(e, where, ModelUserConfig, prefix="user_config")) from None
+        raise SpecError(first_error(e, where, schema, prefix=prefix)) from None
+
+
+def _live_configs(
+    app: dict[str, Any], where: str, name: str, models: ModelRegistry, schema: type[U]
+) -> list[U]:
+    """The user_config of each of the app's Kiln deployments, checked; every arm of its
+    rollout is a version of the model `name` (ModelNotFoundError names the missing one)."""
+    lives = []
+    for deployment in app.get("deployments", []):
+        if deployment["name"] in (MODEL_DEPLOYMENT, RECOMMEND_DEPLOYMENT):
+            live = _check_user_config(deployment, where, schema)
+            for arm in live.traffic.split or {} if live.traffic else ():
+                models.resolve(f"{name}@{arm}")
+            lives.append(live)
+    return lives
+
+
+def _check_user_config(deployment: dict[str, Any], where: str, schema: type[U]) -> U:
+    live = _checked(schema, deployment.get("user_config") or {}, where, "user_config")
     ongoing = deployment.get("max_ongoing_requests", 32)
     if ongoing < live.max_batch_size:  # Serve never fills a batch past this
         raise SpecError(

@@ -3,15 +3,20 @@ latency, and the clients' labelled feedback, from the metrics the replicas expor
 started; and whether each arm differs from the control arm.
 
 The test is a two-sided two-proportion z-test (pooled), on the feedback's accuracy where
-clients post feedback and on the error rate otherwise. We chose it over a Bayesian posterior
-because its one number, the p-value, has the meaning most teams already act on, and because
-its false-positive rate is the nominal alpha when the arms are the same (tests/serve check it
-on simulated A/A experiments). It assumes one look: peeking until significant inflates that
-rate, so decide the sample size first. Each interval is Wilson's (95%), which stays inside
-[0, 1] and is honest for small counts.
+clients post feedback, on click-through (conversion events per recommendation) where a
+recommendation endpoint counts conversions, and on the error rate otherwise. Click-through
+counts each recommendation as one trial; when users ask many times each, their requests are
+not independent and the test is too eager: compare per user offline before acting on it.
+
+We chose the z-test over a Bayesian posterior because its one number, the p-value, has the
+meaning most teams already act on, and because its false-positive rate is the nominal alpha
+when the arms are the same (tests/serve check it on simulated A/A experiments). It assumes
+one look: peeking until significant inflates that rate, so decide the sample size first.
+Each interval is Wilson's (95%), which stays inside [0, 1] and is honest for small counts.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,6 +25,7 @@ from kiln.serve.control.status import quantile
 REQUESTS = "ray_kiln_requests_total"
 LATENCY = "ray_kiln_request_latency_ms_bucket"
 FEEDBACK = "ray_kiln_feedback_total"
+CONVERSIONS = "ray_kiln_conversions_total"
 Z95 = 1.959963984540054
 
 
@@ -63,12 +69,19 @@ class Arm:
     errors: int = 0
     correct: int = 0
     wrong: int = 0
+    conversions: int = 0
     p50_ms: float | None = None
     p99_ms: float | None = None
 
     @property
     def accuracy(self) -> Proportion:
         return Proportion(self.correct, self.correct + self.wrong)
+
+    @property
+    def click_through(self) -> Proportion:
+        """Conversions per answered request (at most one each)."""
+        answered = self.requests - self.errors
+        return Proportion(min(self.conversions, answered), answered)
 
     @property
     def error_rate(self) -> Proportion:
@@ -79,7 +92,7 @@ class Arm:
 class Comparison:
     arm: str
     against: str
-    metric: str  # "accuracy" (feedback) or "error rate"
+    metric: str  # "accuracy" (feedback), "click-through" (conversions) or "error rate"
     difference: float
     p_value: float
     significant: bool
@@ -97,6 +110,8 @@ def arms_of(samples: list[Any], model: str) -> dict[str, Arm]:
         if s.name == REQUESTS:
             entry.requests += int(s.value)
             entry.errors += int(s.value) if s.labels.get("code") != "200" else 0
+        elif s.name == CONVERSIONS:
+            entry.conversions += int(s.value)
         elif s.name == FEEDBACK:
             field = "correct" if s.labels.get("outcome") == "correct" else "wrong"
             setattr(entry, field, getattr(entry, field) + int(s.value))
@@ -109,9 +124,23 @@ def arms_of(samples: list[Any], model: str) -> dict[str, Arm]:
     return arms
 
 
+METRICS: dict[str, Callable[[Arm], Proportion]] = {
+    "accuracy": lambda arm: arm.accuracy,
+    "click-through": lambda arm: arm.click_through,
+    "error rate": lambda arm: arm.error_rate,
+}
+
+
+def _metric(base: Arm, arm: Arm) -> str:
+    if base.accuracy.trials and arm.accuracy.trials:
+        return "accuracy"
+    return "click-through" if base.conversions or arm.conversions else "error rate"
+
+
 def compare(arms: dict[str, Arm], control: str, alpha: float = 0.05) -> list[Comparison]:
-    """Each other arm against `control`: on accuracy where both have feedback, else on the
-    error rate (lower is better; the difference is still other minus control)."""
+    """Each other arm against `control`: on accuracy where both have feedback, else on
+    click-through where either has conversions, else on the error rate (lower is better; the
+    difference is still other minus control)."""
     base = arms.get(control)
     if base is None:
         return []
@@ -119,10 +148,8 @@ def compare(arms: dict[str, Arm], control: str, alpha: float = 0.05) -> list[Com
     for name, arm in arms.items():
         if name == control:
             continue
-        with_feedback = base.accuracy.trials and arm.accuracy.trials
-        metric = "accuracy" if with_feedback else "error rate"
-        a, b = (base.accuracy, arm.accuracy) if with_feedback else (base.error_rate, arm.error_rate)
-        difference, p = two_proportions(a, b)
+        metric = _metric(base, arm)
+        difference, p = two_proportions(METRICS[metric](base), METRICS[metric](arm))
         results.append(Comparison(name, control, metric, difference, p, p < alpha))
     return results
 
@@ -135,6 +162,8 @@ def report(arms: dict[str, Arm], comparisons: list[Comparison]) -> dict[str, Any
             **asdict(arm),
             "accuracy": arm.accuracy.rate,
             "accuracy_95": arm.accuracy.interval(),
+            "click_through": arm.click_through.rate,
+            "click_through_95": arm.click_through.interval(),
             "error_rate": arm.error_rate.rate,
             "error_rate_95": arm.error_rate.interval(),
         }

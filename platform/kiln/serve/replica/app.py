@@ -27,11 +27,11 @@ from kiln.registry import ModelRegistry
 from kiln.serve.config import (
     MODEL_DEPLOYMENT,
     RECOMMEND_DEPLOYMENT,
-    Batching,
     IndexArgs,
     ModelArgs,
     ModelUserConfig,
     RecommendArgs,
+    RecommendUserConfig,
 )
 from kiln.serve.replica.api import index_api, model_api
 from kiln.serve.replica.auth import ApiKeys
@@ -131,7 +131,7 @@ def index_app(args: dict[str, Any] | None = None) -> Application:
     name=RECOMMEND_DEPLOYMENT,
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=32,
-    user_config=Batching().model_dump(),
+    user_config=RecommendUserConfig().model_dump(),
 )
 @serve.ingress()
 class RecommendDeployment:
@@ -154,7 +154,9 @@ class RecommendDeployment:
             config.history_ttl_s,
         )
         breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
-        self.endpoint = RecommendEndpoint(model, store, breaker, RecommendMetrics(model.name))
+        self.endpoint = RecommendEndpoint(
+            model, store, breaker, RecommendMetrics(model.name), tuple(config.conversions)
+        )
         model.on_switch = self.endpoint.on_switch
         model.on_load = RecommendEndpoint.prepare
         RecommendEndpoint.prepare(model.current)
@@ -163,7 +165,9 @@ class RecommendDeployment:
         return recommend_api(self.endpoint, self.keys, self.max_k)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.endpoint.set_batching(Batching.model_validate(user_config))
+        config = RecommendUserConfig.model_validate(user_config)
+        self.endpoint.set_batching(config)
+        self.endpoint.model_endpoint.set_traffic(config.traffic)
 
     def __del__(self) -> None:
         self.endpoint.model_endpoint.stop()

@@ -89,10 +89,7 @@ class ModelEndpoint:
         the request named its version) and the outputs the request asked for (all by
         default). `key` is the request's sticky key; `mirror=False` sends no shadow copy (for
         a request that is itself a copy). Raises RequestError (400) or ModelNotFoundError."""
-        arm = None
-        if version is None and (rollout := self.rollout) is not None:
-            arm = rollout.arm(key)
-            version = self.arm_versions.get(arm)
+        arm, version = self.route(version, key)
         predictor = await self.predictor(version)
         x = predictor.prepare(*pick_input(request, predictor.inputs))
         if self.batching.max_batch_size > 1:
@@ -163,6 +160,14 @@ class ModelEndpoint:
         return self.others[version]
 
     # --- rollouts --------------------------------------------------------------------------
+
+    def route(self, version: int | None, key: str | None) -> tuple[str | None, int | None]:
+        """The arm and version for a request that asked for `version` (None: any) with this
+        sticky key: the rollout's arm when it names none, else no arm."""
+        if version is None and (rollout := self.rollout) is not None:
+            arm = rollout.arm(key)
+            return arm, self.arm_versions.get(arm)
+        return None, version
 
     def set_traffic(self, traffic: Traffic | None) -> None:
         """Start, change or end a rollout and a shadow (a `user_config` change: the replica

@@ -80,6 +80,7 @@ class RecommendMetrics:
     ray_kiln_redis_latency_ms_bucket{operation}         one Redis round trip
     ray_kiln_degraded_total{model,reason}               answers without the feature cache
     ray_kiln_events_total{outcome}                      accepted or rejected (Redis down)
+    ray_kiln_conversions_total{model,arm}               conversion events by the user's arm
     ray_kiln_recommend_latency_ms_bucket{model,version} time in the replica
     """
 
@@ -104,6 +105,11 @@ class RecommendMetrics:
             tag_keys=("model", "reason"),  # type: ignore[arg-type]
         )
         self.events = metrics.Counter("kiln_events", "events posted", tag_keys=("outcome",))
+        self.conversions = metrics.Counter(
+            "kiln_conversions",
+            "conversion events (e.g. clicks) attributed to the user's rollout arm",
+            tag_keys=("model", "arm"),  # type: ignore[arg-type]
+        )
         self.latency = metrics.Histogram(
             "kiln_recommend_latency_ms",
             "time in the replica",

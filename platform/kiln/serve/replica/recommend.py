@@ -10,12 +10,18 @@ and answers come without it (`cache: bypass`, `degraded: true`): from the reques
 `recent` items if given, else the model with the user id alone, else popularity. Events are
 then refused with 503 and Retry-After so that the caller retries: none is silently lost. The
 breaker retries Redis after `breaker_reset_s` and recovery needs no restart.
+
+A rollout (`user_config.traffic.split`) assigns each user an arm by a hash of the user id
+(rollout.py), so a user keeps one arm; answers say which (`arm`), requests are counted per
+arm, and each event whose type is a conversion (`conversions`, default clicks) counts for the
+poster's arm: `kiln rollout status recommend` compares the arms' click-through.
 """
 
 import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,7 +33,7 @@ from pydantic import TypeAdapter, ValidationError
 from ray import serve
 
 import kiln
-from kiln.errors import RequestError
+from kiln.errors import RequestError, ServeError
 from kiln.features import Event, FeatureStore, UserFeatures
 from kiln.features.breaker import CircuitBreaker
 from kiln.serve.config import Batching
@@ -66,9 +72,11 @@ class RecommendEndpoint:
         store: FeatureStore,
         breaker: CircuitBreaker,
         metrics: RecommendMetrics,
+        conversions: tuple[str, ...] = ("click",),
     ):
         self.model_endpoint = model_endpoint  # the two-tower model, following its alias
         self.store, self.breaker, self.metrics = store, breaker, metrics
+        self.conversions = conversions
         self.batching = Batching()
 
     @property
@@ -79,7 +87,11 @@ class RecommendEndpoint:
 
     async def recommend(self, user_id: str, k: int, recent: list[str]) -> dict[str, Any]:
         start = time.perf_counter()
-        predictor = self.predictor
+        arm, version = self.model_endpoint.route(None, user_id)
+        predictor = await self.model_endpoint.predictor(version)
+        if not isinstance(predictor, Recommender):  # deploy checks arms; an alias may move
+            served = f"{predictor.name}@{predictor.version}"
+            raise ServeError(f"arm {arm} serves {served}, not a recommender")
         try:
             features = await self._redis(
                 "read", self.store.read, user_id, predictor.name, predictor.version
@@ -105,9 +117,12 @@ class RecommendEndpoint:
             cold, items = True, predictor.popular_k(k, seen)
         version_tags = {"model": self.model_endpoint.name, "version": str(predictor.version)}
         self.metrics.cache.inc(tags={**version_tags, "result": cache})
-        self.metrics.latency.observe((time.perf_counter() - start) * 1000, tags=version_tags)
+        latency_ms = (time.perf_counter() - start) * 1000
+        self.metrics.latency.observe(latency_ms, tags=version_tags)
+        self.model_endpoint.metrics.answered(predictor.version, 200, latency_ms, arm)
         return {
             "user_id": user_id,
+            "arm": arm,
             "items": [{"item_id": item, "score": round(score, 6)} for item, score in items],
             "model": predictor.name,
             "version": predictor.version,
@@ -161,7 +176,20 @@ class RecommendEndpoint:
             self.metrics.events.inc(len(events), tags={"outcome": "rejected"})
             raise
         self.metrics.events.inc(accepted, tags={"outcome": "accepted"})
+        self._attribute(events)
         return accepted
+
+    def _attribute(self, events: list[Event]) -> None:
+        """Conversions counted for the arm each poster is assigned (the arm that served them,
+        while the split stays)."""
+        rollout = self.model_endpoint.rollout
+        if rollout is None:
+            return
+        arms = Counter(rollout.arm(str(e.user_id)) for e in events if e.type in self.conversions)
+        for arm, count in arms.items():
+            self.metrics.conversions.inc(
+                count, tags={"model": self.model_endpoint.name, "arm": arm}
+            )
 
     @staticmethod
     def prepare(predictor: Any) -> None:
