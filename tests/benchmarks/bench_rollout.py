@@ -1,8 +1,9 @@
 """What a traffic policy costs on the hot path, in one run: digits-cnn on one replica with
 batching 16, at concurrency 1 and 32, with no policy, a 90/10 canary, a sticky A/B split (a
-header per request) and a shadow application that gets a copy of every request (the primary's
-latency; the shadow has its own replica). Figures go to bench-results/rollout.json; the ratios
-are each policy / no policy at the same concurrency."""
+header per request), a shadow application that gets a copy of every request (the primary's
+latency; the shadow has its own replica), drift tracking (the default: every answered row in
+the window) and an access log line for every answer. Figures go to
+bench-results/rollout.json; the ratios are each policy / no policy at the same concurrency."""
 
 import json
 import os
@@ -19,21 +20,26 @@ from tests.benchmarks.bench_serve import METADATA, kiln_config, measure, train_m
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-results" / "rollout.json"
 APP = "digits-cnn"
-POLICIES = {
-    "no policy": None,
-    "canary 90/10": {"split": {"production": 90, "candidate": 10}},
-    "sticky A/B 50/50": {"split": {"production": 1, "candidate": 1}, "sticky_header": "x-user"},
-    "shadow (every request)": {"shadow": {"application": f"{APP}-shadow"}},
+NONE = {"traffic": None, "drift": None, "access_log_share": 0.0}
+POLICIES = {  # each policy's user_config over NONE
+    "no policy": {},
+    "canary 90/10": {"traffic": {"split": {"production": 90, "candidate": 10}}},
+    "sticky A/B 50/50": {
+        "traffic": {"split": {"production": 1, "candidate": 1}, "sticky_header": "x-user"}
+    },
+    "shadow (every request)": {"traffic": {"shadow": {"application": f"{APP}-shadow"}}},
+    "drift tracking (default)": {"drift": {}},
+    "access log, every answer": {"access_log_share": 1.0},
 }
 
 
-def with_policy(port: int, grpc_port: int, traffic: dict | None) -> dict:
+def with_policy(port: int, grpc_port: int, policy: dict) -> dict:
     config = kiln_config(port, grpc_port, replicas=1, batch=16)
     primary = config["applications"][-1]
-    primary["deployments"][0]["user_config"]["traffic"] = traffic
+    primary["deployments"][0]["user_config"].update({**NONE, **policy})
     shadow = json.loads(json.dumps(primary))  # the same model, its own application and replica
     shadow.update(name=f"{APP}-shadow", route_prefix=f"/v2/models/{APP}-shadow")
-    shadow["deployments"][0]["user_config"]["traffic"] = None
+    shadow["deployments"][0]["user_config"].update(NONE)
     config["applications"].append(shadow)
     return config
 
@@ -65,12 +71,13 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/v2/models/{APP}/infer"
     body = body_for(METADATA)
     results = {}
-    for name, traffic in POLICIES.items():
-        config = with_policy(port, grpc_port, traffic)
-        deploy.deploy(config, dashboard)  # traffic alone changes in place (user_config)
+    for name, policy in POLICIES.items():
+        config = with_policy(port, grpc_port, policy)
+        deploy.deploy(config, dashboard)  # a user_config change applies in place
         deploy.wait_until_running(config, dashboard)
         time.sleep(3)
-        headers = {"x-user": "user-7"} if traffic and "sticky_header" in traffic else None
+        sticky = "sticky_header" in (policy.get("traffic") or {})
+        headers = {"x-user": "user-7"} if sticky else None
         results[name] = measure(url, body, headers)
     deploy.shutdown(dashboard)
     ray.shutdown()

@@ -59,9 +59,10 @@ def test_ray_resources_validate_strictly_against_the_kuberay_crds():
     report = json.loads(done.stdout)
     ray = [c for c in report["checked"] if re.search(r": Ray(Cluster|Job|Service) ", c)]
     assert len(ray) == 5, report  # 1 RayCluster, 2 RayJobs, 2 RayServices
-    assert report["skipped"] == [
-        f"k8s/overlays/{o}: PodMonitor kiln-ray"
+    assert sorted(report["skipped"]) == [
+        f"k8s/overlays/{o}: {kind}"
         for o in sorted(["cluster", "serve", "train", "tune"])
+        for kind in ("PodMonitor kiln-ray", "PrometheusRule kiln-serving")
     ]
 
 
@@ -73,6 +74,21 @@ def test_strict_validation_names_an_unknown_field(built, tmp_path):
     report = check_documents([cluster], load_crds(Path(CRDS)))
     assert any("('maxReplica' was unexpected)" in p for p in report.problems), report.problems
     assert any("imagePullPolicy: 1 is not of type 'string'" in p for p in report.problems)
+
+
+def test_alert_rules_watch_exported_metrics_at_the_documented_thresholds(built):
+    from kiln.serve.replica import metrics
+    from kiln.serve.replica.drift import INPUTS, OUTPUT, SHIFTED
+
+    rules = [r for doc in resources(built, "PrometheusRule") for g in doc["spec"]["groups"]
+             for r in g["rules"]]  # fmt: skip
+    exprs = {rule["alert"]: rule["expr"] for rule in rules}
+    for feature in (INPUTS, OUTPUT):
+        selector, threshold = f'feature="{feature}"', f"> {SHIFTED}"
+        assert any(selector in e and e.endswith(threshold) for e in exprs.values()), feature
+    exported = Path(metrics.__file__).read_text()
+    for name in {n for e in exprs.values() for n in re.findall(r"\bray_(kiln_[a-z_]+)", e)}:
+        assert f'"{re.sub(r"_(total|bucket)$", "", name)}"' in exported, name
 
 
 def test_serve_config_v2_is_the_serving_file(built):

@@ -11,6 +11,8 @@ import os
 import re
 import signal
 import time
+import uuid
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -24,6 +26,7 @@ from scipy import stats
 from kiln.registry import WEIGHTS
 from kiln.serve.config import Traffic
 from kiln.serve.control import deploy
+from kiln.serve.replica.drift import INPUTS, OUTPUT, SHIFTED
 from kiln.serve.replica.predictor import Predictor
 from kiln.serve.replica.rollout import ARM_HEADER
 from tests.conftest import ROOT, run_kiln
@@ -54,12 +57,12 @@ def versions(digits_models) -> dict[str, int]:
     return {"production": source.version, "candidate": candidate, "leaning": leaning}
 
 
-def configured(versions: dict[str, int], **traffic: object) -> dict:
-    """digits-mlp (one replica, `traffic`) and its shadow application (the leaning copy)."""
+def configured(versions: dict[str, int], live: dict | None = None, **traffic: object) -> dict:
+    """digits-mlp (one replica, `traffic` and the rest of its user_config from `live`) and its
+    shadow application (the leaning copy)."""
+    user_config = {"max_batch_size": 16, "batch_wait_ms": 0, "traffic": traffic or None}
     config = mlp_config(
-        num_replicas=1,
-        autoscaling_config=None,
-        user_config={"max_batch_size": 16, "batch_wait_ms": 0, "traffic": traffic or None},
+        num_replicas=1, autoscaling_config=None, user_config={**user_config, **(live or {})}
     )
     primary = next(a for a in config["applications"] if a["name"] == APP)
     shadow = {
@@ -277,3 +280,89 @@ def test_an_arm_the_registry_lacks_is_refused_before_deploying(versions, tmp_pat
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 3 and len(lines) == 1, done.stderr
     assert "canary" in lines[0] and APP in lines[0], lines[0]
+
+
+def test_drift_stays_low_on_training_inputs_and_rises_on_inverted_digits(
+    endpoint, versions, digits_models, metrics_url
+):
+    """The window holds 600 rows: first the digits the model was trained on (the validation
+    split of its job), then the same digits with inverted intensities."""
+    drift = {"window": 600, "min_rows": 300}
+    deploy.deploy(configured(versions, {"drift": drift}), dashboard_url())
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{endpoint}/v2/models/{APP}", timeout=10).json()["parameters"].get(
+        "drift"
+    ) != {**drift, "share": 1.0}:
+        assert time.monotonic() < deadline, "drift config not live"
+        time.sleep(0.5)
+    version = str(versions["production"])
+    target = f"{endpoint}/v2/models/{APP}/versions/{version}/infer"
+    data, _ = validation_split(digits_models, f"{APP}@production")
+    rows = np.concatenate([data.x_val, data.x_train])[:600]
+
+    def drift_after(inputs: np.ndarray) -> dict[str, float]:
+        for batch in np.array_split(inputs, 60):
+            assert httpx.post(target, json=infer_body(batch), timeout=30).status_code == 200
+        time.sleep(4)  # a watcher tick (2 s) exports the whole window; Ray reports each 1 s
+        deadline = time.monotonic() + 30
+        while True:
+            samples = scrape(metrics_url)
+            figures = {
+                f"{stat}{feature}": total(
+                    samples, f"ray_kiln_drift_{stat}", model=APP, version=version, feature=feature
+                )
+                for stat in ("psi", "ks")
+                for feature in (INPUTS, OUTPUT)
+            }
+            counted = total(samples, "ray_kiln_drift_window_rows", model=APP, version=version)
+            if counted >= 600 and all(figures.values()) or time.monotonic() > deadline:
+                return figures
+            time.sleep(1)
+
+    same = drift_after(rows)
+    inverted = drift_after(1.0 - rows)
+    print(f"\ndrift on training digits {same}\non inverted digits {inverted}")
+    assert same[f"psi{INPUTS}"] < SHIFTED and same[f"psi{OUTPUT}"] < SHIFTED
+    assert inverted[f"psi{INPUTS}"] > SHIFTED and inverted[f"psi{OUTPUT}"] > SHIFTED
+    assert inverted[f"ks{INPUTS}"] > 2 * same[f"ks{INPUTS}"]
+
+
+def test_a_request_is_followed_by_its_id_into_the_replica_json_log(endpoint, versions):
+    """Serve takes the client's X-Request-Id (or makes one) and returns it; the replica's
+    sampled access log (here every answer) is a JSON line with the same id, the model, the
+    version and arm that answered, the status and the latency."""
+    import ray
+
+    split = {"production": 1, "candidate": 1}
+    deploy.deploy(configured(versions, {"access_log_share": 1.0}, split=split), dashboard_url())
+    target, body = infer(endpoint)
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+
+    def logged(request_id: str) -> dict | None:
+        for path in logs.glob(f"replica_{APP}_*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if request_id in line and line.startswith("{"):
+                    record = json.loads(line)
+                    if record.get("request_id") == request_id and "status" in record:
+                        return record
+        return None
+
+    deadline = time.monotonic() + 60
+    while True:  # the new user_config reaches the replica, then its log is flushed
+        request_id = f"trace-{uuid.uuid4().hex}"
+        answer = httpx.post(target, content=body, headers={"X-Request-Id": request_id}, timeout=30)
+        assert answer.status_code == 200 and answer.headers["x-request-id"] == request_id
+        time.sleep(1)
+        if record := logged(request_id):
+            break
+        assert time.monotonic() < deadline, f"no JSON access log line for {request_id} in {logs}"
+    print(f"\naccess log: {record}")
+    assert record["model"] == APP and record["status"] == 200 and record["latency_ms"] > 0
+    assert record["arm"] == answer.json()["parameters"]["arm"]
+    assert str(record["version"]) == answer.json()["model_version"]
+    assert record["replica"] and record["application"] == APP
+
+    generated = httpx.post(target, content=body, timeout=30).headers.get("x-request-id")
+    assert generated and generated != request_id  # made by Serve when the client sends none
+    bad = httpx.post(target, content=b"{}", headers={"X-Request-Id": "trace-bad"}, timeout=30)
+    assert bad.status_code == 400 and bad.headers["x-request-id"] == "trace-bad"

@@ -1,12 +1,14 @@
 """Training on a real local Ray cluster: accuracy, reload, forecasting baseline, CLI output,
 and a worker killed mid-run."""
 
+import io
 import json
 import os
 import signal
 import threading
 import time
 
+import numpy as np
 import psutil
 import pytest
 
@@ -53,8 +55,11 @@ def test_registered_version_holds_card_curves_and_lineage(digits_cnn):
         "metrics.json",
         "lineage.json",
         "curves.png",
+        "reference.npy",
     }
     assert registry.read(version, "curves.png").startswith(b"\x89PNG")
+    reference = np.load(io.BytesIO(registry.read(version, "reference.npy")))
+    assert reference.shape[1:] == (1, 8, 8) and 1000 <= len(reference) <= 2000  # training rows
     lineage = registry.read_json(version, "lineage.json")
     assert lineage["run_name"] == outcome.run_name and len(lineage["data_fingerprint"]) == 64
     assert registry.read_json(version, "model.json")["inputs"][0]["shape"] == [-1, 1, 8, 8]

@@ -8,6 +8,6 @@
 Only the store is imported here: listing and promoting need neither torch nor the models.
 """
 
-from kiln.registry.store import MANIFEST, WEIGHTS, ModelRegistry, ModelVersion
+from kiln.registry.store import MANIFEST, REFERENCE, WEIGHTS, ModelRegistry, ModelVersion
 
-__all__ = ["MANIFEST", "WEIGHTS", "ModelRegistry", "ModelVersion"]
+__all__ = ["MANIFEST", "REFERENCE", "WEIGHTS", "ModelRegistry", "ModelVersion"]

@@ -32,6 +32,7 @@ from kiln.settings import absolute, get_settings
 
 MANIFEST = "MANIFEST.json"
 WEIGHTS = "weights.safetensors"
+REFERENCE = "reference.npy"  # training inputs that live traffic is compared with (drift)
 REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]*)(@(?P<tag>[A-Za-z0-9._-]+))?$")
 
 

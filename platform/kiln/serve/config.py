@@ -96,18 +96,37 @@ class Traffic(BaseModel):
         return split
 
 
-class ModelUserConfig(Batching):
-    """A model deployment's `user_config`: batching and the rollout, both changed in place."""
+class Drift(BaseModel):
+    """Live inputs and outputs compared with the version's training reference (PSI and KS
+    per feature and for the output, as metrics; kiln.serve.replica.drift)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: PositiveInt = Field(2000, description="the last rows compared")
+    share: float = Field(1.0, gt=0, le=1, description="the share of requests kept")
+    min_rows: PositiveInt = Field(200, description="a smaller window exports nothing")
+
+
+class EndpointUserConfig(Batching):
+    """What every Kiln deployment's `user_config` holds: batching, a rollout, and the share of
+    answers logged (errors always are); all changed in place, without a restart."""
 
     traffic: Traffic | None = None
+    access_log_share: float = Field(
+        0.01, ge=0, le=1, description="the share of successful answers logged (JSON lines)"
+    )
 
 
-class RecommendUserConfig(Batching):
+class ModelUserConfig(EndpointUserConfig):
+    """A model deployment's `user_config`, with drift tracking (`drift: null` turns it off)."""
+
+    drift: Drift | None = Drift()
+
+
+class RecommendUserConfig(EndpointUserConfig):
     """A recommendation deployment's `user_config`. A rollout's arm is drawn by a hash of the
     user id (always sticky: a user sees one arm, and the events the user posts count for
     it), so its traffic takes a split only."""
-
-    traffic: Traffic | None = None
 
     @field_validator("traffic")
     @classmethod

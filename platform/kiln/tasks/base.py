@@ -30,6 +30,8 @@ class Task:
     # The model card's inputs and outputs, from the data schema and the family's params.
     signature: Callable[[DataSchema, dict[str, Any]], tuple[Tensor, Tensor]]
     loss: Callable[[], Any] | None = None  # an nn.Module factory, for tasks with one criterion
+    # Registered with a sample of training inputs that serving compares live inputs with.
+    drift: bool = False
 
     def criterion(self) -> Any:
         """The loss module of a task trained on one (a GAN's or a ranker's loop has its own)."""

@@ -40,6 +40,7 @@ CLASSIFICATION = register(
         predictor="kiln.serve.replica.predictor:Classifier",
         signature=signature,
         loss=cross_entropy,
+        drift=True,
     )
 )
 for name in ("regression", "forecasting"):
@@ -52,5 +53,6 @@ for name in ("regression", "forecasting"):
             predictor="kiln.serve.replica.predictor:Predictor",
             signature=signature,
             loss=mean_squared_error,
+            drift=True,
         )
     )

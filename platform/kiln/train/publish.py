@@ -1,22 +1,27 @@
 """Registering a finished run: weights, card, resolved spec, metrics, curves and lineage."""
 
+import io
 import json
+import math
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import torch
 
-from kiln import plots
+from kiln import plots, tasks
 from kiln.data import Dataset, StreamedDataset
 from kiln.idmaps import IdMap
 from kiln.registry.card import model_card
-from kiln.registry.store import WEIGHTS, ModelRegistry, ModelVersion, json_bytes
+from kiln.registry.store import REFERENCE, WEIGHTS, ModelRegistry, ModelVersion, json_bytes
 from kiln.spec import JobSpec, spec_to_yaml
 from kiln.train.session import ARTIFACTS, MODEL_FILE
+
+REFERENCE_ROWS, REFERENCE_BYTES = 2000, 8 * 2**20
 
 
 def publish(
@@ -39,6 +44,7 @@ def publish(
         "lineage.json": json_bytes({**lineage(spec, dataset, outcome), **(extra_lineage or {})}),
         **artifacts,  # what the loop chose to keep with the model, e.g. a GAN's sample grid
         **id_files(dataset),
+        **reference_file(dataset),
         **(extra_files or {}),
     }
     if outcome.history:
@@ -54,6 +60,25 @@ def id_files(dataset: Dataset | StreamedDataset) -> dict[str, bytes]:
     """A recommender's user and item id maps (`users.parquet`, `items.parquet`)."""
     ids = dataset.extras.get("ids", {})
     return {f"{name}.parquet": IdMap(values).to_parquet() for name, values in ids.items()}
+
+
+def reference_file(dataset: Dataset | StreamedDataset) -> dict[str, bytes]:
+    """Up to 2,000 training inputs (8 MiB at most) as the model takes them, for the tasks
+    whose serving tracks drift (kiln.serve.replica.drift): drawn at random from a dataset in
+    memory, the first rows read from a streamed one (reading them all would cost an epoch)."""
+    schema = dataset.schema
+    if not tasks.get(schema.task).drift:
+        return {}
+    row_bytes = math.prod(schema.input_shape) * np.dtype(schema.input_dtype).itemsize
+    rows = max(1, min(REFERENCE_ROWS, REFERENCE_BYTES // row_bytes))
+    if isinstance(dataset, Dataset):
+        x = dataset.x_train
+        sample = x[np.sort(np.random.default_rng(0).permutation(len(x))[:rows])]
+    else:
+        sample = dataset.datasets["train"].take_batch(rows, batch_format="numpy")["x"]
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(sample), allow_pickle=False)
+    return {REFERENCE: buffer.getvalue()}
 
 
 def lineage(spec: JobSpec, dataset: Dataset | StreamedDataset, outcome) -> dict[str, Any]:

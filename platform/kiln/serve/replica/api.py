@@ -136,7 +136,7 @@ async def _timed(endpoint: ModelEndpoint, request: Request, version: int | None)
         code = status_of(e)
         return JSONResponse({"error": str(e)}, code)
     finally:
-        endpoint.metrics.answered(answered, code, (time.perf_counter() - start) * 1000, arm)
+        endpoint.answered(answered, code, (time.perf_counter() - start) * 1000, arm)
 
 
 def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:

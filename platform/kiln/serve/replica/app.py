@@ -87,8 +87,8 @@ class ModelDeployment(ModelService):  # ModelService: the same model over gRPC
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = ModelUserConfig.model_validate(user_config)
-        self.endpoint.set_batching(config)
-        self.endpoint.set_traffic(config.traffic)
+        self.endpoint.reconfigure(config)
+        self.endpoint.set_drift(config.drift)
 
     async def shadow_predict(self, request: InferenceRequest) -> dict[str, np.ndarray]:
         """Another endpoint's copy of a request it answered (its `traffic.shadow`): the
@@ -97,7 +97,8 @@ class ModelDeployment(ModelService):  # ModelService: the same model over gRPC
         return outputs
 
     def __del__(self) -> None:
-        self.endpoint.stop()
+        if endpoint := getattr(self, "endpoint", None):  # None: __init__ failed
+            endpoint.stop()
 
 
 @serve.deployment(name="Index", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=64)
@@ -166,8 +167,8 @@ class RecommendDeployment:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = RecommendUserConfig.model_validate(user_config)
-        self.endpoint.set_batching(config)
-        self.endpoint.model_endpoint.set_traffic(config.traffic)
+        self.endpoint.set_batching(config)  # the recommendations' batches
+        self.endpoint.model_endpoint.reconfigure(config)
 
     def __del__(self) -> None:
         self.endpoint.model_endpoint.stop()

@@ -10,7 +10,8 @@ needs no access to Serve from the machine that promotes.
 A rollout (`user_config.traffic`) sends requests that name no version to its arms instead:
 each arm is an alias or version of the same model, followed by the same watcher, and loaded
 before the first request is sent to it. A shadow (`traffic.shadow`) gets a copy of each answer's
-request (shadow.py).
+request (shadow.py). Drift tracking (`user_config.drift`) keeps a window of answered inputs
+and outputs per version, compared with its training reference on each watcher tick (drift.py).
 """
 
 import asyncio
@@ -27,8 +28,11 @@ from ray import serve
 
 from kiln.errors import KilnError, ModelNotFoundError, RequestError, UnknownArmError
 from kiln.registry import ModelRegistry
-from kiln.serve.config import Batching, Traffic
-from kiln.serve.replica.metrics import EndpointMetrics, ShadowMetrics
+from kiln.serve.config import Batching, Drift, EndpointUserConfig, Traffic
+from kiln.serve.replica import access
+from kiln.serve.replica.access import AccessLog
+from kiln.serve.replica.drift import DriftMonitor
+from kiln.serve.replica.metrics import DriftMetrics, EndpointMetrics, ShadowMetrics
 from kiln.serve.replica.predictor import Predictor
 from kiln.serve.replica.protocol import (
     InferenceRequest,
@@ -58,6 +62,8 @@ class ModelEndpoint:
         self.name, self.ref, self.registry, self.metrics = name, ref, registry, metrics
         self.on_switch = on_switch  # (old, new), after a new version starts answering
         self.on_load = on_load  # (new), before it answers: what a deployment prepares
+        self.drift: DriftMonitor | None = None  # set_drift, after the first version loads
+        self.access_log = AccessLog(name)
         first = registry.resolve(ref)
         self.registered_name = first.name  # `name` is the endpoint's (the application's)
         self.current = self._load(first.version)
@@ -97,10 +103,19 @@ class ModelEndpoint:
         else:
             outputs = predictor.run(x)
             self.metrics.batched(predictor.version, len(x))
+        if (drift := self.drift) is not None:
+            drift.observe(predictor.version, x, outputs)
         wanted = {name: outputs[name] for name in _wanted(request, outputs)}
         if mirror and (shadow := self.shadow) is not None:
             shadow.send(request, wanted)
         return predictor.version, arm, wanted
+
+    def answered(
+        self, version: int | None, status: int, latency_ms: float, arm: str | None = None
+    ) -> None:
+        """Count an answer (HTTP status, or its gRPC equivalent) and maybe log it."""
+        self.metrics.answered(version, status, latency_ms, arm)
+        self.access_log.answered(version, status, latency_ms, arm)
 
     async def infer(
         self, request: InferenceRequest, version: int | None = None, key: str | None = None
@@ -132,6 +147,7 @@ class ModelEndpoint:
                 "version": current.version,
                 "refused": {str(v): why for v, why in self.refused.items()},
                 **({"traffic": self.traffic.model_dump(exclude_none=True)} if self.traffic else {}),
+                **({"drift": self.drift.config.model_dump()} if self.drift else {}),
             },
         )
 
@@ -158,6 +174,12 @@ class ModelEndpoint:
                 self.others.popitem(last=False)
         self.others.move_to_end(version)
         return self.others[version]
+
+    def reconfigure(self, config: EndpointUserConfig) -> None:
+        """A `user_config` change, applied in the running replica."""
+        self.set_batching(config)
+        self.set_traffic(config.traffic)
+        self.access_log.share = config.access_log_share
 
     # --- rollouts --------------------------------------------------------------------------
 
@@ -216,6 +238,19 @@ class ModelEndpoint:
     def _version_of(self, arm: str) -> int:
         return self.registry.resolve(f"{self.registered_name}@{arm}").version
 
+    # --- drift ------------------------------------------------------------------------------
+
+    def set_drift(self, config: Drift | None) -> None:
+        """Start, change or stop drift tracking (a `user_config` change)."""
+        if config is None or (self.drift is not None and self.drift.config == config):
+            self.drift = None if config is None else self.drift
+            return
+        names = self.current.transform.get("standardize", {}).get("features")
+        drift = DriftMonitor(config, DriftMetrics(self.name), names)
+        for predictor in [self.current, *self.others.values()]:
+            drift.watch(predictor)
+        self.drift = drift
+
     # --- batching --------------------------------------------------------------------------
 
     def set_batching(self, batching: Batching) -> None:
@@ -270,6 +305,9 @@ class ModelEndpoint:
             try:
                 self.refresh()
                 self._follow_arms()
+                if (drift := self.drift) is not None:
+                    drift.export({self.current.version, *self.others})
+                access.flush()
             except KilnError as e:  # e.g. the alias was deleted: keep serving what we have
                 log.warning(f"{self.name}: cannot follow {self.ref}: {e}")
             # Ray exports a gauge only while it is being set: say it again every tick.
@@ -283,6 +321,8 @@ class ModelEndpoint:
             started = time.perf_counter()
             self.on_load(predictor)
             predictor.load_seconds += time.perf_counter() - started
+        if (drift := self.drift) is not None:
+            drift.watch(predictor)
         self.metrics.loaded(version, predictor.load_seconds, serving=False)
         return predictor
 

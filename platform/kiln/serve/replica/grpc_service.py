@@ -141,9 +141,7 @@ class ModelService(ServerService):
         finally:
             latency_ms = (time.perf_counter() - start) * 1000
             code = http_status(grpc_context.code())
-            self.endpoint.metrics.answered(
-                answered or self.endpoint.current.version, code, latency_ms, arm
-            )
+            self.endpoint.answered(answered or self.endpoint.current.version, code, latency_ms, arm)
 
     async def _answer(
         self,

@@ -158,3 +158,32 @@ class ShadowMetrics:
                     self.examples.inc(count, tags={**self.tags, "result": result})
         if comparison.max_delta is not None:
             self.delta.observe(comparison.max_delta, tags=self.tags)
+
+
+class DriftMetrics:
+    """ray_kiln_drift_psi{model,version,feature}   population stability index of the window
+    ray_kiln_drift_ks{model,version,feature}        Kolmogorov-Smirnov statistic (binned)
+    ray_kiln_drift_window_rows{model,version}       live rows compared
+
+    `feature` is an input feature's name (models of at most `max_features` features), `_inputs`
+    (the largest over the input features) or `_output` (the prediction). See drift.py.
+    """
+
+    def __init__(self, model: str, max_features: int = 64):
+        self.model, self.max_features = model, max_features
+        by_feature: Any = ("model", "version", "feature")
+        self.psi = metrics.Gauge("kiln_drift_psi", "population stability index", by_feature)
+        self.ks = metrics.Gauge("kiln_drift_ks", "Kolmogorov-Smirnov statistic", by_feature)
+        self.window = metrics.Gauge(
+            "kiln_drift_window_rows",
+            "live rows compared",
+            tag_keys=("model", "version"),  # type: ignore[arg-type]
+        )
+
+    def drifted(self, version: int, feature: str, psi: float, ks: float) -> None:
+        tags = {"model": self.model, "version": str(version), "feature": feature}
+        self.psi.set(psi, tags=tags)
+        self.ks.set(ks, tags=tags)
+
+    def rows(self, version: int, rows: int) -> None:
+        self.window.set(rows, tags={"model": self.model, "version": str(version)})

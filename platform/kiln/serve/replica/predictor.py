@@ -15,6 +15,7 @@ classifier takes waveforms, PCM or WAV files (kiln.serve.replica.clips).
 """
 
 import functools
+import io
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ from kiln import preprocess, tasks
 from kiln.builders import import_object
 from kiln.errors import RequestError
 from kiln.idmaps import IdMap
-from kiln.registry import ModelRegistry, ModelVersion
+from kiln.registry import REFERENCE, ModelRegistry, ModelVersion
 from kiln.registry.loading import LoadedModel, load_model
 from kiln.serve.replica import clips
 from kiln.serve.replica.protocol import TensorMetadata, file_bytes
@@ -46,6 +47,7 @@ class Predictor:
         self.outputs = [TensorMetadata(**t) for t in loaded.card["outputs"]]
         # Per input, the values `prepare` accepts beyond its datatype's: (lowest, highest).
         self.value_bounds: list[tuple[int, int] | None] = [None] * len(self.inputs)
+        self.reference: np.ndarray | None = None  # training inputs, as the model takes them
 
     @staticmethod
     def load(registry: ModelRegistry, version: ModelVersion) -> "Predictor":
@@ -56,6 +58,8 @@ class Predictor:
         loaded = load_model(registry, version)
         predictor = import_object(tasks.get(loaded.card["task"]).predictor)(loaded)
         predictor.run(predictor.prepare(0, predictor.example()))
+        if REFERENCE in version.manifest["files"]:
+            predictor.reference = np.load(io.BytesIO(loaded.read(REFERENCE)), allow_pickle=False)
         predictor.load_seconds = time.perf_counter() - start
         return predictor
 

@@ -119,7 +119,7 @@ class RecommendEndpoint:
         self.metrics.cache.inc(tags={**version_tags, "result": cache})
         latency_ms = (time.perf_counter() - start) * 1000
         self.metrics.latency.observe(latency_ms, tags=version_tags)
-        self.model_endpoint.metrics.answered(predictor.version, 200, latency_ms, arm)
+        self.model_endpoint.answered(predictor.version, 200, latency_ms, arm)
         return {
             "user_id": user_id,
             "arm": arm,
