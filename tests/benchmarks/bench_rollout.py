@@ -81,11 +81,44 @@ def main() -> None:
         results[name] = measure(url, body, headers)
     deploy.shutdown(dashboard)
     ray.shutdown()
+    results["drift, in process"] = drift_in_process()
     report(results)
+
+
+def drift_in_process(calls: int = 2000) -> dict:
+    """Drift tracking's own work, timed without the network: one `observe` per model call
+    (a request alone, or a batch of 16) and one `export` of a full window (each watcher tick)."""
+    import numpy as np
+    import torch
+
+    from kiln.registry import ModelRegistry
+    from kiln.serve.config import Drift
+    from kiln.serve.replica.drift import DriftMonitor
+    from kiln.serve.replica.metrics import DriftMetrics
+    from kiln.serve.replica.predictor import Predictor
+
+    registry = ModelRegistry.open()
+    predictor = Predictor.load(registry, registry.resolve(f"{APP}@production"))
+    monitor = DriftMonitor(Drift(), DriftMetrics(APP))
+    monitor.watch(predictor)
+    figures = {}
+    for rows in (1, 16):
+        x = torch.from_numpy(predictor.reference[:rows])
+        outputs = predictor.run(x)
+        start = time.perf_counter()
+        for _ in range(calls):
+            monitor.observe(predictor.version, x, outputs)
+        figures[f"observe_us_batch_{rows}"] = round((time.perf_counter() - start) / calls * 1e6, 1)
+    start = time.perf_counter()
+    monitor.export({predictor.version})
+    figures["export_ms_full_window"] = round((time.perf_counter() - start) * 1000, 2)
+    figures["features"] = int(np.prod(predictor.reference.shape[1:]))
+    return figures
 
 
 def report(results: dict) -> None:
     base = results["no policy"]
+    in_process = results.pop("drift, in process")
     for runs in results.values():
         for c, figures in runs.items():
             figures["throughput_vs_none"] = round(
@@ -93,7 +126,7 @@ def report(results: dict) -> None:
             )
             figures["p99_vs_none"] = round(figures["p99_ms"] / base[c]["p99_ms"], 3)
     OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2))
+    OUT.write_text(json.dumps({**results, "drift, in process": in_process}, indent=2))
     table = Table(
         "policy",
         "c",
@@ -120,4 +153,5 @@ def report(results: dict) -> None:
                 str(sum(f["errors"].values())),
             )
     Console(width=140).print(table)
+    print(f"drift tracking in process: {in_process}")
     print(f"figures: {OUT}")

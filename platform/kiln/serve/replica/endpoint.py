@@ -101,10 +101,7 @@ class ModelEndpoint:
         if self.batching.max_batch_size > 1:
             outputs = await self._batched((predictor, x))
         else:
-            outputs = predictor.run(x)
-            self.metrics.batched(predictor.version, len(x))
-        if (drift := self.drift) is not None:
-            drift.observe(predictor.version, x, outputs)
+            outputs = self._run(predictor, x)
         wanted = {name: outputs[name] for name in _wanted(request, outputs)}
         if mirror and (shadow := self.shadow) is not None:
             shadow.send(request, wanted)
@@ -266,13 +263,21 @@ class ModelEndpoint:
         for predictor in {id(p): p for p, _ in items}.values():
             positions = [i for i, (p, _) in enumerate(items) if p is predictor]
             sizes = [len(items[i][1]) for i in positions]
-            outputs = predictor.run(torch.cat([items[i][1] for i in positions]))
-            self.metrics.batched(predictor.version, sum(sizes))
+            outputs = self._run(predictor, torch.cat([items[i][1] for i in positions]))
             start = 0
             for position, size in zip(positions, sizes, strict=True):
                 results[position] = {k: v[start : start + size] for k, v in outputs.items()}
                 start += size
         return results
+
+    def _run(self, predictor: Predictor, x: torch.Tensor) -> dict[str, Any]:
+        """One model call, counted, and seen by drift tracking (once per batch, not per
+        request: a third of its cost at concurrency 32 in bench rollout)."""
+        outputs = predictor.run(x)
+        self.metrics.batched(predictor.version, len(x))
+        if (drift := self.drift) is not None:
+            drift.observe(predictor.version, x, outputs)
+        return outputs
 
     # --- following the alias ---------------------------------------------------------------
 
