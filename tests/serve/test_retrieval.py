@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kiln.idmaps import IdMap
-from kiln.serve.replica.retrieval import ItemIndex
+from kiln.retrieval import ItemIndex
 
 
 def test_id_maps_look_up_both_ways_and_round_trip_through_parquet():
@@ -58,6 +58,18 @@ def test_ivf_top_10_holds_95_percent_of_the_exact_top_10_on_50000_items():
         f"at nprobe {ann.nprobe}, built in {ann.build_s:.2f} s)"
     )
     assert recall >= 0.95
+
+    stored = ann.to_bytes()  # as registration stores it
+    started = time.perf_counter()
+    read = ItemIndex(vectors, stored=stored)
+    print(
+        f"stored index {len(stored) / 2**20:.1f} MiB, read in {time.perf_counter() - started:.2f} s"
+    )
+    assert (read.mode, read.recall, read.nprobe) == ("ivf", ann.recall, ann.nprobe)
+    assert read.search(users, 10, none) == got
+    assert exact.to_bytes() is None
+    with pytest.raises(ValueError, match="a stored index of 50000 items for 4999"):
+        ItemIndex(vectors[:5000], exact_up_to=1000, stored=stored)
 
 
 @pytest.mark.parametrize("exact_up_to", [10**9, 1000])

@@ -11,6 +11,8 @@ from kiln.data.interactions import Synthetic, synthetic_interactions
 from kiln.idmaps import IdMap
 from kiln.registry import ModelRegistry
 from kiln.registry.loading import load_model
+from kiln.retrieval import INDEX_FILE, ItemIndex
+from kiln.serve.replica.predictor import Predictor
 from kiln.train import run_job
 from kiln.validate import load_spec
 from tests.conftest import ROOT, quiet_view
@@ -98,9 +100,12 @@ def test_sequential_beats_two_tower_where_interests_drift(fresh_home):
     assert len(ranked) == 10 and not {i for i, _ in ranked} & {"3", "9", "12"}
 
 
-def test_streamed_interactions_train_on_two_workers_and_register_their_ids(tmp_path):
+def test_streamed_interactions_train_on_two_workers_and_register_their_ids(tmp_path, monkeypatch):
     """A folder of Parquet interactions streamed (grouped by user in Ray Data, windows made
-    on the way to the workers): every training row is accounted for and the model learns."""
+    on the way to the workers): every training row is accounted for and the model learns.
+    Its 300 items, above an exact-search threshold of 100, are registered with their IVF
+    index, which a replica then reads instead of building."""
+    monkeypatch.setenv("KILN_EXACT_RETRIEVAL_UP_TO", "100")
     frame = synthetic_interactions(Synthetic(users=600, items=300), seed=4)
     (tmp_path / "events").mkdir()
     for i, rows in enumerate(np.array_split(np.arange(len(frame)), 3)):
@@ -121,5 +126,13 @@ def test_streamed_interactions_train_on_two_workers_and_register_their_ids(tmp_p
     assert m["train_rows_dropped"] < 2  # streaming_split(equal=True) leaves out < world rows
     assert m["train_rows"] + m["train_rows_dropped"] == len(frame) - 600  # one held out each
     assert m["val_hr10"] > 2 * 10 / 101  # random ranking's HR@10 is 10/101
-    loaded = load_model(ModelRegistry.open(), f"{outcome.model}@{outcome.version}")
+    registry = ModelRegistry.open()
+    loaded = load_model(registry, f"{outcome.model}@{outcome.version}")
     assert len(IdMap.from_parquet(loaded.read("users.parquet"))) == 600
+    assert INDEX_FILE in loaded.version.manifest["files"]
+    recommender = Predictor.load(registry, loaded.version)
+    index = recommender.index
+    rebuilt = ItemIndex(recommender.item_vectors, exact_up_to=100)
+    assert index.mode == "ivf" and (index.nprobe, index.recall) == (rebuilt.nprobe, rebuilt.recall)
+    queries = recommender.item_vectors[1:6]
+    assert index.search(queries, 10, [set()] * 5) == rebuilt.search(queries, 10, [set()] * 5)

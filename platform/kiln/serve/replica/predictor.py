@@ -28,9 +28,9 @@ from kiln.errors import RequestError
 from kiln.idmaps import IdMap
 from kiln.registry import REFERENCE, ModelRegistry, ModelVersion
 from kiln.registry.loading import LoadedModel, load_model
+from kiln.retrieval import INDEX_FILE, ItemIndex
 from kiln.serve.replica import clips
 from kiln.serve.replica.protocol import TensorMetadata, file_bytes
-from kiln.serve.replica.retrieval import ItemIndex
 from kiln.settings import get_settings
 
 
@@ -189,6 +189,7 @@ class Recommender(Predictor):
         self.popular = [str(i) for i in transform["popular_items"]]
         with torch.inference_mode():
             self.item_vectors = self.module.item_vectors().float().numpy()  # (items + 1, D)
+        self._loaded = loaded  # to read the stored index when asked for it
         # Documented: indices valid in every column (users, then items, per row).
         self.value_bounds = [(0, min(len(self.users) + 1, self.schema["output_dim"]) - 1)]
 
@@ -204,9 +205,13 @@ class Recommender(Predictor):
 
     @functools.cached_property
     def index(self) -> ItemIndex:
-        """Built on first use (the recommendation endpoint asks for it when a version loads,
-        before it serves; the raw /v2 scores never need it)."""
-        return ItemIndex(self.item_vectors, get_settings().exact_retrieval_up_to)
+        """Read (or, for a version registered without one, built) on first use: the
+        recommendation endpoint asks for it when a version loads, before it serves; the raw
+        /v2 scores never need it."""
+        stored = None
+        if INDEX_FILE in self._loaded.version.manifest["files"]:
+            stored = self._loaded.read(INDEX_FILE)
+        return ItemIndex(self.item_vectors, get_settings().exact_retrieval_up_to, stored=stored)
 
     def user_vectors(self, rows: list[tuple[str, list[str]]]) -> np.ndarray:
         """(user id, recent item ids, oldest first) per row -> (rows, D) unit vectors; unknown
