@@ -190,18 +190,23 @@ class Domain(Strict):
 
 
 class SchedulerSpec(Strict):
-    name: Literal["fifo", "asha", "pbt"] = "asha"
+    name: Literal["fifo", "asha", "pbt", "pb2"] = "asha"
     grace_period: PositiveInt = Field(2, description="asha: epochs every trial runs")
     reduction_factor: float = Field(2.0, gt=1, description="asha: keep 1/reduction_factor per rung")
     perturbation_interval: PositiveInt = Field(
-        2, description="pbt: epochs between a trial's chances to exploit a better one"
+        2, description="pbt, pb2: epochs between a trial's chances to exploit a better one"
     )
     quantile_fraction: float = Field(
-        0.25, gt=0, le=0.5, description="pbt: the bottom fraction copies the top fraction"
+        0.25, gt=0, le=0.5, description="pbt, pb2: the bottom fraction copies the top fraction"
     )
     resample_probability: float = Field(
         0.25, ge=0, le=1, description="pbt: chance to draw a value anew rather than perturb it"
     )
+
+    @property
+    def population_based(self) -> bool:
+        """Trials that continue from each other's checkpoints (kiln.tune.population)."""
+        return self.name in ("pbt", "pb2")
 
 
 class TuneSpec(Strict):
@@ -229,16 +234,20 @@ class TuneSpec(Strict):
                 f"search: optuna samples each trial's values and cannot enumerate a grid "
                 f"({grids[0]}: grid); use search: grid, or a choice domain"
             )
-        if self.scheduler.name == "pbt" and self.search == "optuna":
+        scheduler = self.scheduler.name
+        if self.scheduler.population_based and self.search == "optuna":
             raise ValueError(
-                "scheduler: pbt chooses each trial's next values itself; Ray runs it with "
-                "search: random or grid, not optuna"
+                f"scheduler: {scheduler} chooses each trial's next values itself; Ray runs it "
+                "with search: random or grid, not optuna"
             )
         mutable = [p for p, d in self.space.items() if d.samples and p.startswith("train.")]
-        if self.scheduler.name == "pbt" and not mutable:
+        if scheduler == "pb2":  # a Gaussian process over numeric bounds
+            mutable = [p for p in mutable if self.space[p].kind != "choice"]
+        if self.scheduler.population_based and not mutable:
+            what = "a uniform, loguniform or randint" if scheduler == "pb2" else "a sampled"
             raise ValueError(
-                "scheduler: pbt needs a sampled train.* domain to mutate (model and data values "
-                "travel with the weights: a new size would not fit them)"
+                f"scheduler: {scheduler} needs {what} train.* domain to mutate (model and data "
+                "values travel with the weights: a new size would not fit them)"
             )
         if self.search == "grid" and not grids:
             raise ValueError("search: grid needs at least one grid domain (e.g. {grid: [1, 2]})")

@@ -1,11 +1,15 @@
-"""PBT's pure parts: perturbed values brought back into their domains, and a run continued
-from another run's optimizer state with its own hyperparameters."""
+"""PBT's pure parts: perturbed values brought back into their domains, PB2's bounds, and a run
+continued from another run's optimizer state with its own hyperparameters."""
 
 import torch
+from ray.tune.schedulers.pb2 import PB2
 
 from kiln.spec import Domain, TrainSpec
 from kiln.train.session import hyperparameters, make_optimizer, make_scheduler, take_hyperparameters
-from kiln.tune.population import Inheritance, run_name, within_space
+from kiln.tune.population import Inheritance, run_name, scheduler, within_space
+from kiln.tune.search import param_space
+from kiln.validate import load_spec
+from tests.conftest import ROOT
 
 
 def test_perturbed_values_are_clipped_to_their_range_and_integers_stay_integers():
@@ -18,6 +22,17 @@ def test_perturbed_values_are_clipped_to_their_range_and_integers_stay_integers(
     perturbed = {"lr": 0.012, "hidden": 38.4, "dropout": -0.1, "batch": 64}
     assert within_space(perturbed, space) == {"lr": 0.01, "hidden": 38, "dropout": 0.0, "batch": 64}
     assert within_space({"hidden": 300.0}, space) == {"hidden": 256}
+
+
+def test_pb2_searches_the_bounds_of_the_numeric_train_domains():
+    """PB2 shares PBT's trials (the pointer, the chain, the stop at the last epoch); only the
+    scheduler differs: a Gaussian-process bandit over the numeric train.* bounds."""
+    spec = load_spec(ROOT / "jobs/digits-cnn-pbt.yaml", ["tune.scheduler.name=pb2"])
+    assert spec.tune is not None and spec.tune.scheduler.population_based
+    pb2 = scheduler(spec, param_space(spec.tune))
+    assert isinstance(pb2, PB2)
+    assert pb2._hyperparam_bounds == {"train.optimizer.lr": [0.0001, 0.03]}  # not the model's
+    assert pb2._perturbation_interval == 2 and pb2._time_attr == "epoch"
 
 
 def test_a_run_is_named_after_what_it_inherited():

@@ -259,6 +259,10 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home
             "model.params.hidden: {randint: [32, 64]}\n  scheduler: {name: pbt}",
             "scheduler: pbt needs a sampled train.* domain to mutate",
         ),
+        (  # PB2 fits a Gaussian process over numeric bounds: a choice has none
+            "train.batch_size: {choice: [32, 64]}\n  scheduler: {name: pb2}",
+            "scheduler: pb2 needs a uniform, loguniform or randint train.* domain to mutate",
+        ),
         (  # a grid search with nothing to enumerate
             "train.optimizer.lr: {loguniform: [0.001, 0.01]}\n  search: grid",
             "search: grid needs at least one grid domain",

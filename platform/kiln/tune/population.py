@@ -1,4 +1,5 @@
-"""Population Based Training on Ray Train V2.
+"""Population Based Training (PBT, and PB2, which picks the next values with a Gaussian-process
+bandit over their bounds instead of perturbing them) on Ray Train V2.
 
 A Train V2 run reports to Tune through its controller, which carries metrics but no
 checkpoint, and PBT can only exploit a trial that reported one. So a PBT trial fits its Train
@@ -21,6 +22,7 @@ from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.schedulers.pb2 import PB2
 from ray.util.queue import Empty, Queue
 
 from kiln.spec import Domain, JobSpec
@@ -46,9 +48,25 @@ def mutable(path: str, domain: Domain) -> bool:
 
 
 def scheduler(spec: JobSpec, samplers: dict[str, Any]) -> PopulationBasedTraining:
-    """PBT over the space's mutable domains."""
+    """PBT or PB2 over the space's mutable domains (PB2: the numeric ones, by their bounds; a
+    loguniform range is searched on a linear scale, as Ray's PB2 does)."""
     assert spec.tune is not None
     t, space = spec.tune.scheduler, spec.tune.space
+    explore = functools.partial(within_space, space=space)
+    if t.name == "pb2":
+        bounds: dict[str, Any] = {
+            path: list(getattr(domain, domain.kind))
+            for path, domain in space.items()
+            if mutable(path, domain) and domain.kind in ("uniform", "loguniform", "randint")
+        }
+        return PB2(
+            time_attr="epoch",
+            perturbation_interval=t.perturbation_interval,
+            quantile_fraction=t.quantile_fraction,
+            hyperparam_bounds=bounds,
+            custom_explore_fn=explore,
+            synch=False,
+        )
     mutations = {path: samplers[path] for path, domain in space.items() if mutable(path, domain)}
     return PopulationBasedTraining(
         time_attr="epoch",
@@ -56,7 +74,7 @@ def scheduler(spec: JobSpec, samplers: dict[str, Any]) -> PopulationBasedTrainin
         quantile_fraction=t.quantile_fraction,
         resample_probability=t.resample_probability,
         hyperparam_mutations=mutations,
-        custom_explore_fn=functools.partial(within_space, space=space),
+        custom_explore_fn=explore,
         synch=False,
     )
 

@@ -76,7 +76,7 @@ def run_search(
             search=name,
             storage=storage,
             shared=None if dataset is None else share(dataset),
-            population_based=spec.tune.scheduler.name == "pbt",
+            population_based=spec.tune.scheduler.population_based,
         ),
         # No CPU: the trial only waits on its Train workers, which hold the resources. Tune
         # refuses an all-zero request, so the trial asks for a token 1 MiB of memory.
@@ -99,7 +99,7 @@ def run_search(
                 verbose=0,
                 # Tune stops a trial at its last epoch before PBT sees the result, which would
                 # otherwise restart a trial that has finished from a donor's last checkpoint.
-                stop={"epoch": spec.train.epochs} if spec.tune.scheduler.name == "pbt" else None,
+                stop={"epoch": spec.train.epochs} if spec.tune.scheduler.population_based else None,
             ),
         )
     grid = tuner.fit()
@@ -202,7 +202,7 @@ def tune_config(spec: JobSpec) -> tune.TuneConfig:
         search_alg: Any = ConcurrencyLimiter(OptunaSearch(seed=t.seed), max_concurrent=concurrent)
     else:  # Tune ignores TuneConfig.max_concurrent_trials for a variant generator: set it here
         search_alg = BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrent)
-    if t.scheduler.name == "pbt":
+    if t.scheduler.population_based:
         scheduler: Any = population.scheduler(spec, param_space(t))
     elif t.scheduler.name == "asha":
         scheduler = ASHAScheduler(
