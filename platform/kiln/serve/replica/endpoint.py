@@ -30,7 +30,6 @@ from kiln.errors import KilnError, ModelNotFoundError, RequestError, UnknownArmE
 from kiln.registry import ModelRegistry
 from kiln.serve.config import Batching, Drift, EndpointUserConfig, Traffic
 from kiln.serve.replica import access
-from kiln.serve.replica.access import AccessLog
 from kiln.serve.replica.drift import DriftMonitor
 from kiln.serve.replica.metrics import DriftMetrics, EndpointMetrics, ShadowMetrics
 from kiln.serve.replica.predictor import Predictor
@@ -63,7 +62,7 @@ class ModelEndpoint:
         self.on_switch = on_switch  # (old, new), after a new version starts answering
         self.on_load = on_load  # (new), before it answers: what a deployment prepares
         self.drift: DriftMonitor | None = None  # set_drift, after the first version loads
-        self.access_log = AccessLog(name)
+        self.access_log = access.AccessLog(name)
         first = registry.resolve(ref)
         self.registered_name = first.name  # `name` is the endpoint's (the application's)
         self.current = self._load(first.version)
@@ -239,9 +238,11 @@ class ModelEndpoint:
 
     def set_drift(self, config: Drift | None) -> None:
         """Start, change or stop drift tracking (a `user_config` change)."""
-        if config is None or (self.drift is not None and self.drift.config == config):
-            self.drift = None if config is None else self.drift
+        if config is None:
+            self.drift = None
             return
+        if self.drift is not None and self.drift.config == config:
+            return  # the same settings: keep the windows gathered so far
         names = self.current.transform.get("standardize", {}).get("features")
         drift = DriftMonitor(config, DriftMetrics(self.name), names)
         for predictor in [self.current, *self.others.values()]:
@@ -272,7 +273,7 @@ class ModelEndpoint:
 
     def _run(self, predictor: Predictor, x: torch.Tensor) -> dict[str, Any]:
         """One model call, counted, and seen by drift tracking (once per batch, not per
-        request: a third of its cost at concurrency 32 in bench rollout)."""
+        request, so that batching also batches drift's bookkeeping)."""
         outputs = predictor.run(x)
         self.metrics.batched(predictor.version, len(x))
         if (drift := self.drift) is not None:
