@@ -49,7 +49,10 @@ TRAINING = [
         ["train", "jobs/digits-mlp.yaml", "--quiet", *QUICK],
     ),
     (None, ["train", "jobs/digits-rnn.yaml", "--quiet", *QUICK]),
-    (None, ["train", "jobs/digits-gan.yaml", "--quiet", *QUICK, "--set", "train.epochs=20"]),
+    (
+        "A class-conditional GAN that draws the digit asked for (the whole job: 60 short epochs)",
+        ["train", "jobs/digits-gan.yaml", "--quiet", "--set", "register.alias=production"],
+    ),
     (
         f"Spoken digits: a CNN on log-mel frames of real recordings ({SPEECH_DATA[0]})",
         ["train", "jobs/spoken-digits-cnn.yaml", "--set", "register.alias=production"]
@@ -147,7 +150,13 @@ def requests() -> None:
         f"  labels {answer['outputs'][0]['data']}, truth {digits.target[:5].tolist()}, "
         f"version {answer['model_version']}"
     )
-    seeds = {"inputs": [tensor("seed", "INT64", np.array([1, 2, 3]))]}
+    asked = np.arange(10)
+    seeds = {
+        "inputs": [
+            tensor("seed", "INT64", np.arange(1, 11)),
+            tensor("labels", "INT64", asked),
+        ]
+    }
     drawn = curl("POST", "/v2/models/digits-gan/infer", seeds)["outputs"][0]
     pixels = np.array(drawn["data"], np.float32).reshape(drawn["shape"])
     read = curl(
@@ -155,8 +164,12 @@ def requests() -> None:
         "/v2/models/digits-cnn/infer",
         {"inputs": [tensor("input", "FP32", pixels)], "outputs": [{"name": "label"}]},
     )
-    console.print(f"  the CNN reads the GAN's digits as {read['outputs'][0]['data']}:")
-    console.print(ascii_digits(pixels[:, 0]), highlight=False)
+    console.print(
+        f"  the GAN drew the digits {asked.tolist()}; the CNN reads them as "
+        f"{read['outputs'][0]['data']}:"
+    )
+    for half in (pixels[:5, 0], pixels[5:, 0]):
+        console.print(ascii_digits(half) + "\n", highlight=False)
     error = curl(
         "POST",
         "/v2/models/digits-cnn/infer",

@@ -66,7 +66,44 @@ def test_gan_discriminator_scores_images():
     gan = models.create(ModelSpec(family="gan"), INPUTS["image"])
     images = gan(torch.randn(8, gan.latent_dim))
     assert images.shape == (8, 1, 8, 8) and images.abs().max() <= 1
-    assert gan.discriminator(torch.cat([images, images])).shape == (16,)
+    logits, classes = gan.discriminator(torch.cat([images, images]))
+    assert logits.shape == (16,) and classes is None
+
+
+def test_conditional_gan_draws_the_class_asked_for_or_one_from_the_noise():
+    params = {"conditional": True, "ema_decay": 0.9}
+    gan = models.create(ModelSpec(family="gan", params=params), INPUTS["image"]).eval()
+    z = torch.randn(6, gan.latent_dim)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    images = gan(z, labels)
+    assert images.shape == (6, 1, 8, 8)
+    assert not torch.allclose(gan(z, labels), gan(z, labels.flip(0)))  # the label steers
+    drawn = z[:, :10].argmax(1)  # no label (None, or -1 per image): the noise chooses
+    torch.testing.assert_close(gan(z), gan(z, drawn))
+    torch.testing.assert_close(gan(z, torch.full((6,), -1)), gan(z, drawn))
+    logits, classes = gan.discriminator(images, labels)
+    assert logits.shape == (6,) and classes.shape == (6, 10)
+    # the moving average starts as the generator, and is what draws
+    gan.average.update_parameters(gan.generator)
+    with torch.no_grad():
+        gan.generator.project[0].weight.add_(1.0)
+    torch.testing.assert_close(gan(z, labels), images)
+
+
+def test_conditional_gan_needs_noise_wide_enough_to_draw_a_class():
+    with pytest.raises(SpecError, match="latent_dim"):
+        models.create(
+            ModelSpec(family="gan", params={"conditional": True, "latent_dim": 8}), INPUTS["image"]
+        )
+
+
+def test_an_unconditional_gan_keeps_the_weight_names_registered_versions_have():
+    gan = models.create(ModelSpec(family="gan"), INPUTS["image"])
+    names = set(gan.state_dict())
+    assert not any(
+        n.startswith(("average.", "generator.embed", "discriminator.embed")) for n in names
+    )
+    assert "discriminator.net.6.parametrizations.weight.original" in names
 
 
 def test_params_are_checked_against_the_builder():

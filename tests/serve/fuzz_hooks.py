@@ -1,8 +1,10 @@
-"""schemathesis hooks for Kiln's documents (SCHEMATHESIS_HOOKS=tests.serve.fuzz_hooks): the two
-rules of the Open Inference Protocol that no JSON Schema can state, applied to the requests
-schemathesis generates as valid, so that "valid" means what the protocol means.
+"""schemathesis hooks for Kiln's documents (SCHEMATHESIS_HOOKS=tests.serve.fuzz_hooks): the
+rules of the Open Inference Protocol, and Kiln's, that no JSON Schema can state, applied to the
+requests schemathesis generates as valid, so that "valid" means what the protocol means.
 
 - A tensor's data count is the product of its shape: `data` is repeated or cut to fit.
+- An optional input sent beside the main one (a conditional generator's `labels`) has one
+  value per example of the main input: its shape is set to that batch.
 - A binary body (application/octet-stream) is a JSON header of Inference-Header-Content-Length
   bytes, then the tensors' raw bytes: the body is built from the model's inputs
   (KILN_FUZZ_INPUTS, its metadata's `inputs` as JSON) and the header set.
@@ -23,6 +25,7 @@ from kiln.serve.replica import binary
 from kiln.serve.replica.protocol import DTYPES
 
 MAX_VALUES = 4096  # per generated tensor: the fuzzer tests rules, not throughput
+OPTIONAL = {"labels"}  # inputs that only come beside another (kiln.serve.replica.predictor)
 
 
 @schemathesis.hook
@@ -36,8 +39,14 @@ def map_case(context, case):
             case.body, length = binary_body(inputs, seed=zlib.crc32(bytes(case.body or b"")))
             case.headers = {**(case.headers or {}), binary.HEADER_LENGTH: str(length)}
     elif isinstance(case.body, dict):
-        for tensor in case.body.get("inputs") or []:
+        tensors = [t for t in case.body.get("inputs") or [] if isinstance(t, dict)]
+        for tensor in tensors:
             fit_data_to_shape(tensor)
+        main = [t for t in tensors if t.get("name") not in OPTIONAL and t.get("shape")]
+        for tensor in tensors:
+            if tensor.get("name") in OPTIONAL and main and tensor.get("shape"):
+                tensor["shape"] = [main[0]["shape"][0]]
+                fit_data_to_shape(tensor)
     return case
 
 
@@ -56,6 +65,7 @@ def fit_data_to_shape(tensor: dict) -> None:
 def binary_body(inputs: list[dict], seed: int) -> tuple[bytes, int]:
     """A valid request for one of the model's inputs with the binary extension."""
     rng = np.random.default_rng(seed)
+    inputs = [t for t in inputs if t["name"] not in OPTIONAL]
     tensor = inputs[seed % len(inputs)]
     shape = [int(rng.integers(1, 4)) if d == -1 else d for d in tensor["shape"]]
     dtype = DTYPES[tensor["datatype"]]

@@ -63,12 +63,13 @@ def test_model_metadata_and_readiness(http, digits_models):
 
 def test_each_model_documents_its_own_input(http):
     """A client generated from a model's OpenAPI document sends the input it takes."""
-    for name, tensors in [
-        ("digits-cnn", [("input", "FP32", [None, 1, 8, 8])]),
-        ("digits-gan", [("latent", "FP32", [None, 32]), ("seed", "INT64", [None])]),
+    gan = [("latent", "FP32", [None, 32]), ("seed", "INT64", [None]), ("labels", "INT64", [None])]
+    for name, tensors, most in [
+        ("digits-cnn", [("input", "FP32", [None, 1, 8, 8])], 1),
+        ("digits-gan", gan, 2),  # labels may come beside latent or seed
     ]:
         schemas = http.get(f"/v2/models/{name}/openapi.json").json()["components"]["schemas"]
-        assert schemas["InferenceRequest"]["properties"]["inputs"]["maxItems"] == 1
+        assert schemas["InferenceRequest"]["properties"]["inputs"]["maxItems"] == most
         documented = []
         for choice in schemas["RequestInput"]["oneOf"]:
             shape = choice["properties"]["shape"]["prefixItems"]
@@ -155,21 +156,36 @@ def test_requested_outputs_and_request_id(http):
     assert answer["outputs"][0]["datatype"] == "BYTES"
 
 
-def test_gan_draws_the_same_digit_for_the_same_seed(http):
-    def draw(seeds):
-        body = infer_body(np.array(seeds, np.int64), name="seed", datatype="INT64")
-        response = http.post("/v2/models/digits-gan/infer", json=body)
-        assert response.status_code == 200, response.text
+def test_gan_draws_the_same_digit_for_the_same_seed_and_label(http):
+    def draw(seeds, labels=None, status=200):
+        inputs = [infer_body(np.array(seeds, np.int64), name="seed", datatype="INT64")["inputs"][0]]
+        if labels is not None:
+            labels = np.array(labels, np.int64)
+            inputs.append(infer_body(labels, name="labels", datatype="INT64")["inputs"][0])
+        response = http.post("/v2/models/digits-gan/infer", json={"inputs": inputs})
+        assert response.status_code == status, response.text
+        if status != 200:
+            return response.json()["error"]
         images = response.json()["outputs"][0]
         return np.array(images["data"]).reshape(images["shape"])
 
-    first, again = draw([7, 8]), draw([7])
+    first, again = draw([7, 8], [3, 3]), draw([7], [3])
     assert first.shape == (2, 1, 8, 8) and first.min() >= 0 and first.max() <= 1
-    np.testing.assert_allclose(first[0], again[0], atol=1e-6)
+    np.testing.assert_array_equal(draw([7], [3]), again)  # the same request: the same image
+    np.testing.assert_allclose(first[0], again[0], atol=1e-6)  # (in another batch: float noise)
     assert not np.allclose(first[0], first[1])
+    np.testing.assert_allclose(draw([7, 8], [3]), first, atol=1e-6)  # one label for them all
+    assert not np.allclose(draw([7], [5])[0], first[0])  # the label steers
+    np.testing.assert_array_equal(draw([7]), draw([7]))  # no label: the noise picks one
+    for labels in ([10], [-1]):
+        assert "labels must lie in [0, 10)" in draw([7], labels, status=400)
+    assert "one per image" in draw([1, 2, 3], [1, 2], status=400)
     latent = infer_body(np.zeros((3, 32), np.float32), name="latent")
     images = http.post("/v2/models/digits-gan/infer", json=latent).json()["outputs"][0]
     assert images["shape"] == [3, 1, 8, 8]
+    meta = http.get("/v2/models/digits-gan").json()
+    assert meta["inputs"][-1] == {"name": "labels", "datatype": "INT64", "shape": [-1]}
+    assert meta["parameters"]["labels"]["7"] == "7"
 
 
 def test_api_keys(http):

@@ -1,13 +1,22 @@
 """DCGAN (Radford et al., 2015) sized for small images: a generator of transposed convolutions
 with batch norm, and a discriminator with spectral norm (Miyato et al., 2018) that keeps its
-gradients tame. `forward(z)` is the generator: what serving calls."""
+gradients tame. `forward(z, labels)` is the generator: what serving calls.
+
+Class-conditional (`conditional: true`): the generator takes a label embedding beside the
+noise; the discriminator scores the pair by projection (Miyato & Koyama, 2018) and also
+classifies real and generated images (an auxiliary classifier, Odena et al., 2017), which
+pushes each sample to read as the class it was asked for. `ema_decay` keeps an exponential
+moving average of the generator's weights (Karras et al., 2018), the one that is served.
+"""
 
 import math
+from typing import Annotated
 
 import torch
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from kiln.errors import SpecError
 from kiln.models.base import MODELS
@@ -17,12 +26,13 @@ START = 2  # the generator starts from 2x2 feature maps and doubles until the im
 
 
 class Generator(nn.Module):
-    def __init__(self, latent_dim: int, channels: int, size: int, width: int):
+    def __init__(self, latent_dim: int, channels: int, size: int, width: int, classes: int = 0):
         super().__init__()
         steps = int(math.log2(size // START))
         self.width = width
+        self.embed = nn.Embedding(classes, latent_dim) if classes else None
         self.project = nn.Sequential(
-            nn.Linear(latent_dim, width * START * START),
+            nn.Linear(latent_dim * (2 if classes else 1), width * START * START),
             nn.BatchNorm1d(width * START * START),
             nn.ReLU(),
         )
@@ -37,7 +47,10 @@ class Generator(nn.Module):
         blocks += [nn.Conv2d(width, channels, 3, padding=1), nn.Tanh()]
         self.blocks = nn.Sequential(*blocks)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, latent) -> (B, C, H, W) in [-1, 1]
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, latent) and, when conditional, (B,) class indices -> (B, C, H, W) in [-1, 1]."""
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(labels)], dim=1)
         return self.blocks(self.project(z).view(len(z), self.width, START, START))
 
 
@@ -59,7 +72,10 @@ class MinibatchStd(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, channels: int, size: int, width: int):
+    """Real-or-fake logits, and with `classes` the class logits of an auxiliary classifier;
+    the pair's logit adds the projection of the label's embedding on the image's features."""
+
+    def __init__(self, channels: int, size: int, width: int, classes: int = 0):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = channels
@@ -69,11 +85,21 @@ class Discriminator(nn.Module):
                 c_in += 1
             layers += [spectral_norm(nn.Conv2d(c_in, width, 4, 2, 1)), nn.LeakyReLU(0.2)]
             c_in, width, size = width, width * 2, size // 2
-        layers += [nn.Flatten(), spectral_norm(nn.Linear(c_in * START * START, 1))]
+        features = c_in * START * START
+        layers += [nn.Flatten(), spectral_norm(nn.Linear(features, 1))]
         self.net = nn.Sequential(*layers)
+        self.embed = spectral_norm(nn.Embedding(classes, features)) if classes else None
+        self.classify = spectral_norm(nn.Linear(features, classes)) if classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B,) logits
-        return self.net(x).squeeze(1)
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, C, H, W) [and (B,) labels] -> (B,) logits, (B, classes) class logits or None."""
+        if self.embed is None or self.classify is None:
+            return self.net(x).squeeze(1), None
+        features = self.net[:-1](x)
+        logits = self.net[-1](features).squeeze(1) + (self.embed(labels) * features).sum(1)
+        return logits, self.classify(features)
 
 
 class GAN(nn.Module):
@@ -85,14 +111,38 @@ class GAN(nn.Module):
         g_width: int,
         d_width: int,
         d_lr_scale: float,
+        classes: int = 0,
+        ema_decay: float = 0.0,
+        class_weight: float = 1.0,
+        mode_seeking: float = 0.0,
     ):
         super().__init__()
-        self.latent_dim, self.d_lr_scale = latent_dim, d_lr_scale
-        self.generator = Generator(latent_dim, channels, size, g_width)
-        self.discriminator = Discriminator(channels, size, d_width)
+        self.latent_dim, self.d_lr_scale, self.classes = latent_dim, d_lr_scale, classes
+        self.class_weight, self.mode_seeking = class_weight, mode_seeking  # read by the loop
+        self.generator = Generator(latent_dim, channels, size, g_width, classes)
+        self.discriminator = Discriminator(channels, size, d_width, classes)
+        self.average = (
+            AveragedModel(
+                self.generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
+            )
+            if ema_decay
+            else None
+        )
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.generator(z)
+    @property
+    def served(self) -> nn.Module:
+        """The generator that samples: the moving average of its weights, when kept."""
+        return self.average.module if self.average is not None else self.generator
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Where no label is given (None, or -1), a conditional generator draws the class from
+        the noise itself: the largest of its first `classes` values, uniform over classes,
+        so the same noise always gives the same image."""
+        if not self.classes:
+            return self.served(z)
+        drawn = z[:, : self.classes].argmax(dim=1)
+        labels = drawn if labels is None else torch.where(labels < 0, drawn, labels)
+        return self.served(z, labels)
 
 
 @MODELS.register("gan")
@@ -103,9 +153,15 @@ def gan(
     g_width: PositiveInt = 128,
     d_width: PositiveInt = 64,
     d_lr_scale: PositiveFloat = 4.0,
+    conditional: bool = False,
+    class_weight: Annotated[float, Field(ge=0)] = 1.0,
+    mode_seeking: Annotated[float, Field(ge=0)] = 0.0,
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0,
 ) -> nn.Module:
     """`d_lr_scale`: the discriminator learns this many times faster than the generator
-    (two time-scale updates, Heusel et al., 2017); read by the GAN training loop."""
+    (two time-scale updates, Heusel et al., 2017); read by the GAN training loop.
+    `conditional`: generate the class asked for (the data's classes). `ema_decay`: serve a
+    moving average of the generator's weights (0: the weights as trained)."""
     if len(schema.input_shape) != 3 or schema.input_shape[1] != schema.input_shape[2]:
         raise SpecError(f"gan needs square images (C, H, W); the data gives {schema.input_shape}")
     channels, size, _ = schema.input_shape
@@ -113,4 +169,18 @@ def gan(
         raise SpecError(f"gan needs an image size that is a power of two >= 4, not {size}")
     if g_width >> int(math.log2(size // START)) < 1:
         raise SpecError(f"g_width {g_width} is too small for {size}x{size} images")
-    return GAN(latent_dim, channels, size, g_width, d_width, d_lr_scale)
+    classes = schema.output_dim if conditional else 0
+    if conditional and latent_dim < classes:
+        raise SpecError(f"a conditional gan needs latent_dim >= its {classes} classes")
+    return GAN(
+        latent_dim,
+        channels,
+        size,
+        g_width,
+        d_width,
+        d_lr_scale,
+        classes,
+        ema_decay,
+        class_weight,
+        mode_seeking,
+    )

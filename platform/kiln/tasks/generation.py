@@ -17,7 +17,7 @@ def signature(schema: DataSchema, params: dict[str, Any]) -> tuple[Tensor, Tenso
 GENERATION = register(
     Task(
         name="generation",
-        metrics=("val_fid", "val_confident", "d_loss", "g_loss", "train_loss"),
+        metrics=("val_fid", "val_confident", "val_requested", "d_loss", "g_loss", "train_loss"),
         objective=("val_fid", "min"),
         loop="kiln.train.loops.gan",
         predictor="kiln.serve.replica.predictor:Generator",

@@ -68,7 +68,7 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     def narrow(schemas: dict[str, Any]) -> None:
         current = endpoint.current
         outputs = [o.name for o in current.outputs]
-        narrow_to(schemas, current.inputs, current.value_bounds, outputs)
+        narrow_to(schemas, current.inputs, current.value_bounds, outputs, current.optional_inputs)
 
     document_schemas(api, InferenceRequest, narrow=narrow)
 

@@ -38,7 +38,6 @@ from kiln.serve.replica.protocol import (
     InferenceResponse,
     ModelMetadata,
     encode_response,
-    pick_input,
 )
 from kiln.serve.replica.rollout import Feedback, Rollout
 from kiln.serve.replica.shadow import ShadowCopy
@@ -96,7 +95,7 @@ class ModelEndpoint:
         a request that is itself a copy). Raises RequestError (400) or ModelNotFoundError."""
         arm, version = self.route(version, key)
         predictor = await self.predictor(version)
-        x = predictor.prepare(*pick_input(request, predictor.inputs))
+        x = predictor.prepare_request(request)
         if self.batching.max_batch_size > 1:
             outputs = await self._batched((predictor, x))
         else:
@@ -135,7 +134,7 @@ class ModelEndpoint:
             name=self.name,
             versions=[str(v) for v in self.registry.versions(self.registered_name)],
             platform=f"pytorch_{torch.__version__.split('+')[0]}",
-            inputs=current.inputs,
+            inputs=current.inputs + [tensor for tensor, _ in current.optional_inputs],
             outputs=current.outputs,
             parameters={
                 "task": current.card["task"],
@@ -144,6 +143,7 @@ class ModelEndpoint:
                 "refused": {str(v): why for v, why in self.refused.items()},
                 **({"traffic": self.traffic.model_dump(exclude_none=True)} if self.traffic else {}),
                 **({"drift": self.drift.config.model_dump()} if self.drift else {}),
+                **current.notes,
             },
         )
 

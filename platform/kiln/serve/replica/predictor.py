@@ -1,12 +1,12 @@
 """A registered model in eval mode, and the tensors it takes and gives over the protocol.
 
     predictor = Predictor.load(registry, registry.resolve("digits-cnn@production"))
-    x = predictor.prepare(*pick_input(request, predictor.inputs))          # one request
+    x = predictor.prepare_request(request)                                 # one request
     outputs = predictor.run(torch.cat([x, ...]))                           # a batch of them
 
 Per task: classifiers give `probabilities` and `label`; generators take latent vectors (or one
-seed per image) and give `images` in [0, 1]; regressors, forecasters and recommenders give the
-model's `output` (or `scores`).
+seed per image), with the class of each image (`labels`) when conditional, and give `images`
+in [0, 1]; regressors, forecasters and recommenders give the model's `output` (or `scores`).
 
 Inputs are raw: the preprocessing fitted at training (`schema.transform`: standardisation, a
 text vocabulary) is applied here by the training code's own functions (kiln.preprocess). A
@@ -30,7 +30,13 @@ from kiln.registry import REFERENCE, ModelRegistry, ModelVersion
 from kiln.registry.loading import LoadedModel, load_model
 from kiln.retrieval import INDEX_FILE, ItemIndex
 from kiln.serve.replica import clips
-from kiln.serve.replica.protocol import TensorMetadata, file_bytes
+from kiln.serve.replica.protocol import (
+    InferenceRequest,
+    TensorMetadata,
+    file_bytes,
+    pick_input,
+    take_input,
+)
 from kiln.settings import get_settings
 
 
@@ -47,6 +53,9 @@ class Predictor:
         self.outputs = [TensorMetadata(**t) for t in loaded.card["outputs"]]
         # Per input, the values `prepare` accepts beyond its datatype's: (lowest, highest).
         self.value_bounds: list[tuple[int, int] | None] = [None] * len(self.inputs)
+        # Inputs that may come beside the one of `inputs` a request sends, with their bounds.
+        self.optional_inputs: list[tuple[TensorMetadata, tuple[int, int] | None]] = []
+        self.notes: dict[str, Any] = {}  # what the metadata tells clients about the inputs
         self.reference: np.ndarray | None = None  # training inputs, as the model takes them
 
     @staticmethod
@@ -68,6 +77,10 @@ class Predictor:
         first = self.inputs[0]
         dtype = np.float32 if first.datatype == "FP32" else np.int64
         return np.zeros([1, *first.shape[1:]], dtype=dtype)
+
+    def prepare_request(self, request: InferenceRequest) -> torch.Tensor:
+        """One request as a model input (batched with others' for `run`). Raises RequestError."""
+        return self.prepare(*pick_input(request, self.inputs))
 
     def prepare(
         self, index: int, array: np.ndarray, parameters: dict[str, Any] | None = None
@@ -148,30 +161,60 @@ class Classifier(Predictor):
         return {"probabilities": probabilities, "label": self.classes[probabilities.argmax(1)]}
 
 
+LABELS = TensorMetadata(name="labels", datatype="INT64", shape=[-1])  # a conditional generator's
+
+
 class Generator(Predictor):
-    """Images from latent vectors, or from seeds: seed s always draws the same image."""
+    """Images from latent vectors, or from seeds: seed s always draws the same image. A
+    conditional generator also takes `labels`, the class of each image (one label for all of
+    them, or one each); without them the class is drawn from the noise (kiln.models.gan).
+    The prepared input carries the label as one more column (-1: none asked), so that
+    requests with and without labels batch together."""
 
     def __init__(self, loaded: LoadedModel, load_seconds: float = 0.0):
         super().__init__(loaded, load_seconds)
         self.latent_dim = self.inputs[0].shape[1]
         self.inputs.append(TensorMetadata(name="seed", datatype="INT64", shape=[-1]))
         self.value_bounds = [None, (0, 2**63 - 2)]
+        self.classes: int = getattr(self.module, "classes", 0)
+        if self.classes:
+            self.optional_inputs = [(LABELS, (0, self.classes - 1))]
+            names = self.schema.get("classes") or [str(c) for c in range(self.classes)]
+            self.notes = {"labels": dict(enumerate(names))}
+
+    def prepare_request(self, request: InferenceRequest) -> torch.Tensor:
+        labels, request = take_input(request, LABELS) if self.classes else (None, request)
+        x = super().prepare_request(request)
+        if labels is not None:
+            _check_ids(labels, self.classes, "labels")
+            if len(labels) not in (1, len(x)):
+                raise RequestError(
+                    f"send one label, or one per image ({len(x)}); got {len(labels)}"
+                )
+            x[:, -1] = torch.from_numpy(np.broadcast_to(labels, len(x)).astype(np.float32))
+        return x
 
     def prepare(
         self, index: int, array: np.ndarray, parameters: dict[str, Any] | None = None
     ) -> torch.Tensor:
         if self.inputs[index].name == "latent":
-            return super().prepare(index, array)
-        _check_ids(array, 2**63 - 1, "seeds")
-        noise = [
-            torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(int(seed)))
-            for seed in array
-        ]
-        return torch.stack(noise)
+            z = super().prepare(index, array)
+        else:
+            _check_ids(array, 2**63 - 1, "seeds")
+            z = torch.stack(
+                [
+                    torch.randn(self.latent_dim, generator=torch.Generator().manual_seed(int(s)))
+                    for s in array
+                ]
+            )
+        if not self.classes:
+            return z
+        return torch.cat([z, torch.full((len(z), 1), -1.0)], dim=1)  # no label asked (yet)
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        images = (self.module(x).float() + 1) / 2  # the generator's [-1, 1] -> pixels in [0, 1]
+        images = self.module(x[:, :-1], x[:, -1].long()) if self.classes else self.module(x)
+        images = (images.float() + 1) / 2  # the generator's [-1, 1] -> pixels in [0, 1]
         return {"images": images.clamp(0, 1).numpy()}
 
 

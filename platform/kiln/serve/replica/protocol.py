@@ -277,21 +277,40 @@ def pick_input(
     raise RequestError(f"unknown input {given.name!r}; this model takes {names}")
 
 
+def take_input(
+    request: InferenceRequest, optional: TensorMetadata
+) -> tuple[np.ndarray | None, InferenceRequest]:
+    """An optional input sent beside the main one (a generator's `labels`), decoded, and the
+    request without it; (None, request) when it was not sent."""
+    given = next((i for i in request.inputs if i.name == optional.name), None)
+    if given is None:
+        return None, request
+    rest = [i for i in request.inputs if i is not given]
+    return decode(given, optional), request.model_copy(update={"inputs": rest})
+
+
 def narrow_to(
     schemas: dict[str, Any],
     accepted: list[TensorMetadata],
     bounds: list[tuple[int, int] | None],
     outputs: list[str],
+    optional: Sequence[tuple[TensorMetadata, tuple[int, int] | None]] = (),
 ) -> None:
     """The OpenAPI components of one model's document, as exact as JSON Schema allows: one
     input, named, typed and shaped as this model takes it (any batch size), its data flat and
-    of that datatype within the values the model accepts (`bounds`, per input), outputs by
-    name. What no JSON Schema can state: a tensor's data count is the product of its shape."""
+    of that datatype within the values the model accepts (`bounds`, per input), the
+    `optional` inputs that may come beside it, outputs by name. What no JSON Schema can
+    state: a tensor's data count is the product of its shape."""
     request = schemas["InferenceRequest"]
-    request["properties"]["inputs"]["maxItems"] = 1
+    inputs = request["properties"]["inputs"]
+    inputs["maxItems"] = 1 + len(optional)
+    if optional:  # exactly one of the alternatives, beside them
+        one_of = {"properties": {"name": {"enum": [t.name for t in accepted]}}}
+        inputs |= {"contains": one_of, "minContains": 1, "maxContains": 1}
     request["example"] = {"inputs": [_example(accepted[0])]}
     schemas["RequestInput"]["oneOf"] = [
-        _input_schema(tensor, limits) for tensor, limits in zip(accepted, bounds, strict=True)
+        _input_schema(tensor, limits)
+        for tensor, limits in [*zip(accepted, bounds, strict=True), *optional]
     ]
     schemas["RequestOutput"]["properties"]["name"]["enum"] = outputs
 
