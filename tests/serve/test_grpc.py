@@ -56,6 +56,25 @@ def test_typed_contents_answer_as_raw_ones(serving, digits_models):
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
 
+def test_triton_grpc_client_draws_the_digit_asked_for_as_rest_does(client, http):
+    """Two raw inputs, as Triton's client sends them: seeds and the conditional GAN's labels."""
+    seeds, labels = np.array([3, 4, 5], np.int64), np.array([7, 7, 2], np.int64)
+    inputs = []
+    for name, values in (("seed", seeds), ("labels", labels)):
+        inputs.append(triton.InferInput(name, list(values.shape), "INT64"))
+        inputs[-1].set_data_from_numpy(values)
+    drawn = client.infer("digits-gan", inputs, headers={"application": "digits-gan"})
+    body = {
+        "inputs": [
+            {"name": n, "datatype": "INT64", "shape": [3], "data": v.tolist()}
+            for n, v in (("seed", seeds), ("labels", labels))
+        ]
+    }
+    rest = http.post("/v2/models/digits-gan/infer", json=body).json()["outputs"][0]
+    assert drawn.as_numpy("images").shape == (3, 1, 8, 8)
+    np.testing.assert_allclose(drawn.as_numpy("images").ravel(), rest["data"], atol=1e-6)
+
+
 def test_triton_grpc_client_health_metadata_and_readiness(client):
     assert client.is_server_live(headers=CNN) and client.is_server_ready(headers=CNN)
     assert "binary_tensor_data" in client.get_server_metadata(headers=CNN).extensions
