@@ -168,8 +168,8 @@ def requests() -> None:
         f"  the GAN drew the digits {asked.tolist()}; the CNN reads them as "
         f"{read['outputs'][0]['data']}:"
     )
-    for half in (pixels[:5, 0], pixels[5:, 0]):
-        console.print(ascii_digits(half) + "\n", highlight=False)
+    for start in range(0, len(pixels), 4):  # four to a row: 80 columns
+        console.print(ascii_digits(pixels[start : start + 4, 0]) + "\n", highlight=False)
     error = curl(
         "POST",
         "/v2/models/digits-cnn/infer",
