@@ -98,7 +98,6 @@ def serve_and_bench(path: Path) -> dict:
 def main() -> None:
     import ray
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # as `kiln serve` starts Ray
     os.environ["KILN_HOME"] = tempfile.mkdtemp(prefix="kiln-bench-speech-")
     path = corpus()

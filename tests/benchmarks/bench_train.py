@@ -116,7 +116,6 @@ def time_to_first_epoch(home: str) -> float:
 def main() -> None:
     import ray
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     home = tempfile.mkdtemp(prefix="kiln-bench-")
     os.environ["KILN_HOME"] = home
     results = {

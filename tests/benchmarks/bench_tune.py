@@ -45,7 +45,6 @@ def search(scheduler: str) -> dict:
 def main() -> None:
     import ray
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ["KILN_HOME"] = tempfile.mkdtemp(prefix="kiln-bench-tune-")
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
     results = {name: search(name) for name in SCHEDULERS}

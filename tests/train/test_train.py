@@ -183,3 +183,20 @@ def test_resources_the_runs_own_placement_group_holds_are_not_a_shortfall():
         assert not placed({"CPU": 0.03}, before)  # it holds less than the workers need
     finally:
         remove_placement_group(group)
+
+
+def test_a_trainer_has_its_workers_reports_polled_often(ray_cluster, monkeypatch, tmp_path):
+    """Ray Train's controller takes a worker's report only when it polls (every 2 s by
+    default), and a worker with a report waiting blocks: digits-cnn's 0.5 s epochs took 2 s
+    each. Ray Train reads the interval from the process that calls fit(); a value the user
+    set there stays."""
+    from kiln.train.runner import build_trainer
+
+    spec = load_spec(ROOT / "jobs/digits-cnn.yaml")
+    dataset = datasets.build(spec.data, spec.task)
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    build_trainer(spec, dataset, "poll", str(tmp_path), [])
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.2"
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.5")
+    build_trainer(spec, dataset, "poll", str(tmp_path), [])
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5"
