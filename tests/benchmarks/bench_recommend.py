@@ -4,8 +4,9 @@ many users (the IVF index). Each: every request a cache hit (warm users) against
 a miss (users never asked for, so the vector is computed and written back), at concurrency 1
 and 16: req/s, p50, p99, and CPU milliseconds per request summed over every process of the
 serving path (HAProxy, the proxy, the replicas, Ray's own: the machine's busy CPU less the
-load generator's). Beside them: the replica's start (deploy to running, and the version's
-load with its index), the index's mode and measured recall, and Redis's round trip alone.
+load generator's). Beside them: the deploy (to running, Serve's own start included), a
+second replica's start while Serve runs (as autoscaling adds one), the index's mode and
+measured recall, and Redis's round trip alone.
 Figures go to bench-results/recommend.json.
 
 The two large catalogues come from a generator that scales (`clustered_interactions`): users
@@ -116,6 +117,8 @@ def recommender_served(overrides: list[str], exact_up_to: int) -> Iterator[dict]
         start_s = time.perf_counter() - started
         info = httpx.get(f"http://127.0.0.1:{port}/v1/", timeout=30).json()
         yield {
+            "config": config,
+            "dashboard": dashboard,
             "port": port,
             "redis": redis.url,
             "start_s": start_s,
@@ -171,7 +174,7 @@ def measure(served: dict, users: int) -> dict:
         assert httpx.get(url, timeout=30).json()["cache"] in ("miss", "hit")
     cold = iter(range(WARM + 1, users + 1))
     results = {
-        "replica_start_s": round(served["start_s"], 1),
+        "deploy_s": round(served["start_s"], 1),
         "retrieval": served["info"]["retrieval"],
         "redis_round_trip": redis_round_trip(served["redis"]),
     }
@@ -179,7 +182,26 @@ def measure(served: dict, users: int) -> dict:
         results[f"hits, c={c}"] = run(warm, c)
         fresh = [f"{base}/{next(cold)}?k=10" for _ in range(4000 if c == 1 else 4500)]
         results[f"misses, c={c}"] = run(fresh, c)
+    results["added_replica_s"] = round(added_replica_s(served), 1)
     return results
+
+
+def added_replica_s(served: dict) -> float:
+    """Seconds from asking for a second Recommender replica, as autoscaling does while Serve
+    runs, to its running: a replica's own start, without Serve's (which the deploy includes)."""
+    from kiln.serve.control import deploy
+
+    config, dashboard = served["config"], served["dashboard"]
+    (app,) = [a for a in config["applications"] if a["name"] == "recommend"]
+    app["deployments"][0]["num_replicas"] = 2
+    started = time.perf_counter()
+    deploy.deploy(config, dashboard)
+    while time.perf_counter() - started < 300:
+        status = deploy.details(dashboard)["applications"]["recommend"]["deployments"]
+        if len(deploy.running_replicas(status["Recommender"])) == 2:
+            return time.perf_counter() - started
+        time.sleep(0.2)
+    raise RuntimeError("the second replica did not start within 300 s")
 
 
 def main() -> None:
@@ -227,7 +249,8 @@ def report(results: dict) -> None:
     for catalogue, figures in results.items():
         rtt, retrieval = figures["redis_round_trip"], figures["retrieval"]
         print(
-            f"{catalogue}: replica start {figures['replica_start_s']} s, retrieval {retrieval}, "
+            f"{catalogue}: deploy {figures['deploy_s']} s, an added replica "
+            f"{figures['added_replica_s']} s, retrieval {retrieval}, "
             f"Redis alone p50 {rtt['p50_ms']} ms p99 {rtt['p99_ms']} ms"
         )
     print(f"figures: {OUT}")
