@@ -219,6 +219,8 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Configuration for experiment" not in resumed.stderr  # Tune's box: Kiln draws its own
+    assert "tensorboard" not in resumed.stderr.lower()
     result = json.loads(resumed.stdout)
     assert result["trials"] == 3
     after = finished()

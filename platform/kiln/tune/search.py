@@ -1,9 +1,12 @@
 """Building and running the search; registering the best trial with its story."""
 
+import contextlib
 import io
 import math
+import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,8 +105,21 @@ def run_search(
                 stop={"epoch": spec.train.epochs} if spec.tune.scheduler.population_based else None,
             ),
         )
-    grid = tuner.fit()
+    with quiet_tune():
+        grid = tuner.fit()
     return _finish(spec, grid, name, path, storage, dataset)
+
+
+@contextlib.contextmanager
+def quiet_tune():
+    """Kiln draws a search's progress itself (SearchView). Tune's newer console output prints
+    its experiment box and a TensorBoard command for Ray's own folder even at verbose=0; its
+    older one (RAY_AIR_NEW_OUTPUT=0, read when the search starts) prints nothing there. PBT's
+    advice to reuse actors does not apply: a trial is a Train run of its own."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
+        yield
 
 
 def run_trial(
