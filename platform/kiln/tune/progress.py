@@ -33,6 +33,8 @@ class SearchView(Callback):
         if self._live is not None:
             self._live.update(self.table())
             self._live.stop()
+            if not self._live.console.is_terminal:  # rich ends the frame with a line only there
+                self._live.console.line()
             self._live = None
 
     # Tune's callback hooks ---------------------------------------------------------------
