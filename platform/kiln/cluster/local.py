@@ -157,9 +157,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def ray_cli(*args: str) -> list[str]:
+    """A `ray` command line of the Ray this process imports (not whichever is on PATH, and
+    found where no `ray` script lies beside the interpreter: `pip install --target`, a
+    PYTHONPATH bundle)."""
+    return [sys.executable, "-m", "ray.scripts.scripts", *args]
+
+
 def ray_start(*args: str) -> list[str]:
-    """The `ray start` command line of this environment's Ray (not whichever is on PATH)."""
-    return [str(Path(sys.executable).with_name("ray")), "start", *args, "--disable-usage-stats"]
+    return ray_cli("start", *args, "--disable-usage-stats")
 
 
 def start_detached_head(metrics_port: int) -> bool:
@@ -180,8 +186,7 @@ def start_detached_head(metrics_port: int) -> bool:
 
 def stop_detached_head() -> None:
     """`ray stop` of this environment's Ray: what `start_detached_head` started."""
-    command = [str(Path(sys.executable).with_name("ray")), "stop"]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(ray_cli("stop"), capture_output=True, text=True)
     if done.returncode != 0:
         raise ClusterError(f"ray stop failed: {done.stderr.strip().splitlines()[-1:]}")
 
