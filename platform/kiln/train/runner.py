@@ -286,15 +286,12 @@ def best_checkpoint(result, spec: JobSpec) -> tuple[ray.train.Checkpoint, dict[s
 def run_history(checkpoint: ray.train.Checkpoint | None) -> list[dict[str, float]]:
     """Every epoch's metrics, from the latest checkpoint (so epochs redone after a resume
     appear once)."""
-    import torch
-
-    from kiln.train.session import STATE_FILE
+    from kiln.train.session import read_state
 
     if checkpoint is None:
         return []
     with checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
-    return state["progress"]["history"]
+        return read_state(folder)["progress"]["history"]
 
 
 def _root_cause(error: BaseException) -> str:

@@ -204,7 +204,7 @@ class WorkerSession:
         own = {n: hyperparameters(o, self.schedulers[n]) for n, o in self.optimizers.items()}
         with checkpoint.as_directory() as folder:
             unwrap(self.model).load_state_dict(load_file(os.path.join(folder, MODEL_FILE)))
-            state = torch.load(os.path.join(folder, STATE_FILE), weights_only=True)
+            state = read_state(folder)
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
             self.schedulers[name].load_state_dict(state["schedulers"][name])
@@ -213,6 +213,13 @@ class WorkerSession:
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
         self.progress.resumed_from = self.progress.epoch
+
+
+def read_state(folder: str) -> dict[str, Any]:
+    """A checkpoint's training state (optimizers, schedulers, progress) on the CPU: one written
+    on a GPU is read on a CPU-only driver and resumed on a CPU node too (load_state_dict moves
+    the optimizer's state to its parameters' device)."""
+    return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
 
 
 def _checkpoint_at(path: str, storage: str) -> ray.train.Checkpoint:
