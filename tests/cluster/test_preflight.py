@@ -1,9 +1,15 @@
-"""Pre-submit checks against a cluster's resource view (pure logic; the real cluster is in
-test_jobs.py)."""
+"""Pre-submit checks against a cluster's resource view (pure logic, but for the last test; the
+real cluster's submissions are in test_jobs.py)."""
 
 import pytest
 
-from kiln.cluster.preflight import check_resources, check_storage, fits, worker_resources
+from kiln.cluster.preflight import (
+    check_cluster_started_here,
+    check_resources,
+    check_storage,
+    fits,
+    worker_resources,
+)
 from kiln.errors import PreflightError
 from kiln.validate import load_spec
 from tests.conftest import ROOT
@@ -53,3 +59,13 @@ def test_local_storage_is_refused_on_several_nodes_unless_shared():
     check_storage(local, CPU_NODES, shared=True)
     check_storage(local, CPU_NODES[:1], shared=False)  # one node: one disk
     check_storage({"registry": "s3://bucket/registry"}, CPU_NODES, shared=False)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_gpu_job_on_a_cluster_without_gpus_started_here_fails_at_once():
+    """`kiln train --set scaling.use_gpu=true` on a machine without a GPU: refused before the
+    run starts, not after scaling.start_timeout_s (600 s) of waiting (the session's cluster is
+    2 CPUs, no GPU, as `kiln train` starts one here)."""
+    check_cluster_started_here(spec("scaling.num_workers=2"))
+    with pytest.raises(PreflightError, match=r"has no GPU .*pass its --address"):
+        check_cluster_started_here(spec("scaling.use_gpu=true"))

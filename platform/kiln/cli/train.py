@@ -23,10 +23,12 @@ def train(
     """Train a job spec on Ray Train and register the best checkpoint as a new version."""
     spec = load_spec(spec_file, set_)  # every spec error surfaces here, before Ray starts
     from kiln.cluster.connect import connect
+    from kiln.cluster.preflight import check_cluster_started_here
     from kiln.train import run_job
     from kiln.train.progress import ProgressView
 
-    connect(address, show_logs=verbose and not json_output)
+    if connect(address, show_logs=verbose and not json_output):
+        check_cluster_started_here(spec)
     metric = spec.checkpoint.metric or "val_loss"
     view = ProgressView(spec.name, spec.train.epochs, metric, console, quiet=quiet or json_output)
     with stdout_for_json_only(json_output):

@@ -21,9 +21,11 @@ def tune(
     """Search a job's `tune.space` with Ray Tune; each trial is a Ray Train run."""
     spec = load_spec(spec_file, set_)  # bad spaces fail here, before Ray starts
     from kiln.cluster.connect import connect
+    from kiln.cluster.preflight import check_cluster_started_here
     from kiln.tune import run_search
 
-    connect(address, show_logs=verbose and not json_output)
+    if connect(address, show_logs=verbose and not json_output):
+        check_cluster_started_here(spec)
     with stdout_for_json_only(json_output):
         outcome = run_search(spec, quiet=quiet or json_output, resume=resume, name=name)
     if json_output:

@@ -9,13 +9,13 @@ from kiln.settings import get_settings
 
 def connect(
     address: str | None = None, show_logs: bool = False, metrics_export_port: int | None = None
-) -> None:
-    """`metrics_export_port` applies when this call starts a local cluster: Prometheus
-    scrapes Ray's and Kiln's metrics there."""
+) -> bool:
+    """Whether this call started a local cluster. `metrics_export_port` applies when it
+    does: Prometheus scrapes Ray's and Kiln's metrics there."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or get_settings().ray_address or os.environ.get("RAY_ADDRESS")
     starts_one = not address and not local_cluster_running()
     if starts_one:
@@ -31,6 +31,7 @@ def connect(
         configure_logging=True,
         **extra,
     )
+    return starts_one
 
 
 # A cluster this process starts is this one machine: none of its nodes is drained for

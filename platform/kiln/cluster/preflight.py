@@ -45,7 +45,12 @@ def fits(bundles: list[Resources], nodes: list[Resources]) -> int:
     return placed
 
 
-def check_resources(spec: JobSpec, nodes: list[dict[str, Any]], address: str) -> None:
+GROWS_HINT = "or pass --autoscaling if the cluster adds nodes on demand"
+
+
+def check_resources(
+    spec: JobSpec, nodes: list[dict[str, Any]], address: str, hint: str = GROWS_HINT
+) -> None:
     wanted, count = worker_resources(spec), min_workers(spec)
     totals = [node.get("resources_total") or {} for node in nodes]
     placed = fits([wanted] * count, totals)
@@ -59,9 +64,18 @@ def check_resources(spec: JobSpec, nodes: list[dict[str, Any]], address: str) ->
     else:
         why = f"only {placed} fit on the cluster at {address} ({view})"
     raise PreflightError(
-        f"{asked}, but {why}. Change scaling in the spec, use a cluster that has them, "
-        "or pass --autoscaling if the cluster adds nodes on demand"
+        f"{asked}, but {why}. Change scaling in the spec, use a cluster that has them, {hint}"
     )
+
+
+def check_cluster_started_here(spec: JobSpec) -> None:
+    """A cluster that `kiln train` or `kiln tune` started for itself is this machine and never
+    grows: workers it cannot hold would wait out scaling.start_timeout_s for nothing."""
+    import ray
+
+    nodes = [{"resources_total": node["Resources"]} for node in ray.nodes() if node["Alive"]]
+    address = ray.get_runtime_context().gcs_address
+    check_resources(spec, nodes, f"{address} (started here)", hint="or pass its --address")
 
 
 def check_storage(uris: dict[str, str], nodes: list[dict[str, Any]], shared: bool) -> None:
