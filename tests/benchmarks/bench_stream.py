@@ -44,15 +44,15 @@ def main() -> None:
     folder = cached_table(rows)
     size = sum(p.stat().st_size for p in folder.glob("*.parquet"))
     results: dict = {"rows": rows, "files": len(list(folder.glob("*.parquet"))), "bytes": size}
-    results["plain"] = plain_loop(folder)
+    print(f"{rows:,} rows in {results['files']} files, {size / 2**30:.2f} GiB", flush=True)
+    record(results, "plain", plain_loop(folder))
+    results["plain"]["torch_threads"] = threads = torch.get_num_threads()
     # A Train worker holding one CPU runs torch on one thread (Ray sets OMP_NUM_THREADS).
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    results["plain_1_thread"] = plain_loop(folder)
+    record(results, "plain_1_thread", plain_loop(folder))
     torch.set_num_threads(threads)
-    results["plain"]["torch_threads"] = threads
     for workers in (1, 2):
-        results[f"kiln_{workers}_workers"] = streamed(folder, workers)
+        record(results, f"kiln_{workers}_workers", streamed(folder, workers))
     plain = results["plain"]["rows_per_s"]
     for workers in (1, 2):
         run = results[f"kiln_{workers}_workers"]
@@ -64,6 +64,12 @@ def main() -> None:
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+
+
+def record(results: dict, name: str, figures: dict) -> None:
+    """One run's figures, printed as they come: a run cut short keeps what it measured."""
+    results[name] = figures
+    print(name, json.dumps(figures), flush=True)
 
 
 def cached_table(rows: int) -> Path:
@@ -139,7 +145,7 @@ def streamed(folder: Path, workers: int) -> dict:
     spec_file.write_text(json.dumps(spec))
     home = ROOT / "bench-results" / "stream-home"
     result, peaks, wall_s = measured_child(
-        ["tests.data.streamed_job", str(spec_file), "2048"],
+        ["tests.data.streamed_job", str(spec_file), "2048", str(os.cpu_count() or 2)],
         env={"KILN_HOME": str(home), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"},
     )
     metrics = result["outcome"]["metrics"]

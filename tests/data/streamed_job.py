@@ -1,7 +1,7 @@
 """One streamed training run in a Ray cluster of its own, with a small object store, as the
 streaming test's child process (its peak RSS is the driver's, measured from outside).
 
-    python -m tests.data.streamed_job SPEC.json OBJECT_STORE_MB  ->  one JSON line on stdout
+    python -m tests.data.streamed_job SPEC.json OBJECT_STORE_MB [CPUS]  ->  one JSON line on stdout
 """
 
 import json
@@ -12,14 +12,16 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def main(spec_file: str, store_mb: int) -> None:
+def main(spec_file: str, store_mb: int, cpus: int = 2) -> None:
     import ray
 
     from kiln.spec import parse_spec
     from kiln.train import run_job
     from tests.conftest import quiet_view
 
-    ray.init(address="local", num_cpus=2, object_store_memory=store_mb * 2**20, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=cpus, object_store_memory=store_mb * 2**20, log_to_driver=False
+    )
     import psutil
 
     with open(spec_file) as f:
@@ -35,4 +37,4 @@ def main(spec_file: str, store_mb: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], *map(int, sys.argv[2:]))
