@@ -67,5 +67,6 @@ def test_a_gpu_job_on_a_cluster_without_gpus_started_here_fails_at_once():
     run starts, not after scaling.start_timeout_s (600 s) of waiting (the session's cluster is
     2 CPUs, no GPU, as `kiln train` starts one here)."""
     check_cluster_started_here(spec("scaling.num_workers=2"))
+    check_cluster_started_here(spec("scaling.num_workers=3"))  # counts are the run's to judge
     with pytest.raises(PreflightError, match=r"has no GPU .*pass its --address"):
         check_cluster_started_here(spec("scaling.use_gpu=true"))

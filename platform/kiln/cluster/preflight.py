@@ -70,10 +70,15 @@ def check_resources(
 
 def check_cluster_started_here(spec: JobSpec) -> None:
     """A cluster that `kiln train` or `kiln tune` started for itself is this machine and never
-    grows: workers it cannot hold would wait out scaling.start_timeout_s for nothing."""
+    grows: workers asking for a resource it has none of (a GPU) would wait out
+    scaling.start_timeout_s for nothing. Counts are left to the run, which shares a streamed
+    job's CPUs among its workers (kiln.train.runner.worker_resources)."""
     import ray
 
     nodes = [{"resources_total": node["Resources"]} for node in ray.nodes() if node["Alive"]]
+    totals = [node["resources_total"] for node in nodes]
+    if all(any(t.get(kind, 0) for t in totals) for kind in worker_resources(spec)):
+        return
     address = ray.get_runtime_context().gcs_address
     check_resources(spec, nodes, f"{address} (started here)", hint="or pass its --address")
 
