@@ -93,7 +93,8 @@ def install(site: Path, python: str) -> None:
     constraints.write_text("\n".join(p for p in pins if not re.match(r"(torch|nvidia|triton)", p)))
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--target", str(site),
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-warn-conflicts",
+         "--target", str(site),
          "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
          *platforms, "-c", str(constraints), *requirements()],
         check=True,
