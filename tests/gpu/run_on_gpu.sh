@@ -2,7 +2,7 @@
 # Everything Kiln checks and measures on the GPU machine, in one device call:
 #
 #   python tests/gpu/bundle.py              # here, once: .gpu/site-py3.12.tar.xz (Ray & co.)
-#   device run, carry [".gpu"]:  bash tests/gpu/run_on_gpu.sh
+#   device run, carry [".gpu/site-py3.12.tar.xz"]:  bash tests/gpu/run_on_gpu.sh
 #
 # Unpacks the bundle onto PYTHONPATH (ahead of the image's packages), then, each step in a time
 # box of its own so that one failure does not cost the others: the GPU tests (pytest -m gpu),
