@@ -24,6 +24,7 @@ LATENCY = "ray_serve_deployment_processing_latency_ms_bucket"
 QUEUED = "ray_serve_deployment_queued_queries"
 ONGOING = "ray_serve_replica_processing_queries"
 VERSION = "ray_kiln_model_version"
+ANSWERED = "ray_kiln_requests_total"
 
 
 @dataclass
@@ -88,10 +89,31 @@ def deployment_stats(targets: list[str], window_s: float = 2.0) -> dict[Key, Dep
             of(sample).queued += sample.value
         elif sample.name == ONGOING:
             of(sample).ongoing += sample.value
-    versions = {s.labels.get("model"): int(s.value) for s in after if s.name == VERSION}
+    versions = served_versions(before, after)
     for (application, _), entry in stats.items():
         entry.version = versions.get(application)
     return stats
+
+
+def served_versions(before: list[Any], after: list[Any]) -> dict[str, int]:
+    """Per model, the version answering unversioned calls: Kiln's gauge, set at load. Ray's
+    metrics agent drops a gauge sample that was not exported again within two report intervals,
+    which a busy node misses; then the first scrape's gauge stands in, and failing that the
+    version that answered most of the window's requests."""
+    answered: dict[tuple[str, str], float] = {}
+    for sign, samples in ((-1, before), (1, after)):
+        for s in samples:
+            if s.name == ANSWERED and s.labels.get("version"):
+                key = (s.labels.get("model", ""), s.labels["version"])
+                answered[key] = answered.get(key, 0.0) + sign * s.value
+    versions = {
+        model: int(version)
+        for (model, version), count in sorted(answered.items(), key=lambda kv: kv[1])
+        if count > 0
+    }
+    for samples in (before, after):
+        versions.update({s.labels.get("model"): int(s.value) for s in samples if s.name == VERSION})
+    return versions
 
 
 def _delta(before: list[Any], after: list[Any], name: str, extra: tuple[str, ...]) -> dict:
