@@ -57,7 +57,7 @@ def check_resources(
     if placed >= count:
         return
     asked = f"{spec.name} asks for {count} worker(s) with {describe(wanted)} each"
-    missing = [k for k in wanted if not any(t.get(k, 0) for t in totals)]
+    missing = lacking(wanted, totals)
     view = f"{len(nodes)} node(s), {describe(summed(totals), keys=('CPU', 'GPU'))} in all"
     if missing:
         why = f"the cluster at {address} has no {', '.join(missing)} ({view})"
@@ -68,6 +68,11 @@ def check_resources(
     )
 
 
+def lacking(wanted: Resources, totals: list[Resources]) -> list[str]:
+    """The resources wanted that no node has any of."""
+    return [k for k in wanted if not any(t.get(k, 0) for t in totals)]
+
+
 def check_cluster_started_here(spec: JobSpec) -> None:
     """A cluster that `kiln train` or `kiln tune` started for itself is this machine and never
     grows: workers asking for a resource it has none of (a GPU) would wait out
@@ -76,8 +81,7 @@ def check_cluster_started_here(spec: JobSpec) -> None:
     import ray
 
     nodes = [{"resources_total": node["Resources"]} for node in ray.nodes() if node["Alive"]]
-    totals = [node["resources_total"] for node in nodes]
-    if all(any(t.get(kind, 0) for t in totals) for kind in worker_resources(spec)):
+    if not lacking(worker_resources(spec), [node["resources_total"] for node in nodes]):
         return
     address = ray.get_runtime_context().gcs_address
     check_resources(spec, nodes, f"{address} (started here)", hint="or pass its --address")
