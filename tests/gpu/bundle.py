@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import tomllib
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / ".gpu"
@@ -104,10 +105,10 @@ def install(site: Path, python: str) -> None:
 
 def drop(site: Path, names: set[str], keep: set[str] = frozenset()) -> list[str]:
     """Removes the named distributions' files (from their RECORD); the names it removed."""
-    wanted = {_canonical(n) for n in names} - {_canonical(n) for n in keep}
+    wanted = {canonicalize_name(n) for n in names} - {canonicalize_name(n) for n in keep}
     removed = []
     for info in site.glob("*.dist-info"):
-        name = _canonical(info.name.split("-")[0])
+        name = canonicalize_name(info.name.split("-")[0])
         if name not in wanted:
             continue
         for line in (info / "RECORD").read_text().splitlines():
@@ -139,10 +140,6 @@ def _is_elf(path: Path) -> bool:
         return False
     with path.open("rb") as f:
         return f.read(4) == b"\x7fELF"
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 if __name__ == "__main__":
