@@ -21,11 +21,13 @@ $python -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2
 export PYTHONPATH="$site:$PWD/platform:$PWD" PYTHONUNBUFFERED=1
 export KILN_HOME=/tmp/kiln-home RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 
+chosen() { [[ -z ${STEPS:-} || " $STEPS " == *" $1 "* ]]; }  # STEPS="a b": those alone
+
 step() {  # step NAME SECONDS COMMAND...: its output, each line with the seconds since it
   # started, in $OUT/NAME.log; its exit status and time in steps.txt
   local name=$1 limit=$2 started=$SECONDS
   shift 2
-  [[ -z ${STEPS:-} || " $STEPS " == *" $name "* ]] || return 0  # STEPS="a b": those alone
+  chosen "$name" || return 0
   timeout -k 10 "$limit" "$@" 2>&1 | $python -u -c '
 import sys, time
 start = time.monotonic()
@@ -43,8 +45,8 @@ step train_gpu 90 $python -m kiln train jobs/digits-cnn.yaml \
   --set scaling.use_gpu=true --set scaling.num_workers=1
 step train_cpu 60 $python -m kiln train jobs/digits-cnn.yaml
 step stream "${STREAM_LIMIT_S:-150}" env KILN_BENCH_STREAM_ROWS=${KILN_BENCH_STREAM_ROWS:-4000000} $python -m tests.benchmarks stream
-cp bench-results/stream.json "$OUT/" 2>/dev/null
+chosen stream && cp bench-results/stream.json "$OUT/"
 step gpu_tests 200 $python -m pytest -m gpu tests/gpu -p no:cacheprovider
 step amp 45 $python -m tests.benchmarks amp
-cp bench-results/amp.json "$OUT/" 2>/dev/null
+chosen amp && cp bench-results/amp.json "$OUT/" 2>/dev/null  # none without CUDA
 exit 0
