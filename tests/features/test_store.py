@@ -1,8 +1,19 @@
 """The feature layout against a real Redis server."""
 
-import numpy as np
+import asyncio
 
-from kiln.features import EmbeddedRedis, Event, FeatureStore, connect
+import numpy as np
+import pytest
+import redis
+
+from kiln.features import (
+    AsyncFeatureStore,
+    EmbeddedRedis,
+    Event,
+    FeatureStore,
+    connect,
+    connect_async,
+)
 
 
 class Clock:
@@ -68,6 +79,43 @@ def test_a_read_is_one_command(redis_client):
     calls = {k: v["calls"] for k, v in redis_client.info("commandstats").items()}
     calls.pop("cmdstat_config", None)
     assert calls == {"cmdstat_hmget": 1}
+
+
+def test_the_async_store_reads_and_writes_the_same_layout(redis_server, redis_client):
+    """The serving path's client: what it writes the blocking store reads, and back."""
+    layout = FeatureStore(redis_client, history_len=2)
+
+    async def serve() -> tuple:
+        store = AsyncFeatureStore(layout, connect_async(redis_server.url, timeout_s=2))
+        events = [Event(user_id=7, item_id=i, timestamp=t) for i, t in [(1, 1), (2, 2), (3, 3)]]
+        accepted = await store.append_events([*events, Event(user_id=8, item_id=5)])
+        await store.write_vector(7, "m", 1, np.ones(3))
+        read = await asyncio.gather(*(store.read(u, "m", 1) for u in (7, 8, 9)))
+        await store.client.aclose()
+        return accepted, read
+
+    accepted, (seven, eight, nobody) = asyncio.run(serve())
+    assert accepted == 4
+    assert [i for i, _ in seven.history] == ["2", "3"] and seven.vector_state == "fresh"
+    np.testing.assert_array_equal(seven.vector, np.ones(3, dtype=np.float32))
+    assert [i for i, _ in eight.history] == ["5"] and eight.vector_state == "missing"
+    assert nobody.history_state == "missing"
+    np.testing.assert_array_equal(layout.read(7, "m", 1).vector, np.ones(3, dtype=np.float32))
+    asyncio.run(
+        AsyncFeatureStore(layout, connect_async(redis_server.url)).append_events(
+            [Event(user_id=7, item_id=4)]
+        )
+    )
+    assert layout.read(7, "m", 1).vector_state == "missing"  # an event drops the vector
+
+
+def test_the_async_store_fails_fast_when_redis_is_down():
+    from tests.conftest import free_port
+
+    layout = FeatureStore(connect("redis://127.0.0.1:1"), history_len=2)
+    store = AsyncFeatureStore(layout, connect_async(f"redis://127.0.0.1:{free_port()}", 0.2))
+    with pytest.raises(redis.ConnectionError):
+        asyncio.run(asyncio.wait_for(store.read(1, "m", 1), timeout=5))
 
 
 def test_embedded_redis_persists_across_restarts(tmp_path):

@@ -7,7 +7,16 @@ vectors in Redis (an embedded server by default, or KILN_REDIS_URL).
         features = store.read("7", model="recsys", version=3)   # one round trip
 """
 
-from kiln.features.redis_server import EmbeddedRedis, connect, redis_for_kiln
-from kiln.features.store import Event, FeatureStore, UserFeatures
+from kiln.features.redis_server import EmbeddedRedis, connect, connect_async, redis_for_kiln
+from kiln.features.store import AsyncFeatureStore, Event, FeatureStore, UserFeatures
 
-__all__ = ["EmbeddedRedis", "Event", "FeatureStore", "UserFeatures", "connect", "redis_for_kiln"]
+__all__ = [
+    "AsyncFeatureStore",
+    "EmbeddedRedis",
+    "Event",
+    "FeatureStore",
+    "UserFeatures",
+    "connect",
+    "connect_async",
+    "redis_for_kiln",
+]

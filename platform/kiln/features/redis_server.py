@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+import redis.asyncio
 
 from kiln.errors import FeatureStoreError
 from kiln.settings import get_settings
@@ -25,6 +26,14 @@ DEFAULT_PORT = 6390  # not 6379: a Redis the user runs for something else is lef
 def connect(url: str, timeout_s: float = 0.25) -> redis.Redis:
     """A client with short timeouts: a slow Redis degrades answers instead of stalling them."""
     return redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0
+    )
+
+
+def connect_async(url: str, timeout_s: float = 0.25) -> redis.asyncio.Redis:
+    """The same, for asyncio (the serving path): its connections belong to the event loop that
+    first uses them."""
+    return redis.asyncio.Redis.from_url(
         url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0
     )
 

@@ -21,7 +21,7 @@ from ray import serve
 from ray.serve import Application
 
 from kiln.errors import ServeError
-from kiln.features import FeatureStore, connect
+from kiln.features import AsyncFeatureStore, FeatureStore, connect, connect_async
 from kiln.features.breaker import CircuitBreaker
 from kiln.registry import ModelRegistry
 from kiln.serve.config import (
@@ -147,13 +147,14 @@ class RecommendDeployment:
             raise ServeError(
                 f"{config.model} is a {model.current.card['task']} model, not a recommender"
             )
-        store = FeatureStore(
+        layout = FeatureStore(  # its blocking client only purges a replaced version's vectors
             connect(url, config.redis_timeout_s),
             model.current.history_len,
             config.namespace,
             config.vector_ttl_s,
             config.history_ttl_s,
         )
+        store = AsyncFeatureStore(layout, connect_async(url, config.redis_timeout_s))
         breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
         self.endpoint = RecommendEndpoint(
             model, store, breaker, RecommendMetrics(model.name), tuple(config.conversions)

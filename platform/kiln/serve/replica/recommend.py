@@ -17,12 +17,11 @@ arm, and each event whose type is a conversion (`conversions`, default clicks) c
 poster's arm: `kiln rollout status recommend` compares the arms' click-through.
 """
 
-import asyncio
 import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,7 +33,7 @@ from ray import serve
 
 import kiln
 from kiln.errors import RequestError, ServeError
-from kiln.features import Event, FeatureStore, UserFeatures
+from kiln.features import AsyncFeatureStore, Event, UserFeatures
 from kiln.features.breaker import CircuitBreaker
 from kiln.serve.config import Batching
 from kiln.serve.replica.api import ERRORS, answer_errors_as_protocol, document_schemas
@@ -69,7 +68,7 @@ class RecommendEndpoint:
     def __init__(
         self,
         model_endpoint: ModelEndpoint,
-        store: FeatureStore,
+        store: AsyncFeatureStore,
         breaker: CircuitBreaker,
         metrics: RecommendMetrics,
         conversions: tuple[str, ...] = ("click",),
@@ -203,9 +202,9 @@ class RecommendEndpoint:
 
     def on_switch(self, old: Any, new: Any) -> None:
         """A new model version: its history length, and old vectors removed key by key."""
-        self.store.history_len = new.history_len
+        self.store.layout.history_len = new.history_len
         try:
-            self.store.purge_vectors(old.name, [old.version])
+            self.store.layout.purge_vectors(old.name, [old.version])
         except Exception as e:  # best effort: stale versions are never read anyway
             log.warning(f"could not purge vectors of {old.name}@{old.version}: {e}")
 
@@ -215,13 +214,13 @@ class RecommendEndpoint:
             write = self.store.write_vector
             await self._redis("write", write, user_id, predictor.name, predictor.version, vector)
 
-    async def _redis(self, operation: str, call: Callable[..., T], *args: Any) -> T:
-        """One Redis call through the breaker, off the event loop, timed."""
+    async def _redis(self, operation: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """One Redis call through the breaker, timed."""
         if not self.breaker.allow():
             raise RedisUnavailable()
         start = time.perf_counter()
         try:
-            result = await asyncio.to_thread(call, *args)
+            result = await call(*args)
         except Exception as e:  # connection refused, timeout, or a reply we cannot parse
             self.breaker.failed()
             log.warning(
