@@ -25,9 +25,10 @@ VECTORISED_FROM = 256  # ids: above this, one get_indexer call beats a lookup pe
 
 
 class IdMap:
-    def __init__(self, ids: Sequence[Any] | np.ndarray):
-        self.ids = np.asarray([str(i) for i in ids], dtype=object)
-        self._index = pd.Index(self.ids)
+    def __init__(self, ids: Sequence[Any] | np.ndarray | pa.Array | pa.ChunkedArray):
+        column = ids if isinstance(ids, pa.Array | pa.ChunkedArray) else [str(i) for i in ids]
+        self._index = pd.Index(pd.array(column, dtype="str"))  # Arrow-backed, no copy of text
+        self.ids = self._index.to_numpy(dtype=object)  # ids_of: one fancy index a request
         if not self._index.is_unique:
             raise ValueError("ids repeat: each id needs one index")
 
@@ -63,5 +64,4 @@ class IdMap:
 
     @classmethod
     def from_parquet(cls, data: bytes) -> "IdMap":
-        column = pq.read_table(io.BytesIO(data)).column("id")
-        return cls(column.to_numpy(zero_copy_only=False))
+        return cls(pq.read_table(io.BytesIO(data)).column("id"))
