@@ -132,7 +132,9 @@ def test_streamed_interactions_train_on_two_workers_and_register_their_ids(tmp_p
     assert INDEX_FILE in loaded.version.manifest["files"]
     recommender = Predictor.load(registry, loaded.version)
     index = recommender.index
-    rebuilt = ItemIndex(recommender.item_vectors, exact_up_to=100)
+    vectors = recommender.module.item_vectors().detach().numpy()
+    rebuilt = ItemIndex(vectors, exact_up_to=100)
     assert index.mode == "ivf" and (index.nprobe, index.recall) == (rebuilt.nprobe, rebuilt.recall)
-    queries = recommender.item_vectors[1:6]
+    assert index.vectors is None  # the stored index holds them: no item tower at load
+    queries = vectors[1:6]
     assert index.search(queries, 10, [set()] * 5) == rebuilt.search(queries, 10, [set()] * 5)

@@ -220,9 +220,9 @@ class Generator(Predictor):
 
 class Recommender(Predictor):
     """A two-tower model: raw scores over the protocol, and ranking in source ids for the
-    recommendation endpoint. Item vectors are computed once, when the version loads, and
-    searched through an ItemIndex (exact, or IVF for large catalogues); the id maps come from
-    the version's Parquet files (kiln.idmaps)."""
+    recommendation endpoint, searched through an ItemIndex (exact, or IVF for large
+    catalogues: the one stored at registration, which holds the item vectors itself); the id
+    maps come from the version's Parquet files (kiln.idmaps)."""
 
     def __init__(self, loaded: LoadedModel, load_seconds: float = 0.0):
         super().__init__(loaded, load_seconds)
@@ -230,8 +230,6 @@ class Recommender(Predictor):
         self.users, self.items = _id_maps(loaded, transform)
         self.history_len = int(transform["history_len"])
         self.popular = [str(i) for i in transform["popular_items"]]
-        with torch.inference_mode():
-            self.item_vectors = self.module.item_vectors().float().numpy()  # (items + 1, D)
         self._loaded = loaded  # to read the stored index when asked for it
         # Documented: indices valid in every column (users, then items, per row).
         self.value_bounds = [(0, min(len(self.users) + 1, self.schema["output_dim"]) - 1)]
@@ -248,13 +246,14 @@ class Recommender(Predictor):
 
     @functools.cached_property
     def index(self) -> ItemIndex:
-        """Read (or, for a version registered without one, built) on first use: the
-        recommendation endpoint asks for it when a version loads, before it serves; the raw
-        /v2 scores never need it."""
-        stored = None
+        """Read (or, for a small catalogue or a version registered without one, built from
+        the item tower) on first use: the recommendation endpoint asks for it when a version
+        loads, before it serves; the raw /v2 scores never need it."""
         if INDEX_FILE in self._loaded.version.manifest["files"]:
-            stored = self._loaded.read(INDEX_FILE)
-        return ItemIndex(self.item_vectors, get_settings().exact_retrieval_up_to, stored=stored)
+            return ItemIndex.read(self._loaded.read(INDEX_FILE), items=len(self.items))
+        with torch.inference_mode():
+            vectors = self.module.item_vectors().float().numpy()  # (items + 1, D)
+        return ItemIndex(vectors, get_settings().exact_retrieval_up_to)
 
     def user_vectors(self, rows: list[tuple[str, list[str]]]) -> np.ndarray:
         """(user id, recent item ids, oldest first) per row -> (rows, D) unit vectors; unknown
