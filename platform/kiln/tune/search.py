@@ -34,6 +34,7 @@ from kiln.train.runner import (
     build_trainer,
     put_for_workers,
     run_history,
+    start_autoscaling_coordinator,
 )
 from kiln.tune import population
 from kiln.tune.progress import SearchView
@@ -71,6 +72,7 @@ def run_search(
     storage = absolute(spec.storage_path or get_settings().storage_uri)
     root = f"{storage}/tune"
     name = name or (_latest_search(root, spec.name) if resume else None) or _new_name(spec)
+    start_autoscaling_coordinator()  # its first trial's Train run would wait for it
     dataset = None if searches_data(spec.tune) else datasets.build(spec.data, spec.task)
     trainable = tune.with_resources(
         tune.with_parameters(
