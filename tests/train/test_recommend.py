@@ -138,3 +138,5 @@ def test_streamed_interactions_train_on_two_workers_and_register_their_ids(tmp_p
     assert index.vectors is None  # the stored index holds them: no item tower at load
     queries = vectors[1:6]
     assert index.search(queries, 10, [set()] * 5) == rebuilt.search(queries, 10, [set()] * 5)
+    monkeypatch.setenv("KILN_EXACT_RETRIEVAL_UP_TO", "1000")  # a serving-time setting wins
+    assert Predictor.load(registry, loaded.version).index.mode == "exact"

@@ -249,11 +249,13 @@ class Recommender(Predictor):
         """Read (or, for a small catalogue or a version registered without one, built from
         the item tower) on first use: the recommendation endpoint asks for it when a version
         loads, before it serves; the raw /v2 scores never need it."""
-        if INDEX_FILE in self._loaded.version.manifest["files"]:
+        exact_up_to = get_settings().exact_retrieval_up_to  # may differ from registration's
+        stored = INDEX_FILE in self._loaded.version.manifest["files"]
+        if stored and len(self.items) > exact_up_to:
             return ItemIndex.read(self._loaded.read(INDEX_FILE), items=len(self.items))
         with torch.inference_mode():
             vectors = self.module.item_vectors().float().numpy()  # (items + 1, D)
-        return ItemIndex(vectors, get_settings().exact_retrieval_up_to)
+        return ItemIndex(vectors, exact_up_to)
 
     def user_vectors(self, rows: list[tuple[str, list[str]]]) -> np.ndarray:
         """(user id, recent item ids, oldest first) per row -> (rows, D) unit vectors; unknown
