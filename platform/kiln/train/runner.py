@@ -1,6 +1,7 @@
 """From a job spec to a registered model: data on the driver, a `TorchTrainer` on Ray Train V2,
 live progress, and the best checkpoint registered with its card, metrics and lineage."""
 
+import logging
 import math
 import os
 import threading
@@ -25,6 +26,7 @@ from kiln.train import loops
 from kiln.train.feed import ExactValidation
 from kiln.train.progress import ProgressView, ReportForwarder
 
+log = logging.getLogger(__name__)
 WAIT_NOTICE_S = 20  # no report by then: say what the workers are waiting for, if anything
 
 
@@ -154,14 +156,16 @@ def start_autoscaling_coordinator() -> None:
     the workers. Asked for here, it starts while the driver builds the dataset: on a fresh
     2-core local Ray, `kiln train jobs/digits-cnn.yaml` then reached its first epoch in a
     median 15.5 s instead of 16.9 s (6 and 5 runs). The function lives in a private Ray module:
-    should it move, runs only lose the head start."""
+    should it move or change, runs only lose the head start (Ray Train creates the actor
+    itself)."""
     try:
         from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
             get_or_create_autoscaling_coordinator,
         )
-    except ImportError:
-        return
-    get_or_create_autoscaling_coordinator()
+
+        get_or_create_autoscaling_coordinator()
+    except Exception as e:  # an optimisation only: never a reason for a run to fail
+        log.debug(f"Ray's autoscaling coordinator not started ahead: {e!r}")
 
 
 # Each worker hands its reports to the run's controller through a queue of one, which the
