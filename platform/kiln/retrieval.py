@@ -61,7 +61,7 @@ class ItemIndex:
     def read(cls, stored: bytes, items: int) -> "ItemIndex":
         """The index `to_bytes` stored, for a catalogue of `items` (a ValueError otherwise)."""
         index = cls.__new__(cls)
-        index.vectors, index.items, index.build_s = None, items, 0.0
+        index.vectors, index.items = None, items
         started = time.perf_counter()
         index._read(stored)
         index.build_s = time.perf_counter() - started
