@@ -2,9 +2,9 @@
 bandit over their bounds instead of perturbing them) on Ray Train V2.
 
 A Train V2 run reports to Tune through its controller, which carries metrics but no
-checkpoint, and PBT can only exploit a trial that reported one. So a PBT trial fits its Train
-run in a thread and reports each epoch to Tune itself, with a small Tune checkpoint that
-points at the Train checkpoint of that epoch (`inherit.json`). A trial that PBT restarts
+checkpoint, and PBT can only exploit a trial that reported one. A trial reports each epoch to
+Tune itself (kiln.tune.trial); under PBT with a small Tune checkpoint that points at the Train
+checkpoint of that epoch (`inherit.json`). A trial that PBT restarts
 from a donor's Tune checkpoint starts a new Train run from the donor's Train checkpoint: its
 weights, optimizer moments and epochs, with the trial's own (mutated) hyperparameters.
 
@@ -15,7 +15,7 @@ with the epoch it trained to: the registered model's lineage names it.
 import functools
 import json
 import tempfile
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ from typing import Any
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
-from ray.util.queue import Empty, Queue
 
 from kiln.spec import Domain, JobSpec
 
@@ -107,33 +106,19 @@ def run_name(search: str, trial_id: str, start: Inheritance | None) -> str:
     return f"{search}-{trial_id}-from-{start.donor}-e{start.chain[-1]['epoch']}"
 
 
-def fit_reporting(
-    trainer: Any, queue: Queue, trial_id: str, start: Inheritance | None, run: str
-) -> None:
-    """`trainer.fit()` in a thread; every checkpointed Train report goes on to Tune from this
-    one, with its pointer. A failure of the fit is raised here, after the last report."""
-    outcome: dict[str, BaseException] = {}
-
-    def fit() -> None:
-        try:
-            trainer.fit()
-        except BaseException as e:  # re-raised on the trial's thread
-            outcome["error"] = e
-
-    thread = threading.Thread(target=fit, name="kiln-pbt-fit", daemon=True)
-    thread.start()
+def reporter(trial_id: str, start: Inheritance | None, run: str) -> Callable[[dict], None]:
+    """What a PBT trial tells Tune of each checkpointed Train report: its metrics, and a
+    Tune checkpoint that points at the Train checkpoint, with the chain that led to it."""
     before = start.chain if start else []
     if before and before[-1]["trial"] == trial_id:  # a restart from its own checkpoint
         before = before[:-1]
-    while thread.is_alive() or not queue.empty():
-        try:
-            event = queue.get(timeout=0.5)
-        except Empty:
-            continue
-        if event["kind"] == "report" and "checkpoint" in event:
-            _report(event, [*before, {"trial": trial_id, "epoch": event["metrics"]["epoch"]}], run)
-    if "error" in outcome:
-        raise outcome["error"]
+
+    def report(event: dict[str, Any]) -> None:
+        if "checkpoint" in event:
+            link = {"trial": trial_id, "epoch": event["metrics"]["epoch"]}
+            _report(event, [*before, link], run)
+
+    return report
 
 
 def _report(event: dict[str, Any], chain: list[dict[str, Any]], run: str) -> None:

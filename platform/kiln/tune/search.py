@@ -1,12 +1,12 @@
 """Building and running the search; registering the best trial with its story."""
 
 import contextlib
+import functools
 import io
 import math
 import os
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,6 @@ import pyarrow.fs as pafs
 import ray
 import ray.train
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -36,7 +35,7 @@ from kiln.train.runner import (
     run_history,
     start_autoscaling_coordinator,
 )
-from kiln.tune import population
+from kiln.tune import population, trial
 from kiln.tune.progress import SearchView
 
 
@@ -116,12 +115,9 @@ def run_search(
 def quiet_tune():
     """Kiln draws a search's progress itself (SearchView). Tune's newer console output prints
     its experiment box and a TensorBoard command for Ray's own folder even at verbose=0; its
-    older one (RAY_AIR_NEW_OUTPUT=0, read when the search starts) prints nothing there. PBT's
-    advice to reuse actors does not apply: a trial is a Train run of its own."""
+    older one (RAY_AIR_NEW_OUTPUT=0, read when the search starts) prints nothing there."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
-        yield
+    yield
 
 
 def run_trial(
@@ -133,8 +129,9 @@ def run_trial(
     population_based: bool = False,
 ) -> None:
     """One trial: the job with this trial's values, as a Ray Train run, on the search's
-    dataset (`shared`) unless the search varies the data. Under PBT the trial reports to
-    Tune itself, with checkpoints, and may start from a donor's (kiln.tune.population)."""
+    dataset (`shared`) unless the search varies the data. Its epochs go to Tune from here
+    (kiln.tune.trial); under PBT with checkpoints, and it may start from a donor's
+    (kiln.tune.population)."""
     spec = apply_overrides(JobSpec.model_validate(base), config)
     trial_id = tune.get_context().get_trial_id()
     if shared is None:
@@ -142,16 +139,12 @@ def run_trial(
     else:  # in memory: read from the object store without a copy; streamed: the lazy plan
         ref = shared["ref"]
         dataset = shared["streamed"] or ray.get(ref)
-    if not population_based:
-        run_name = f"{search}-{trial_id}"  # stable across trial retries
-        build_trainer(spec, dataset, run_name, storage, [TuneReportCallback()], data_ref=ref).fit()
-        return
-    # PBT may hand any epoch's checkpoint of this run to another trial, later: keep them all.
-    spec.checkpoint.keep = max(spec.checkpoint.keep, spec.train.epochs)
-    start = population.inherited()
-    run_name = population.run_name(search, trial_id, start)
+    start = population.inherited() if population_based else None
+    run_name = population.run_name(search, trial_id, start)  # stable across trial retries
+    if population_based:  # PBT may hand any epoch's checkpoint to another trial, later
+        spec.checkpoint.keep = max(spec.checkpoint.keep, spec.train.epochs)
     # One report in flight, as Ray's own TuneReportCallback queue: the run waits for Tune to
-    # take each epoch, so PBT decides on the epoch the run is at, not on one long past.
+    # take each epoch, so a scheduler decides on the epoch the run is at, not on one long past.
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = build_trainer(
         spec,
@@ -162,7 +155,18 @@ def run_trial(
         data_ref=ref,
         start_from=start.checkpoint if start else None,
     )
-    population.fit_reporting(trainer, queue, trial_id, start, run_name)
+    report = (
+        population.reporter(trial_id, start, run_name)
+        if population_based
+        else functools.partial(_report_metrics, run=run_name)
+    )
+    trial.fit_reporting(trainer, queue, report)
+
+
+def _report_metrics(event: dict[str, Any], run: str) -> None:
+    """A trial's epoch as Ray's TuneReportCallback reports it, with its Train run's name."""
+    path = {"checkpoint_path": event["checkpoint"]} if "checkpoint" in event else {}
+    tune.report({**event["metrics"], **path, "run_name": run})
 
 
 def searches_data(tune_spec: TuneSpec) -> bool:
@@ -238,10 +242,9 @@ def tune_config(spec: JobSpec) -> tune.TuneConfig:
         search_alg=search_alg,
         scheduler=scheduler,
         time_budget_s=t.time_budget_s,
-        # A trial's process (kiln, Ray Train and torch imported: 4 s a trial here) runs the
-        # next trial too, but only where every trial runs to its end: a trial stopped early
-        # still blocks in its Train run, and Tune would fail the trial handed its process.
-        reuse_actors=t.scheduler.name == "fifo",
+        # A trial's process (kiln, Ray Train and torch imported) runs the next trial too: a
+        # trial that Tune stops or pauses ends its Train run at once (kiln.tune.trial).
+        reuse_actors=True,
     )
 
 

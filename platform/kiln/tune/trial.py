@@ -1,0 +1,65 @@
+"""A trial's Train run, reported to Tune from the trial's own thread.
+
+The trial fits its Train run in a thread and hands each epoch to Tune itself (`tune.report`)
+rather than through Ray's TuneReportCallback, so that it can end the run when Tune is done
+with the trial. Tune stops a trial (ASHA) or pauses it (PBT) by raising SystemExit in the
+trial's thread at its next `tune.report`; the trial then aborts its run's controller, whose
+handle came with the reports, and its process is free at once for the next trial
+(`reuse_actors`): kiln, Ray Train and torch stay imported there. Before, a stopped trial
+stayed blocked in its Train run, and only FIFO searches could reuse trial processes.
+"""
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ray.util.queue import Empty, Queue
+
+# Tune waits this long for a stopped trial's thread before it hands the process to the next
+# trial (and fails that trial if the thread is still running); its default, 2 s, is shorter
+# than the controller's abort on a busy machine.
+THREAD_TIMEOUT_S = "60"
+ABORT_WAIT_S = 30.0
+
+
+def fit_reporting(trainer: Any, queue: Queue, report: Callable[[dict[str, Any]], None]) -> None:
+    """`trainer.fit()` in a thread (its callbacks: a ReportForwarder on `queue`), each
+    report passed to `report` (which calls `tune.report`) on this one. A failure of the fit is
+    raised here, after the last report; Tune stopping the trial aborts the run."""
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", THREAD_TIMEOUT_S)
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # re-raised on the trial's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, name="kiln-trial-fit", daemon=True)
+    thread.start()
+    controller = None
+    try:
+        while thread.is_alive() or not queue.empty():
+            try:
+                event = queue.get(timeout=0.5)
+            except Empty:
+                continue
+            controller = event.pop("controller", controller)
+            if event["kind"] == "report":
+                report(event)
+    except BaseException:  # SystemExit: Tune stopped or paused the trial
+        abort(controller, queue, thread)
+        raise
+    queue.shutdown()
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def abort(controller: Any, queue: Queue, thread: threading.Thread) -> None:
+    """Ends the Train run: the queue goes first, as the controller may be blocked putting a
+    report on it (its next report then fails the run, should the abort not reach it)."""
+    queue.shutdown(force=True)
+    if controller is not None:  # a call to an ended run's controller fails only its reply
+        controller.abort.remote()
+    thread.join(timeout=ABORT_WAIT_S)
