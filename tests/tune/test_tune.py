@@ -38,6 +38,7 @@ SMALL = [
 
 def test_asha_stops_trials_and_registers_the_best(fresh_home):
     spec = load_spec(ROOT / "jobs/digits-cnn-tune.yaml", SMALL)
+    before = {entry.split()[-1] for entry in live_search_actors()}
     outcome = run_search(spec, quiet=True)
     statuses = outcome.trials["status"].value_counts().to_dict()
     print(f"\nASHA trials: {statuses}; best {outcome.best_metric:.4f} ({outcome.best_trial})")
@@ -66,9 +67,12 @@ def test_asha_stops_trials_and_registers_the_best(fresh_home):
         run = ray.train.Result.from_path(str(storage / f"{outcome.name}-{stopped.trial_id}"))
         assert run.metrics["epoch"] <= stopped.epochs + 2, (stopped, run.metrics["epoch"])
 
-    # Ray Train's cleaner removes a stopped trial's placement group within a few seconds.
+    # Ray Train's cleaner removes a stopped trial's placement group within a few seconds, and
+    # no run's controller, trial process or report queue outlives the search.
     deadline = time.monotonic() + 30
-    while (leaked := live_placement_groups()) and time.monotonic() < deadline:
+    while (leaked := live_placement_groups() + live_search_actors(before)) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.5)
     assert not leaked, leaked
 
@@ -146,6 +150,20 @@ def trial_histories(search_path: str) -> dict:
 
 def live_placement_groups() -> list[dict]:
     return [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+
+
+def live_search_actors(before: set[str] = frozenset()) -> list[str]:
+    """Train controllers and workers, Tune trial processes and queues alive now, other than
+    the actors in `before` (ids)."""
+    from ray.util.state import list_actors
+
+    kinds = {"TrainController", "RayTrainWorker", "ImplicitFunc", "_QueueActor"}
+    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+    return [
+        f"{a.class_name} {a.actor_id}"
+        for a in actors
+        if a.class_name in kinds and a.actor_id not in before
+    ]
 
 
 def first_suggestions(seed: int) -> list[dict]:

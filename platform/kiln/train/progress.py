@@ -13,20 +13,20 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 
 class ReportForwarder(ray.train.UserCallback):
-    """Runs on the controller process: forwards rank 0's metrics and worker failures. A
-    report also carries the controller's handle, with which the reader can abort the run (a
-    Tune trial does, when Tune stops it). The controller unpickles this class: its module
-    must stay light to import (kiln.tune's would cost every run 1.5 s of CPU)."""
+    """Runs on the controller process: forwards rank 0's metrics and worker failures. With
+    `with_controller`, a report also carries the controller's handle, with which the reader
+    can abort the run (a Tune trial does, when Tune stops it); a reader that keeps the handle
+    keeps the controller's process alive. The controller unpickles this class: its module must
+    stay light to import (kiln.tune's would cost every run 1.5 s of CPU)."""
 
-    def __init__(self, queue: Queue):
+    def __init__(self, queue: Queue, with_controller: bool = False):
         self.queue = queue
+        self.with_controller = with_controller
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        event = {
-            "kind": "report",
-            "metrics": metrics[0],
-            "controller": ray.get_runtime_context().current_actor,
-        }
+        event: dict[str, Any] = {"kind": "report", "metrics": metrics[0]}
+        if self.with_controller:
+            event["controller"] = ray.get_runtime_context().current_actor
         if checkpoint is not None:
             event["checkpoint"] = checkpoint.path
         self.queue.put(event)

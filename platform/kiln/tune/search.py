@@ -151,7 +151,7 @@ def run_trial(
         dataset,
         run_name,
         storage,
-        [ReportForwarder(queue)],
+        [ReportForwarder(queue, with_controller=True)],
         data_ref=ref,
         start_from=start.checkpoint if start else None,
     )

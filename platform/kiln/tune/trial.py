@@ -24,9 +24,10 @@ ABORT_WAIT_S = 30.0
 
 
 def fit_reporting(trainer: Any, queue: Queue, report: Callable[[dict[str, Any]], None]) -> None:
-    """`trainer.fit()` in a thread (its callbacks: a ReportForwarder on `queue`), each
-    report passed to `report` (which calls `tune.report`) on this one. A failure of the fit is
-    raised here, after the last report; Tune stopping the trial aborts the run."""
+    """`trainer.fit()` in a thread (its callbacks: a ReportForwarder on `queue`, with the
+    controller's handle), each report passed to `report` (which calls `tune.report`) on this
+    one. A failure of the fit is raised here, after the last report; Tune stopping the trial
+    aborts the run."""
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", THREAD_TIMEOUT_S)
     outcome: dict[str, BaseException] = {}
 
