@@ -1,6 +1,5 @@
 """Building and running the search; registering the best trial with its story."""
 
-import contextlib
 import functools
 import io
 import math
@@ -106,18 +105,12 @@ def run_search(
                 stop={"epoch": spec.train.epochs} if spec.tune.scheduler.population_based else None,
             ),
         )
-    with quiet_tune():
-        grid = tuner.fit()
-    return _finish(spec, grid, name, path, storage, dataset)
-
-
-@contextlib.contextmanager
-def quiet_tune():
-    """Kiln draws a search's progress itself (SearchView). Tune's newer console output prints
-    its experiment box and a TensorBoard command for Ray's own folder even at verbose=0; its
-    older one (RAY_AIR_NEW_OUTPUT=0, read when the search starts) prints nothing there."""
+    # Kiln draws a search's progress itself (SearchView). Tune's newer console output prints
+    # its experiment box and a TensorBoard command for Ray's own folder even at verbose=0; its
+    # older one (RAY_AIR_NEW_OUTPUT=0, read when the search starts) prints nothing there.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    yield
+    grid = tuner.fit()
+    return _finish(spec, grid, name, path, storage, dataset)
 
 
 def run_trial(
