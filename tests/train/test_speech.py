@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from kiln import data as datasets
+from kiln.data.speech import BUNDLED
 from kiln.registry import ModelRegistry
 from kiln.registry.loading import load_model
 from kiln.train import run_job
@@ -14,7 +15,16 @@ from tests.evaluation import evaluate
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 
+# The accuracy bars are FSDD's whole corpus's (3,000 recordings, 6 speakers): on the 400 that
+# ship with Kiln (2 speakers) the same job reached 0.36-0.59 on the index split.
+whole_corpus = pytest.mark.skipif(
+    speech_corpus() == BUNDLED,
+    reason="needs FSDD's whole corpus: KILN_SPEECH_DATA, or ../shared/data/spoken-digits "
+    "beside the clone (make test finds it there)",
+)
 
+
+@whole_corpus
 def test_cnn_recognises_spoken_digits_on_the_index_split(spoken_digits_cnn):
     spec, outcome = spoken_digits_cnn
     epochs = outcome.history
@@ -43,13 +53,13 @@ def test_the_registered_model_reloads_to_the_identical_accuracy(spoken_digits_cn
 
 
 @pytest.mark.slow
+@whole_corpus
 def test_a_voice_the_model_has_never_heard(fresh_home):
     """Trained on every speaker but one, validated on that one: reported, and above chance
     (a short run: the benchmark trains every fold to the end)."""
-    corpus = speech_corpus()
-    held_out = "yweweler" if (corpus / "0_yweweler_0.wav").exists() else "nicolas"
+    held_out = "yweweler"
     overrides = [
-        f"data.path={corpus}",
+        f"data.path={speech_corpus()}",
         "data.params.split=speaker",
         f"data.params.val_speakers=[{held_out}]",
         "train.epochs=5",
