@@ -111,8 +111,8 @@ def test_a_canary_gets_its_share_and_new_weights_apply_without_a_failed_request(
     assert {r.status_code for r in replies} == {200}
     answered = collections.Counter(r.json()["model_version"] for r in replies)
     arms = {(r.json()["parameters"]["arm"], r.headers[ARM_HEADER]) for r in replies}
-    low, high = stats.binom.interval(0.99, 1000, 0.2)
-    print(f"\ncanary 80/20: {dict(answered)}; 99% interval for the canary {low}-{high}")
+    low, high = stats.binom.interval(0.999, 1000, 0.2)
+    print(f"\ncanary 80/20: {dict(answered)}; 99.9% interval for the canary {low}-{high}")
     assert low <= answered[str(versions["candidate"])] <= high
     assert arms == {("production", "production"), ("candidate", "candidate")}
 
@@ -143,7 +143,7 @@ def test_a_sticky_header_keeps_each_user_on_one_arm(endpoint, versions):
         arms_of[users[i % 200]].add(reply.json()["parameters"]["arm"])
     assert all(len(arms) == 1 for arms in arms_of.values())
     on_candidate = sum(arms == {"candidate"} for arms in arms_of.values())
-    low, high = stats.binom.interval(0.99, 200, 0.5)
+    low, high = stats.binom.interval(0.999, 200, 0.5)
     print(f"\nsticky A/B: {on_candidate} of 200 users on the candidate")
     assert low <= on_candidate <= high
     anonymous = asyncio.run(answers(target, body, 40))  # no header: drawn at random
