@@ -19,6 +19,9 @@ def train(
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
     verbose: bool = typer.Option(False, "--verbose", help="show Ray's worker logs"),
+    dashboard: bool = typer.Option(
+        False, "--dashboard", help="start Ray's dashboard with the local cluster (a second slower)"
+    ),
 ) -> None:
     """Train a job spec on Ray Train and register the best checkpoint as a new version."""
     spec = load_spec(spec_file, set_)  # every spec error surfaces here, before Ray starts
@@ -27,7 +30,7 @@ def train(
     from kiln.train import run_job
     from kiln.train.progress import ProgressView
 
-    if connect(address, show_logs=verbose and not json_output):
+    if connect(address, show_logs=verbose and not json_output, dashboard=dashboard):
         check_cluster_started_here(spec)
     metric = spec.checkpoint.metric or "val_loss"
     view = ProgressView(spec.name, spec.train.epochs, metric, console, quiet=quiet or json_output)

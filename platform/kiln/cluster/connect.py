@@ -8,10 +8,17 @@ from kiln.settings import get_settings
 
 
 def connect(
-    address: str | None = None, show_logs: bool = False, metrics_export_port: int | None = None
+    address: str | None = None,
+    show_logs: bool = False,
+    metrics_export_port: int | None = None,
+    dashboard: bool = True,
 ) -> bool:
-    """Whether this call started a local cluster. `metrics_export_port` applies when it
-    does: Prometheus scrapes Ray's and Kiln's metrics there."""
+    """Whether this call started a local cluster. `metrics_export_port` and `dashboard` apply
+    when it does: Prometheus scrapes Ray's and Kiln's metrics there. Ray's dashboard starts ten
+    processes of its own (a second of a 2-core machine while a run starts); `kiln serve`
+    deploys through its REST API, and Ray Train's placement-group cleaner watches a run's
+    controller through its State API (a cluster that this process owns goes with the process,
+    and its placement groups with it)."""
     import ray
 
     if ray.is_initialized():
@@ -24,6 +31,8 @@ def connect(
             os.environ.setdefault(name, value)
     port = metrics_export_port if starts_one else None
     extra: dict[str, Any] = {"_metrics_export_port": port} if port else {}
+    if starts_one and not dashboard:
+        extra["include_dashboard"] = False
     ray.init(
         address=address,
         logging_level=logging.WARNING,
