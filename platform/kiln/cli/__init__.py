@@ -53,7 +53,8 @@ err = err_console
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        code = app(args=argv, standalone_mode=False)  # a command's typer.Exit(code) lands here
+        # a command's typer.Exit(code) lands here
+        code = app(args=argv, prog_name="kiln", standalone_mode=False)
     except KilnError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -64,12 +65,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except Exception as e:  # click's usage errors: the usage line and the error, or the help
+        show = getattr(e, "show", None)
+        if not isinstance(e, usage_errors()) or show is None:
+            raise
+        show()
+        sys.exit(getattr(e, "exit_code", 2))
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def usage_errors() -> tuple[type[Exception], ...]:
+    """What the command line's parser raises: typer 0.29 parses with its own copy of click
+    (`typer._click`, whose exceptions derive from TyperException), earlier typers with click."""
+    import click
+
+    return (getattr(typer.exceptions, "TyperException", click.ClickException), click.ClickException)

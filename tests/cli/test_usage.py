@@ -1,0 +1,32 @@
+"""A mistyped command line gets click's usage message and exit code 2, never a traceback."""
+
+import pytest
+
+from kiln.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["trian", "jobs/digits-cnn.yaml"], "No such command 'trian'. Did you mean 'train'?"),
+        (["train"], "Missing argument 'spec_file'"),
+        (["train", "jobs/digits-cnn.yaml", "--epochs", "3"], "No such option: --epochs"),
+        (["bench", "http://127.0.0.1:8000/v2/models/m", "-c", "many"], "Invalid value for '-c'"),
+        (["models", "show"], "Missing argument 'ref'"),
+    ],
+)
+def test_a_usage_error_is_one_message_and_exit_2(argv, says, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert says in err and "Usage: kiln" in err
+    assert "Traceback" not in err
+
+
+def test_a_command_group_without_its_command_shows_its_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["models"])
+    out = capsys.readouterr()
+    assert "Usage: kiln models" in out.out + out.err
+    assert "Traceback" not in out.out + out.err
