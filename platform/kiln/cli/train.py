@@ -13,7 +13,9 @@ def train(
     spec_file: Path = typer.Argument(..., help="the job spec (YAML)"),
     set_: list[str] = typer.Option([], "--set", help="override a field: PATH=VALUE"),
     address: str = typer.Option(
-        None, help="an existing Ray cluster (default: KILN_RAY_ADDRESS, else a local one)"
+        None,
+        help="an existing Ray cluster's GCS, HOST:6379 (default: KILN_RAY_ADDRESS, else the "
+        "cluster running on this machine, else a new local one)",
     ),
     run_name: str = typer.Option(None, help="resume this run, or give a new run this name"),
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),

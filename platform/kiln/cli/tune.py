@@ -13,7 +13,11 @@ def tune(
     set_: list[str] = typer.Option([], "--set", help="override a field: PATH=VALUE"),
     resume: bool = typer.Option(False, "--resume", help="continue the latest interrupted search"),
     name: str = typer.Option(None, help="the search's name (default: job name and time)"),
-    address: str = typer.Option(None, help="an existing Ray cluster (default: a local one)"),
+    address: str = typer.Option(
+        None,
+        help="an existing Ray cluster's GCS, HOST:6379 (default: KILN_RAY_ADDRESS, else the "
+        "cluster running on this machine, else a new local one)",
+    ),
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
     verbose: bool = typer.Option(False, "--verbose", help="show Ray's worker logs"),

@@ -2,8 +2,11 @@
 
 import logging
 import os
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
+from kiln.errors import ClusterError
 from kiln.settings import get_settings
 
 
@@ -29,18 +32,55 @@ def connect(
         logging.getLogger(TOKEN_SETUP_LOGGER).addFilter(quiet_default_token_notice)
         for name, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(name, value)
+    elif address and address != "auto":
+        check_reachable(address)
     port = metrics_export_port if starts_one else None
     extra: dict[str, Any] = {"_metrics_export_port": port} if port else {}
     if starts_one and not dashboard:
         extra["include_dashboard"] = False
-    ray.init(
-        address=address,
-        logging_level=logging.WARNING,
-        log_to_driver=show_logs,  # worker logs stay in /tmp/ray/session_latest/logs
-        configure_logging=True,
-        **extra,
-    )
+    try:
+        ray.init(
+            address=address,
+            logging_level=logging.WARNING,
+            log_to_driver=show_logs,  # worker logs stay in /tmp/ray/session_latest/logs
+            configure_logging=True,
+            **extra,
+        )
+    except ConnectionError as e:
+        raise ClusterError(
+            f"could not join the Ray cluster at {address}: {e}{TOKEN_HINT}"
+        ) from None
     return starts_one
+
+
+# Ray sends its token only to a cluster it finds itself, not to an address it is given.
+TOKEN_HINT = (
+    ". A cluster with token authentication needs RAY_AUTH_MODE=token here, and its token in "
+    "RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token"
+)
+REACH_TIMEOUT_S = 5
+
+
+def check_reachable(address: str) -> None:
+    """A GCS address (HOST:PORT, or ray://HOST:PORT for Ray Client) that answers; else one
+    line now, where `ray.init` would retry for minutes. A dashboard URL is refused: runs join
+    a cluster at its GCS, and `kiln submit` is what sends a job to a dashboard."""
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    if parts.scheme in ("http", "https"):
+        raise ClusterError(
+            f"{address} is a dashboard; --address here is the cluster's GCS (HOST:6379), "
+            "or send the job to the dashboard with `kiln submit`"
+        )
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise ClusterError(f"{address} is not a Ray cluster address (HOST:PORT)")
+    try:
+        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as e:
+        raise ClusterError(f"no Ray cluster answers at {address}: {e.strerror or e}") from None
 
 
 # A cluster this process starts is this one machine: none of its nodes is drained for

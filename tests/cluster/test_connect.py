@@ -1,0 +1,49 @@
+"""Joining a Ray cluster at an address: a wrong one fails in one line, at once."""
+
+import socket
+import time
+
+import pytest
+
+from kiln.cluster.connect import check_reachable
+from kiln.errors import ClusterError
+from tests.conftest import run_kiln
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket closes
+
+
+def test_an_address_where_nothing_listens_fails_at_once():
+    started = time.perf_counter()
+    with pytest.raises(ClusterError, match=r"no Ray cluster answers at 127\.0\.0\.1:\d+"):
+        check_reachable(f"127.0.0.1:{closed_port()}")
+    assert time.perf_counter() - started < 5  # ray.init would retry for minutes
+
+
+def test_a_dashboard_url_is_not_a_cluster_address():
+    with pytest.raises(ClusterError, match="is a dashboard.*kiln submit"):
+        check_reachable("http://127.0.0.1:8265")
+
+
+@pytest.mark.parametrize("address", ["head-node", "head-node:port", ":6379"])
+def test_an_address_without_host_and_port_is_refused(address):
+    with pytest.raises(ClusterError, match="is not a Ray cluster address"):
+        check_reachable(address)
+
+
+def test_an_address_that_answers_passes():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
+        check_reachable(f"ray://127.0.0.1:{server.getsockname()[1]}")
+
+
+def test_kiln_train_at_a_wrong_address_is_one_line_and_no_wait():
+    result = run_kiln("train", "jobs/digits-mlp.yaml", "--address", f"127.0.0.1:{closed_port()}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no Ray cluster answers at 127.0.0.1:")
+    assert "Traceback" not in result.stderr
