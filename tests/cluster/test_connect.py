@@ -34,6 +34,10 @@ def test_an_address_without_host_and_port_is_refused(address):
         check_reachable(address)
 
 
+def test_other_schemes_are_left_to_ray():
+    check_reachable("anyscale://my-cluster")
+
+
 def test_an_address_that_answers_passes():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

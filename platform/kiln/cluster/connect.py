@@ -27,12 +27,12 @@ def connect(
     if ray.is_initialized():
         return False
     address = address or get_settings().ray_address or os.environ.get("RAY_ADDRESS")
-    starts_one = not address and not local_cluster_running()
+    starts_one = address == "local" or (not address and not local_cluster_running())
     if starts_one:
         logging.getLogger(TOKEN_SETUP_LOGGER).addFilter(quiet_default_token_notice)
         for name, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(name, value)
-    elif address and address != "auto":
+    elif address and address != "auto":  # Ray's word for "find the one running here"
         check_reachable(address)
     port = metrics_export_port if starts_one else None
     extra: dict[str, Any] = {"_metrics_export_port": port} if port else {}
@@ -66,6 +66,8 @@ def check_reachable(address: str) -> None:
     line now, where `ray.init` would retry for minutes. A dashboard URL is refused: runs join
     a cluster at its GCS, and `kiln submit` is what sends a job to a dashboard."""
     parts = urlsplit(address if "://" in address else f"//{address}")
+    if parts.scheme not in ("", "ray", "http", "https"):
+        return  # another scheme's client (a Ray plugin's): ray.init knows it
     if parts.scheme in ("http", "https"):
         raise ClusterError(
             f"{address} is a dashboard; --address here is the cluster's GCS (HOST:6379), "
