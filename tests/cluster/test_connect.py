@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from kiln.cluster.connect import check_reachable
+from kiln.cluster.connect import check_reachable, given_address
 from kiln.errors import ClusterError
 from tests.conftest import run_kiln
 
@@ -24,8 +24,22 @@ def test_an_address_where_nothing_listens_fails_at_once():
 
 
 def test_a_dashboard_url_is_not_a_cluster_address():
-    with pytest.raises(ClusterError, match="is a dashboard.*kiln submit"):
+    with pytest.raises(ClusterError, match="--address http://127.0.0.1:8265 is a dashboard"):
         check_reachable("http://127.0.0.1:8265")
+
+
+def test_the_error_names_where_the_address_came_from(monkeypatch):
+    """`ray job submit` users often export RAY_ADDRESS=http://HEAD:8265; the README has
+    KILN_RAY_ADDRESS name a dashboard for `kiln submit` and `kiln jobs`."""
+    monkeypatch.delenv("KILN_RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    source, address = given_address(None)
+    assert (source, address) == ("RAY_ADDRESS", "http://127.0.0.1:8265")
+    with pytest.raises(ClusterError, match="^RAY_ADDRESS http://127.0.0.1:8265 is a dashboard"):
+        check_reachable(address, source)
+    assert given_address("10.0.0.5:6379") == ("--address", "10.0.0.5:6379")
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert given_address(None) == ("", None)
 
 
 @pytest.mark.parametrize("address", ["head-node", "head-node:port", ":6379"])

@@ -26,14 +26,14 @@ def connect(
 
     if ray.is_initialized():
         return False
-    address = address or get_settings().ray_address or os.environ.get("RAY_ADDRESS")
+    source, address = given_address(address)
     starts_one = address == "local" or (not address and not local_cluster_running())
     if starts_one:
         logging.getLogger(TOKEN_SETUP_LOGGER).addFilter(quiet_default_token_notice)
         for name, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(name, value)
     elif address and address != "auto":  # Ray's word for "find the one running here"
-        check_reachable(address)
+        check_reachable(address, source)
     port = metrics_export_port if starts_one else None
     extra: dict[str, Any] = {"_metrics_export_port": port} if port else {}
     if starts_one and not dashboard:
@@ -61,7 +61,20 @@ TOKEN_HINT = (
 REACH_TIMEOUT_S = 5
 
 
-def check_reachable(address: str) -> None:
+def given_address(address: str | None) -> tuple[str, str | None]:
+    """Where the cluster's address comes from, and the address: --address, else
+    KILN_RAY_ADDRESS, else Ray's RAY_ADDRESS (None: the cluster running here, or a new one)."""
+    for source, value in (
+        ("--address", address),
+        ("KILN_RAY_ADDRESS", get_settings().ray_address),
+        ("RAY_ADDRESS", os.environ.get("RAY_ADDRESS")),
+    ):
+        if value:
+            return source, value
+    return "", None
+
+
+def check_reachable(address: str, source: str = "--address") -> None:
     """A GCS address (HOST:PORT, or ray://HOST:PORT for Ray Client) that answers; else one
     line now, where `ray.init` would retry for minutes. A dashboard URL is refused: runs join
     a cluster at its GCS, and `kiln submit` is what sends a job to a dashboard."""
@@ -70,8 +83,8 @@ def check_reachable(address: str) -> None:
         return  # another scheme's client (a Ray plugin's): ray.init knows it
     if parts.scheme in ("http", "https"):
         raise ClusterError(
-            f"{address} is a dashboard; --address here is the cluster's GCS (HOST:6379), "
-            "or send the job to the dashboard with `kiln submit`"
+            f"{source} {address} is a dashboard: a run joins a cluster at its GCS "
+            "(HOST:6379), and `kiln submit` sends a job to a dashboard"
         )
     try:
         host, port = parts.hostname, parts.port
