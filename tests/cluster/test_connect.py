@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from kiln.cluster.connect import check_reachable, given_address
+from kiln.cluster.address import given_address
+from kiln.cluster.connect import check_reachable
 from kiln.errors import ClusterError
 from tests.conftest import run_kiln
 

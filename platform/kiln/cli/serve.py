@@ -252,7 +252,8 @@ def _cluster(address: str | None, detach: bool) -> tuple[str, bool]:
         return LOCAL_DASHBOARD, start_detached_head(METRICS_PORT)
     import ray
 
-    from kiln.cluster.connect import connect, local_cluster_running
+    from kiln.cluster.connect import connect
+    from kiln.cluster.local import local_cluster_running
 
     running = local_cluster_running()
     connect(get_settings().ray_address, metrics_export_port=METRICS_PORT)

@@ -6,8 +6,9 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
+from kiln.cluster.address import given_address
+from kiln.cluster.local import local_cluster_running
 from kiln.errors import ClusterError
-from kiln.settings import get_settings
 
 
 def connect(
@@ -61,19 +62,6 @@ TOKEN_HINT = (
 REACH_TIMEOUT_S = 5
 
 
-def given_address(address: str | None) -> tuple[str, str | None]:
-    """Where the cluster's address comes from, and the address: --address, else
-    KILN_RAY_ADDRESS, else Ray's RAY_ADDRESS (None: the cluster running here, or a new one)."""
-    for source, value in (
-        ("--address", address),
-        ("KILN_RAY_ADDRESS", get_settings().ray_address),
-        ("RAY_ADDRESS", os.environ.get("RAY_ADDRESS")),
-    ):
-        if value:
-            return source, value
-    return "", None
-
-
 def check_reachable(address: str, source: str = "--address") -> None:
     """A GCS address (HOST:PORT, or ray://HOST:PORT for Ray Client) that answers; else one
     line now, where `ray.init` would retry for minutes. A dashboard URL is refused: runs join
@@ -111,10 +99,3 @@ def quiet_default_token_notice(record: logging.LogRecord) -> bool:
     nothing a Kiln user can act on (`kiln cluster up` reports the cluster's auth). Its
     warning that authentication is off stays."""
     return not record.getMessage().startswith("Token authentication is enabled")
-
-
-def local_cluster_running() -> bool:
-    """Whether a Ray cluster (a GCS process) runs on this machine."""
-    from ray._private.services import find_gcs_addresses
-
-    return bool(find_gcs_addresses())

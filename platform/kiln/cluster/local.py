@@ -171,8 +171,6 @@ def ray_start(*args: str) -> list[str]:
 def start_detached_head(metrics_port: int) -> bool:
     """A head node that outlives this process (`kiln serve --detach`), unless one runs here;
     whether it started one."""
-    from kiln.cluster.connect import local_cluster_running
-
     if local_cluster_running():
         return False
     command = ray_start(
@@ -321,3 +319,10 @@ def _forget_as_default(address: str) -> None:
     with contextlib.suppress(OSError):
         if path.read_text().strip().rsplit(":", 1)[-1] == port:
             path.unlink()
+
+
+def local_cluster_running() -> bool:
+    """Whether a Ray cluster (a GCS process) runs on this machine."""
+    from ray._private.services import find_gcs_addresses
+
+    return bool(find_gcs_addresses())
