@@ -33,7 +33,8 @@ def standardization(mean: np.ndarray, std: np.ndarray, names: list[str]) -> dict
 def features(transform: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """Raw feature rows (N, F), or raw images (N, C, H, W) with pixels in 0..255, as model
     inputs: standardised per feature or per channel when the model was trained so, otherwise
-    unchanged."""
+    unchanged. A standardised feature's missing value (NaN) or infinite one is its training
+    mean (0 once standardised), which is how the training rows were filled."""
     if "image" in transform:
         return normalise_image(transform["image"], x)
     rule = transform.get("standardize")
@@ -41,7 +42,8 @@ def features(transform: dict[str, Any], x: np.ndarray) -> np.ndarray:
         return x
     mean = np.asarray(rule["mean"], dtype=np.float32)
     scale = np.asarray(rule["std"], dtype=np.float32) + np.float32(EPSILON)
-    return ((np.asarray(x, dtype=np.float32) - mean) / scale).astype(np.float32, copy=False)
+    z = ((np.asarray(x, dtype=np.float32) - mean) / scale).astype(np.float32, copy=False)
+    return np.nan_to_num(z, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def tokenize(text: str) -> list[str]:

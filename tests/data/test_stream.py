@@ -17,7 +17,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from kiln import data
+from kiln import data, preprocess
 from kiln.data.shards import Shards
 from kiln.data.stream import StreamedDataset, fit, in_validation, rows_of
 from kiln.data.tables import TableLayout
@@ -250,8 +250,10 @@ def test_streamed_text_trains_and_registers_its_vocabulary(tmp_path, fresh_home)
 # --- bad input: one line naming the file, before any worker starts ---------------------------
 
 
-def build(path: Path | str, **params):
-    spec = DataSpec(name="table", path=str(path), params={"label": "label", **params})
+def build(path: Path | str, streaming: bool | str = "auto", **params):
+    spec = DataSpec(
+        name="table", path=str(path), streaming=streaming, params={"label": "label", **params}
+    )
     data.check(spec)
     return data.build(spec, "classification")
 
@@ -294,6 +296,60 @@ def test_a_corrupt_parquet_file_fails_in_one_line_naming_it(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert "part-00001.parquet: not a readable Parquet file" in lines[-1]
     assert "Traceback" not in done.stderr
+
+
+def people_csv(path: Path, rows: int = 600) -> pd.DataFrame:
+    """Real tables' blemishes: empty cells in a numeric column, an infinite value, a text
+    column."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, rows).astype(float),
+            "income": rng.normal(50, 15, rows),
+            "city": rng.choice(["paris", "lyon"], rows),
+            "label": rng.choice(["yes", "no"], rows),
+        }
+    )
+    frame.loc[rng.random(rows) < 0.1, "income"] = np.nan
+    frame.loc[3, "age"] = np.inf
+    frame.to_csv(path, index=False)  # NaN: an empty cell
+    return frame
+
+
+def test_missing_values_are_the_training_mean_on_both_paths(tmp_path):
+    people_csv(tmp_path / "people.csv")
+    features = ["age", "income"]
+    in_memory = build(tmp_path / "people.csv", features=features, streaming=False)
+    assert np.isfinite(in_memory.x_train).all() and np.isfinite(in_memory.x_val).all()
+    streamed = build(tmp_path / "people.csv", features=features, streaming=True)
+    assert isinstance(streamed, StreamedDataset)
+    rule = in_memory.schema.transform["standardize"]
+    streamed_rule = streamed.schema.transform["standardize"]
+    assert streamed_rule["features"] == rule["features"] == features
+    for key in ("mean", "std"):
+        np.testing.assert_allclose(streamed_rule[key], rule[key], rtol=1e-9)
+    frame = pd.read_csv(tmp_path / "people.csv").replace(np.inf, np.nan)
+    train_rows = frame[~in_validation(frame[[*features, "label"]], 0.2, 0)]
+    np.testing.assert_allclose(rule["mean"], train_rows[features].mean(), rtol=1e-6)
+    np.testing.assert_allclose(rule["std"], train_rows[features].std(ddof=0), rtol=1e-6)
+    missing = preprocess.features({"standardize": rule}, np.array([[np.nan, np.inf]], np.float32))
+    assert missing.tolist() == [[0.0, 0.0]]  # the mean, standardised
+
+
+def test_rows_without_their_label_are_refused_on_both_paths(tmp_path):
+    frame = people_csv(tmp_path / "people.csv")
+    frame.loc[[5, 9], "label"] = None  # empty cells
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    for streaming in (False, True):
+        with pytest.raises(DataError, match=r"rows have no 'label' \(the label\)"):
+            build(tmp_path / "people.csv", features=["age"], streaming=streaming)
+
+
+def test_a_text_feature_column_is_refused_naming_it(tmp_path):
+    people_csv(tmp_path / "people.csv")
+    with pytest.raises(DataError, match="feature column 'city' holds string values"):
+        build(tmp_path / "people.csv", features=["age", "city"])
+    assert build(tmp_path / "people.csv", streaming=False).schema.input_shape == [2]  # numbers
 
 
 def test_streaming_a_dataset_that_cannot_stream_is_refused():

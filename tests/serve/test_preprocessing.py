@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
+from kiln import preprocess
 from kiln.data.base import shuffled_split
 from kiln.preprocess import token_ids
 from kiln.registry.loading import load_model
@@ -47,6 +48,41 @@ def test_raw_breast_cancer_rows_get_the_registered_accuracy(raw_serving, raw_inp
     best = raw_input_models.read_json(version, "metrics.json")["best"]
     assert accuracy == pytest.approx(best["val_accuracy"], abs=1e-9)
     assert accuracy > 0.9
+
+
+def test_missing_features_are_filled_with_the_training_mean(raw_serving, raw_input_models):
+    """A table model's raw row may lack values: JSON null, or NaN in Triton's binary
+    tensors (its client's default). Each is the feature's training mean, as in training."""
+    import httpx
+    import torch
+    import tritonclient.http as triton
+
+    rows = load_breast_cancer().data[:6].astype(np.float32)
+    rows[0, 3] = rows[2, [0, 7]] = rows[5, :] = np.nan
+    body = infer_body(rows)
+    body["inputs"][0]["data"] = [None if np.isnan(v) else v for v in rows.ravel().tolist()]
+    url = f"{raw_serving}/v2/models/breast-cancer-mlp"
+    response = httpx.post(f"{url}/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    served = next(o for o in response.json()["outputs"] if o["name"] == "probabilities")
+    loaded = load_model(raw_input_models, "breast-cancer-mlp@staging")
+    rule = loaded.card["schema"]["transform"]["standardize"]
+    filled = np.where(np.isnan(rows), np.asarray(rule["mean"], np.float32), rows)
+    with torch.inference_mode():
+        offline = torch.softmax(
+            loaded.module(torch.from_numpy(preprocess.features({"standardize": rule}, filled))),
+            dim=-1,
+        ).numpy()
+    np.testing.assert_allclose(np.reshape(served["data"], offline.shape), offline, atol=1e-5)
+
+    client = triton.InferenceServerClient(raw_serving.removeprefix("http://"))
+    tensor = triton.InferInput("input", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows)  # binary, NaN and all
+    result = client.infer("breast-cancer-mlp", [tensor])
+    np.testing.assert_allclose(result.as_numpy("probabilities"), offline, atol=1e-5)
+    client.close()
+    notes = httpx.get(url).json()["parameters"]
+    assert notes["missing_values"] == "null or NaN: the feature's training mean"
 
 
 def test_raw_text_gets_the_offline_models_labels(raw_serving, raw_input_models):

@@ -9,6 +9,7 @@ import threading
 import time
 
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
 
@@ -163,6 +164,38 @@ def test_a_job_whose_workers_cannot_start_fails_naming_what_is_missing(fresh_hom
     assert "could not start within 8 s (scaling.start_timeout_s)" in message
     assert "need 2 CPU (free 0.5 of 2" in message
     assert time.monotonic() - started < 60
+
+
+def test_a_run_whose_loss_diverges_stops_and_registers_nothing(fresh_home, tmp_path):
+    """Targets near float32's limit: the squared error overflows in the first epoch. The run
+    stops there (not after every epoch) and nothing is registered."""
+    from kiln.errors import TrainingError
+    from kiln.spec import parse_spec
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    table = {"a": x[:, 0], "b": x[:, 1], "target": (x[:, 0] + 2) * 1e30}
+    pd.DataFrame(table).to_csv(tmp_path / "huge.csv", index=False)
+    spec = parse_spec(
+        {
+            "name": "huge",
+            "task": "regression",
+            "data": {
+                "name": "table",
+                "path": str(tmp_path / "huge.csv"),
+                "params": {"label": "target"},
+            },
+            "model": {"family": "mlp", "params": {"hidden": [8]}},
+            "train": {"epochs": 4, "batch_size": 64},
+            "scaling": {"num_workers": 2},
+        },
+        "huge",
+    )
+    view = quiet_view(spec)
+    with pytest.raises(TrainingError, match="training diverged at epoch 1 .*nothing registered"):
+        run_job(spec, view)
+    assert [e["metrics"]["epoch"] for e in view.events if e["kind"] == "report"] == [1]
+    assert ModelRegistry.open().versions("huge") == []
 
 
 def test_resources_the_runs_own_placement_group_holds_are_not_a_shortfall():

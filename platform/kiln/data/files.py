@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from kiln.data.shards import GLOB, Shards
-from kiln.data.stream import root_cause
+from kiln.data.stream import quiet_ray_data, root_cause
 from kiln.errors import DataError
 
 
@@ -20,6 +20,7 @@ def read_table(
     import ray.data
 
     shards = path if isinstance(path, Shards) else Shards.open(path, delimiter)
+    quiet_ray_data()
     try:
         if shards.format == "parquet":
             dataset = ray.data.read_parquet(shards.files)

@@ -44,28 +44,57 @@ class TableLayout:
         return [*self.features, self.label]
 
     def summary(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Per-feature mean and sum of squared deviations (M2), and the labels."""
-        x = frame[self.features].to_numpy(np.float32).astype(np.float64)
-        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+        """Per feature: the count of its present values, their mean and sum of squared
+        deviations (M2); and the labels."""
+        x = self.raw_features(frame).astype(np.float64)
+        present = ~np.isnan(x)
+        count = present.sum(axis=0)
+        mean = np.where(present, x, 0.0).sum(axis=0) / np.maximum(count, 1)
+        m2 = np.where(present, (x - mean) ** 2, 0.0).sum(axis=0)
         classifies = self.task == "classification"
         labels = labels_of(frame, self.label) if classifies else np.array(["[]"])
-        return {"mean": mean[None], "m2": ((x - mean) ** 2).sum(axis=0)[None], "classes": labels}
+        self.targets(frame)  # a row without its label fails the fit, before any training
+        return {"count": count[None], "mean": mean[None], "m2": m2[None], "classes": labels}
 
     def fitted(self, summaries: list[dict[str, Any]]) -> "TableLayout":
         """Standardised by the merged means and M2s, unless the rows are images."""
-        rows, mean, m2 = merged_moments(summaries)
+        count, mean, m2 = merged_moments(summaries)
         transform = self.transform
         if not self.image_shape:
-            std = np.sqrt(m2 / max(rows, 1))
+            if empty := [f for f, n in zip(self.features, count, strict=True) if n == 0]:
+                raise DataError(f"feature column {empty[0]!r} has no value in the training rows")
+            std = np.sqrt(m2 / np.maximum(count, 1))
             transform = {"standardize": preprocess.standardization(mean, std, self.features)}
         classes = merged_labels(summaries) if self.task == "classification" else None
         return replace(self, classes=classes, transform=transform)
 
+    def raw_features(self, frame: pd.DataFrame) -> np.ndarray:
+        """(N, F) float32, a missing or infinite value as NaN (the training mean, once
+        standardised: kiln.preprocess)."""
+        x = frame[self.features].to_numpy(np.float32, na_value=np.nan)
+        x[np.isinf(x)] = np.nan
+        return x
+
+    def targets(self, frame: pd.DataFrame) -> np.ndarray:
+        """The label column's values; a row without one is a DataError (nothing to learn)."""
+        values = frame[self.label]
+        missing = values.isna()
+        if pd.api.types.is_float_dtype(values):
+            missing |= np.isinf(values.to_numpy(np.float64, na_value=np.nan))
+        elif not pd.api.types.is_numeric_dtype(values):  # a CSV's empty cell: an empty string
+            missing |= values.astype(str).str.strip() == ""
+        if missing := int(missing.sum()):
+            raise DataError(
+                f"{missing} of {len(values)} rows have no {self.label!r} (the label), or an "
+                "infinite one: drop or fill them"
+            )
+        return values.to_numpy()
+
     def tensors(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        x = preprocess.features(self.transform, frame[self.features].to_numpy(np.float32))
+        x = preprocess.features(self.transform, self.raw_features(frame))
         if self.image_shape:
             x = x.reshape(len(x), *self.image_shape)
-        values = frame[self.label].to_numpy()
+        values = self.targets(frame)
         if self.task != "classification":
             return {"x": x, "y": values.astype(np.float32)[:, None]}
         assert self.classes is not None, "fit the layout first"
@@ -109,7 +138,9 @@ def table(
     streaming: bool | Literal["auto"] = "auto",
 ) -> Dataset | StreamedDataset:
     """Your own CSV or Parquet table (a file, a folder of part files or a glob). `features`
-    defaults to every other numeric column; `image_shape` (e.g. [1, 28, 28]) reshapes each
+    defaults to every other numeric column; a missing value (or an infinite one) is the
+    feature's training mean, in training and in serving; a row without its label is an
+    error. `image_shape` (e.g. [1, 28, 28]) reshapes each
     row's features into an image. Validation rows are chosen by a seeded hash of the row, or
     of the `split_key` column (all rows of a key on one side). Larger tables stream."""
     require_task("table", task, ("classification", "regression"))
@@ -132,19 +163,30 @@ def _layout(
     """The columns a table job reads, checked against the shards' schema before any read;
     the features default to every numeric column but the label and the split's key."""
     shards.require([label, *([split_key] if split_key else [])])
-    numeric = [
-        f.name
-        for f in shards.schema
-        if f.name not in (label, split_key)
-        and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
-    ]
+    numeric = [f.name for f in shards.schema if f.name not in (label, split_key) and _is_number(f)]
     columns = features or numeric
     if not columns:
         raise DataError(f"{shards.path}: no numeric feature columns beside {label!r}")
     shards.require(columns)
+    for name in columns:
+        if not _is_number(column := shards.schema.field(name)):
+            raise DataError(
+                f"{shards.path}: feature column {name!r} holds {column.type} values; a table's "
+                "features are numbers: encode it as numbers, or leave it out of "
+                "data.params.features"
+            )
     if image_shape and int(np.prod(image_shape)) != len(columns):
         raise DataError(f"image_shape {image_shape} needs {int(np.prod(image_shape))} columns")
     return TableLayout(task, label, columns, image_shape=image_shape)
+
+
+def _is_number(column: pa.Field) -> bool:
+    kind = column.type
+    # null: a CSV column whose first rows are empty (its type is read from them)
+    return any(is_type(kind) for is_type in NUMBER_TYPES)
+
+
+NUMBER_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
 
 
 def standardize(data: Dataset, feature_names: list[str]) -> Dataset:

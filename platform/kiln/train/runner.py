@@ -76,8 +76,9 @@ def run_job(
     result = _fit_with_progress(trainer, queue, view, needed, spec.scaling.start_timeout_s)
     queue.shutdown()
 
-    checkpoint, best_metrics = best_checkpoint(result, spec)
     history = run_history(result.checkpoint)
+    refuse_diverged(history)
+    checkpoint, best_metrics = best_checkpoint(result, spec)
     outcome = TrainOutcome(
         model=spec.model_name,
         version=None,
@@ -302,6 +303,18 @@ def best_checkpoint(result, spec: JobSpec) -> tuple[ray.train.Checkpoint, dict[s
     sign = 1 if spec.checkpoint.mode == "max" else -1
     checkpoint, metrics = max(checkpoints, key=lambda cm: sign * cm[1][spec.checkpoint.metric])
     return checkpoint, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def refuse_diverged(history: list[dict[str, float]]) -> None:
+    """A run whose loss became NaN or infinite stopped there (every rank together: the
+    losses are all-reduced); its weights are no model to register."""
+    if history and history[-1].get("diverged"):
+        last = history[-1]
+        losses = ", ".join(f"{k}={v}" for k, v in last.items() if k.endswith("_loss"))
+        raise TrainingError(
+            f"training diverged at epoch {int(last['epoch'])} ({losses}); nothing registered. "
+            "Look for NaN or infinite values in the data, or lower train.optimizer.lr"
+        )
 
 
 def run_history(checkpoint: ray.train.Checkpoint | None) -> list[dict[str, float]]:

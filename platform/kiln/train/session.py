@@ -146,8 +146,9 @@ class WorkerSession:
             "elapsed_s": time.monotonic() - self._started,
             "resumed_from": -1 if progress.resumed_from is None else progress.resumed_from,
         }
-        stop = self._early_stop(metrics)
-        metrics["early_stopped"] = stop
+        diverged = not all(math.isfinite(v) for k, v in metrics.items() if k.endswith("_loss"))
+        stop = diverged or self._early_stop(metrics)
+        metrics["early_stopped"], metrics["diverged"] = stop, diverged
         progress.history.append({k: float(v) for k, v in metrics.items()})
         self._report(metrics, artifacts or {})
         return stop

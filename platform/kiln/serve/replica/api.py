@@ -68,7 +68,14 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     def narrow(schemas: dict[str, Any]) -> None:
         current = endpoint.current
         outputs = [o.name for o in current.outputs]
-        narrow_to(schemas, current.inputs, current.value_bounds, outputs, current.optional_inputs)
+        narrow_to(
+            schemas,
+            current.inputs,
+            current.value_bounds,
+            outputs,
+            current.optional_inputs,
+            current.missing_ok,
+        )
 
     document_schemas(api, InferenceRequest, narrow=narrow)
 

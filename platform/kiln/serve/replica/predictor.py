@@ -56,6 +56,11 @@ class Predictor:
         # Inputs that may come beside the one of `inputs` a request sends, with their bounds.
         self.optional_inputs: list[tuple[TensorMetadata, tuple[int, int] | None]] = []
         self.notes: dict[str, Any] = {}  # what the metadata tells clients about the inputs
+        # A table's features may be missing (null, NaN): each is filled with its training
+        # mean, as the training rows were (kiln.preprocess).
+        self.missing_ok = "standardize" in self.transform
+        if self.missing_ok:
+            self.notes["missing_values"] = "null or NaN: the feature's training mean"
         self.reference: np.ndarray | None = None  # training inputs, as the model takes them
 
     @staticmethod
@@ -80,7 +85,7 @@ class Predictor:
 
     def prepare_request(self, request: InferenceRequest) -> torch.Tensor:
         """One request as a model input (batched with others' for `run`). Raises RequestError."""
-        return self.prepare(*pick_input(request, self.inputs))
+        return self.prepare(*pick_input(request, self.inputs, self.missing_ok))
 
     def prepare(
         self, index: int, array: np.ndarray, parameters: dict[str, Any] | None = None

@@ -146,8 +146,10 @@ def describe(errors: Sequence[Any]) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-def decode(given: RequestInput, expected: TensorMetadata) -> np.ndarray:
-    """The request's tensor as an array, or a RequestError saying what was expected."""
+def decode(given: RequestInput, expected: TensorMetadata, missing_ok: bool = False) -> np.ndarray:
+    """The request's tensor as an array, or a RequestError saying what was expected.
+    `missing_ok`: a float input may hold missing values (JSON null, NaN, infinity), which
+    the model fills (a table's features: their training means)."""
     what = f"input {given.name!r}"
     if given.datatype != expected.datatype:
         raise RequestError(f"{what} has datatype {given.datatype}; expected {expected.datatype}")
@@ -159,22 +161,25 @@ def decode(given: RequestInput, expected: TensorMetadata) -> np.ndarray:
         dtype = None if given.datatype == "BYTES" else np.dtype(DTYPES[given.datatype])
         array = binary.tensor(given._raw, dtype, math.prod(given.shape), what)
     else:
-        array = _from_json(given.data, given.datatype, what)
+        array = _from_json(given.data, given.datatype, what, missing_ok)
     if array.size != math.prod(given.shape):
         raise RequestError(
             f"{what}: {array.size} values do not fill shape {given.shape} "
             f"({math.prod(given.shape)} values)"
         )
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if array.dtype.kind == "f" and not missing_ok and not np.isfinite(array).all():
         raise RequestError(f"{what} contains NaN or infinity")
     return array.reshape(given.shape)
 
 
-def _from_json(data: Any, datatype: str, what: str) -> np.ndarray:
+def _from_json(data: Any, datatype: str, what: str, missing_ok: bool = False) -> np.ndarray:
     """JSON data as an array, each value of the datatype's JSON type: numpy alone would turn
-    true into 1.0 and "2" into 2, and wrap integers that do not fit."""
+    true into 1.0 and "2" into 2, and wrap integers that do not fit. With `missing_ok`, a
+    float's null is NaN."""
     dtype = np.dtype(DTYPES[datatype])
     allowed = JSON_TYPES.get(datatype, (int, float))  # integers: also 2.0 (JSON Schema's)
+    if missing_ok and dtype.kind == "f":
+        allowed = (*allowed, type(None))
     seen = {type(v) for v in _leaves(data)}  # one pass over the values
     if not seen <= set(allowed):
         raise RequestError(f"{what}: data are not all {datatype} values")
@@ -262,17 +267,18 @@ def file_bytes(element: Any, name: str) -> bytes:
 
 
 def pick_input(
-    request: InferenceRequest, accepted: list[TensorMetadata]
+    request: InferenceRequest, accepted: list[TensorMetadata], missing_ok: bool = False
 ) -> tuple[int, np.ndarray, dict[str, Any]]:
     """The one input a model takes (some take one of several alternatives): its index in
-    `accepted`, its array, and its parameters over the request's (e.g. `sample_rate`)."""
+    `accepted`, its array, and its parameters over the request's (e.g. `sample_rate`).
+    `missing_ok`: as `decode`'s."""
     if len(request.inputs) != 1:
         raise RequestError(f"send exactly one input; got {len(request.inputs)}")
     given = request.inputs[0]
     for index, expected in enumerate(accepted):
         if given.name == expected.name:
             parameters = {**(request.parameters or {}), **(given.parameters or {})}
-            return index, decode(given, expected), parameters
+            return index, decode(given, expected, missing_ok), parameters
     names = " or ".join(repr(t.name) for t in accepted)
     raise RequestError(f"unknown input {given.name!r}; this model takes {names}")
 
@@ -295,6 +301,7 @@ def narrow_to(
     bounds: list[tuple[int, int] | None],
     outputs: list[str],
     optional: Sequence[tuple[TensorMetadata, tuple[int, int] | None]] = (),
+    missing_ok: bool = False,
 ) -> None:
     """The OpenAPI components of one model's document, as exact as JSON Schema allows: one
     input, named, typed and shaped as this model takes it (any batch size), its data flat and
@@ -309,17 +316,21 @@ def narrow_to(
         inputs |= {"contains": one_of, "minContains": 1, "maxContains": 1}
     request["example"] = {"inputs": [_example(accepted[0])]}
     schemas["RequestInput"]["oneOf"] = [
-        _input_schema(tensor, limits)
+        _input_schema(tensor, limits, missing_ok)
         for tensor, limits in [*zip(accepted, bounds, strict=True), *optional]
     ]
     schemas["RequestOutput"]["properties"]["name"]["enum"] = outputs
 
 
-def _input_schema(tensor: TensorMetadata, bounds: tuple[int, int] | None) -> dict[str, Any]:
+def _input_schema(
+    tensor: TensorMetadata, bounds: tuple[int, int] | None, missing_ok: bool = False
+) -> dict[str, Any]:
     dims = [{"type": "integer", "minimum": 1} if d == -1 else {"const": d} for d in tensor.shape]
     shape = {"type": "array", "prefixItems": dims, "minItems": len(dims), "maxItems": len(dims)}
     per_example = math.prod(d for d in tensor.shape if d != -1)
     items = _value_schema(tensor.datatype, bounds)
+    if missing_ok and tensor.datatype.startswith("FP"):
+        items = {"anyOf": [items, {"type": "null"}]}
     data = {"type": "array", "items": items, "minItems": per_example}
     return {
         "properties": {
