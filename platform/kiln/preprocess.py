@@ -5,6 +5,8 @@ implementation, so training and serving cannot drift apart.
 
     transform = {"standardize": standardization(mean, std, feature_names)}
     x = features(transform, raw_rows)                    # (N, F) float32, as the model saw them
+    transform["categories"] = {"city": ["lyon", "paris"]}                # a table with text
+    x = table_rows(transform, {"age": ages, "income": incomes, "city": cities})   # one-hot too
     ids = token_ids(transform, ["a wonderful film"])     # (N, max_len) int64, left-padded
     pixels = decode_image(png_bytes, size=(32, 32), channels=3)      # (3, 32, 32) uint8
     x = features({"image": normalisation(mean, std)}, pixels[None])  # per channel
@@ -44,6 +46,47 @@ def features(transform: dict[str, Any], x: np.ndarray) -> np.ndarray:
     scale = np.asarray(rule["std"], dtype=np.float32) + np.float32(EPSILON)
     z = ((np.asarray(x, dtype=np.float32) - mean) / scale).astype(np.float32, copy=False)
     return np.nan_to_num(z, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def table_columns(transform: dict[str, Any]) -> list[tuple[str, str]]:
+    """A table with text (categorical) columns is served column by column: each column's
+    name and datatype (FP32 for numbers, BYTES for text), in the model input's order. Empty
+    for every other model."""
+    if "categories" not in transform:
+        return []
+    numbers = transform.get("standardize", {}).get("features", [])
+    return [(n, "FP32") for n in numbers] + [(n, "BYTES") for n in transform["categories"]]
+
+
+def table_rows(transform: dict[str, Any], columns: dict[str, Any]) -> np.ndarray:
+    """A table's raw columns (by name; numbers, texts) as model inputs (N, width): the
+    numbers standardised (a missing one: its training mean), then each text column one-hot
+    over the values fitted on the training rows, and a last slot for any other value (one
+    the training rows lacked or kept out as rare, or none)."""
+    parts = []
+    if rule := transform.get("standardize"):
+        numbers = [np.asarray(columns[n], dtype=np.float32) for n in rule["features"]]
+        parts.append(features({"standardize": rule}, np.stack(numbers, axis=1)))
+    for name, known in transform["categories"].items():
+        parts.append(one_hot(columns[name], known))
+    return np.concatenate(parts, axis=1)
+
+
+def one_hot(column: Any, known: list[str]) -> np.ndarray:
+    """(N, len(known) + 1) float32: a value's slot by its text (True is "True"), the last
+    slot for any other value and for a missing one."""
+    import pandas as pd
+
+    texts = pd.Series(column, dtype=object).map(_text, na_action="ignore")
+    codes = pd.Categorical(texts, categories=known).codes.astype(np.int64)
+    codes[codes < 0] = len(known)
+    out = np.zeros((len(codes), len(known) + 1), dtype=np.float32)
+    out[np.arange(len(codes)), codes] = 1.0
+    return out
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def tokenize(text: str) -> list[str]:

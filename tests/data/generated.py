@@ -4,6 +4,7 @@ sentiment words decide their label.
 
     write_table(folder, rows=2_000_000, files=20)   # f0..f31 float32, label 0/1
     reviews(600, seed=0)                            # a DataFrame of text, label (pos/neg)
+    people(2000, seed=0)                            # numbers with gaps, a text column, label
 
 The label is 1 where x·w / sqrt(F) + x0·x1 > 0: a linear part and an interaction a linear
 model cannot learn, with no noise, so an MLP can approach accuracy 1.
@@ -51,3 +52,21 @@ def reviews(n: int, seed: int) -> pd.DataFrame:
         words = [*rng.choice(WORDS[label].split(), 2), *rng.choice(["film", "plot", "it"], 3)]
         rows.append((" ".join(rng.permutation(words)), label))
     return pd.DataFrame(rows, columns=["text", "label"])
+
+
+CITIES = ["paris", "lyon", "nice", "lille"]
+
+
+def people(rows: int, seed: int) -> pd.DataFrame:
+    """A table as real ones come: `income` missing in a tenth of the rows, `city` text (with
+    rare one-off values), `age` a distraction. The label is "yes" where income is above 50
+    or the city is nice, but not both: without the text column a model cannot learn it."""
+    rng = np.random.default_rng(seed)
+    income = rng.normal(50, 15, rows)
+    city = rng.choice(CITIES, rows, p=[0.4, 0.3, 0.2, 0.1]).astype(object)
+    rare = rng.random(rows) < 0.01
+    city[rare] = [f"hamlet-{i}" for i in range(rare.sum())]
+    label = np.where((income > 50) ^ (city == "nice"), "yes", "no")
+    income[rng.random(rows) < 0.1] = np.nan  # after the label: a missing value hides it
+    age = rng.integers(18, 80, rows).astype(float)
+    return pd.DataFrame({"age": age, "income": income, "city": city, "label": label})

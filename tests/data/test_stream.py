@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from kiln import data, preprocess
+from kiln.data.files import read_table
 from kiln.data.shards import Shards
 from kiln.data.stream import StreamedDataset, fit, in_validation, rows_of
 from kiln.data.tables import TableLayout
@@ -26,7 +27,7 @@ from kiln.registry import ModelRegistry
 from kiln.spec import DataSpec, parse_spec
 from kiln.train import run_job
 from tests.conftest import ROOT, quiet_view, run_kiln
-from tests.data.generated import FEATURES, reviews, write_table
+from tests.data.generated import FEATURES, people, reviews, write_table
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -301,16 +302,7 @@ def test_a_corrupt_parquet_file_fails_in_one_line_naming_it(tmp_path):
 def people_csv(path: Path, rows: int = 600) -> pd.DataFrame:
     """Real tables' blemishes: empty cells in a numeric column, an infinite value, a text
     column."""
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(
-        {
-            "age": rng.integers(18, 80, rows).astype(float),
-            "income": rng.normal(50, 15, rows),
-            "city": rng.choice(["paris", "lyon"], rows),
-            "label": rng.choice(["yes", "no"], rows),
-        }
-    )
-    frame.loc[rng.random(rows) < 0.1, "income"] = np.nan
+    frame = people(rows, seed=0)
     frame.loc[3, "age"] = np.inf
     frame.to_csv(path, index=False)  # NaN: an empty cell
     return frame
@@ -328,8 +320,8 @@ def test_missing_values_are_the_training_mean_on_both_paths(tmp_path):
     assert streamed_rule["features"] == rule["features"] == features
     for key in ("mean", "std"):
         np.testing.assert_allclose(streamed_rule[key], rule[key], rtol=1e-9)
-    frame = pd.read_csv(tmp_path / "people.csv").replace(np.inf, np.nan)
-    train_rows = frame[~in_validation(frame[[*features, "label"]], 0.2, 0)]
+    frame = read_table(str(tmp_path / "people.csv"))
+    train_rows = frame[~in_validation(frame[[*features, "label"]], 0.2, 0)].replace(np.inf, np.nan)
     np.testing.assert_allclose(rule["mean"], train_rows[features].mean(), rtol=1e-6)
     np.testing.assert_allclose(rule["std"], train_rows[features].std(ddof=0), rtol=1e-6)
     missing = preprocess.features({"standardize": rule}, np.array([[np.nan, np.inf]], np.float32))
@@ -345,11 +337,29 @@ def test_rows_without_their_label_are_refused_on_both_paths(tmp_path):
             build(tmp_path / "people.csv", features=["age"], streaming=streaming)
 
 
-def test_a_text_feature_column_is_refused_naming_it(tmp_path):
-    people_csv(tmp_path / "people.csv")
-    with pytest.raises(DataError, match="feature column 'city' holds string values"):
-        build(tmp_path / "people.csv", features=["age", "city"])
-    assert build(tmp_path / "people.csv", streaming=False).schema.input_shape == [2]  # numbers
+def test_text_columns_are_one_hot_over_their_frequent_training_values(tmp_path):
+    frame = people_csv(tmp_path / "people.csv")
+    in_memory = build(tmp_path / "people.csv", streaming=False, max_categories=3)
+    streamed = build(tmp_path / "people.csv", streaming=True, max_categories=3)
+    categories = in_memory.schema.transform["categories"]
+    assert (
+        categories == streamed.schema.transform["categories"] == {"city": ["paris", "lyon", "nice"]}
+    )
+    assert in_memory.schema.input_shape == [2 + 3 + 1]  # age, income; 3 cities and the rest
+    train_rows = frame[~in_validation(frame[["age", "income", "city", "label"]], 0.2, 0)]
+    one_hot = in_memory.x_train[:, 2:]
+    assert (one_hot.sum(axis=1) == 1).all()
+    np.testing.assert_array_equal(one_hot[:, 0] == 1, train_rows.city.to_numpy() == "paris")
+    np.testing.assert_array_equal(
+        one_hot[:, 3] == 1, ~train_rows.city.isin(["paris", "lyon", "nice"])
+    )
+
+
+def test_a_feature_column_of_another_type_is_refused_naming_it(tmp_path):
+    frame = people(100, seed=0).assign(born=pd.Timestamp("2000-01-01"))
+    frame.to_parquet(tmp_path / "people.parquet")
+    with pytest.raises(DataError, match=r"feature column 'born' holds timestamp\[.*\] values"):
+        build(tmp_path / "people.parquet", features=["age", "born"])
 
 
 def test_streaming_a_dataset_that_cannot_stream_is_refused():

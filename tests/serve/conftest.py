@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port, quiet_view
-from tests.data.generated import reviews
+from tests.data.generated import people, reviews
 
 QUICK = {"digits-mlp": 3, "digits-rnn": 3, "digits-gan": 3}  # epochs: serving needs weights
 API_KEY = "kiln-test-key-3f9a"
@@ -56,8 +56,9 @@ def recommender(ray_cluster):
 
 @pytest.fixture(scope="package")
 def raw_input_models(ray_cluster, tmp_path_factory):
-    """A breast-cancer MLP (standardised features) and a text RNN (a vocabulary), for the
-    raw-input tests. Trained before anything is deployed, as `recommender` is."""
+    """A breast-cancer MLP (standardised features), a text RNN (a vocabulary) and a table
+    MLP (numbers with gaps, a text column), for the raw-input tests. Trained before
+    anything is deployed, as `recommender` is."""
     from kiln.registry import ModelRegistry
     from kiln.spec import parse_spec
     from kiln.train import run_job
@@ -79,7 +80,24 @@ def raw_input_models(ray_cluster, tmp_path_factory):
         "reviews-rnn",
     )
     run_job(text, quiet_view(text))
+    path = tmp_path_factory.mktemp("people") / "people.csv"
+    people(2000, seed=0).to_csv(path, index=False)
+    table = parse_spec(
+        {
+            "name": "people-mlp",
+            "task": "classification",
+            "data": {"name": "table", "path": str(path), "params": PEOPLE_PARAMS},
+            "model": {"family": "mlp", "params": {"hidden": [32, 32]}},
+            "train": {"epochs": 12, "batch_size": 64, "optimizer": {"lr": 0.01}},
+            "scaling": {"num_workers": 2},
+        },
+        "people-mlp",
+    )
+    run_job(table, quiet_view(table))
     return ModelRegistry.open()
+
+
+PEOPLE_PARAMS = {"label": "label", "max_categories": 4}  # the one-off hamlets: "other"
 
 
 @pytest.fixture(scope="package")

@@ -2,14 +2,16 @@
 text vocabulary) is applied in the replica by the training code's own functions."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 
 from kiln import preprocess
 from kiln.data.base import shuffled_split
+from kiln.data.stream import in_validation
 from kiln.preprocess import token_ids
 from kiln.registry.loading import load_model
-from tests.data.generated import reviews
+from tests.data.generated import people, reviews
 from tests.serve.conftest import deployed, infer_body
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -25,7 +27,7 @@ def raw_serving(raw_input_models, serving_config):
             "route_prefix": f"/v2/models/{name}",
             "args": {**model_app["args"], "model": f"{name}@staging"},
         }
-        for name in ("breast-cancer-mlp", "reviews-rnn")
+        for name in ("breast-cancer-mlp", "reviews-rnn", "people-mlp")
     ]
     config = {**serving_config, "applications": apps}
     with deployed(config) as url:
@@ -104,3 +106,79 @@ def test_raw_text_gets_the_offline_models_labels(raw_serving, raw_input_models):
     assert {"name": "text", "datatype": "BYTES", "shape": [-1]} in meta["inputs"]
     wrong = {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
     assert httpx.post(f"{raw_serving}/v2/models/reviews-rnn/infer", json=wrong).status_code == 400
+
+
+def people_val_rows() -> pd.DataFrame:
+    """The validation rows of people-mlp's job, as its split chose them."""
+    frame = people(2000, seed=0)
+    return frame[in_validation(frame[["age", "income", "city", "label"]], 0.2, 0)]
+
+
+def as_columns(frame: pd.DataFrame) -> dict:
+    """A table as the Open Inference Protocol's JSON: one input per column, null for a
+    missing value."""
+    inputs = []
+    for name, datatype in (("age", "FP32"), ("income", "FP32"), ("city", "BYTES")):
+        data = [None if pd.isna(v) else v for v in frame[name].tolist()]
+        inputs.append({"name": name, "datatype": datatype, "shape": [len(frame)], "data": data})
+    return {"inputs": inputs}
+
+
+def test_a_table_with_text_and_gaps_is_served_column_by_column(raw_serving, raw_input_models):
+    import httpx
+    import tritonclient.http as triton
+
+    url = f"{raw_serving}/v2/models/people-mlp"
+    meta = httpx.get(url).json()
+    assert meta["inputs"] == [
+        {"name": "age", "datatype": "FP32", "shape": [-1]},
+        {"name": "income", "datatype": "FP32", "shape": [-1]},
+        {"name": "city", "datatype": "BYTES", "shape": [-1]},
+    ]
+    val = people_val_rows()
+    assert val.income.isna().any() and val.city.str.startswith("hamlet").any()
+    response = httpx.post(f"{url}/infer", json=as_columns(val), timeout=30)
+    assert response.status_code == 200, response.text
+    labels = next(o for o in response.json()["outputs"] if o["name"] == "label")["data"]
+    accuracy = np.mean(np.array(labels) == val.label.to_numpy())
+    best = raw_input_models.read_json(
+        raw_input_models.resolve("people-mlp@staging"), "metrics.json"
+    )["best"]
+    assert accuracy == pytest.approx(best["val_accuracy"], abs=1e-9)
+    assert accuracy > 0.85  # the city decides half the labels: it was learnt
+
+    client = triton.InferenceServerClient(raw_serving.removeprefix("http://"))
+    tensors = []
+    for name, datatype, values in (
+        ("age", "FP32", val.age.to_numpy(np.float32)),
+        ("income", "FP32", val.income.to_numpy(np.float32)),  # NaN where missing
+        ("city", "BYTES", np.array([c.encode() for c in val.city], dtype=np.object_)),
+    ):
+        tensor = triton.InferInput(name, [len(val)], datatype)
+        tensor.set_data_from_numpy(values)  # binary: the client's default
+        tensors.append(tensor)
+    result = client.infer("people-mlp", tensors)
+    assert [label.decode() for label in result.as_numpy("label")] == labels
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda inputs: inputs[:2], "input 'city' is missing"),
+        (lambda inputs: [*inputs, {**inputs[0], "name": "height"}], "unknown input 'height'"),
+        (lambda inputs: [*inputs, inputs[0]], "each input may come once"),
+        (
+            lambda inputs: [{**inputs[0], "shape": [1], "data": [30.0]}, *inputs[1:]],
+            "give each as many rows",
+        ),
+    ],
+    ids=["missing", "unknown", "twice", "lengths"],
+)
+def test_a_table_request_without_its_columns_says_which(raw_serving, change, message):
+    import httpx
+
+    body = as_columns(people_val_rows().head(3))
+    body["inputs"] = change(body["inputs"])
+    response = httpx.post(f"{raw_serving}/v2/models/people-mlp/infer", json=body, timeout=30)
+    assert response.status_code == 400 and message in response.json()["error"]

@@ -1,12 +1,15 @@
 """Tabular datasets: scikit-learn's bundled breast-cancer table, and the user's own tables,
 in memory or streamed (kiln.data.stream) by size."""
 
+import json
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pydantic import PositiveInt
 
 from kiln import preprocess
 from kiln.data.base import DATASETS, Dataset, classification, require_task
@@ -29,8 +32,9 @@ from kiln.schema import DataSchema
 
 @dataclass
 class TableLayout:
-    """A table's rows as feature vectors (standardised by the training rows' mean and std)
-    or images (`image_shape`), and a class or a value to predict."""
+    """A table's rows as feature vectors (numbers standardised by the training rows' mean and
+    std, text columns one-hot over their training values) or images (`image_shape`), and a
+    class or a value to predict."""
 
     task: str  # classification or regression
     label: str
@@ -38,15 +42,21 @@ class TableLayout:
     classes: list[Any] | None = None  # the label's values, sorted: class i is classes[i]
     image_shape: list[int] | None = None  # each row's features reshaped, e.g. [1, 28, 28]
     transform: dict[str, Any] = field(default_factory=dict)  # kiln.preprocess's
+    texts: list[str] = field(default_factory=list)  # the features that are text (categorical)
+    max_categories: int = 64  # a text column's most frequent values; the rest share a slot
 
     @property
     def columns(self) -> list[str]:
         return [*self.features, self.label]
 
+    @property
+    def numbers(self) -> list[str]:
+        return [f for f in self.features if f not in self.texts]
+
     def summary(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Per feature: the count of its present values, their mean and sum of squared
-        deviations (M2); and the labels."""
-        x = self.raw_features(frame).astype(np.float64)
+        """Per numeric feature: the count of its present values, their mean and sum of
+        squared deviations (M2); per text feature, its values' counts; and the labels."""
+        x = self.raw_numbers(frame).astype(np.float64)
         present = ~np.isnan(x)
         count = present.sum(axis=0)
         mean = np.where(present, x, 0.0).sum(axis=0) / np.maximum(count, 1)
@@ -54,24 +64,45 @@ class TableLayout:
         classifies = self.task == "classification"
         labels = labels_of(frame, self.label) if classifies else np.array(["[]"])
         self.targets(frame)  # a row without its label fails the fit, before any training
-        return {"count": count[None], "mean": mean[None], "m2": m2[None], "classes": labels}
+        texts = {name: value_counts(frame[name]) for name in self.texts}
+        return {
+            "count": count[None],
+            "mean": mean[None],
+            "m2": m2[None],
+            "classes": labels,
+            "texts": np.array([json.dumps(texts)]),
+        }
 
     def fitted(self, summaries: list[dict[str, Any]]) -> "TableLayout":
-        """Standardised by the merged means and M2s, unless the rows are images."""
+        """Standardised by the merged means and M2s (unless the rows are images), text
+        columns by their most frequent values."""
         count, mean, m2 = merged_moments(summaries)
-        transform = self.transform
+        transform = dict(self.transform)
         if not self.image_shape:
-            if empty := [f for f, n in zip(self.features, count, strict=True) if n == 0]:
+            if empty := [f for f, n in zip(self.numbers, count, strict=True) if n == 0]:
                 raise DataError(f"feature column {empty[0]!r} has no value in the training rows")
             std = np.sqrt(m2 / np.maximum(count, 1))
-            transform = {"standardize": preprocess.standardization(mean, std, self.features)}
+            rule = preprocess.standardization(mean, std, self.numbers)
+            transform = {"standardize": rule} if self.numbers else {}
+        if self.texts:
+            transform["categories"] = self._categories(summaries)
         classes = merged_labels(summaries) if self.task == "classification" else None
         return replace(self, classes=classes, transform=transform)
 
-    def raw_features(self, frame: pd.DataFrame) -> np.ndarray:
-        """(N, F) float32, a missing or infinite value as NaN (the training mean, once
-        standardised: kiln.preprocess)."""
-        x = frame[self.features].to_numpy(np.float32, na_value=np.nan)
+    def _categories(self, summaries: list[dict[str, Any]]) -> dict[str, list[str]]:
+        counts: dict[str, Counter[str]] = {name: Counter() for name in self.texts}
+        for part in summaries:
+            for name, seen in json.loads(part["texts"]).items():
+                counts[name].update(seen)
+        return {
+            name: sorted(c, key=lambda v: (-c[v], v))[: self.max_categories]
+            for name, c in counts.items()
+        }
+
+    def raw_numbers(self, frame: pd.DataFrame) -> np.ndarray:
+        """(N, numeric features) float32, a missing or infinite value as NaN (the training
+        mean, once standardised: kiln.preprocess)."""
+        x = frame[self.numbers].to_numpy(np.float32, na_value=np.nan)
         x[np.isinf(x)] = np.nan
         return x
 
@@ -91,7 +122,10 @@ class TableLayout:
         return values.to_numpy()
 
     def tensors(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        x = preprocess.features(self.transform, self.raw_features(frame))
+        if self.texts:
+            x = preprocess.table_rows(self.transform, {f: frame[f] for f in self.features})
+        else:
+            x = preprocess.features(self.transform, self.raw_numbers(frame))
         if self.image_shape:
             x = x.reshape(len(x), *self.image_shape)
         values = self.targets(frame)
@@ -101,7 +135,10 @@ class TableLayout:
         return {"x": x, "y": class_indices(values, self.classes, self.label)}
 
     def schema(self) -> DataSchema:
-        shape = self.image_shape or [len(self.features)]
+        width = len(self.numbers) + sum(
+            len(known) + 1 for known in self.transform.get("categories", {}).values()
+        )
+        shape = self.image_shape or [width]
         if self.task == "classification":
             assert self.classes is not None
             classes = [str(c) for c in self.classes]
@@ -109,6 +146,13 @@ class TableLayout:
                 "classification", shape, "float32", len(classes), classes, transform=self.transform
             )
         return DataSchema("regression", shape, "float32", 1, transform=self.transform)
+
+
+def value_counts(column: pd.Series) -> dict[str, int]:
+    """A text column's values (True as "True") and how often each comes; missing and empty
+    ones are not values."""
+    texts = column.dropna().astype(str)
+    return {k: int(v) for k, v in texts[texts.str.strip() != ""].value_counts().items()}
 
 
 @DATASETS.register("breast_cancer")
@@ -136,16 +180,19 @@ def table(
     delimiter: str | None = None,
     split_key: str | None = None,
     streaming: bool | Literal["auto"] = "auto",
+    max_categories: PositiveInt = 64,
 ) -> Dataset | StreamedDataset:
     """Your own CSV or Parquet table (a file, a folder of part files or a glob). `features`
-    defaults to every other numeric column; a missing value (or an infinite one) is the
-    feature's training mean, in training and in serving; a row without its label is an
-    error. `image_shape` (e.g. [1, 28, 28]) reshapes each
-    row's features into an image. Validation rows are chosen by a seeded hash of the row, or
-    of the `split_key` column (all rows of a key on one side). Larger tables stream."""
+    defaults to every other column of numbers or text. A missing (or infinite) number is the
+    feature's training mean, in training and in serving; a text column is categorical,
+    one-hot over its `max_categories` most frequent training values, with one more slot for
+    any other value or none; a row without its label is an error. `image_shape` (e.g.
+    [1, 28, 28]) reshapes each row's numbers into an image. Validation rows are chosen by a
+    seeded hash of the row, or of the `split_key` column (all rows of a key on one side).
+    Larger tables stream."""
     require_task("table", task, ("classification", "regression"))
     shards = Shards.open(path, delimiter)
-    layout = _layout(shards, task, label, features, image_shape, split_key)
+    layout = _layout(shards, task, label, features, image_shape, split_key, max_categories)
     if should_stream(streaming, shards.bytes):
         return stream(shards, layout, val_fraction, seed, split_key)
     frame = read_table(shards, columns=columns_read(layout, split_key))
@@ -159,33 +206,45 @@ def _layout(
     features: list[str] | None,
     image_shape: list[int] | None,
     split_key: str | None,
+    max_categories: int,
 ) -> TableLayout:
     """The columns a table job reads, checked against the shards' schema before any read;
-    the features default to every numeric column but the label and the split's key."""
+    the features default to every column of numbers or text but the label and the split's
+    key."""
     shards.require([label, *([split_key] if split_key else [])])
-    numeric = [f.name for f in shards.schema if f.name not in (label, split_key) and _is_number(f)]
-    columns = features or numeric
+    usable = [f.name for f in shards.schema if f.name not in (label, split_key) and _kind(f)]
+    columns = features or usable
     if not columns:
-        raise DataError(f"{shards.path}: no numeric feature columns beside {label!r}")
+        raise DataError(f"{shards.path}: no feature columns of numbers or text beside {label!r}")
     shards.require(columns)
-    for name in columns:
-        if not _is_number(column := shards.schema.field(name)):
-            raise DataError(
-                f"{shards.path}: feature column {name!r} holds {column.type} values; a table's "
-                "features are numbers: encode it as numbers, or leave it out of "
-                "data.params.features"
-            )
+    kinds = {name: _kind(shards.schema.field(name)) for name in columns}
+    if unusable := [name for name, kind in kinds.items() if kind is None]:
+        raise DataError(
+            f"{shards.path}: feature column {unusable[0]!r} holds "
+            f"{shards.schema.field(unusable[0]).type} values; a table's features are numbers "
+            "or text: leave it out of data.params.features"
+        )
+    texts = [name for name, kind in kinds.items() if kind == "text"]
+    if image_shape and texts:
+        raise DataError(f"image_shape takes numbers; {texts[0]!r} holds text")
     if image_shape and int(np.prod(image_shape)) != len(columns):
         raise DataError(f"image_shape {image_shape} needs {int(np.prod(image_shape))} columns")
-    return TableLayout(task, label, columns, image_shape=image_shape)
+    return TableLayout(
+        task, label, columns, image_shape=image_shape, texts=texts, max_categories=max_categories
+    )
 
 
-def _is_number(column: pa.Field) -> bool:
+def _kind(column: pa.Field) -> str | None:
+    """ "number", "text" (a categorical feature) or None (a type no feature can be)."""
     kind = column.type
-    # null: a CSV column whose first rows are empty (its type is read from them)
-    return any(is_type(kind) for is_type in NUMBER_TYPES)
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if any(is_type(kind) for is_type in NUMBER_TYPES):
+        return "number"
+    return "text" if pa.types.is_string(kind) or pa.types.is_large_string(kind) else None
 
 
+# null: a CSV column whose first rows are empty (its type is read from them)
 NUMBER_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
 
 

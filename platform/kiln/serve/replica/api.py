@@ -75,6 +75,7 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
             outputs,
             current.optional_inputs,
             current.missing_ok,
+            every_input=bool(current.columns),
         )
 
     document_schemas(api, InferenceRequest, narrow=narrow)

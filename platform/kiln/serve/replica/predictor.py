@@ -35,6 +35,7 @@ from kiln.serve.replica.protocol import (
     TensorMetadata,
     file_bytes,
     pick_input,
+    take_columns,
     take_input,
 )
 from kiln.settings import get_settings
@@ -58,9 +59,17 @@ class Predictor:
         self.notes: dict[str, Any] = {}  # what the metadata tells clients about the inputs
         # A table's features may be missing (null, NaN): each is filled with its training
         # mean, as the training rows were (kiln.preprocess).
-        self.missing_ok = "standardize" in self.transform
+        self.missing_ok = "standardize" in self.transform or "categories" in self.transform
         if self.missing_ok:
             self.notes["missing_values"] = "null or NaN: the feature's training mean"
+        # A table with text columns takes its columns as inputs, all of them in each request.
+        self.columns = preprocess.table_columns(self.transform)
+        if self.columns:
+            self.inputs = [TensorMetadata(name=n, datatype=d, shape=[-1]) for n, d in self.columns]
+            self.value_bounds = [None] * len(self.inputs)
+            self.notes["missing_values"] = (
+                "null or NaN: a number's training mean; null: a text's slot for other values"
+            )
         self.reference: np.ndarray | None = None  # training inputs, as the model takes them
 
     @staticmethod
@@ -71,11 +80,17 @@ class Predictor:
         start = time.perf_counter()
         loaded = load_model(registry, version)
         predictor = import_object(tasks.get(loaded.card["task"]).predictor)(loaded)
-        predictor.run(predictor.prepare(0, predictor.example()))
+        predictor.run(predictor.warm_up_input())
         if REFERENCE in version.manifest["files"]:
             predictor.reference = np.load(io.BytesIO(loaded.read(REFERENCE)), allow_pickle=False)
         predictor.load_seconds = time.perf_counter() - start
         return predictor
+
+    def warm_up_input(self) -> torch.Tensor:
+        """One example as the model takes it, run once at load."""
+        if self.columns:  # a row of missing values
+            return self._table({name: np.array([None]) for name, _ in self.columns})
+        return self.prepare(0, self.example())
 
     def example(self) -> np.ndarray:
         """A one-example batch of zeros in the first input's shape."""
@@ -85,7 +100,12 @@ class Predictor:
 
     def prepare_request(self, request: InferenceRequest) -> torch.Tensor:
         """One request as a model input (batched with others' for `run`). Raises RequestError."""
+        if self.columns:
+            return self._table(take_columns(request, self.inputs))
         return self.prepare(*pick_input(request, self.inputs, self.missing_ok))
+
+    def _table(self, columns: dict[str, np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(preprocess.table_rows(self.transform, columns))
 
     def prepare(
         self, index: int, array: np.ndarray, parameters: dict[str, Any] | None = None

@@ -148,8 +148,8 @@ def describe(errors: Sequence[Any]) -> str:
 
 def decode(given: RequestInput, expected: TensorMetadata, missing_ok: bool = False) -> np.ndarray:
     """The request's tensor as an array, or a RequestError saying what was expected.
-    `missing_ok`: a float input may hold missing values (JSON null, NaN, infinity), which
-    the model fills (a table's features: their training means)."""
+    `missing_ok`: a float input may hold missing values (JSON null, NaN, infinity), and a
+    text one JSON null, which the model fills (a table's features: their training means)."""
     what = f"input {given.name!r}"
     if given.datatype != expected.datatype:
         raise RequestError(f"{what} has datatype {given.datatype}; expected {expected.datatype}")
@@ -178,7 +178,7 @@ def _from_json(data: Any, datatype: str, what: str, missing_ok: bool = False) ->
     float's null is NaN."""
     dtype = np.dtype(DTYPES[datatype])
     allowed = JSON_TYPES.get(datatype, (int, float))  # integers: also 2.0 (JSON Schema's)
-    if missing_ok and dtype.kind == "f":
+    if missing_ok and (dtype.kind == "f" or datatype == "BYTES"):
         allowed = (*allowed, type(None))
     seen = {type(v) for v in _leaves(data)}  # one pass over the values
     if not seen <= set(allowed):
@@ -283,6 +283,33 @@ def pick_input(
     raise RequestError(f"unknown input {given.name!r}; this model takes {names}")
 
 
+def take_columns(
+    request: InferenceRequest, accepted: list[TensorMetadata]
+) -> dict[str, np.ndarray]:
+    """Every input of a model that takes a table column by column (each (N,), missing
+    values allowed), by name; a RequestError when one is missing, unknown, sent twice or of
+    another length."""
+    given = {i.name: i for i in request.inputs}
+    expected = {t.name: t for t in accepted}
+    if unknown := [name for name in given if name not in expected]:
+        raise RequestError(f"unknown input {unknown[0]!r}; this model takes {_names(accepted)}")
+    if len(given) != len(request.inputs):
+        raise RequestError("each input may come once")
+    if missing := [name for name in expected if name not in given]:
+        raise RequestError(f"input {missing[0]!r} is missing; this model takes {_names(accepted)}")
+    columns = {name: decode(given[name], tensor, True) for name, tensor in expected.items()}
+    if len({len(column) for column in columns.values()}) > 1:
+        lengths = ", ".join(f"{name} {len(column)}" for name, column in columns.items())
+        raise RequestError(
+            f"the inputs are columns of one table: give each as many rows ({lengths})"
+        )
+    return columns
+
+
+def _names(accepted: list[TensorMetadata]) -> str:
+    return ", ".join(repr(t.name) for t in accepted)
+
+
 def take_input(
     request: InferenceRequest, optional: TensorMetadata
 ) -> tuple[np.ndarray | None, InferenceRequest]:
@@ -302,12 +329,14 @@ def narrow_to(
     outputs: list[str],
     optional: Sequence[tuple[TensorMetadata, tuple[int, int] | None]] = (),
     missing_ok: bool = False,
+    every_input: bool = False,
 ) -> None:
     """The OpenAPI components of one model's document, as exact as JSON Schema allows: one
     input, named, typed and shaped as this model takes it (any batch size), its data flat and
     of that datatype within the values the model accepts (`bounds`, per input), the
     `optional` inputs that may come beside it, outputs by name. What no JSON Schema can
-    state: a tensor's data count is the product of its shape."""
+    state: a tensor's data count is the product of its shape. `every_input`: the model takes
+    all of `accepted` at once (a table's columns), not one of them."""
     request = schemas["InferenceRequest"]
     inputs = request["properties"]["inputs"]
     inputs["maxItems"] = 1 + len(optional)
@@ -315,6 +344,10 @@ def narrow_to(
         one_of = {"properties": {"name": {"enum": [t.name for t in accepted]}}}
         inputs |= {"contains": one_of, "minContains": 1, "maxContains": 1}
     request["example"] = {"inputs": [_example(accepted[0])]}
+    if every_input:  # each once: as many items as names, and every name among them
+        names = [{"contains": {"properties": {"name": {"const": t.name}}}} for t in accepted]
+        inputs |= {"minItems": len(accepted), "maxItems": len(accepted), "allOf": names}
+        request["example"] = {"inputs": [_example(t) for t in accepted]}
     schemas["RequestInput"]["oneOf"] = [
         _input_schema(tensor, limits, missing_ok)
         for tensor, limits in [*zip(accepted, bounds, strict=True), *optional]
@@ -329,7 +362,7 @@ def _input_schema(
     shape = {"type": "array", "prefixItems": dims, "minItems": len(dims), "maxItems": len(dims)}
     per_example = math.prod(d for d in tensor.shape if d != -1)
     items = _value_schema(tensor.datatype, bounds)
-    if missing_ok and tensor.datatype.startswith("FP"):
+    if missing_ok and (tensor.datatype.startswith("FP") or tensor.datatype == "BYTES"):
         items = {"anyOf": [items, {"type": "null"}]}
     data = {"type": "array", "items": items, "minItems": per_example}
     return {
