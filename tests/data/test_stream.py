@@ -355,6 +355,34 @@ def test_text_columns_are_one_hot_over_their_frequent_training_values(tmp_path):
     )
 
 
+def test_a_regressors_label_is_fitted_as_a_z_score_on_both_paths(tmp_path):
+    frame = people(600, seed=0).assign(spend=lambda f: f.age * 40 + 1000)
+    frame.to_csv(tmp_path / "people.csv", index=False)
+    spec = {"label": "spend", "features": ["income", "city"]}
+    in_memory = data.build(
+        DataSpec(name="table", path=str(tmp_path / "people.csv"), streaming=False, params=spec),
+        "regression",
+    )
+    streamed = data.build(
+        DataSpec(name="table", path=str(tmp_path / "people.csv"), streaming=True, params=spec),
+        "regression",
+    )
+    target = in_memory.schema.transform["target"]
+    assert streamed.schema.transform["target"] == pytest.approx(target)
+    assert in_memory.schema.target_scale == streamed.schema.target_scale == target["std"]
+    train_rows = frame[~in_validation(frame[["income", "city", "spend"]], 0.2, 0)]
+    assert target == pytest.approx(
+        {"mean": train_rows.spend.mean(), "std": train_rows.spend.std(ddof=0)}
+    )
+    assert abs(in_memory.y_train.mean()) < 1e-6 and in_memory.y_train.std() == pytest.approx(
+        1, abs=1e-5
+    )
+    val_errors = np.abs(
+        frame.spend[in_validation(frame[["income", "city", "spend"]], 0.2, 0)] - target["mean"]
+    )
+    assert in_memory.baselines["mean_val_mae"] == pytest.approx(val_errors.mean(), rel=1e-5)
+
+
 def test_a_feature_column_of_another_type_is_refused_naming_it(tmp_path):
     frame = people(100, seed=0).assign(born=pd.Timestamp("2000-01-01"))
     frame.to_parquet(tmp_path / "people.parquet")

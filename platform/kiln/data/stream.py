@@ -87,20 +87,23 @@ def merged_labels(summaries: list[dict[str, Any]]) -> list[Any]:
     return sorted({label for part in summaries for label in json.loads(part["classes"])})
 
 
-def merged_moments(summaries: list[dict[str, Any]]) -> tuple[Any, np.ndarray, np.ndarray]:
+def merged_moments(
+    summaries: list[dict[str, Any]], prefix: str = ""
+) -> tuple[Any, np.ndarray, np.ndarray]:
     """The blocks' counts, means and sums of squared deviations merged by Chan et al.'s
     pairwise update: (count, mean, M2) of all of them. A block's count is its "count" (per
-    feature, where values may be missing) or else its "rows"."""
+    feature, where values may be missing) or else its "rows"; `prefix` names another set of
+    moments ("target_": "target_mean", "target_m2")."""
     count: Any = 0
     mean, m2 = np.zeros(1), np.zeros(1)  # broadcast to the first block's shape
     for part in summaries:
-        n = np.asarray(part.get("count", part["rows"]), dtype=np.float64)
-        block_mean = np.asarray(part["mean"], dtype=np.float64)
+        n = np.asarray(part.get(f"{prefix}count", part["rows"]), dtype=np.float64)
+        block_mean = np.asarray(part[f"{prefix}mean"], dtype=np.float64)
         total = count + n
         share = np.divide(n, total, out=np.zeros_like(total), where=total > 0)
         delta = block_mean - mean
         mean = mean + delta * share
-        m2 = m2 + np.asarray(part["m2"]) + delta**2 * count * share
+        m2 = m2 + np.asarray(part[f"{prefix}m2"]) + delta**2 * count * share
         count = total
     return count if np.ndim(count) else int(count), np.asarray(mean), np.asarray(m2)
 

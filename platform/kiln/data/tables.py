@@ -63,7 +63,9 @@ class TableLayout:
         m2 = np.where(present, (x - mean) ** 2, 0.0).sum(axis=0)
         classifies = self.task == "classification"
         labels = labels_of(frame, self.label) if classifies else np.array(["[]"])
-        self.targets(frame)  # a row without its label fails the fit, before any training
+        y = self.targets(frame)  # a row without its label fails the fit, before any training
+        y = y.astype(np.float64) if not classifies else np.zeros(0)
+        y_mean = y.mean() if len(y) else 0.0
         texts = {name: value_counts(frame[name]) for name in self.texts}
         return {
             "count": count[None],
@@ -71,6 +73,8 @@ class TableLayout:
             "m2": m2[None],
             "classes": labels,
             "texts": np.array([json.dumps(texts)]),
+            "target_mean": np.array([y_mean]),
+            "target_m2": np.array([((y - y_mean) ** 2).sum()]),
         }
 
     def fitted(self, summaries: list[dict[str, Any]]) -> "TableLayout":
@@ -86,6 +90,11 @@ class TableLayout:
             transform = {"standardize": rule} if self.numbers else {}
         if self.texts:
             transform["categories"] = self._categories(summaries)
+        if self.task != "classification":  # a value to predict: trained on its z-score
+            moments = merged_moments(summaries, prefix="target_")
+            rows, target_mean, target_m2 = (float(np.ravel(m)[0]) for m in moments)
+            std = float(np.sqrt(target_m2 / max(rows, 1)))
+            transform["target"] = {"mean": target_mean, "std": std or 1.0}
         classes = merged_labels(summaries) if self.task == "classification" else None
         return replace(self, classes=classes, transform=transform)
 
@@ -130,7 +139,9 @@ class TableLayout:
             x = x.reshape(len(x), *self.image_shape)
         values = self.targets(frame)
         if self.task != "classification":
-            return {"x": x, "y": values.astype(np.float32)[:, None]}
+            target = self.transform["target"]
+            y = (values.astype(np.float64) - target["mean"]) / target["std"]
+            return {"x": x, "y": y.astype(np.float32)[:, None]}
         assert self.classes is not None, "fit the layout first"
         return {"x": x, "y": class_indices(values, self.classes, self.label)}
 
@@ -145,7 +156,10 @@ class TableLayout:
             return DataSchema(
                 "classification", shape, "float32", len(classes), classes, transform=self.transform
             )
-        return DataSchema("regression", shape, "float32", 1, transform=self.transform)
+        scale = self.transform["target"]["std"]
+        return DataSchema(
+            "regression", shape, "float32", 1, target_scale=scale, transform=self.transform
+        )
 
 
 def value_counts(column: pd.Series) -> dict[str, int]:
@@ -196,7 +210,19 @@ def table(
     if should_stream(streaming, shards.bytes):
         return stream(shards, layout, val_fraction, seed, split_key)
     frame = read_table(shards, columns=columns_read(layout, split_key))
-    return in_memory(frame, layout, val_fraction, seed, split_key, path)
+    data = in_memory(frame, layout, val_fraction, seed, split_key, path)
+    if task == "regression":
+        data.baselines = mean_baseline(data.y_val, data.schema.target_scale)
+    return data
+
+
+def mean_baseline(y_val: np.ndarray, scale: float) -> dict[str, float]:
+    """The errors of predicting the training mean (0, as a z-score) for every validation row,
+    in the label's units: the regressor's baseline to beat."""
+    return {
+        "mean_val_mae": float(np.abs(y_val).mean() * scale),
+        "mean_val_rmse": float(np.sqrt((y_val.astype(np.float64) ** 2).mean()) * scale),
+    }
 
 
 def _layout(

@@ -119,7 +119,10 @@ class Predictor:
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        return {self.outputs[0].name: self.module(x).float().numpy()}
+        y = self.module(x).float().numpy()
+        if target := self.transform.get("target"):  # trained on z-scores: back to the units
+            y = y * np.float32(target["std"]) + np.float32(target["mean"])
+        return {self.outputs[0].name: y}
 
 
 class Classifier(Predictor):
