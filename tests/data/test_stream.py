@@ -229,6 +229,21 @@ def test_streamed_text_fits_the_same_vocabulary_and_split_as_in_memory(tmp_path)
     assert sorted(map(tuple, train)) == sorted(map(tuple, whole.x_train))  # the same rows
 
 
+def test_texts_without_a_label_are_refused_and_empty_texts_have_no_words(tmp_path):
+    frame = reviews(300, seed=0)
+    frame.loc[7, "text"] = None  # an empty cell: a text without words
+    frame.to_csv(tmp_path / "reviews.csv", index=False)
+    spec = {"path": str(tmp_path / "reviews.csv"), "params": {"max_len": 8}}
+    for mode in (False, True):
+        built = data.build(DataSpec(name="text_csv", streaming=mode, **spec), "classification")
+        assert built.schema.classes == ["neg", "pos"]  # not "nan" nor "" as a third class
+    frame.loc[[5, 9], "label"] = None
+    frame.to_csv(tmp_path / "reviews.csv", index=False)
+    for mode in (False, True):
+        with pytest.raises(DataError, match=r"2 of \d+ rows have no 'label'"):
+            data.build(DataSpec(name="text_csv", streaming=mode, **spec), "classification")
+
+
 @pytest.mark.slow
 def test_streamed_text_trains_and_registers_its_vocabulary(tmp_path, fresh_home):
     write_reviews(tmp_path / "reviews", rows=1200, files=4)

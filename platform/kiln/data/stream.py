@@ -83,6 +83,23 @@ def labels_of(frame: pd.DataFrame, column: str) -> np.ndarray:
     return np.array([json.dumps(frame[column].dropna().unique().tolist())])
 
 
+def present_labels(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """The label column's values; a row without one (missing, empty text, or an infinite
+    number) is a DataError: there is nothing to learn from it."""
+    values = frame[column]
+    missing = values.isna()
+    if pd.api.types.is_float_dtype(values):
+        missing |= np.isinf(values.to_numpy(np.float64, na_value=np.nan))
+    elif not pd.api.types.is_numeric_dtype(values):  # a CSV's empty cell: an empty string
+        missing |= values.astype(str).str.strip() == ""
+    if count := int(missing.sum()):
+        raise DataError(
+            f"{count} of {len(values)} rows have no {column!r} (the label), or an infinite "
+            "one: drop or fill them"
+        )
+    return values.to_numpy()
+
+
 def merged_labels(summaries: list[dict[str, Any]]) -> list[Any]:
     return sorted({label for part in summaries for label in json.loads(part["classes"])})
 

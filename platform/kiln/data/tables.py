@@ -23,6 +23,7 @@ from kiln.data.stream import (
     labels_of,
     merged_labels,
     merged_moments,
+    present_labels,
     should_stream,
     stream,
 )
@@ -116,19 +117,7 @@ class TableLayout:
         return x
 
     def targets(self, frame: pd.DataFrame) -> np.ndarray:
-        """The label column's values; a row without one is a DataError (nothing to learn)."""
-        values = frame[self.label]
-        missing = values.isna()
-        if pd.api.types.is_float_dtype(values):
-            missing |= np.isinf(values.to_numpy(np.float64, na_value=np.nan))
-        elif not pd.api.types.is_numeric_dtype(values):  # a CSV's empty cell: an empty string
-            missing |= values.astype(str).str.strip() == ""
-        if missing := int(missing.sum()):
-            raise DataError(
-                f"{missing} of {len(values)} rows have no {self.label!r} (the label), or an "
-                "infinite one: drop or fill them"
-            )
-        return values.to_numpy()
+        return present_labels(frame, self.label)
 
     def tensors(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         if self.texts:

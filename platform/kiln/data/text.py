@@ -21,6 +21,7 @@ from kiln.data.stream import (
     in_memory,
     labels_of,
     merged_labels,
+    present_labels,
     should_stream,
     stream,
 )
@@ -43,7 +44,8 @@ class TextLayout:
 
     def summary(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         """The block's word counts and labels (labels are read as text)."""
-        counts = Counter(word for text in frame[self.text] for word in tokenize(text))
+        present_labels(frame, self.label)  # a row without its label fails the fit
+        counts = Counter(word for text in self._texts(frame) for word in tokenize(text))
         labels = labels_of(frame.assign(**{self.label: frame[self.label].astype(str)}), self.label)
         return {"words": np.array([json.dumps(counts)]), "classes": labels}
 
@@ -57,9 +59,13 @@ class TextLayout:
 
     def tensors(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         assert self.vocab is not None and self.classes is not None, "fit the layout first"
-        x = encode([tokenize(t) for t in frame[self.text]], self.vocab, self.max_len)
-        labels = frame[self.label].astype(str).to_numpy()
+        x = encode([tokenize(t) for t in self._texts(frame)], self.vocab, self.max_len)
+        labels = present_labels(frame, self.label).astype(str)
         return {"x": x, "y": class_indices(labels, self.classes, self.label)}
+
+    def _texts(self, frame: pd.DataFrame) -> pd.Series:
+        """The text column, a missing text as an empty one (no words)."""
+        return frame[self.text].fillna("")
 
     def schema(self) -> DataSchema:
         assert self.vocab is not None and self.classes is not None, "fit the layout first"
