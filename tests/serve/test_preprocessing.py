@@ -7,6 +7,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from kiln import preprocess
+from kiln.bench.load import binary_body_for, body_for
 from kiln.data.base import shuffled_split
 from kiln.data.stream import in_validation
 from kiln.preprocess import token_ids
@@ -160,6 +161,13 @@ def test_a_table_with_text_and_gaps_is_served_column_by_column(raw_serving, raw_
     result = client.infer("people-mlp", tensors)
     assert [label.decode() for label in result.as_numpy("label")] == labels
     client.close()
+
+    assert meta["parameters"]["inputs"] == "all"  # what `kiln bench` reads to send them all
+    for body, headers in (
+        (body_for(meta, batch=4), {"Content-Type": "application/json"}),
+        binary_body_for(meta, batch=4),
+    ):
+        assert httpx.post(f"{url}/infer", content=body, headers=headers).status_code == 200
 
 
 @pytest.mark.parametrize(

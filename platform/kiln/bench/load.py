@@ -192,9 +192,12 @@ async def _open_loop(send: Any, result: LoadResult, rate: float, seconds: float)
 
 
 def body_for(metadata: dict[str, Any], batch: int = 1, seed: int = 0) -> bytes:
-    """A JSON request for the model's first input: random values of its datatype and shape."""
-    tensor, data = random_input(metadata, batch, seed)
-    return json.dumps({"inputs": [{**tensor, "data": data.ravel().tolist()}]}).encode()
+    """A JSON request of random values in the model's inputs' datatypes and shapes."""
+    inputs = [
+        {**tensor, "data": data.ravel().tolist()}
+        for tensor, data in random_inputs(metadata, batch, seed)
+    ]
+    return json.dumps({"inputs": inputs}).encode()
 
 
 def binary_body_for(
@@ -202,41 +205,53 @@ def binary_body_for(
 ) -> tuple[bytes, dict[str, str]]:
     """The same request with the binary tensor extension, asking for binary outputs too (what
     Triton's clients send by default), and the headers it needs."""
-    tensor, data = random_input(metadata, batch, seed)
-    raw = binary.to_bytes(data.astype(DTYPES[tensor["datatype"]]))
-    parameters = {"binary_data_size": len(raw)}
-    request = {"inputs": [{**tensor, "parameters": parameters}]}
-    header = json.dumps({**request, "parameters": {"binary_data_output": True}}).encode()
+    inputs, raws = [], []
+    for tensor, data in random_inputs(metadata, batch, seed):
+        raws.append(binary.to_bytes(data.astype(DTYPES[tensor["datatype"]])))
+        inputs.append({**tensor, "parameters": {"binary_data_size": len(raws[-1])}})
+    request = {"inputs": inputs, "parameters": {"binary_data_output": True}}
+    header = json.dumps(request).encode()
     headers = {"Content-Type": binary.CONTENT_TYPE, binary.HEADER_LENGTH: str(len(header))}
-    return header + raw, headers
+    return header + b"".join(raws), headers
 
 
 def grpc_request_for(metadata: dict[str, Any], batch: int = 1, seed: int = 0) -> Any:
     """The same request as a gRPC ModelInferRequest with raw contents (as Triton's sends)."""
     from kiln.serve.replica.protos import open_inference_pb2 as pb
 
-    tensor, data = random_input(metadata, batch, seed)
     request = pb.ModelInferRequest(model_name=metadata["name"])
-    request.inputs.add(**tensor)
-    request.raw_input_contents.append(binary.to_bytes(data.astype(DTYPES[tensor["datatype"]])))
+    for tensor, data in random_inputs(metadata, batch, seed):
+        request.inputs.add(**tensor)
+        request.raw_input_contents.append(binary.to_bytes(data.astype(DTYPES[tensor["datatype"]])))
     return request
 
 
 FREE_LENGTH = 8000  # values along a dimension of any size past the batch's (1 s of 8 kHz audio)
 
 
-def random_input(metadata: dict[str, Any], batch: int, seed: int) -> tuple[dict, np.ndarray]:
-    first = metadata["inputs"][0]
-    dims = first["shape"]
+def random_inputs(metadata: dict[str, Any], batch: int, seed: int) -> list[tuple[dict, np.ndarray]]:
+    """Random values for the model's first input (the others are alternatives to it), or for
+    every input of a model that takes them all at once (a table's columns)."""
+    rng = np.random.default_rng(seed)
+    every = metadata.get("parameters", {}).get("inputs") == "all"
+    return [_random(t, batch, rng) for t in metadata["inputs"][: None if every else 1]]
+
+
+def _random(
+    tensor: dict[str, Any], batch: int, rng: np.random.Generator
+) -> tuple[dict, np.ndarray]:
+    dims = tensor["shape"]
     shape = [
         batch if i == 0 and d == -1 else FREE_LENGTH if d == -1 else d for i, d in enumerate(dims)
     ]
-    rng = np.random.default_rng(seed)
-    if first["datatype"].startswith("FP"):
-        data = rng.random(shape).astype(DTYPES[first["datatype"]])
+    if tensor["datatype"].startswith("FP"):
+        data = rng.random(shape).astype(DTYPES[tensor["datatype"]])
+    elif tensor["datatype"] == "BYTES":  # texts: a table's categorical column
+        data = np.array([f"v{v}" for v in rng.integers(0, 4, shape).ravel()], dtype=object)
+        data = data.reshape(shape)
     else:  # integer ids: small values are valid for every id-taking model
         data = rng.integers(0, 2, shape)
-    return {"name": first["name"], "datatype": first["datatype"], "shape": shape}, data
+    return {"name": tensor["name"], "datatype": tensor["datatype"], "shape": shape}, data
 
 
 def fetch_metadata(model_url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class Predictor:
             self.notes["missing_values"] = (
                 "null or NaN: a number's training mean; null: a text's slot for other values"
             )
+            self.notes["inputs"] = "all"  # each request sends every input, one per column
         self.reference: np.ndarray | None = None  # training inputs, as the model takes them
 
     @staticmethod
