@@ -74,6 +74,26 @@ def test_forecaster_beats_seasonal_naive():
     assert model_mae < naive_mae
 
 
+def test_a_served_forecaster_takes_raw_windows_and_answers_in_ppm():
+    """The last 24 monthly values as they are (ppm), the next month's forecast in ppm: the
+    served model's error over the validation windows is the registered val_mae."""
+    import statsmodels.api as sm
+
+    from kiln.serve.replica.predictor import Predictor
+
+    _, outcome = train("timeseries-lstm.yaml", "train.epochs=8", "train.early_stopping=null")
+    weekly = sm.datasets.co2.load_pandas().data["co2"]
+    series = weekly.resample("MS").mean().interpolate().to_numpy(np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(series, 25)  # 24 values, then the next
+    validation = windows[-round(len(windows) * 0.2) :]
+    registry = ModelRegistry.open()
+    predictor = Predictor.load(registry, registry.resolve(f"co2-lstm@{outcome.version}"))
+    forecasts = predictor.run(predictor.prepare(0, validation[:, :24, None]))["output"]
+    assert forecasts.min() > 300 and forecasts.max() < 400  # ppm, not steps of the scale
+    mae = np.abs(forecasts[:, 0] - validation[:, 24]).mean()
+    assert mae == pytest.approx(outcome.metrics["val_mae"], rel=1e-3)
+
+
 def test_train_json_output(capsys):
     main(
         [

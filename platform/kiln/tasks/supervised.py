@@ -43,14 +43,14 @@ CLASSIFICATION = register(
         drift=True,
     )
 )
-for name in ("regression", "forecasting"):
+for name, predictor in (("regression", "Predictor"), ("forecasting", "Forecaster")):
     register(
         Task(
             name=name,
             metrics=("val_mae", "val_rmse", "val_loss", "train_loss"),
             objective=("val_mae", "min"),
             loop=LOOP,
-            predictor="kiln.serve.replica.predictor:Predictor",
+            predictor=f"kiln.serve.replica.predictor:{predictor}",
             signature=signature,
             loss=mean_squared_error,
             drift=True,

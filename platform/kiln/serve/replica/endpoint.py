@@ -277,7 +277,7 @@ class ModelEndpoint:
         outputs = predictor.run(x)
         self.metrics.batched(predictor.version, len(x))
         if (drift := self.drift) is not None:
-            drift.observe(predictor.version, x, outputs)
+            drift.observe(predictor.version, *predictor.drift_view(x, outputs))
         return outputs
 
     # --- following the alias ---------------------------------------------------------------

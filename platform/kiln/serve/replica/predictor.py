@@ -125,6 +125,13 @@ class Predictor:
             y = y * np.float32(target["std"]) + np.float32(target["mean"])
         return {self.outputs[0].name: y}
 
+    def drift_view(
+        self, x: torch.Tensor, outputs: dict[str, np.ndarray]
+    ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        """A batch's inputs and outputs as drift compares them with the training reference's
+        (`run` on the reference): here, as they are."""
+        return x, outputs
+
 
 class Classifier(Predictor):
     def __init__(self, loaded: LoadedModel, load_seconds: float = 0.0):
@@ -188,6 +195,52 @@ class Classifier(Predictor):
     def run(self, x: torch.Tensor) -> dict[str, np.ndarray]:
         probabilities = torch.softmax(self.module(x).float(), dim=-1).numpy()
         return {"probabilities": probabilities, "label": self.classes[probabilities.argmax(1)]}
+
+
+class Forecaster(Predictor):
+    """Takes a series' last `window` values as they are and answers the next `horizon` in
+    the series' units. The model learnt windows made relative to their last value and
+    divided by the training series' step size (`schema.transform`, kiln.data.series): that
+    is done here. A relative window ends in 0, so the prepared input carries the window's
+    last value in that place, for `run` to add back to the forecasts of a batch of windows
+    whatever their levels; drift compares the windows and forecasts as the model saw them."""
+
+    def __init__(self, loaded: LoadedModel, load_seconds: float = 0.0):
+        super().__init__(loaded, load_seconds)
+        self.scale = np.float32(self.transform.get("scale", 1.0))
+        self.relative = self.transform.get("offset") == "last_value"
+
+    def prepare(
+        self, index: int, array: np.ndarray, parameters: dict[str, Any] | None = None
+    ) -> torch.Tensor:
+        x = np.array(array, dtype=np.float32)  # a copy: a binary request's is read-only
+        if self.relative:
+            last = x[:, -1:, :].copy()
+            x = (x - last) / self.scale
+            x[:, -1, :] = last[:, 0, :]
+        return torch.from_numpy(x)
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        relative, last = self.as_trained(x)
+        y = self.module(relative).float().numpy() * self.scale
+        return {self.outputs[0].name: y + last}
+
+    def as_trained(self, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """The windows as the model takes them, and each one's last value (N, 1)."""
+        if not self.relative:
+            return x, np.zeros((len(x), 1), np.float32)
+        last = x[:, -1, :1].numpy().copy()
+        relative = x.clone()
+        relative[:, -1, :] = 0.0
+        return relative, last
+
+    def drift_view(
+        self, x: torch.Tensor, outputs: dict[str, np.ndarray]
+    ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        relative, last = self.as_trained(x)
+        name = self.outputs[0].name
+        return relative, {name: outputs[name] - last}
 
 
 LABELS = TensorMetadata(name="labels", datatype="INT64", shape=[-1])  # a conditional generator's
