@@ -207,7 +207,7 @@ def binary_body_for(
     Triton's clients send by default), and the headers it needs."""
     inputs, raws = [], []
     for tensor, data in random_inputs(metadata, batch, seed):
-        raws.append(binary.to_bytes(data.astype(DTYPES[tensor["datatype"]])))
+        raws.append(_raw(tensor, data))
         inputs.append({**tensor, "parameters": {"binary_data_size": len(raws[-1])}})
     request = {"inputs": inputs, "parameters": {"binary_data_output": True}}
     header = json.dumps(request).encode()
@@ -222,8 +222,13 @@ def grpc_request_for(metadata: dict[str, Any], batch: int = 1, seed: int = 0) ->
     request = pb.ModelInferRequest(model_name=metadata["name"])
     for tensor, data in random_inputs(metadata, batch, seed):
         request.inputs.add(**tensor)
-        request.raw_input_contents.append(binary.to_bytes(data.astype(DTYPES[tensor["datatype"]])))
+        request.raw_input_contents.append(_raw(tensor, data))
     return request
+
+
+def _raw(tensor: dict[str, Any], data: np.ndarray) -> bytes:
+    """A tensor's values as the binary extension and gRPC's raw contents carry them."""
+    return binary.to_bytes(data.astype(DTYPES[tensor["datatype"]]))
 
 
 FREE_LENGTH = 8000  # values along a dimension of any size past the batch's (1 s of 8 kHz audio)

@@ -64,7 +64,9 @@ class TableLayout:
         m2 = np.where(present, (x - mean) ** 2, 0.0).sum(axis=0)
         classifies = self.task == "classification"
         labels = labels_of(frame, self.label) if classifies else np.array(["[]"])
-        y = self.targets(frame)  # a row without its label fails the fit, before any training
+        y = present_labels(
+            frame, self.label
+        )  # a row without its label fails the fit, before any training
         y = y.astype(np.float64) if not classifies else np.zeros(0)
         y_mean = y.mean() if len(y) else 0.0
         texts = {name: value_counts(frame[name]) for name in self.texts}
@@ -116,9 +118,6 @@ class TableLayout:
         x[np.isinf(x)] = np.nan
         return x
 
-    def targets(self, frame: pd.DataFrame) -> np.ndarray:
-        return present_labels(frame, self.label)
-
     def tensors(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         if self.texts:
             x = preprocess.table_rows(self.transform, {f: frame[f] for f in self.features})
@@ -126,7 +125,7 @@ class TableLayout:
             x = preprocess.features(self.transform, self.raw_numbers(frame))
         if self.image_shape:
             x = x.reshape(len(x), *self.image_shape)
-        values = self.targets(frame)
+        values = present_labels(frame, self.label)
         if self.task != "classification":
             target = self.transform["target"]
             y = (values.astype(np.float64) - target["mean"]) / target["std"]

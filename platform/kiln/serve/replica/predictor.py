@@ -40,6 +40,10 @@ from kiln.serve.replica.protocol import (
 )
 from kiln.settings import get_settings
 
+# What a table model's metadata says of missing values (`parameters.missing_values`).
+MISSING = "null or NaN: the feature's training mean"
+MISSING_IN_COLUMNS = "null or NaN: a number's training mean; null: a text's slot for other values"
+
 
 class Predictor:
     def __init__(self, loaded: LoadedModel, load_seconds: float = 0.0):
@@ -57,20 +61,17 @@ class Predictor:
         # Inputs that may come beside the one of `inputs` a request sends, with their bounds.
         self.optional_inputs: list[tuple[TensorMetadata, tuple[int, int] | None]] = []
         self.notes: dict[str, Any] = {}  # what the metadata tells clients about the inputs
-        # A table's features may be missing (null, NaN): each is filled with its training
-        # mean, as the training rows were (kiln.preprocess).
-        self.missing_ok = "standardize" in self.transform or "categories" in self.transform
-        if self.missing_ok:
-            self.notes["missing_values"] = "null or NaN: the feature's training mean"
         # A table with text columns takes its columns as inputs, all of them in each request.
         self.columns = preprocess.table_columns(self.transform)
         if self.columns:
             self.inputs = [TensorMetadata(name=n, datatype=d, shape=[-1]) for n, d in self.columns]
             self.value_bounds = [None] * len(self.inputs)
-            self.notes["missing_values"] = (
-                "null or NaN: a number's training mean; null: a text's slot for other values"
-            )
-            self.notes["inputs"] = "all"  # each request sends every input, one per column
+            self.notes["inputs"] = "all"
+        # A table's features may be missing (null, NaN): filled as the training rows were
+        # (kiln.preprocess).
+        self.missing_ok = bool(self.columns) or "standardize" in self.transform
+        if self.missing_ok:
+            self.notes["missing_values"] = MISSING_IN_COLUMNS if self.columns else MISSING
         self.reference: np.ndarray | None = None  # training inputs, as the model takes them
 
     @staticmethod
