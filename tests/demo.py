@@ -6,6 +6,7 @@ python -m tests.demo
 
 import base64
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -101,6 +102,7 @@ def start_serving() -> subprocess.Popen:
         [sys.executable, "-m", "kiln", "serve", *CONFIGS],
         stdout=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     ready = threading.Event()
     threading.Thread(target=relay, args=(server, ready), daemon=True).start()
@@ -241,8 +243,11 @@ def ascii_digits(images: np.ndarray) -> str:
 
 def stop(server: subprocess.Popen) -> None:
     console.print(Rule("Stop serving (Ctrl-C)"))
-    server.send_signal(signal.SIGTERM)  # as Ctrl-C; SIGINT may be ignored when run in background
-    server.wait(timeout=120)
+    # What a terminal's Ctrl-C does: SIGINT to every process of the foreground group, the
+    # local Ray that `kiln serve` started included.
+    os.killpg(server.pid, signal.SIGINT)
+    if server.wait(timeout=120) != 0:
+        sys.exit(f"kiln serve stopped with exit code {server.returncode}")
 
 
 def main() -> None:

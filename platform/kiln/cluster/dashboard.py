@@ -60,7 +60,24 @@ def open_client(client_class: type[C], address: str) -> C:
     token; each checks the address when it is created."""
     headers = {"Content-Type": "application/json", **auth_headers()}
     with answered_by(address):
-        return client_class(address, headers=headers)  # type: ignore[call-arg]
+        return _answering_in_time(client_class)(address, headers=headers)
+
+
+# (connect, read) seconds. Ray's SDK clients send their requests without a timeout: a dashboard
+# that takes the connection and never answers (its module processes gone) hung the command.
+REQUEST_TIMEOUT_S = (10.0, 120.0)
+
+
+def _answering_in_time(client_class: type[C]) -> Any:
+    """`client_class` whose every request has REQUEST_TIMEOUT_S."""
+
+    class Timed(client_class):  # type: ignore[valid-type,misc]
+        def _do_request(self, *args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", REQUEST_TIMEOUT_S)
+            return super()._do_request(*args, **kwargs)
+
+    Timed.__name__ = Timed.__qualname__ = client_class.__name__
+    return Timed
 
 
 @contextlib.contextmanager
@@ -82,6 +99,13 @@ def describe(e: BaseException, address: str) -> str:
         token = find_token()
         source = f" from {token.source}" if token else ""
         return f"the cluster at {address} refused the token{source}: it is not this cluster's"
+    from requests.exceptions import ReadTimeout  # Ray's SDK clients send with requests
+
+    if isinstance(e, ReadTimeout):  # the dashboard took the request but never answered
+        return (
+            f"the Ray dashboard at {address} did not answer within {REQUEST_TIMEOUT_S[1]:g} s "
+            "(is its head node overloaded, or its dashboard stopped? `ray status` on the head)"
+        )
     if isinstance(e, ConnectionError) or "Failed to connect" in text:
         return (
             f"cannot reach a Ray dashboard at {address}: is the cluster up, and is this its "
