@@ -12,9 +12,10 @@ the CLI prints it (no traceback) and exits with its `exit_code`.
     ├── RequestError         a request to a served model is malformed; HTTP 400
     ├── FeatureStoreError    Redis (the feature cache) cannot be started or reached
     ├── ServeError           a serving config cannot be deployed
-    └── ClusterError         a Ray cluster cannot be reached, or refuses a request
-        ├── JobNotFoundError     no job with that submission id; exit 3
-        └── PreflightError       a job would fail on the cluster (resources, storage); exit 2
+    ├── ClusterError         a Ray cluster cannot be reached, or refuses a request
+    │   ├── JobNotFoundError     no job with that submission id; exit 3
+    │   └── PreflightError       a job would fail on the cluster (resources, storage); exit 2
+    └── Interrupted          the user stopped it (Ctrl-C) with its state kept; exit 130
 """
 
 
@@ -83,3 +84,7 @@ class JobNotFoundError(ClusterError):
 
 class PreflightError(ClusterError):
     exit_code = 2
+
+
+class Interrupted(KilnError):
+    exit_code = 130  # a shell's code for a command ended by SIGINT

@@ -3,6 +3,7 @@ interrupted search resumes without rerunning finished trials."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from kiln.spec import apply_overrides
 from kiln.tune import run_search
 from kiln.tune.search import param_space, tune_config
 from kiln.validate import load_spec
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_kiln
 from tests.evaluation import evaluate
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
@@ -192,37 +193,26 @@ def test_optuna_is_reproducible_with_a_seed():
     assert first != first_suggestions(seed=8)
 
 
-def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home):
+def small_search(name: str, register: bool = False) -> tuple[list[str], dict[str, str]]:
+    """`kiln tune` of 3 one-worker trials of 2 epochs, one at a time (command line, env)."""
     job = [
-        "--set",
-        "tune.num_samples=3",
-        "--set",
-        "tune.max_concurrent_trials=1",
-        "--set",
-        "scaling.num_workers=1",
-        "--set",
-        "train.epochs=2",
-        "--set",
-        "tune.scheduler.name=fifo",
-        "--set",
-        "register=null",
-        "--name",
-        "resumable",
+        *("--set", "tune.num_samples=3", "--set", "tune.max_concurrent_trials=1"),
+        *("--set", "scaling.num_workers=1", "--set", "train.epochs=2"),
+        *("--set", "tune.scheduler.name=fifo"),
+        *(() if register else ("--set", "register=null")),
+        *("--name", name),
     ]
     env = {
         **os.environ,
         "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
         "TUNE_GLOBAL_CHECKPOINT_S": "0",
     }
-    command = [
-        sys.executable,
-        "-m",
-        "kiln",
-        "tune",
-        str(ROOT / "jobs/digits-cnn-tune.yaml"),
-        "--quiet",
-        *job,
-    ]
+    tune = [sys.executable, "-m", "kiln", "tune", str(ROOT / "jobs/digits-cnn-tune.yaml")]
+    return [*tune, "--quiet", *job], env
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home):
+    command, env = small_search("resumable")
     driver = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -366,3 +356,32 @@ def grid_job(folder, space: str, extra: str = ""):
         "tune:\n  search: grid\n  scheduler: {name: fifo}\n  space:\n" + space
     )
     return path
+
+
+def test_ctrl_c_ends_a_search_without_registering_and_says_how_to_resume(fresh_home):
+    """Tune ends a search early on Ctrl-C and hands back its trials as if they had finished:
+    the best of them is not the search's best."""
+    command, env = small_search("stopped", register=True)
+    driver = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    search = fresh_home / "runs" / "tune" / "stopped"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not any(
+        r.stat().st_size for r in search.glob("*/result.json")
+    ):
+        time.sleep(0.2)  # until a trial has reported an epoch
+    driver.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "Tuner.restore" not in stderr
+    assert re.search(
+        r"search stopped stopped with [1-3] trials? unfinished; nothing registered", stderr
+    )
+    assert "--resume --name stopped" in stderr
+    assert not (fresh_home / "registry" / "digits-cnn").exists()
+
+    resumed = run_kiln(*command[3:], "--resume", "--json", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    result = json.loads(resumed.stdout)
+    assert result["trials"] == 3 and result["model"]["model"] == "digits-cnn"

@@ -13,6 +13,12 @@ from rich.table import Table
 
 from kiln.spec import TuneSpec
 
+# The trials each search left unfinished when it ended, by search name. Tune ends a search
+# early on Ctrl-C and stops its running trials without completing them; on --resume it runs
+# its own unpickled copy of the view, so the record is kept here rather than on the view.
+ENDED_EARLY: dict[str, list[str]] = {}
+FINAL = ("STOPPED", "DONE", "ERROR")
+
 
 class SearchView(Callback):
     def __init__(self, name: str, spec: TuneSpec, quiet: bool = False):
@@ -30,12 +36,21 @@ class SearchView(Callback):
             self._live.start()
 
     def on_experiment_end(self, trials, **info) -> None:
+        ENDED_EARLY[self.name] = [t.trial_id for t in trials if self._unfinished(t)]
         if self._live is not None:
             self._live.update(self.table())
             self._live.stop()
             if not self._live.console.is_terminal:  # rich ends the frame with a line only there
                 self._live.console.line()
             self._live = None
+
+    def _unfinished(self, trial) -> bool:
+        """Never started, or started in this run and stopped by Tune's cleanup (its status
+        then reads TERMINATED) without completing; not one a resumed search had finished."""
+        status = self.trials.get(trial.trial_id, {}).get("status", "PENDING")
+        if status != "PENDING":
+            return status not in FINAL
+        return trial.status not in ("TERMINATED", "ERROR")
 
     # Tune's callback hooks ---------------------------------------------------------------
 

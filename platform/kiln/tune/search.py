@@ -2,6 +2,7 @@
 
 import functools
 import io
+import logging
 import math
 import os
 import re
@@ -22,7 +23,7 @@ from ray.util.queue import Queue
 from kiln import data as datasets
 from kiln import plots
 from kiln.data import Dataset, StreamedDataset
-from kiln.errors import SpecError, TrainingError
+from kiln.errors import Interrupted, SpecError, TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import Domain, JobSpec, TuneSpec, apply_overrides
 from kiln.train.progress import ReportForwarder
@@ -35,7 +36,7 @@ from kiln.train.runner import (
     start_autoscaling_coordinator,
 )
 from kiln.tune import population, trial
-from kiln.tune.progress import SearchView
+from kiln.tune.progress import ENDED_EARLY, SearchView
 
 
 @dataclass
@@ -109,6 +110,7 @@ def run_search(
     # its experiment box and a TensorBoard command for Ray's own folder even at verbose=0; its
     # older one (RAY_AIR_NEW_OUTPUT=0, read when the search starts) prints nothing there.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune.tune").addFilter(_kiln_says_how_to_resume)
     grid = tuner.fit()
     return _finish(spec, grid, name, path, storage, dataset)
 
@@ -241,13 +243,35 @@ def tune_config(spec: JobSpec) -> tune.TuneConfig:
     )
 
 
+def _stopped(name: str, unfinished: int, results: str) -> Interrupted:
+    return Interrupted(
+        f"search {name} stopped with {unfinished} trial{'s' * (unfinished > 1)} unfinished; "
+        f"nothing registered ({results}); continue it with the same command and "
+        f"--resume --name {name}"
+    )
+
+
+def _kiln_says_how_to_resume(record: logging.LogRecord) -> bool:
+    """Tune's lines on a search it ended early name its Python API (Tuner.restore); Kiln's
+    error names `kiln tune --resume` instead."""
+    return not record.getMessage().startswith(TUNE_INTERRUPTED)
+
+
+TUNE_INTERRUPTED = ("Experiment has been interrupted", "Trials did not complete")
+
+
 def _finish(
     spec: JobSpec, grid, name: str, path: str, storage: str, dataset: Any = None
 ) -> SearchOutcome:
     t = spec.tune
     assert t is not None and t.metric is not None and t.mode is not None
+    # Tune ends a search early on Ctrl-C (or SIGUSR1) and returns what it has: the best of a
+    # search that did not finish is not the search's best, so it is not registered.
+    unfinished = len(ENDED_EARLY.pop(name, []))
     finished = [r for r in grid if r.metrics and t.metric in r.metrics]
     if not finished:
+        if unfinished:
+            raise _stopped(name, unfinished, "no results yet")
         errors = [str(r.error).splitlines()[-1] for r in grid if r.error]
         raise TrainingError(f"no trial of {name} reported {t.metric}: {errors[:1] or 'no results'}")
     table = trials_table(grid, t.metric, t.mode)
@@ -264,6 +288,8 @@ def _finish(
     )
     curves = trial_curves_png(grid, t.metric)
     write_files(path, {"results.csv": table.to_csv(index=False).encode(), "curves.png": curves})
+    if unfinished:
+        raise _stopped(name, unfinished, f"results so far: {path}/results.csv")
     if spec.registration is not None:
         run = best.metrics.get("run_name") or f"{name}-{trial_id}"  # PBT: its latest run
         chain = population.chain_of(best.checkpoint)
