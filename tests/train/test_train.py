@@ -4,7 +4,10 @@ and a worker killed mid-run."""
 import io
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,6 +15,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+import ray
 
 from kiln import data as datasets
 from kiln.cli import main
@@ -19,7 +23,7 @@ from kiln.registry import ModelRegistry
 from kiln.registry.loading import load_model
 from kiln.train import run_job
 from kiln.validate import load_spec
-from tests.conftest import ROOT, quiet_view
+from tests.conftest import ROOT, quiet_view, run_kiln
 from tests.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -286,3 +290,30 @@ def test_a_trainer_has_its_workers_reports_polled_often(ray_cluster, monkeypatch
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.5")
     build_trainer(spec, dataset, "poll", str(tmp_path), [])
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5"
+
+
+def test_ctrl_c_stops_a_run_that_then_resumes_from_its_checkpoint(fresh_home):
+    command = [
+        *(sys.executable, "-m", "kiln", "train", str(ROOT / "jobs/digits-mlp.yaml")),
+        *("--set", "train.epochs=30", "--set", "train.early_stopping=null"),
+        *("--set", "register.name=interrupted"),
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert driver.stdout is not None
+    for line in driver.stdout:
+        if line.startswith("epoch   2/"):
+            break
+    driver.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr[-2000:]
+    stopped = re.search(r"run (\S+) stopped after epoch \d+; nothing registered", stderr)
+    assert stopped and f"--run-name {stopped[1]}" in stderr and "Traceback" not in stderr
+    assert ModelRegistry.open().versions("interrupted") == []
+
+    resumed = run_kiln(*command[3:], "--run-name", stopped[1], env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "(resumed at epoch" in resumed.stdout
+    assert ModelRegistry.open().versions("interrupted") == [1]

@@ -19,7 +19,7 @@ from ray.util.queue import Queue
 
 from kiln import data as datasets
 from kiln.data import Dataset, StreamedDataset
-from kiln.errors import TrainingError
+from kiln.errors import Interrupted, TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import JobSpec
 from kiln.train import loops
@@ -73,7 +73,10 @@ def run_job(
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = build_trainer(spec, dataset, run_name, storage, [ReportForwarder(queue)])
     needed = workers_need(spec, worker_resources(spec, isinstance(dataset, StreamedDataset)))
-    result = _fit_with_progress(trainer, queue, view, needed, spec.scaling.start_timeout_s)
+    try:
+        result = _fit_with_progress(trainer, queue, view, needed, spec.scaling.start_timeout_s)
+    except KeyboardInterrupt:  # Ctrl-C: the run's workers stop with this process
+        raise _interrupted(run_name, view) from None
     queue.shutdown()
 
     history = run_history(result.checkpoint)
@@ -97,6 +100,15 @@ def run_job(
         version = publish(spec, dataset, checkpoint, outcome)
         outcome.version, outcome.alias = version.version, spec.registration.alias
     return outcome
+
+
+def _interrupted(run_name: str, view: ProgressView) -> Interrupted:
+    epochs = [e["metrics"]["epoch"] for e in view.events if e["kind"] == "report"]
+    when = f"after epoch {epochs[-1]}" if epochs else "before its first epoch"
+    return Interrupted(
+        f"run {run_name} stopped {when}; nothing registered. Continue it from its last "
+        f"checkpoint with the same command and --run-name {run_name}"
+    )
 
 
 def build_trainer(
