@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from kiln import data
+from kiln import data, preprocess
 from kiln.data.stream import StreamedDataset
 from kiln.errors import DataError
 from kiln.registry import ModelRegistry
@@ -122,3 +122,30 @@ def test_a_cnn_trained_on_streamed_images_answers_png_files(digit_folder, fresh_
     assert served.tolist() == from_pixels.tolist()
     truth = [p.parent.name for p in files]
     assert np.mean(served == np.array(truth)) > 0.85
+
+
+def test_decoding_refuses_a_decompression_bomb_before_decoding_it():
+    """A 120 KB PNG of 12,000 x 12,000 plain pixels (432 MB as RGB), and one past twice
+    Pillow's limit, which Pillow refuses as it opens: each a one-line ImageError."""
+    for side in (12_000, 20_000):
+        buffer = io.BytesIO()
+        Image.new("L", (side, side)).save(buffer, format="PNG")
+        with pytest.raises(preprocess.ImageError, match="more than the 89 megapixels"):
+            preprocess.decode_image(buffer.getvalue(), (32, 32), 3)
+    with pytest.raises(preprocess.ImageError, match="^not an image \\(no format Pillow reads"):
+        preprocess.decode_image(b"hello", (8, 8), 1)
+
+
+def test_a_large_jpeg_decodes_at_a_reduced_scale_to_the_same_pixels():
+    """Pillow's draft mode decodes a JPEG at 1/8 scale when the model wants 32 x 32: the
+    pixels match a full decode then resize within a grey level on average."""
+    from sklearn.datasets import load_sample_images
+
+    photo = Image.fromarray(load_sample_images().images[0]).resize((2560, 1920))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=90)
+    drafted = preprocess.decode_image(buffer.getvalue(), (32, 32), 3).astype(np.float64)
+    with Image.open(io.BytesIO(buffer.getvalue())) as full:
+        whole = np.asarray(full.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
+    assert drafted.shape == (3, 32, 32)
+    assert np.abs(drafted - whole.transpose(2, 0, 1)).mean() < 1.0
