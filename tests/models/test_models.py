@@ -1,5 +1,9 @@
 """Forward and backward shapes for every registered family, on every input it accepts."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -121,3 +125,23 @@ def test_users_own_model_by_import_path():
 def test_import_errors_name_the_path():
     with pytest.raises(SpecError, match="cannot import no_such_pkg.nets:build"):
         models.check(ModelSpec.model_validate({"import": "no_such_pkg.nets:build"}))
+
+
+def test_a_builder_in_the_directory_kiln_runs_from_is_found(tmp_path):
+    """As `python -m` finds it (and Ray's workers, which start in the driver's directory); the
+    `kiln` script itself, unlike `python -m kiln`, does not put that directory on the path."""
+    (tmp_path / "nets.py").write_text(
+        "from torch import nn\n\n"
+        "def build(schema, width=8):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(width))\n"
+    )
+    (tmp_path / "job.yaml").write_text(
+        "name: mine\ntask: classification\ndata: {name: digits}\n"
+        'model: {import: "nets:build", params: {width: 16}}\n'
+    )
+    kiln = Path(sys.executable).with_name("kiln")  # the console script pip installed
+    checked = subprocess.run(
+        [str(kiln), "validate", "job.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "nets:build on digits" in checked.stdout

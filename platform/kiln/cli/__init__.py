@@ -6,6 +6,7 @@ turns every `KilnError` into one line on stderr and its exit code (never a trace
     kiln models show digits-cnn@staging
 """
 
+import os
 import sys
 
 import typer
@@ -52,6 +53,10 @@ err = err_console
 
 
 def main(argv: list[str] | None = None) -> None:
+    # A spec's `model.import` finds a module in the current directory, as `python -m` would:
+    # Ray's workers on this machine start there too, and find it the same way.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         # a command's typer.Exit(code) lands here
         code = app(args=argv, prog_name="kiln", standalone_mode=False)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from kiln.cluster.dashboard import describe, open_client, with_scheme
+from kiln.cluster.dashboard import describe, first_line, open_client, with_scheme
 from kiln.errors import ServeError, SpecError
 from kiln.registry import ModelRegistry
 from kiln.serve.config import (
@@ -208,8 +208,7 @@ def wait_until_running(config: dict[str, Any], dashboard: str, timeout_s: float 
         apps = details(dashboard).get("applications", {})
         states = {n: apps.get(n, {}).get("status", "NOT_STARTED") for n in names}
         if failed := [n for n, s in states.items() if s == "DEPLOY_FAILED"]:
-            message = apps[failed[0]].get("message", "").strip().splitlines()
-            raise ServeError(f"{failed[0]} failed to deploy: {message[-1] if message else ''}")
+            raise ServeError(f"{failed[0]} failed to deploy: {why_failed(apps[failed[0]])}")
         running = all(s == "RUNNING" for s in states.values())
         if running and not (unrouted := _not_routed(names, apps, dashboard)):
             return
@@ -219,6 +218,23 @@ def wait_until_running(config: dict[str, Any], dashboard: str, timeout_s: float 
                 waiting = f"HAProxy routes no request to a replica of {', '.join(unrouted)}"
             raise ServeError(f"not running after {timeout_s:.0f} s: {waiting}")
         time.sleep(1)
+
+
+def why_failed(app: dict[str, Any]) -> str:
+    """The error a failed deployment's replicas raised (Serve's application message says
+    only which deployments failed), with what to do where a replica cannot import a module."""
+    messages = [
+        d["message"]
+        for d in app.get("deployments", {}).values()
+        if d.get("status") == "DEPLOY_FAILED" and d.get("message")
+    ]
+    reason = first_line(RuntimeError(messages[0] if messages else app.get("message", "")))
+    if "No module named" in reason:
+        reason += (
+            " (the replicas import it: install its package where they run, or give the "
+            'application runtime_env: {working_dir: "local:///its/folder"}, or an s3:// zip)'
+        )
+    return reason
 
 
 def _not_routed(names: set[str], apps: dict[str, Any], dashboard: str) -> list[str]:
