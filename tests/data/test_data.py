@@ -105,3 +105,16 @@ class TestFiles:
         frame.to_csv(path, index=False)
         d = build("csv_series", task="forecasting", path=str(path), column="y", time_column="t")
         assert d.baselines["seasonal_naive_val_mae"] < 1e-6  # a pure 12-step season, once sorted
+
+    def test_csv_series_sorted_by_its_dates_not_their_text(self, tmp_path):
+        """`3/1/1958` before `12/1/1958` and `1/1/1959`: sorted as text, December came first."""
+        months = pd.date_range("1958-03-01", periods=120, freq="MS")
+        season = np.sin(2 * np.pi * np.arange(120) / 12)
+        frame = pd.DataFrame({"date": months.strftime("%-m/%-d/%Y"), "y": season})
+        path = tmp_path / "series.csv"
+        frame.sample(frac=1, random_state=0).to_csv(path, index=False)
+        d = build("csv_series", task="forecasting", path=str(path), column="y", time_column="date")
+        assert d.baselines["seasonal_naive_val_mae"] < 1e-6
+        frame.assign(date=["soon"] * 120).to_csv(path, index=False)
+        with pytest.raises(DataError, match="time column 'date' is not dates or numbers"):
+            build("csv_series", task="forecasting", path=str(path), column="y", time_column="date")

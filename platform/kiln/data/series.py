@@ -48,9 +48,23 @@ def csv_series(
         if name not in frame.columns:
             raise DataError(f"{path} has no column {name!r}; columns: {', '.join(frame.columns)}")
     if time_column:
-        frame = frame.sort_values(time_column, kind="stable")
+        order = np.argsort(_times(frame[time_column], path), kind="stable")
+        frame = frame.iloc[order]
     values = pd.to_numeric(frame[column], errors="coerce").interpolate().dropna()
     return windowed(values.to_numpy(np.float64), window, horizon, val_fraction, season)
+
+
+def _times(column: pd.Series, path: str) -> np.ndarray:
+    """A time column as what orders it: numbers as they are, text as dates (`3/1/1958` sorted
+    as text would put December before March)."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column):
+        return column.to_numpy()
+    try:
+        return pd.to_datetime(column, format="mixed").to_numpy()
+    except (ValueError, TypeError) as e:
+        raise DataError(
+            f"{path}: time column {column.name!r} is not dates or numbers ({e})"
+        ) from None
 
 
 def windowed(
