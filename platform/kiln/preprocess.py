@@ -15,6 +15,7 @@ Fitting belongs to the data layer (numpy on a split in memory, Ray Data aggregat
 stream); what is stored here is plain JSON.
 """
 
+import functools
 import io
 import math
 import re
@@ -24,7 +25,11 @@ import numpy as np
 
 PAD, UNKNOWN = 0, 1  # token ids below the vocabulary's
 IMAGE_MODES = {1: "L", 3: "RGB"}  # Pillow's modes by channel count
-TOKEN = re.compile(r"[a-z0-9']+")
+# Words of letters and digits in any script (with inner apostrophes: don't), and each Chinese
+# or Japanese character on its own (those scripts put no spaces between words). A model keeps
+# the pattern it was trained with (transform["tokenize"]); ASCII-only [a-z0-9']+ came first.
+CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+TOKEN = re.compile(rf"[{CJK}]|[^\W_{CJK}]+(?:'[^\W_{CJK}]+)*")
 EPSILON = 1e-6  # keeps a constant feature's scale finite
 
 
@@ -90,8 +95,13 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def tokenize(text: str) -> list[str]:
-    return TOKEN.findall(str(text).lower())
+def tokenize(text: str, pattern: str = TOKEN.pattern) -> list[str]:
+    return _compiled(pattern).findall(str(text).lower())
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 def encode(texts: list[list[str]], vocab: dict[str, int], max_len: int) -> np.ndarray:
@@ -107,7 +117,9 @@ def encode(texts: list[list[str]], vocab: dict[str, int], max_len: int) -> np.nd
 
 def token_ids(transform: dict[str, Any], texts: list[str]) -> np.ndarray:
     """Raw texts as the token ids of the vocabulary fitted at training."""
-    return encode([tokenize(t) for t in texts], transform["vocab"], int(transform["max_len"]))
+    pattern = transform["tokenize"]
+    tokens = [tokenize(t, pattern) for t in texts]
+    return encode(tokens, transform["vocab"], int(transform["max_len"]))
 
 
 class ImageError(ValueError):

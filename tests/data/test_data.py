@@ -7,7 +7,7 @@ import pytest
 from kiln import data
 from kiln.data.series import seasonal_naive, windowed
 from kiln.errors import DataError
-from kiln.preprocess import encode
+from kiln.preprocess import encode, token_ids, tokenize
 from kiln.spec import DataSpec
 from tests.data.generated import reviews
 
@@ -62,6 +62,16 @@ def test_text_is_encoded_with_left_padding():
     assert ids.tolist() == [[0, 0, 2, 3], [0, 0, 0, 0]]
 
 
+def test_words_of_any_script_are_tokens_and_a_model_keeps_its_own_tokenizer():
+    text = "Don't stop: été, Straße! Привет, мир. 我爱北京 snake_case"
+    assert tokenize(text) == [
+        *("don't", "stop", "été", "straße", "привет", "мир"),
+        *("我", "爱", "北", "京", "snake", "case"),
+    ]
+    ascii_only = {"tokenize": "[a-z0-9']+", "vocab": {"stop": 2, "t": 3}, "max_len": 3}
+    assert token_ids(ascii_only, ["été stop"]).tolist() == [[0, 3, 2]]  # as it was trained
+
+
 def test_wrong_task_for_a_dataset_is_refused():
     with pytest.raises(DataError, match="digits is a classification or generation dataset"):
         build("digits", task="forecasting")
@@ -89,6 +99,17 @@ class TestFiles:
         frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path)
         d = build("table", path=str(path), label="label")
         assert d.x_train.shape[1] == 3 and d.schema.classes == ["no", "yes"]
+
+    def test_text_csv_in_russian_has_a_vocabulary(self, tmp_path):
+        """Cyrillic had no token at all: every text was padding and the model a majority vote."""
+        path = tmp_path / "reviews.csv"
+        words = {"pos": "отличный фильм", "neg": "ужасный фильм"}
+        labels = ["pos", "neg"] * 20
+        texts = [f"{words[y]} {i}" for i, y in enumerate(labels)]
+        pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+        d = build("text_csv", path=str(path), max_len=4)
+        assert {"отличный", "ужасный", "фильм"} <= set(d.schema.transform["vocab"])
+        assert (d.x_train != 0).sum(axis=1).min() == 3
 
     def test_table_with_a_missing_label_column(self, tmp_path):
         path = tmp_path / "t.csv"
