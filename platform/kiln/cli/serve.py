@@ -79,11 +79,16 @@ def up(
     for advice in deploy.autoscaling_advice(config):
         console.print(f"[yellow]warning:[/yellow] {advice}")
     redis = _embedded_redis(config)
-    dashboard, started_here = _cluster(address, detach)
-    whole = running.merged_into(config, deploy.details(dashboard), replace)
-    console.print(f"deploying {' '.join(map(str, config_paths))} to {dashboard} ...")
-    deploy.deploy(whole, dashboard)
-    deploy.wait_until_running(config, dashboard, timeout)
+    started_here = False
+    try:
+        dashboard, started_here = _cluster(address, detach)
+        whole = running.merged_into(config, deploy.details(dashboard), replace)
+        console.print(f"deploying {' '.join(map(str, config_paths))} to {dashboard} ...")
+        deploy.deploy(whole, dashboard)
+        deploy.wait_until_running(config, dashboard, timeout)
+    except BaseException:  # a failed deploy leaves nothing it started running in the background
+        _stop_started(redis, detached_ray=detach and started_here)
+        raise
     _print_urls(config)
     if detach:
         if address is None:
@@ -203,6 +208,15 @@ def _remember_detached(started_here: bool, redis: Any) -> None:
     known["redis"] = known.get("redis", False) or redis is not None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(known))
+
+
+def _stop_started(redis: Any, detached_ray: bool) -> None:
+    if detached_ray:
+        from kiln.cluster.local import stop_detached_head
+
+        stop_detached_head()
+    if redis:
+        redis.stop()
 
 
 def _stop_detached() -> None:
