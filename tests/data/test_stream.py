@@ -314,6 +314,28 @@ def test_a_corrupt_parquet_file_fails_in_one_line_naming_it(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_european_csv_reads_as_the_same_table(tmp_path, streaming):
+    """`;` between fields, a decimal comma, Latin-1 text (a German Excel export): the same
+    tensors as the plain CSV once its dialect is named; unnamed, a line saying which."""
+    frame = people(200, seed=0).rename(columns={"city": "Stadt"})
+    frame["Stadt"] = frame["Stadt"].str.replace("a", "ä")
+    frame.to_csv(tmp_path / "plain.csv", index=False)
+    frame.to_csv(tmp_path / "de.csv", sep=";", decimal=",", index=False, encoding="latin-1")
+    plain = build(tmp_path / "plain.csv", streaming=False)
+    european = build(tmp_path / "de.csv", streaming, delimiter=";", decimal=",", encoding="latin-1")
+    ours, theirs = european.schema.transform, plain.schema.transform
+    assert ours["categories"] == theirs["categories"] and "Stadt" in ours["categories"]
+    for key in ("mean", "std"):  # streamed: merged per block, equal to rounding
+        assert np.allclose(ours["standardize"][key], theirs["standardize"][key])
+    if not streaming:  # the same rows on each side of the split
+        assert np.allclose(np.sort(european.x_train, axis=0), np.sort(plain.x_train, axis=0))
+    with pytest.raises(DataError, match=r"not separated by ',' need data\.params\.delimiter"):
+        build(tmp_path / "de.csv", encoding="latin-1")
+    with pytest.raises(DataError, match=r"column 'Stadt' is not utf8 text; name its encoding"):
+        build(tmp_path / "de.csv", delimiter=";", decimal=",")  # it was dropped as bytes
+
+
 def people_csv(path: Path, rows: int = 600) -> pd.DataFrame:
     """Real tables' blemishes: empty cells in a numeric column, an infinite value, a text
     column."""

@@ -12,20 +12,18 @@ from kiln.data.stream import quiet_ray_data, root_cause
 from kiln.errors import DataError
 
 
-def read_table(
-    path: str | Shards, delimiter: str | None = None, columns: list[str] | None = None
-) -> pd.DataFrame:
+def read_table(path: str | Shards, columns: list[str] | None = None) -> pd.DataFrame:
     """A whole table as pandas. Ray Data does the reading: one code path for local files,
     globs, folders of part files and object stores."""
     import ray.data
 
-    shards = path if isinstance(path, Shards) else Shards.open(path, delimiter)
+    shards = path if isinstance(path, Shards) else Shards.open(path)
     quiet_ray_data()
     try:
         if shards.format == "parquet":
             dataset = ray.data.read_parquet(shards.files)
         else:
-            dataset = ray.data.read_csv(shards.files, parse_options=shards.csv_parse_options())
+            dataset = ray.data.read_csv(shards.files, **shards.dialect.options())
         frame = (dataset.select_columns(columns) if columns else dataset).to_pandas()
     except Exception as e:  # Ray Data wraps reader errors in its own types
         raise DataError(f"cannot read {shards.path}: {root_cause(e)}") from None

@@ -14,7 +14,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.csv
@@ -32,6 +32,24 @@ GLOB = set("*?[")
 
 
 @dataclass(frozen=True)
+class CsvDialect:
+    """How a CSV file is written: what separates its fields, what marks a decimal (a comma
+    in many European exports, with `;` between fields), and its text encoding."""
+
+    delimiter: str = ","
+    decimal: str = "."
+    encoding: str = "utf8"
+
+    def options(self) -> dict[str, Any]:
+        """pyarrow's reader options, as pyarrow.csv.open_csv and ray.data.read_csv take them."""
+        return {
+            "read_options": pyarrow.csv.ReadOptions(encoding=self.encoding),
+            "parse_options": pyarrow.csv.ParseOptions(delimiter=self.delimiter),
+            "convert_options": pyarrow.csv.ConvertOptions(decimal_point=self.decimal),
+        }
+
+
+@dataclass(frozen=True)
 class Shards:
     path: str  # as the user wrote it
     files: list[str]  # what Ray Data reads: local paths or URIs, sorted
@@ -39,16 +57,16 @@ class Shards:
     schema: pa.Schema  # the first shard's (every shard has the same columns)
     bytes: int
     fingerprint: str  # of the files' names, sizes and modification times
-    delimiter: str | None = None  # CSV only; default ","
+    dialect: CsvDialect = CsvDialect()  # CSV only
 
     @classmethod
-    def open(cls, path: str, delimiter: str | None = None) -> "Shards":
+    def open(cls, path: str, dialect: CsvDialect = CsvDialect()) -> "Shards":
         filesystem, found = list_files(path, SUFFIXES["parquet"] + SUFFIXES["csv"])
         if not found:
             raise DataError(f"no Parquet or CSV files in {path}")
         files = sorted(found, key=lambda info: info.path)
         fmt = _format(path, files)
-        schema = _same_columns(files, _read_footers(filesystem, files, fmt, delimiter), fmt)
+        schema = _same_columns(files, _read_footers(filesystem, files, fmt, dialect), fmt)
         prefix = scheme(path)
         return cls(
             path=path,
@@ -57,7 +75,7 @@ class Shards:
             schema=schema,
             bytes=sum(info.size or 0 for info in files),
             fingerprint=files_fingerprint(files),
-            delimiter=delimiter,
+            dialect=dialect,
         )
 
     def dataset(self, columns: list[str]):
@@ -79,14 +97,9 @@ class Shards:
             finally:
                 context.use_datasource_v2 = v2
         else:
-            options = self.csv_parse_options()
-            dataset = ray.data.read_csv(
-                self.files, parse_options=options, override_num_blocks=blocks
-            )
+            options = self.dialect.options()
+            dataset = ray.data.read_csv(self.files, **options, override_num_blocks=blocks)
         return dataset.select_columns(columns)
-
-    def csv_parse_options(self) -> pyarrow.csv.ParseOptions:
-        return pyarrow.csv.ParseOptions(delimiter=self.delimiter or ",")
 
     def require(self, columns: list[str]) -> None:
         if missing := [c for c in columns if c not in self.schema.names]:
@@ -158,7 +171,7 @@ def _read_footers(
     filesystem: pyarrow.fs.FileSystem,
     files: list[pyarrow.fs.FileInfo],
     fmt: Format,
-    delimiter: str | None,
+    dialect: CsvDialect,
 ) -> list[pa.Schema]:
     """Each file's schema, read in parallel: object stores answer many small requests at
     once."""
@@ -168,16 +181,30 @@ def _read_footers(
             if fmt == "parquet":
                 with filesystem.open_input_file(info.path) as f:
                     return pq.read_schema(f)
-            parse = pyarrow.csv.ParseOptions(delimiter=delimiter or ",")
             with filesystem.open_input_stream(info.path) as f:
-                return pyarrow.csv.open_csv(f, parse_options=parse).schema
+                schema = pyarrow.csv.open_csv(f, **dialect.options()).schema
+            # pyarrow reads a column it cannot decode as bytes, and a header as a name that
+            # fails later: both are text in another encoding.
+            if raw := [field.name for field in schema if pa.types.is_binary(field.type)]:
+                raise DataError(f"{info.path}: column {raw[0]!r} is {_not_decoded(dialect)}")
+            return schema
+        except UnicodeDecodeError:
+            raise DataError(f"{info.path}: its header is {_not_decoded(dialect)}") from None
         except (pa.ArrowException, OSError) as e:
             what = "Parquet" if fmt == "parquet" else "CSV"
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "Expected 1 columns" in reason:
+                reason += (
+                    f"; fields not separated by {dialect.delimiter!r} need data.params.delimiter"
+                )
             raise DataError(f"{info.path}: not a readable {what} file ({reason})") from None
 
     with ThreadPoolExecutor(max_workers=min(32, len(files))) as pool:
         return list(pool.map(read, files))
+
+
+def _not_decoded(dialect: CsvDialect) -> str:
+    return f"not {dialect.encoding} text; name its encoding in data.params.encoding, e.g. latin-1"
 
 
 def _same_columns(

@@ -14,7 +14,7 @@ from pydantic import PositiveInt
 from kiln import preprocess
 from kiln.data.base import DATASETS, Dataset, classification, require_task
 from kiln.data.files import read_table
-from kiln.data.shards import Shards
+from kiln.data.shards import CsvDialect, Shards
 from kiln.data.stream import (
     StreamedDataset,
     class_indices,
@@ -179,7 +179,9 @@ def table(
     label: str,
     features: list[str] | None = None,
     image_shape: list[int] | None = None,
-    delimiter: str | None = None,
+    delimiter: str = ",",
+    decimal: str = ".",
+    encoding: str = "utf8",
     split_key: str | None = None,
     streaming: bool | Literal["auto"] = "auto",
     max_categories: PositiveInt = 64,
@@ -191,9 +193,10 @@ def table(
     any other value or none; a row without its label is an error. `image_shape` (e.g.
     [1, 28, 28]) reshapes each row's numbers into an image. Validation rows are chosen by a
     seeded hash of the row, or of the `split_key` column (all rows of a key on one side).
-    Larger tables stream."""
+    Larger tables stream. A CSV may separate fields by another `delimiter` (`;`), mark
+    decimals by another `decimal` (`,`), and be in another `encoding` (`latin-1`)."""
     require_task("table", task, ("classification", "regression"))
-    shards = Shards.open(path, delimiter)
+    shards = Shards.open(path, CsvDialect(delimiter, decimal, encoding))
     layout = _layout(shards, task, label, features, image_shape, split_key, max_categories)
     if should_stream(streaming, shards.bytes):
         return stream(shards, layout, val_fraction, seed, split_key)
