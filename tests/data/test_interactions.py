@@ -57,6 +57,20 @@ def test_leave_last_out_by_time_with_duplicates_and_cold_items():
     assert 3 not in val  # a single interaction: training only
 
 
+def test_times_written_as_dates_order_a_history_as_dates():
+    """A user's 3/1, 10/1 and 12/1 (month first, as written): as text, 10/1 came first."""
+    frame = pd.DataFrame(
+        {"user": [7, 7, 7], "item": [1, 2, 3], "time": ["12/1/2020", "3/1/2020", "10/1/2020"]}
+    )
+    d = leave_last_out(frame, history_len=2, seed=0)
+    assert d.extras["ids"]["items"].tolist() == [2, 3]  # item 1 (12/1) is held out
+    assert d.y_train.tolist() == [1, 2]  # 2 (3/1), then 3 (10/1)
+    day_first = frame.assign(time=["01/12/2020", "13/01/2020", "01/10/2020"])  # 13: day first
+    assert leave_last_out(day_first, 2, seed=0).extras["ids"]["items"].tolist() == [2, 3]
+    with pytest.raises(DataError, match="time column is not dates or numbers"):
+        leave_last_out(frame.assign(time=["soon", "later", "now"]), history_len=2, seed=0)
+
+
 def test_training_examples_predict_each_next_item():
     frame = pd.DataFrame({"user": [7, 7, 7], "item": [1, 2, 3], "time": [1, 2, 3]})
     d = leave_last_out(frame, history_len=2, seed=0)

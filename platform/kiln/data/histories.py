@@ -30,7 +30,7 @@ import pandas as pd
 
 from kiln.data.base import Dataset
 from kiln.data.shards import Shards
-from kiln.data.stream import StreamedDataset, quiet_ray_data, root_cause
+from kiln.data.stream import StreamedDataset, quiet_ray_data, root_cause, time_order
 from kiln.errors import DataError
 from kiln.metrics.ranking import popularity_metrics, recall_rows
 from kiln.schema import DataSchema
@@ -57,6 +57,7 @@ class Ids:
 def user_histories(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows (user, item, time) as one row per user: `items`, in time order, first times only."""
     frame = frame.dropna(subset=["user", "item", "time"])
+    frame = frame.assign(time=time_order(frame["time"], "the interactions' time column"))
     frame = frame.sort_values(["user", "time", "item"], kind="stable")
     frame = frame.drop_duplicates(["user", "item"], keep="first")
     users, starts = np.unique(frame["user"].to_numpy(), return_index=True)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from kiln.data.base import DATASETS, Dataset, require_task
 from kiln.data.files import read_table
+from kiln.data.stream import time_order
 from kiln.errors import DataError
 from kiln.schema import DataSchema
 
@@ -48,23 +49,10 @@ def csv_series(
         if name not in frame.columns:
             raise DataError(f"{path} has no column {name!r}; columns: {', '.join(frame.columns)}")
     if time_column:
-        order = np.argsort(_times(frame[time_column], path), kind="stable")
-        frame = frame.iloc[order]
+        where = f"{path}: time column {time_column!r}"
+        frame = frame.iloc[np.argsort(time_order(frame[time_column], where), kind="stable")]
     values = pd.to_numeric(frame[column], errors="coerce").interpolate().dropna()
     return windowed(values.to_numpy(np.float64), window, horizon, val_fraction, season)
-
-
-def _times(column: pd.Series, path: str) -> np.ndarray:
-    """A time column as what orders it: numbers as they are, text as dates (`3/1/1958` sorted
-    as text would put December before March)."""
-    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column):
-        return column.to_numpy()
-    try:
-        return pd.to_datetime(column, format="mixed").to_numpy()
-    except (ValueError, TypeError) as e:
-        raise DataError(
-            f"{path}: time column {column.name!r} is not dates or numbers ({e})"
-        ) from None
 
 
 def windowed(

@@ -83,6 +83,21 @@ def labels_of(frame: pd.DataFrame, column: str) -> np.ndarray:
     return np.array([json.dumps(frame[column].dropna().unique().tolist())])
 
 
+def time_order(values: pd.Series, what: str) -> np.ndarray:
+    """A time column as what orders it: numbers and timestamps as they are, text as the dates
+    it writes (`3/1/1958` sorted as text puts every December before March). One format read
+    month first, else day first (`13/01/1958` says so), else each value on its own."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+        return values.to_numpy()
+    error: Exception | None = None
+    for how in ({}, {"dayfirst": True}, {"format": "mixed"}):
+        try:
+            return pd.to_datetime(values, **how).to_numpy()
+        except (ValueError, TypeError) as e:
+            error = e
+    raise DataError(f"{what} is not dates or numbers ({error})")
+
+
 def present_labels(frame: pd.DataFrame, column: str) -> np.ndarray:
     """The label column's values; a row without one (missing, empty text, or an infinite
     number) is a DataError: there is nothing to learn from it."""
