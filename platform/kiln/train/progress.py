@@ -1,6 +1,7 @@
 """Live progress: a `ray.train.UserCallback` on the Train controller sends every report to a
 Ray queue; the driver reads the queue and draws it (rich progress bar, a line per epoch)."""
 
+import threading
 import time
 from typing import Any
 
@@ -38,6 +39,20 @@ class ReportForwarder(ray.train.UserCallback):
         self.queue.put({"kind": "failure", "ranks": ranks, "reason": reason})
 
 
+ABORT_WAIT_S = 30.0
+
+
+def abort(controller: Any, queue: Queue, thread: threading.Thread) -> None:
+    """Ends a Train run fitting in `thread` (its reports on `queue`; `controller`, the handle
+    they carried, or None before the first): the queue goes first, as the controller may be
+    blocked putting a report on it (its next report then fails the run, should the abort not
+    reach it)."""
+    queue.shutdown(force=True)
+    if controller is not None:  # a call to an ended run's controller fails only its reply
+        controller.abort.remote()
+    thread.join(timeout=ABORT_WAIT_S)
+
+
 class ProgressView:
     """Draws events on the terminal; `quiet` keeps it silent (for --json and scripts)."""
 
@@ -68,15 +83,17 @@ class ProgressView:
     def __exit__(self, *exc: object) -> None:
         self.bar.stop()
 
-    def drain(self, queue: Queue, timeout: float = 0.2) -> None:
+    def drain(self, queue: Queue, timeout: float = 0.2) -> list[dict[str, Any]]:
+        """Shows the events waiting on `queue` (for up to `timeout`), and returns them."""
         try:
             events = [queue.get(timeout=timeout)]
             while not queue.empty():
                 events.append(queue.get_nowait())
         except Empty:
-            return
+            return []
         for event in events:
             self.show(event)
+        return events
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started

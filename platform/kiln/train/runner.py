@@ -24,7 +24,7 @@ from kiln.settings import absolute, get_settings
 from kiln.spec import JobSpec
 from kiln.train import loops
 from kiln.train.feed import ExactValidation
-from kiln.train.progress import ProgressView, ReportForwarder
+from kiln.train.progress import ProgressView, ReportForwarder, abort
 
 log = logging.getLogger(__name__)
 WAIT_NOTICE_S = 20  # no report by then: say what the workers are waiting for, if anything
@@ -71,11 +71,12 @@ def run_job(
     start_autoscaling_coordinator()
     dataset = datasets.build(spec.data, spec.task)
     queue = Queue(actor_options={"num_cpus": 0})
-    trainer = build_trainer(spec, dataset, run_name, storage, [ReportForwarder(queue)])
+    forwarder = ReportForwarder(queue, with_controller=True)  # Ctrl-C aborts through it
+    trainer = build_trainer(spec, dataset, run_name, storage, [forwarder])
     needed = workers_need(spec, worker_resources(spec, isinstance(dataset, StreamedDataset)))
     try:
         result = _fit_with_progress(trainer, queue, view, needed, spec.scaling.start_timeout_s)
-    except KeyboardInterrupt:  # Ctrl-C: the run's workers stop with this process
+    except KeyboardInterrupt:  # Ctrl-C, after the run is aborted
         raise _interrupted(run_name, view) from None
     queue.shutdown()
 
@@ -253,15 +254,21 @@ def _fit_with_progress(
     groups_before = set(ray.util.placement_group_table())
     thread = threading.Thread(target=fit, name="kiln-fit", daemon=True)
     thread.start()
-    noticed = False
+    noticed, controller = False, None
     with view:
-        while thread.is_alive():
-            view.drain(queue)
-            if not noticed and not view.events and view.elapsed_s() > WAIT_NOTICE_S:
-                noticed = True
-                if short := shortfall(needed, groups_before):
-                    view.waiting(f"{short}; {_patience(start_timeout_s)}")
-        view.drain(queue, timeout=0.5)
+        try:
+            while thread.is_alive():
+                for event in view.drain(queue):
+                    controller = event.pop("controller", controller)
+                if not noticed and not view.events and view.elapsed_s() > WAIT_NOTICE_S:
+                    noticed = True
+                    if short := shortfall(needed, groups_before):
+                        view.waiting(f"{short}; {_patience(start_timeout_s)}")
+        except KeyboardInterrupt:  # the run ends before this process does, not under it
+            abort(controller, queue, thread)
+            raise
+        for event in view.drain(queue, timeout=0.5):
+            event.pop("controller", None)  # a kept handle keeps the controller's process
     if "error" in outcome:
         error = outcome["error"]
         if isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):

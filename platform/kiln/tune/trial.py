@@ -16,11 +16,12 @@ from typing import Any
 
 from ray.util.queue import Empty, Queue
 
+from kiln.train.progress import abort
+
 # Tune waits this long for a stopped trial's thread before it hands the process to the next
 # trial (and fails that trial if the thread is still running); its default, 2 s, is shorter
 # than the controller's abort on a busy machine.
 THREAD_TIMEOUT_S = "60"
-ABORT_WAIT_S = 30.0
 
 
 def fit_reporting(trainer: Any, queue: Queue, report: Callable[[dict[str, Any]], None]) -> None:
@@ -55,12 +56,3 @@ def fit_reporting(trainer: Any, queue: Queue, report: Callable[[dict[str, Any]],
     queue.shutdown()
     if "error" in outcome:
         raise outcome["error"]
-
-
-def abort(controller: Any, queue: Queue, thread: threading.Thread) -> None:
-    """Ends the Train run: the queue goes first, as the controller may be blocked putting a
-    report on it (its next report then fails the run, should the abort not reach it)."""
-    queue.shutdown(force=True)
-    if controller is not None:  # a call to an ended run's controller fails only its reply
-        controller.abort.remote()
-    thread.join(timeout=ABORT_WAIT_S)
