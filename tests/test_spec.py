@@ -42,6 +42,14 @@ BROKEN = {
         ["train.optimizer.lr=-0.1"],
         "train.optimizer.lr: Input should be greater than 0",
     ),
+    "unknown_csv_encoding": (
+        GOOD.replace(
+            "{name: digits}",
+            "{name: table, path: t.csv, params: {label: y, csv: {encoding: latin-9000}}}",
+        ),
+        [],
+        "data.params.csv.encoding: unknown encoding 'latin-9000' (utf8, latin-1, cp1252, ...)",
+    ),
     "unknown_model": (
         GOOD.replace("family: mlp", "family: resnet9000"),
         [],

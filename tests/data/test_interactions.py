@@ -71,6 +71,17 @@ def test_times_written_as_dates_order_a_history_as_dates():
         leave_last_out(frame.assign(time=["soon", "later", "now"]), history_len=2, seed=0)
 
 
+def test_a_feature_store_history_keeps_dated_interactions_as_unix_times():
+    from kiln.features.materialize import recent_histories
+
+    frame = pd.DataFrame(
+        {"user": ["u", "u", "u"], "item": ["a", "b", "c"], "time": ["12/1/2020", "3/1/2020", None]}
+    )
+    assert recent_histories(frame, history_len=5) == {
+        "u": [("b", 1583020800.0), ("a", 1606780800.0)]
+    }
+
+
 def test_training_examples_predict_each_next_item():
     frame = pd.DataFrame({"user": [7, 7, 7], "item": [1, 2, 3], "time": [1, 2, 3]})
     d = leave_last_out(frame, history_len=2, seed=0)

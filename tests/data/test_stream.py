@@ -323,17 +323,18 @@ def test_a_european_csv_reads_as_the_same_table(tmp_path, streaming):
     frame.to_csv(tmp_path / "plain.csv", index=False)
     frame.to_csv(tmp_path / "de.csv", sep=";", decimal=",", index=False, encoding="latin-1")
     plain = build(tmp_path / "plain.csv", streaming=False)
-    european = build(tmp_path / "de.csv", streaming, delimiter=";", decimal=",", encoding="latin-1")
+    german = {"delimiter": ";", "decimal": ",", "encoding": "latin-1"}
+    european = build(tmp_path / "de.csv", streaming, csv=german)
     ours, theirs = european.schema.transform, plain.schema.transform
     assert ours["categories"] == theirs["categories"] and "Stadt" in ours["categories"]
     for key in ("mean", "std"):  # streamed: merged per block, equal to rounding
         assert np.allclose(ours["standardize"][key], theirs["standardize"][key])
     if not streaming:  # the same rows on each side of the split
         assert np.allclose(np.sort(european.x_train, axis=0), np.sort(plain.x_train, axis=0))
-    with pytest.raises(DataError, match=r"not separated by ',' need data\.params\.delimiter"):
-        build(tmp_path / "de.csv", encoding="latin-1")
-    with pytest.raises(DataError, match=r"column 'Stadt' is not utf8 text; name its encoding"):
-        build(tmp_path / "de.csv", delimiter=";", decimal=",")  # it was dropped as bytes
+    with pytest.raises(DataError, match=r"not separated by ',' need data\.params\.csv\.delim"):
+        build(tmp_path / "de.csv", csv={"encoding": "latin-1"})
+    with pytest.raises(DataError, match=r"column 'Stadt' is not utf8 text; name its encoding in"):
+        build(tmp_path / "de.csv", csv={"delimiter": ";", "decimal": ","})  # was dropped as bytes
 
 
 def people_csv(path: Path, rows: int = 600) -> pd.DataFrame:
@@ -434,3 +435,19 @@ def test_streaming_a_dataset_that_cannot_stream_is_refused():
         "image_folder, interactions, table, text_csv",
     ):
         data.check(DataSpec(name="digits", streaming=True))
+
+
+def test_a_time_column_orders_by_what_it_writes():
+    """Numbers as they are; dates in text as unix seconds, month first unless a day past 12
+    says otherwise, with offsets honoured; anything else a DataError."""
+    from kiln.data.stream import time_order
+
+    assert time_order(pd.Series([30, 10]), "t").tolist() == [30, 10]
+    us = time_order(pd.Series(["12/1/2020", "3/1/2020"]), "t")
+    assert us.tolist() == [1606780800.0, 1583020800.0]
+    european = time_order(pd.Series(["01/12/2020", "13/01/2020"]), "t")
+    assert european.tolist() == [1606780800.0, 1578873600.0]
+    offsets = time_order(pd.Series(["2020-03-01T10:00:00+02:00", "2020-03-01T09:00:00Z"]), "t")
+    assert offsets.tolist() == [1583049600.0, 1583053200.0]
+    with pytest.raises(DataError, match="t is not dates or numbers"):
+        time_order(pd.Series(["soon", "later"]), "t")

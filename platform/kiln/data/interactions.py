@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 from kiln.data.base import DATASETS, Dataset, require_task
 from kiln.data.files import read_table
 from kiln.data.histories import NEGATIVES, leave_last_out, stream_histories
-from kiln.data.shards import Shards
+from kiln.data.shards import CsvDialect, Shards
 from kiln.data.stream import StreamedDataset, should_stream
 from kiln.errors import DataError
 
@@ -58,6 +58,7 @@ def interactions(
     time_column: str | None = None,
     synthetic: Synthetic = Synthetic(),
     streaming: bool | Literal["auto"] = "auto",
+    csv: CsvDialect = CsvDialect(),
 ) -> Dataset | StreamedDataset:
     """From `path` (CSV or Parquet; MovieLens layouts detected; streamed by size), else
     synthetic. MovieLens 100k's headerless `u.data` is read in memory."""
@@ -65,23 +66,27 @@ def interactions(
     if not path:
         return leave_last_out(synthetic_interactions(synthetic, seed), history_len, seed)
     if not _is_udata(path):
-        shards = Shards.open(path)
+        shards = Shards.open(path, csv)
         if should_stream(streaming, shards.bytes):
             names = [f.name for f in shards.schema]
             columns = _columns(names, user_column, item_column, time_column)
             shards.require(list(columns.values()))
             return stream_histories(shards, columns, history_len, seed)
-    frame = read_interactions(path, user_column, item_column, time_column)
+    frame = read_interactions(path, user_column, item_column, time_column, csv)
     return leave_last_out(frame, history_len, seed)
 
 
 def read_interactions(
-    path: str, user: str | None, item: str | None, time: str | None
+    path: str,
+    user: str | None,
+    item: str | None,
+    time: str | None,
+    csv: CsvDialect = CsvDialect(),
 ) -> pd.DataFrame:
     if _is_udata(path):
         frame = pd.read_csv(path, sep="\t", header=None, names=["user", "item", "rating", "time"])
     else:
-        frame = read_table(path)
+        frame = read_table(Shards.open(path, csv))
         columns = _columns(list(frame.columns), user, item, time)
         frame = frame.rename(columns={v: k for k, v in columns.items()})
     missing = {"user", "item", "time"} - set(frame.columns)

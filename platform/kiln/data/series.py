@@ -11,6 +11,7 @@ import pandas as pd
 
 from kiln.data.base import DATASETS, Dataset, require_task
 from kiln.data.files import read_table
+from kiln.data.shards import CsvDialect, Shards
 from kiln.data.stream import time_order
 from kiln.errors import DataError
 from kiln.schema import DataSchema
@@ -41,10 +42,11 @@ def csv_series(
     window: int = 24,
     horizon: int = 1,
     season: int = 12,
+    csv: CsvDialect = CsvDialect(),
 ) -> Dataset:
     """One numeric column of a CSV or Parquet file, ordered by `time_column` if given."""
     require_task("csv_series", task, ("forecasting",))
-    frame = read_table(path)
+    frame = read_table(Shards.open(path, csv))
     for name in filter(None, [column, time_column]):
         if name not in frame.columns:
             raise DataError(f"{path} has no column {name!r}; columns: {', '.join(frame.columns)}")

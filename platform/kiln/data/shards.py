@@ -9,6 +9,7 @@ Bad input is one DataError naming the file: no files, a corrupt file, columns th
 from the first shard's.
 """
 
+import codecs
 import fnmatch
 import hashlib
 import os
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.fs
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kiln.errors import DataError
 
@@ -31,14 +33,26 @@ SUFFIXES: dict[Format, tuple[str, ...]] = {
 GLOB = set("*?[")
 
 
-@dataclass(frozen=True)
-class CsvDialect:
-    """How a CSV file is written: what separates its fields, what marks a decimal (a comma
-    in many European exports, with `;` between fields), and its text encoding."""
+class CsvDialect(BaseModel):
+    """How a CSV file is written (a dataset's `csv` param): what separates its fields, what
+    marks a decimal (a comma in many European exports, with `;` between fields), and its
+    text encoding."""
 
-    delimiter: str = ","
-    decimal: str = "."
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    decimal: str = Field(".", min_length=1, max_length=1)
     encoding: str = "utf8"
+
+    @field_validator("encoding")
+    @classmethod
+    def _known(cls, encoding: str) -> str:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(
+                f"unknown encoding {encoding!r} (utf8, latin-1, cp1252, ...)"
+            ) from None
+        return encoding
 
     def options(self) -> dict[str, Any]:
         """pyarrow's reader options, as pyarrow.csv.open_csv and ray.data.read_csv take them."""
@@ -194,9 +208,8 @@ def _read_footers(
             what = "Parquet" if fmt == "parquet" else "CSV"
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if "Expected 1 columns" in reason:
-                reason += (
-                    f"; fields not separated by {dialect.delimiter!r} need data.params.delimiter"
-                )
+                setting = "data.params.csv.delimiter"
+                reason += f"; fields not separated by {dialect.delimiter!r} need {setting}"
             raise DataError(f"{info.path}: not a readable {what} file ({reason})") from None
 
     with ThreadPoolExecutor(max_workers=min(32, len(files))) as pool:
@@ -204,7 +217,9 @@ def _read_footers(
 
 
 def _not_decoded(dialect: CsvDialect) -> str:
-    return f"not {dialect.encoding} text; name its encoding in data.params.encoding, e.g. latin-1"
+    return (
+        f"not {dialect.encoding} text; name its encoding in data.params.csv.encoding, e.g. latin-1"
+    )
 
 
 def _same_columns(

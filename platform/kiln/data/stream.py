@@ -84,18 +84,27 @@ def labels_of(frame: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def time_order(values: pd.Series, what: str) -> np.ndarray:
-    """A time column as what orders it: numbers and timestamps as they are, text as the dates
-    it writes (`3/1/1958` sorted as text puts every December before March). One format read
-    month first, else day first (`13/01/1958` says so), else each value on its own."""
-    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values):
+    """A time column as numbers that order it: numbers as they are, timestamps and the dates
+    text writes as unix seconds (`3/1/1958` sorted as text puts every December before March).
+    Text is read in one format month first, else day first (`13/01/1958` says so), else each
+    value on its own."""
+    if pd.api.types.is_numeric_dtype(values):
         return values.to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return _unix_seconds(values)
     error: Exception | None = None
     for how in ({}, {"dayfirst": True}, {"format": "mixed"}):
         try:
-            return pd.to_datetime(values, **how).to_numpy()
+            return _unix_seconds(pd.to_datetime(values, utc=True, **how))
         except (ValueError, TypeError) as e:
             error = e
     raise DataError(f"{what} is not dates or numbers ({error})")
+
+
+def _unix_seconds(times: pd.Series) -> np.ndarray:
+    if getattr(times.dt, "tz", None) is not None:
+        times = times.dt.tz_convert(None)
+    return times.to_numpy("datetime64[ns]").astype(np.int64) / 1e9
 
 
 def present_labels(frame: pd.DataFrame, column: str) -> np.ndarray:

@@ -179,9 +179,7 @@ def table(
     label: str,
     features: list[str] | None = None,
     image_shape: list[int] | None = None,
-    delimiter: str = ",",
-    decimal: str = ".",
-    encoding: str = "utf8",
+    csv: CsvDialect = CsvDialect(),
     split_key: str | None = None,
     streaming: bool | Literal["auto"] = "auto",
     max_categories: PositiveInt = 64,
@@ -193,10 +191,10 @@ def table(
     any other value or none; a row without its label is an error. `image_shape` (e.g.
     [1, 28, 28]) reshapes each row's numbers into an image. Validation rows are chosen by a
     seeded hash of the row, or of the `split_key` column (all rows of a key on one side).
-    Larger tables stream. A CSV may separate fields by another `delimiter` (`;`), mark
-    decimals by another `decimal` (`,`), and be in another `encoding` (`latin-1`)."""
+    Larger tables stream. A CSV may separate fields by another `csv.delimiter` (`;`), mark
+    decimals by another `csv.decimal` (`,`), and be in another `csv.encoding` (`latin-1`)."""
     require_task("table", task, ("classification", "regression"))
-    shards = Shards.open(path, CsvDialect(delimiter, decimal, encoding))
+    shards = Shards.open(path, csv)
     layout = _layout(shards, task, label, features, image_shape, split_key, max_categories)
     if should_stream(streaming, shards.bytes):
         return stream(shards, layout, val_fraction, seed, split_key)

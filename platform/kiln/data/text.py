@@ -13,7 +13,7 @@ import pandas as pd
 
 from kiln.data.base import DATASETS, Dataset, require_task
 from kiln.data.files import read_table
-from kiln.data.shards import Shards
+from kiln.data.shards import CsvDialect, Shards
 from kiln.data.stream import (
     StreamedDataset,
     class_indices,
@@ -93,11 +93,12 @@ def text_csv(
     max_len: int = 64,
     split_key: str | None = None,
     streaming: bool | Literal["auto"] = "auto",
+    csv: CsvDialect = CsvDialect(),
 ) -> Dataset | StreamedDataset:
     """Validation rows are chosen by a seeded hash of the row (or of the `split_key` column);
     larger files stream."""
     require_task("text_csv", task, ("classification",))
-    shards = Shards.open(path)
+    shards = Shards.open(path, csv)
     shards.require([text_column, label_column, *([split_key] if split_key else [])])
     layout = TextLayout(text_column, label_column, max_len, max_vocab)
     if should_stream(streaming, shards.bytes):

@@ -19,6 +19,7 @@ def interactions_for(model: str, path: Path | None = None) -> tuple[int, Any]:
     import yaml
 
     from kiln.data.interactions import Synthetic, read_interactions, synthetic_interactions
+    from kiln.data.shards import CsvDialect
     from kiln.registry import ModelRegistry
     from kiln.spec import parse_spec
 
@@ -31,14 +32,20 @@ def interactions_for(model: str, path: Path | None = None) -> tuple[int, Any]:
     spec = parse_spec(yaml.safe_load(registry.read(version, "spec.yaml")), version.ref)
     params = spec.data.params
     if source := spec.data.path or params.get("path"):
-        columns = (params.get(f"{c}_column") for c in ("user", "item", "time"))
-        return history_len, read_interactions(source, *columns)
+        user, item, time = (params.get(f"{c}_column") for c in ("user", "item", "time"))
+        csv = CsvDialect.model_validate(params.get("csv", {}))
+        return history_len, read_interactions(source, user, item, time, csv)
     synthetic = Synthetic.model_validate(params.get("synthetic", {}))
     return history_len, synthetic_interactions(synthetic, spec.data.seed)
 
 
 def recent_histories(frame: Any, history_len: int) -> dict[str, list[tuple[str, float]]]:
-    """Each user's newest `history_len` (item, time) pairs, oldest first, as source ids."""
+    """Each user's newest `history_len` (item, time) pairs, oldest first, as source ids; a
+    time written as a date is its unix time, as the feature store keeps them."""
+    from kiln.data.stream import time_order
+
+    frame = frame.dropna(subset=["user", "item", "time"])
+    frame = frame.assign(time=time_order(frame["time"], "the interactions' time column"))
     recent = frame.sort_values(["user", "time"], kind="stable").groupby("user").tail(history_len)
     return {
         str(user): [(str(i), float(t)) for i, t in zip(group["item"], group["time"], strict=True)]
