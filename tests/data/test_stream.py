@@ -358,7 +358,7 @@ def test_missing_values_are_the_training_mean_on_both_paths(tmp_path):
     assert streamed_rule["features"] == rule["features"] == features
     for key in ("mean", "std"):
         np.testing.assert_allclose(streamed_rule[key], rule[key], rtol=1e-9)
-    frame = read_table(str(tmp_path / "people.csv"))
+    frame = read_table(Shards.open(str(tmp_path / "people.csv")))
     train_rows = frame[~in_validation(frame[[*features, "label"]], 0.2, 0)].replace(np.inf, np.nan)
     np.testing.assert_allclose(rule["mean"], train_rows[features].mean(), rtol=1e-6)
     np.testing.assert_allclose(rule["std"], train_rows[features].std(ddof=0), rtol=1e-6)

@@ -12,12 +12,11 @@ from kiln.data.stream import quiet_ray_data, root_cause
 from kiln.errors import DataError
 
 
-def read_table(path: str | Shards, columns: list[str] | None = None) -> pd.DataFrame:
+def read_table(shards: Shards, columns: list[str] | None = None) -> pd.DataFrame:
     """A whole table as pandas. Ray Data does the reading: one code path for local files,
     globs, folders of part files and object stores."""
     import ray.data
 
-    shards = path if isinstance(path, Shards) else Shards.open(path)
     quiet_ray_data()
     try:
         if shards.format == "parquet":

@@ -54,11 +54,16 @@ class Ids:
         return pd.Index(self.items).get_indexer(values).astype(np.int64) + 1  # 0: unknown
 
 
+def timed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows (user, item, time) that have all three, times as numbers that order them
+    (dates and timestamps as unix seconds, kiln.data.stream.time_order)."""
+    frame = frame.dropna(subset=["user", "item", "time"])
+    return frame.assign(time=time_order(frame["time"], "the interactions' time column"))
+
+
 def user_histories(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows (user, item, time) as one row per user: `items`, in time order, first times only."""
-    frame = frame.dropna(subset=["user", "item", "time"])
-    frame = frame.assign(time=time_order(frame["time"], "the interactions' time column"))
-    frame = frame.sort_values(["user", "time", "item"], kind="stable")
+    frame = timed(frame).sort_values(["user", "time", "item"], kind="stable")
     frame = frame.drop_duplicates(["user", "item"], keep="first")
     users, starts = np.unique(frame["user"].to_numpy(), return_index=True)
     items = np.split(frame["item"].to_numpy(), starts[1:]) if len(users) else []

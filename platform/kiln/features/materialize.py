@@ -42,11 +42,10 @@ def interactions_for(model: str, path: Path | None = None) -> tuple[int, Any]:
 def recent_histories(frame: Any, history_len: int) -> dict[str, list[tuple[str, float]]]:
     """Each user's newest `history_len` (item, time) pairs, oldest first, as source ids; a
     time written as a date is its unix time, as the feature store keeps them."""
-    from kiln.data.stream import time_order
+    from kiln.data.histories import timed
 
-    frame = frame.dropna(subset=["user", "item", "time"])
-    frame = frame.assign(time=time_order(frame["time"], "the interactions' time column"))
-    recent = frame.sort_values(["user", "time"], kind="stable").groupby("user").tail(history_len)
+    frame = timed(frame).sort_values(["user", "time"], kind="stable")
+    recent = frame.groupby("user").tail(history_len)
     return {
         str(user): [(str(i), float(t)) for i, t in zip(group["item"], group["time"], strict=True)]
         for user, group in recent.groupby("user", sort=False)
