@@ -2,6 +2,7 @@
 model trained on synthetic interactions."""
 
 import asyncio
+import gzip
 import json
 import threading
 import time
@@ -90,6 +91,15 @@ def test_cold_start_bounds_and_malformed_events(api, recommender):
         response = api.post("/events", content=body)
         assert response.status_code == 400, (body, response.text)
         assert response.json()["error"]
+
+
+def test_event_bodies_are_bounded_and_may_come_compressed(api):
+    events = [{"user_id": "packer", "item_id": i, "type": "click"} for i in ("3", "4")]
+    packed = gzip.compress(json.dumps(events).encode())
+    posted = api.post("/events", content=packed, headers={"Content-Encoding": "gzip"})
+    assert posted.status_code == 200 and posted.json() == {"accepted": 2}
+    huge = api.post("/events", content=b"[" + b" " * 4 * 2**20 + b"]")  # past the 4 MiB default
+    assert huge.status_code == 413 and "limit" in huge.json()["error"]
 
 
 def test_a_new_user_with_events_gets_personal_recommendations(api):

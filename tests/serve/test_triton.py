@@ -38,6 +38,16 @@ def test_triton_client_classifies_at_the_registered_accuracy(client, digits_mode
     assert accuracy == pytest.approx(best["val_accuracy"], abs=1e-9)
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_triton_client_compressing_its_requests_gets_the_same_answers(client, compression):
+    x = np.random.default_rng(0).random((12, 1, 8, 8), np.float32)
+    plain = classify(client, "digits-cnn", x, binary=True)
+    both = {"request_compression_algorithm": compression}
+    both["response_compression_algorithm"] = compression  # answered plain: HTTP allows it
+    assert classify(client, "digits-cnn", x, binary=True, **both) == plain
+    assert classify(client, "digits-cnn", x, binary=False, **both) == plain
+
+
 def test_triton_client_health_metadata_and_readiness(client):
     assert client.is_server_live() and client.is_server_ready()
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]

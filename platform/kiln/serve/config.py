@@ -170,6 +170,7 @@ class RecommendArgs(BaseModel):
     )
     breaker_reset_s: PositiveFloat = Field(2.0, description="open circuit: seconds before a retry")
     watch_interval_s: PositiveFloat = 2.0
+    max_body_bytes: PositiveInt = Field(4 * 2**20, description="larger event bodies get 413")
     api_keys_file: str | None = None
     conversions: list[str] = Field(
         ["click"],

@@ -1,6 +1,6 @@
 """The HTTP side of serving: FastAPI apps for one model (mounted at /v2/models/{name}) and for
 the server index (/, /v2, /v2/health/*, /docs). Errors are Open Inference Protocol bodies,
-`{"error": "..."}`, with 400 for a bad request, 401, 404, 413; never a traceback."""
+`{"error": "..."}`, with 400 for a bad request, 401, 404, 413, 415; never a traceback."""
 
 import logging
 import time
@@ -18,7 +18,7 @@ from kiln.errors import KilnError, ModelNotFoundError, UnknownArmError
 from kiln.serve.replica import binary
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
-from kiln.serve.replica.middleware import BodyLimit, RootPathAsSlash
+from kiln.serve.replica.middleware import RequestBody, RootPathAsSlash
 from kiln.serve.replica.protocol import (
     ErrorBody,
     InferenceRequest,
@@ -33,7 +33,7 @@ from kiln.serve.replica.rollout import ARM_HEADER, Feedback
 
 log = logging.getLogger("ray.serve")
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 429, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 429, 503)
 }
 JSON = "application/json"
 # The body is parsed by Kiln (any Content-Type, pydantic's JSON parser) and documented here.
@@ -61,7 +61,7 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
         version=kiln.__version__,
         description="Open Inference Protocol (KServe v2) endpoints of one model.",
     )
-    api.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    api.add_middleware(RequestBody, max_bytes=max_body_bytes)
     api.add_middleware(RootPathAsSlash)
     answer_errors_as_protocol(api)
 

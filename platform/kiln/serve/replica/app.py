@@ -139,7 +139,7 @@ class RecommendDeployment:
     def __init__(self, args: dict[str, Any]):
         config = RecommendArgs.model_validate(args)
         model, self.keys = open_endpoint(config, threads=1)
-        self.max_k = config.max_k
+        self.max_k, self.max_body_bytes = config.max_k, config.max_body_bytes
         url = config.redis_url or get_settings().redis_url
         if not url:
             raise ServeError("no Redis: set redis_url or KILN_REDIS_URL (kiln serve embeds one)")
@@ -164,7 +164,7 @@ class RecommendDeployment:
         RecommendEndpoint.prepare(model.current)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return recommend_api(self.endpoint, self.keys, self.max_k)
+        return recommend_api(self.endpoint, self.keys, self.max_k, self.max_body_bytes)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = RecommendUserConfig.model_validate(user_config)

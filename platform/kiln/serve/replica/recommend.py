@@ -40,6 +40,7 @@ from kiln.serve.replica.api import ERRORS, answer_errors_as_protocol, document_s
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
 from kiln.serve.replica.metrics import RecommendMetrics
+from kiln.serve.replica.middleware import RequestBody
 from kiln.serve.replica.predictor import Recommender
 from kiln.serve.replica.protocol import describe
 
@@ -242,12 +243,15 @@ class RecommendEndpoint:
                 self.metrics.features.inc(tags={"feature": name, "state": state})
 
 
-def recommend_api(endpoint: RecommendEndpoint, keys: ApiKeys, max_k: int) -> FastAPI:
+def recommend_api(
+    endpoint: RecommendEndpoint, keys: ApiKeys, max_k: int, max_body_bytes: int
+) -> FastAPI:
     api = FastAPI(
         title="Kiln recommendations",
         version=kiln.__version__,
         description="Top-k items for a user from a two-tower model and Redis features.",
     )
+    api.add_middleware(RequestBody, max_bytes=max_body_bytes)
     answer_errors_as_protocol(api)
     document_schemas(api, Event)
 
