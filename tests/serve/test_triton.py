@@ -59,6 +59,59 @@ def test_triton_client_health_metadata_and_readiness(client):
     assert client.get_model_metadata("digits-cnn")["name"] == "digits-cnn"
 
 
+def test_triton_client_reads_the_model_configuration_perf_analyzer_needs(client):
+    assert {"model_configuration", "statistics"} <= set(client.get_server_metadata()["extensions"])
+    config = client.get_model_config("digits-cnn")
+    assert config["max_batch_size"] == 4 * 2**20 // (64 * 4)  # the body limit, in examples
+    assert config["input"] == [
+        {"name": "input", "data_type": "TYPE_FP32", "dims": [1, 8, 8], "optional": False}
+    ]
+    assert [o["name"] for o in config["output"]] == ["probabilities", "label"]
+    assert client.get_model_config("digits-cnn", "1")["name"] == "digits-cnn"
+    gan = client.get_model_config("digits-gan")  # seed or latent, and labels if wanted
+    optional = {i["name"]: i["optional"] for i in gan["input"]}
+    assert optional == {"seed": True, "latent": True, "labels": True}
+    with pytest.raises(InferenceServerException) as missing:
+        client.get_model_config("digits-cnn", "99")
+    assert missing.value.status() == "404"
+
+
+def test_triton_client_reads_statistics_that_count_its_requests(client):
+    def statistics() -> dict:
+        (one,) = client.get_inference_statistics("digits-cnn", "1")["model_stats"]
+        return one
+
+    before = statistics()
+    x = np.random.default_rng(1).random((4, 1, 8, 8), np.float32)
+    for _ in range(3):
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        client.infer("digits-cnn", [tensor], model_version="1")
+    unknown = triton.InferInput("nope", [1], "FP32")
+    unknown.set_data_from_numpy(np.zeros(1, np.float32))
+    with pytest.raises(InferenceServerException):  # a request that fails counts as failed
+        client.infer("digits-cnn", [unknown], model_version="1")
+    after = statistics()
+
+    def moved(*path: str) -> int:
+        old, new = before, after
+        for key in path:
+            old, new = old[key], new[key]
+        return new - old
+
+    assert moved("inference_count") == 12 and 1 <= moved("execution_count") <= 3
+    assert moved("inference_stats", "success", "count") == 3
+    assert moved("inference_stats", "fail", "count") == 1
+    for step in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert moved("inference_stats", step, "count") == 3, step
+    assert moved("inference_stats", "compute_infer", "ns") > 0
+    assert moved("inference_stats", "success", "ns") > moved(
+        "inference_stats", "compute_infer", "ns"
+    )
+    every = client.get_inference_statistics("digits-cnn")["model_stats"]
+    assert "1" in [s["version"] for s in every]
+
+
 def test_triton_client_with_and_without_the_key(client):
     x = np.zeros((6, 1, 8, 8), np.float32)  # one example per request
     right = {"Authorization": f"Bearer {API_KEY}"}

@@ -15,10 +15,11 @@ from starlette.exceptions import HTTPException
 
 import kiln
 from kiln.errors import KilnError, ModelNotFoundError, UnknownArmError
-from kiln.serve.replica import binary
+from kiln.serve.replica import binary, triton
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
 from kiln.serve.replica.middleware import RequestBody, RootPathAsSlash
+from kiln.serve.replica.predictor import Predictor
 from kiln.serve.replica.protocol import (
     ErrorBody,
     InferenceRequest,
@@ -84,6 +85,25 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     def metadata() -> ModelMetadata:
         return endpoint.metadata()
 
+    # Triton's model configuration and statistics extensions (kiln.serve.replica.triton)
+    @api.get("/config", responses=ERRORS, dependencies=keys.required)
+    def config() -> dict[str, Any]:
+        return _config(endpoint, endpoint.current, max_body_bytes)
+
+    @api.get("/versions/{version}/config", responses=ERRORS, dependencies=keys.required)
+    async def version_config(version: int) -> dict[str, Any]:
+        return _config(endpoint, await endpoint.predictor(version), max_body_bytes)
+
+    @api.get("/stats", responses=ERRORS, dependencies=keys.required)
+    def stats() -> dict[str, Any]:
+        loaded = [endpoint.current.version, *endpoint.others]
+        return endpoint.statistics.to_json(endpoint.name, loaded)
+
+    @api.get("/versions/{version}/stats", responses=ERRORS, dependencies=keys.required)
+    async def version_stats(version: int) -> dict[str, Any]:
+        await endpoint.predictor(version)  # a version the registry lacks is 404
+        return endpoint.statistics.to_json(endpoint.name, [version])
+
     @api.get("/ready", responses=ERRORS)
     def ready() -> dict[str, bool]:
         return {"ready": True}  # a replica exists only once its model has loaded
@@ -147,6 +167,11 @@ async def _timed(endpoint: ModelEndpoint, request: Request, version: int | None)
         endpoint.answered(answered, code, (time.perf_counter() - start) * 1000, arm)
 
 
+def _config(endpoint: ModelEndpoint, predictor: Predictor, max_body_bytes: int) -> dict[str, Any]:
+    metadata = endpoint.metadata(predictor)
+    return triton.model_config(metadata, predictor.required_inputs, max_body_bytes)
+
+
 def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
     """`models()` gives each served model's name and whether it is ready."""
     api = FastAPI(
@@ -168,7 +193,8 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
 
     @api.get("/v2", response_model=ServerMetadata)
     def server_metadata() -> ServerMetadata:
-        return ServerMetadata(name="kiln", version=kiln.__version__, extensions=[binary.EXTENSION])
+        extensions = [binary.EXTENSION, *triton.EXTENSIONS]
+        return ServerMetadata(name="kiln", version=kiln.__version__, extensions=extensions)
 
     @api.get("/v2/health/live")
     def live() -> dict[str, bool]:
@@ -196,6 +222,10 @@ MODEL_PATHS = [
     "/v2/models/{name}/ready",
     "/v2/models/{name}/versions/{version}",
     "/v2/models/{name}/versions/{version}/ready",
+    "/v2/models/{name}/config",
+    "/v2/models/{name}/versions/{version}/config",
+    "/v2/models/{name}/stats",
+    "/v2/models/{name}/versions/{version}/stats",
 ]
 
 

@@ -41,6 +41,7 @@ from kiln.serve.replica.protocol import (
 )
 from kiln.serve.replica.rollout import Feedback, Rollout
 from kiln.serve.replica.shadow import ShadowCopy
+from kiln.serve.replica.triton import Statistics
 
 log = logging.getLogger("ray.serve")
 
@@ -62,6 +63,7 @@ class ModelEndpoint:
         self.on_load = on_load  # (new), before it answers: what a deployment prepares
         self.drift: DriftMonitor | None = None  # set_drift, after the first version loads
         self.access_log = access.AccessLog(name)
+        self.statistics = Statistics()  # Triton's statistics extension (GET .../stats)
         first = registry.resolve(ref)
         self.registered_name = first.name  # `name` is the endpoint's (the application's)
         self.current = self._load(first.version)
@@ -95,12 +97,22 @@ class ModelEndpoint:
         a request that is itself a copy). Raises RequestError (400) or ModelNotFoundError."""
         arm, version = self.route(version, key)
         predictor = await self.predictor(version)
+        start = time.perf_counter_ns()
         x = predictor.prepare_request(request)
+        prepared = time.perf_counter_ns()
         if self.batching.max_batch_size > 1:
-            outputs = await self._batched((predictor, x))
+            outputs, infer_ns = await self._batched((predictor, x))
         else:
-            outputs = self._run(predictor, x)
+            outputs, infer_ns = self._run(predictor, x)
+        ran = time.perf_counter_ns()
         wanted = {name: outputs[name] for name in _wanted(request, outputs)}
+        self.statistics.computed(
+            predictor.version,
+            input_ns=prepared - start,
+            queue_ns=max(ran - prepared - infer_ns, 0),
+            infer_ns=infer_ns,
+            output_ns=time.perf_counter_ns() - ran,
+        )
         if mirror and (shadow := self.shadow) is not None:
             shadow.send(request, wanted)
         return predictor.version, arm, wanted
@@ -111,6 +123,7 @@ class ModelEndpoint:
         """Count an answer (HTTP status, or its gRPC equivalent) and maybe log it."""
         self.metrics.answered(version, status, latency_ms, arm)
         self.access_log.answered(version, status, latency_ms, arm)
+        self.statistics.answered(version, status == 200, int(latency_ms * 1e6))
 
     async def infer(
         self, request: InferenceRequest, version: int | None = None, key: str | None = None
@@ -118,6 +131,7 @@ class ModelEndpoint:
         """`predict`, as a REST body: the version that answered, the arm, the body, and the
         length of its JSON header when outputs follow it in binary."""
         answered, arm, outputs = await self.predict(request, version, key)
+        start = time.perf_counter_ns()
         response = InferenceResponse(
             model_name=self.name,
             model_version=str(answered),
@@ -125,7 +139,9 @@ class ModelEndpoint:
             parameters={"arm": arm} if arm else None,
             outputs=[],
         )
-        return answered, arm, *encode_response(request, response, outputs)
+        body, header_length = encode_response(request, response, outputs)
+        self.statistics.output_encoded(answered, time.perf_counter_ns() - start)
+        return answered, arm, body, header_length
 
     def metadata(self, predictor: Predictor | None = None) -> ModelMetadata:
         """Of the version answering unversioned calls, or of `predictor`'s version."""
@@ -258,27 +274,33 @@ class ModelEndpoint:
         batched.set_batch_wait_timeout_s(batching.batch_wait_ms / 1000)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _batched(self, items: list[tuple[Predictor, torch.Tensor]]) -> list[dict[str, Any]]:
-        """Requests that arrive together run as one model call per version."""
-        results: list[dict[str, Any]] = [{} for _ in items]
+    async def _batched(
+        self, items: list[tuple[Predictor, torch.Tensor]]
+    ) -> list[tuple[dict[str, Any], int]]:
+        """Requests that arrive together run as one model call per version: each gets its
+        rows of the outputs, and the call's duration in ns."""
+        results: list[tuple[dict[str, Any], int]] = [({}, 0) for _ in items]
         for predictor in {id(p): p for p, _ in items}.values():
             positions = [i for i, (p, _) in enumerate(items) if p is predictor]
             sizes = [len(items[i][1]) for i in positions]
-            outputs = self._run(predictor, torch.cat([items[i][1] for i in positions]))
+            outputs, ns = self._run(predictor, torch.cat([items[i][1] for i in positions]))
             start = 0
             for position, size in zip(positions, sizes, strict=True):
-                results[position] = {k: v[start : start + size] for k, v in outputs.items()}
+                results[position] = ({k: v[start : start + size] for k, v in outputs.items()}, ns)
                 start += size
         return results
 
-    def _run(self, predictor: Predictor, x: torch.Tensor) -> dict[str, Any]:
+    def _run(self, predictor: Predictor, x: torch.Tensor) -> tuple[dict[str, Any], int]:
         """One model call, counted, and seen by drift tracking (once per batch, not per
-        request, so that batching also batches drift's bookkeeping)."""
+        request, so that batching also batches drift's bookkeeping), and its duration."""
+        start = time.perf_counter_ns()
         outputs = predictor.run(x)
+        ns = time.perf_counter_ns() - start
+        self.statistics.executed(predictor.version, len(x), ns)
         self.metrics.batched(predictor.version, len(x))
         if (drift := self.drift) is not None:
             drift.observe(predictor.version, *predictor.drift_view(x, outputs))
-        return outputs
+        return outputs, ns
 
     # --- following the alias ---------------------------------------------------------------
 

@@ -100,6 +100,12 @@ class Predictor:
         dtype = np.float32 if first.datatype == "FP32" else np.int64
         return np.zeros([1, *first.shape[1:]], dtype=dtype)
 
+    @property
+    def required_inputs(self) -> list[str]:
+        """The inputs every request sends: a table's columns, or the one input a model takes;
+        none of several alternatives (a request sends one of them), nor an optional input."""
+        return [t.name for t in self.inputs] if self.columns or len(self.inputs) == 1 else []
+
     def prepare_request(self, request: InferenceRequest) -> torch.Tensor:
         """One request as a model input (batched with others' for `run`). Raises RequestError."""
         if self.columns:
