@@ -39,6 +39,45 @@ def test_triton_grpc_client_classifies_at_the_registered_accuracy(client, digits
     assert accuracy == pytest.approx(best["val_accuracy"], abs=1e-9)
 
 
+def test_triton_grpc_client_asks_for_the_top_classes(client, digits_models):
+    from tests.serve.test_triton import top_classes
+
+    data, _ = validation_split(digits_models, "digits-cnn@production")
+    x = data.x_val[:8]
+    tensor = triton.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    asked = triton.InferRequestedOutput("probabilities", class_count=2)
+    top = top_classes(client.infer("digits-cnn", [tensor], outputs=[asked], headers=CNN))
+    assert [row[0][1] for row in top] == classify(client, "digits-cnn", x, CNN)
+    assert all(len(row) == 2 and row[0][0] >= row[1][0] for row in top)
+
+
+def test_triton_grpc_client_reads_the_configuration_and_statistics(client):
+    """Kiln's messages carry Triton's field numbers: Triton's own stubs parse them."""
+    config = client.get_model_config("digits-cnn", headers=CNN).config
+    assert config.name == "digits-cnn" and config.max_batch_size == 4 * 2**20 // (64 * 4)
+    (image,) = config.input
+    assert (image.name, image.data_type, list(image.dims)) == ("input", 11, [1, 8, 8])  # FP32
+    assert [o.name for o in config.output] == ["probabilities", "label"]
+
+    def statistics():
+        (one,) = client.get_inference_statistics("digits-cnn", "1", headers=CNN).model_stats
+        return one
+
+    before = statistics()
+    classify(client, "digits-cnn", np.zeros((3, 1, 8, 8), np.float32), CNN)  # 3 requests
+    after = statistics()
+    assert after.version == "1" and after.inference_count - before.inference_count == 3
+    for step in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        moved = (
+            getattr(after.inference_stats, step).count - getattr(before.inference_stats, step).count
+        )
+        assert moved == 3, step
+    with pytest.raises(InferenceServerException) as missing:
+        client.get_model_config("digits-cnn", "99", headers=CNN)
+    assert missing.value.status() == "StatusCode.NOT_FOUND"
+
+
 def test_typed_contents_answer_as_raw_ones(serving, digits_models):
     """Kiln's own stubs send `contents.fp32_contents`, the protocol's other tensor form."""
     from kiln.serve.replica.protos import open_inference_pb2 as pb

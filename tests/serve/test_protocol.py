@@ -10,6 +10,7 @@ from kiln.serve.replica.protocol import (
     InferenceRequest,
     RequestInput,
     TensorMetadata,
+    classified,
     decode,
     encode,
     parse_request,
@@ -79,6 +80,53 @@ def test_encode_names_datatypes():
     assert encode("p", np.zeros((2, 3), np.float32)).datatype == "FP32"
     label = encode("label", np.array(["7", "1"], dtype=object))
     assert (label.datatype, label.shape, label.data) == ("BYTES", [2], ["7", "1"])
+
+
+def classify(outputs: dict, asked: dict, labels=None) -> dict:
+    request = InferenceRequest.model_validate(
+        {
+            "inputs": [given().model_dump()],
+            "outputs": [{"name": n, "parameters": p} for n, p in asked.items()],
+        }
+    )
+    return classified(request, outputs, lambda name: labels if name == "probabilities" else None)
+
+
+def test_classification_answers_the_top_classes_largest_first_with_their_labels():
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], np.float32)
+    outputs = {"probabilities": probabilities, "label": np.array(["b", "a"], object)}
+    answer = classify(outputs, {"probabilities": {"classification": 2}}, ["a", "b", "c"])
+    assert answer["probabilities"].tolist() == [
+        ["0.700000:1:b", "0.200000:2:c"],
+        ["0.500000:0:a", "0.300000:2:c"],
+    ]
+    assert answer["label"] is outputs["label"] and outputs["probabilities"] is probabilities
+    everything = classify(outputs, {"probabilities": {"classification": 9}}, ["a", "b", "c"])
+    assert everything["probabilities"].shape == (2, 3)  # a model's classes, at most
+    values = {"forecast": np.array([[3.0], [1.5]], np.float32)}  # no labels: value:index
+    assert classify(values, {"forecast": {"classification": 1}})["forecast"].tolist() == [
+        ["3.000000:0"],
+        ["1.500000:0"],
+    ]
+    assert classify(outputs, {"probabilities": None})["probabilities"] is probabilities
+    integral = classify(outputs, {"probabilities": {"classification": 1.0}}, ["a", "b", "c"])
+    assert integral["probabilities"].tolist() == [["0.700000:1:b"], ["0.500000:0:a"]]
+
+
+@pytest.mark.parametrize(
+    "asked, message",
+    [
+        ({"probabilities": {"classification": 0}}, "a count of classes"),
+        ({"probabilities": {"classification": "2"}}, "a count of classes"),
+        ({"probabilities": {"classification": 1.5}}, "a count of classes"),
+        ({"probabilities": {"classification": True}}, "a count of classes"),
+        ({"label": {"classification": 1}}, "only numbers classify"),
+    ],
+)
+def test_classification_refuses_what_it_cannot_count(asked, message):
+    outputs = {"probabilities": np.eye(2, dtype=np.float32), "label": np.array(["a", "b"], object)}
+    with pytest.raises(RequestError, match=message):
+        classify(outputs, asked)
 
 
 def test_api_keys_from_env_and_file(tmp_path, monkeypatch):

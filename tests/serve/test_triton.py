@@ -48,6 +48,32 @@ def test_triton_client_compressing_its_requests_gets_the_same_answers(client, co
     assert classify(client, "digits-cnn", x, binary=False, **both) == plain
 
 
+def top_classes(result, output: str = "probabilities") -> list[list[tuple[float, int, str]]]:
+    """As Triton's image client reads a classification: "value:index:label" strings."""
+    return [
+        [(float(v), int(i), label) for v, i, label in (_text(c).split(":") for c in row)]
+        for row in result.as_numpy(output)
+    ]
+
+
+def _text(element) -> str:  # BYTES are bytes in binary, str in JSON
+    return element.decode() if isinstance(element, bytes) else element
+
+
+def test_triton_client_asks_for_the_top_classes(client, digits_models):
+    data, _ = validation_split(digits_models, "digits-cnn@production")
+    x = data.x_val[:8]
+    expected = classify(client, "digits-cnn", x, binary=True)
+    for binary in (True, False):
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        asked = triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)
+        top = top_classes(client.infer("digits-cnn", [tensor], outputs=[asked]))
+        assert [row[0][1] for row in top] == expected  # the label's index comes first
+        assert all(row[0][0] >= row[1][0] >= row[2][0] for row in top)
+        assert all(label == str(i) for row in top for _, i, label in row)  # digits' names
+
+
 def test_triton_client_health_metadata_and_readiness(client):
     assert client.is_server_live() and client.is_server_ready()
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
@@ -60,7 +86,8 @@ def test_triton_client_health_metadata_and_readiness(client):
 
 
 def test_triton_client_reads_the_model_configuration_perf_analyzer_needs(client):
-    assert {"model_configuration", "statistics"} <= set(client.get_server_metadata()["extensions"])
+    extensions = set(client.get_server_metadata()["extensions"])
+    assert {"classification", "model_configuration", "statistics"} <= extensions
     config = client.get_model_config("digits-cnn")
     assert config["max_batch_size"] == 4 * 2**20 // (64 * 4)  # the body limit, in examples
     assert config["input"] == [

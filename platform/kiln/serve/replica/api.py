@@ -19,8 +19,8 @@ from kiln.serve.replica import binary, triton
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
 from kiln.serve.replica.middleware import RequestBody, RootPathAsSlash
-from kiln.serve.replica.predictor import Predictor
 from kiln.serve.replica.protocol import (
+    EXTENSIONS,
     ErrorBody,
     InferenceRequest,
     InferenceResponse,
@@ -68,12 +68,11 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
 
     def narrow(schemas: dict[str, Any]) -> None:
         current = endpoint.current
-        outputs = [o.name for o in current.outputs]
         narrow_to(
             schemas,
             current.inputs,
             current.value_bounds,
-            outputs,
+            current.outputs,
             current.optional_inputs,
             current.missing_ok,
             every_input=bool(current.columns),
@@ -88,21 +87,19 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     # Triton's model configuration and statistics extensions (kiln.serve.replica.triton)
     @api.get("/config", responses=ERRORS, dependencies=keys.required)
     def config() -> dict[str, Any]:
-        return _config(endpoint, endpoint.current, max_body_bytes)
+        return endpoint.triton_config(endpoint.current, max_body_bytes)
 
     @api.get("/versions/{version}/config", responses=ERRORS, dependencies=keys.required)
     async def version_config(version: int) -> dict[str, Any]:
-        return _config(endpoint, await endpoint.predictor(version), max_body_bytes)
+        return endpoint.triton_config(await endpoint.predictor(version), max_body_bytes)
 
     @api.get("/stats", responses=ERRORS, dependencies=keys.required)
-    def stats() -> dict[str, Any]:
-        loaded = [endpoint.current.version, *endpoint.others]
-        return endpoint.statistics.to_json(endpoint.name, loaded)
+    async def stats() -> dict[str, Any]:
+        return await endpoint.triton_statistics(None)
 
     @api.get("/versions/{version}/stats", responses=ERRORS, dependencies=keys.required)
     async def version_stats(version: int) -> dict[str, Any]:
-        await endpoint.predictor(version)  # a version the registry lacks is 404
-        return endpoint.statistics.to_json(endpoint.name, [version])
+        return await endpoint.triton_statistics(version)
 
     @api.get("/ready", responses=ERRORS)
     def ready() -> dict[str, bool]:
@@ -167,11 +164,6 @@ async def _timed(endpoint: ModelEndpoint, request: Request, version: int | None)
         endpoint.answered(answered, code, (time.perf_counter() - start) * 1000, arm)
 
 
-def _config(endpoint: ModelEndpoint, predictor: Predictor, max_body_bytes: int) -> dict[str, Any]:
-    metadata = endpoint.metadata(predictor)
-    return triton.model_config(metadata, predictor.required_inputs, max_body_bytes)
-
-
 def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
     """`models()` gives each served model's name and whether it is ready."""
     api = FastAPI(
@@ -193,7 +185,7 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
 
     @api.get("/v2", response_model=ServerMetadata)
     def server_metadata() -> ServerMetadata:
-        extensions = [binary.EXTENSION, *triton.EXTENSIONS]
+        extensions = [*EXTENSIONS, *triton.EXTENSIONS]
         return ServerMetadata(name="kiln", version=kiln.__version__, extensions=extensions)
 
     @api.get("/v2/health/live")

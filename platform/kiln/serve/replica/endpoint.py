@@ -29,7 +29,7 @@ from ray import serve
 from kiln.errors import KilnError, ModelNotFoundError, RequestError, UnknownArmError
 from kiln.registry import ModelRegistry
 from kiln.serve.config import Batching, Drift, EndpointUserConfig, Traffic
-from kiln.serve.replica import access
+from kiln.serve.replica import access, triton
 from kiln.serve.replica.drift import DriftMonitor
 from kiln.serve.replica.metrics import DriftMetrics, EndpointMetrics, ShadowMetrics
 from kiln.serve.replica.predictor import Predictor
@@ -37,6 +37,7 @@ from kiln.serve.replica.protocol import (
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
+    classified,
     encode_response,
 )
 from kiln.serve.replica.rollout import Feedback, Rollout
@@ -125,12 +126,21 @@ class ModelEndpoint:
         self.access_log.answered(version, status, latency_ms, arm)
         self.statistics.answered(version, status == 200, int(latency_ms * 1e6))
 
+    async def answer(
+        self, request: InferenceRequest, version: int | None = None, key: str | None = None
+    ) -> tuple[int, str | None, dict[str, np.ndarray]]:
+        """`predict`, for a client: outputs it asked for as classifications (Triton's
+        extension) come as their top classes, named by the answering version."""
+        answered, arm, outputs = await self.predict(request, version, key)
+        labels = (await self.predictor(answered)).output_labels
+        return answered, arm, classified(request, outputs, labels)
+
     async def infer(
         self, request: InferenceRequest, version: int | None = None, key: str | None = None
     ) -> tuple[int, str | None, bytes, int | None]:
-        """`predict`, as a REST body: the version that answered, the arm, the body, and the
+        """`answer`, as a REST body: the version that answered, the arm, the body, and the
         length of its JSON header when outputs follow it in binary."""
-        answered, arm, outputs = await self.predict(request, version, key)
+        answered, arm, outputs = await self.answer(request, version, key)
         start = time.perf_counter_ns()
         response = InferenceResponse(
             model_name=self.name,
@@ -162,6 +172,18 @@ class ModelEndpoint:
                 **current.notes,
             },
         )
+
+    def triton_config(self, predictor: Predictor, max_body_bytes: int) -> dict[str, Any]:
+        """Triton's configuration of `predictor`'s version (REST's JSON form)."""
+        metadata = self.metadata(predictor)
+        return triton.model_config(metadata, predictor.required_inputs, max_body_bytes)
+
+    async def triton_statistics(self, version: int | None) -> dict[str, Any]:
+        """Triton's statistics of a version, or of every version loaded here (None)."""
+        if version is None:
+            return self.statistics.to_json(self.name, [self.current.version, *self.others])
+        await self.predictor(version)  # a version the registry lacks is ModelNotFoundError
+        return self.statistics.to_json(self.name, [version])
 
     async def predictor(self, version: int | None) -> Predictor:
         current = self.current

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from ray.serve.grpc_util import RayServegRPCContext
 
 import kiln
@@ -25,6 +26,7 @@ from kiln.serve.replica import binary
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
 from kiln.serve.replica.protocol import (
+    EXTENSIONS,
     InferenceRequest,
     RequestInput,
     RequestOutput,
@@ -82,7 +84,7 @@ class ServerService:
         self, request: pb.ServerMetadataRequest, grpc_context: RayServegRPCContext
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
-            name="kiln", version=kiln.__version__, extensions=[binary.EXTENSION]
+            name="kiln", version=kiln.__version__, extensions=EXTENSIONS
         )
 
 
@@ -91,6 +93,7 @@ class ModelService(ServerService):
 
     endpoint: ModelEndpoint
     keys: ApiKeys
+    max_body_bytes: int
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, grpc_context: RayServegRPCContext
@@ -121,6 +124,27 @@ class ModelService(ServerService):
 
         return await self._answer(grpc_context, metadata, pb.ModelMetadataResponse)
 
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, grpc_context: RayServegRPCContext
+    ) -> pb.ModelConfigResponse:
+        async def config() -> pb.ModelConfigResponse:
+            version = self._version_of(request.name, request.version)
+            predictor = await self.endpoint.predictor(version)
+            described = self.endpoint.triton_config(predictor, self.max_body_bytes)
+            return pb.ModelConfigResponse(config=json_format.ParseDict(described, pb.ModelConfig()))
+
+        return await self._answer(grpc_context, config, pb.ModelConfigResponse)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, grpc_context: RayServegRPCContext
+    ) -> pb.ModelStatisticsResponse:
+        async def statistics() -> pb.ModelStatisticsResponse:
+            version = self._version_of(request.name, request.version)
+            counted = await self.endpoint.triton_statistics(version)
+            return json_format.ParseDict(counted, pb.ModelStatisticsResponse())
+
+        return await self._answer(grpc_context, statistics, pb.ModelStatisticsResponse)
+
     async def ModelInfer(
         self, request: pb.ModelInferRequest, grpc_context: RayServegRPCContext
     ) -> pb.ModelInferResponse:
@@ -130,7 +154,7 @@ class ModelService(ServerService):
             nonlocal answered, arm
             version = self._version_of(request.model_name, request.model_version)
             key = sticky_key(self.endpoint, grpc_context)
-            answered, arm, outputs = await self.endpoint.predict(from_grpc(request), version, key)
+            answered, arm, outputs = await self.endpoint.answer(from_grpc(request), version, key)
             response = to_grpc(self.endpoint.name, answered, request.id, outputs)
             if arm:
                 response.parameters["arm"].string_param = arm
@@ -207,6 +231,16 @@ class IndexService(ServerService):
         self, request: pb.ModelReadyRequest, grpc_context: RayServegRPCContext
     ) -> pb.ModelReadyResponse:
         return _not_here(grpc_context, request.name, pb.ModelReadyResponse)
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, grpc_context: RayServegRPCContext
+    ) -> pb.ModelConfigResponse:
+        return _not_here(grpc_context, request.name, pb.ModelConfigResponse)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, grpc_context: RayServegRPCContext
+    ) -> pb.ModelStatisticsResponse:
+        return _not_here(grpc_context, request.name, pb.ModelStatisticsResponse)
 
 
 def _not_here(

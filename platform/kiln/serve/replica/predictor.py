@@ -17,6 +17,7 @@ classifier takes waveforms, PCM or WAV files (kiln.serve.replica.clips).
 import functools
 import io
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,11 @@ class Predictor:
         first = self.inputs[0]
         dtype = np.float32 if first.datatype == "FP32" else np.int64
         return np.zeros([1, *first.shape[1:]], dtype=dtype)
+
+    def output_labels(self, output: str) -> Sequence[str] | None:
+        """The names of an output's indices, where the model has them (a classifier's
+        classes), for answers given as classifications."""
+        return None
 
     @property
     def required_inputs(self) -> list[str]:
@@ -197,6 +203,9 @@ class Classifier(Predictor):
             )
         except preprocess.ImageError as e:
             raise RequestError(f"input 'image': {e}") from None
+
+    def output_labels(self, output: str) -> Sequence[str] | None:
+        return list(self.classes) if output == "probabilities" else None
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ MLServer send these bodies unchanged, as JSON or with the binary tensor data ext
 import base64
 import binascii
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,8 @@ DTYPES: dict[str, Any] = {
     "FP64": np.float64,
     "BYTES": np.object_,
 }
+# The protocol's extensions Kiln answers over REST and gRPC alike (the server metadata's).
+EXTENSIONS = [binary.EXTENSION, "classification"]  # classification: see classified()
 NAMES = {np.dtype(t): name for name, t in DTYPES.items() if name != "BYTES"}
 # The JSON values each datatype's data may hold (every other, integers: ints, or floats
 # without a fraction, which JSON Schema counts as integers too).
@@ -65,7 +67,7 @@ class RequestInput(BaseModel):
 
 class RequestOutput(BaseModel):
     name: str
-    parameters: dict[str, Any] | None = None  # {"binary_data": true}: answered in binary
+    parameters: dict[str, Any] | None = None  # binary_data: true, classification: k (top k)
 
 
 class InferenceRequest(BaseModel):
@@ -266,6 +268,43 @@ def file_bytes(element: Any, name: str) -> bytes:
         raise RequestError(f"input {name!r} in JSON must be base64 text of a file") from None
 
 
+def classified(
+    request: InferenceRequest,
+    outputs: dict[str, np.ndarray],
+    labels: Callable[[str], Sequence[str] | None],
+) -> dict[str, np.ndarray]:
+    """Triton's classification extension: an output asked for with the parameter
+    `classification: k` answers, per row, its k largest values (all, when it has fewer) as
+    BYTES "value:index", or "value:index:label" where `labels(output)` names the indices,
+    largest first. Triton's clients ask with `InferRequestedOutput(name, class_count=k)`."""
+    answered = dict(outputs)
+    for wanted in request.outputs or []:
+        k = (wanted.parameters or {}).get("classification")
+        if k is None:
+            continue
+        if isinstance(k, float) and k.is_integer():  # JSON's 3.0 is the integer 3
+            k = int(k)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise RequestError(
+                f"output {wanted.name!r}: classification is a count of classes (1 or more); "
+                f"got {k!r}"
+            )
+        values = outputs[wanted.name]
+        if values.dtype == object:
+            raise RequestError(f"output {wanted.name!r} is text: only numbers classify")
+        rows = values.reshape(len(values), -1)
+        top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+        names = labels(wanted.name)
+        answered[wanted.name] = np.array(
+            [
+                [f"{row[i]:f}:{i}" + (f":{names[i]}" if names is not None else "") for i in best]
+                for row, best in zip(rows, top, strict=True)
+            ],
+            dtype=object,
+        ).reshape(len(rows), top.shape[1])
+    return answered
+
+
 def pick_input(
     request: InferenceRequest, accepted: list[TensorMetadata], missing_ok: bool = False
 ) -> tuple[int, np.ndarray, dict[str, Any]]:
@@ -326,7 +365,7 @@ def narrow_to(
     schemas: dict[str, Any],
     accepted: list[TensorMetadata],
     bounds: list[tuple[int, int] | None],
-    outputs: list[str],
+    outputs: list[TensorMetadata],
     optional: Sequence[tuple[TensorMetadata, tuple[int, int] | None]] = (),
     missing_ok: bool = False,
     every_input: bool = False,
@@ -334,7 +373,8 @@ def narrow_to(
     """The OpenAPI components of one model's document, as exact as JSON Schema allows: one
     input, named, typed and shaped as this model takes it (any batch size), its data flat and
     of that datatype within the values the model accepts (`bounds`, per input), the
-    `optional` inputs that may come beside it, outputs by name. What no JSON Schema can
+    `optional` inputs that may come beside it, outputs by name (numeric ones may be asked
+    for as classifications). What no JSON Schema can
     state: a tensor's data count is the product of its shape. `every_input`: the model takes
     all of `accepted` at once (a table's columns), not one of them."""
     request = schemas["InferenceRequest"]
@@ -352,7 +392,24 @@ def narrow_to(
         _input_schema(tensor, limits, missing_ok)
         for tensor, limits in [*zip(accepted, bounds, strict=True), *optional]
     ]
-    schemas["RequestOutput"]["properties"]["name"]["enum"] = outputs
+    schemas["RequestOutput"]["properties"]["name"]["enum"] = [o.name for o in outputs]
+    schemas["RequestOutput"]["oneOf"] = [
+        {
+            "properties": {
+                "name": {"const": o.name},
+                "parameters": {"properties": {"classification": _classification(o)}},
+            }
+        }
+        for o in outputs
+    ]
+
+
+def _classification(output: TensorMetadata) -> dict[str, Any]:
+    """The `classification` parameter an output may take: a count of classes, when numeric
+    (null: not asked)."""
+    if output.datatype == "BYTES":
+        return {"type": "null"}
+    return {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]}
 
 
 def _input_schema(
