@@ -48,6 +48,10 @@ def test_exported_metrics_count_the_requests_sent(http, metrics_url):
     model = "digits-mlp"
     ok_before, bad_before = settled(metrics_url, model)
     body = infer_body(np.zeros((2, 1, 8, 8), np.float32))
+    for made_up in (777001, 777002):  # versions the model lacks: 404, and no series of theirs
+        assert (
+            http.post(f"/v2/models/{model}/versions/{made_up}/infer", json=body).status_code == 404
+        )
     for _ in range(5):
         assert http.post(f"/v2/models/{model}/infer", json=body).status_code == 200
     for _ in range(3):
@@ -65,3 +69,4 @@ def test_exported_metrics_count_the_requests_sent(http, metrics_url):
     assert total(samples, "ray_kiln_batch_size_count", model=model) >= 5
     assert total(samples, "ray_kiln_model_load_seconds", model=model, version="1") > 0
     assert total(samples, "ray_serve_num_http_requests_total") > 0  # Serve's own, same port
+    assert not [s for s in samples if s.labels.get("version", "").startswith("77700")]

@@ -121,7 +121,11 @@ class ModelEndpoint:
     def answered(
         self, version: int | None, status: int, latency_ms: float, arm: str | None = None
     ) -> None:
-        """Count an answer (HTTP status, or its gRPC equivalent) and maybe log it."""
+        """Count an answer (HTTP status, or its gRPC equivalent) and maybe log it. A version
+        that is not loaded here (a request for one the model lacks) counts as none: each
+        made-up number would otherwise be a new series in Prometheus and a record here."""
+        if version != self.current.version and version not in self.others:
+            version = None
         self.metrics.answered(version, status, latency_ms, arm)
         self.access_log.answered(version, status, latency_ms, arm)
         self.statistics.answered(version, status == 200, int(latency_ms * 1e6))
