@@ -109,8 +109,9 @@ class VersionStatistics:
 
 
 class Statistics:
-    """Every version's statistics in this replica. Requests are counted from the event loop
-    and model calls from it or Serve's batch task; a lock keeps each record whole."""
+    """Every version's statistics in this replica. Every caller today runs on the replica's
+    event loop (requests, Serve's batch task, the async routes that read them); the lock keeps
+    a record whole should a sync route (run in a thread pool) read or count one."""
 
     def __init__(self) -> None:
         self._versions: dict[int, VersionStatistics] = {}
