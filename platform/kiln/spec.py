@@ -202,6 +202,11 @@ class SchedulerSpec(Strict):
     resample_probability: float = Field(
         0.25, ge=0, le=1, description="pbt: chance to draw a value anew rather than perturb it"
     )
+    synchronous: bool = Field(
+        False,
+        description="pbt, pb2: each trial waits at a perturbation point until every trial of "
+        "the population reaches it, and all are ranked at the same epoch (Ray's synch)",
+    )
 
     @property
     def population_based(self) -> bool:

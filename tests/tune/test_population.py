@@ -1,7 +1,14 @@
-"""PBT's pure parts: perturbed values brought back into their domains, PB2's bounds, and a run
-continued from another run's optimizer state with its own hyperparameters."""
+"""PBT's pure parts: perturbed values brought back into their domains, PB2's bounds, a run
+continued from another run's optimizer state with its own hyperparameters, and which donor
+a trial copies."""
+
+from pathlib import Path
 
 import torch
+from ray.train import Checkpoint
+from ray.train._internal.session import _TrainingResult
+from ray.train._internal.storage import StorageContext
+from ray.tune.experiment import Trial
 from ray.tune.schedulers.pb2 import PB2
 
 from kiln.spec import Domain, TrainSpec
@@ -80,3 +87,65 @@ def test_an_inherited_optimizer_state_keeps_its_moments_and_takes_this_runs_hype
     assert torch.equal(own.state_dict()["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
     own_schedule.step()
     assert own.param_groups[0]["lr"] == 0.001 * own_schedule.lr_lambdas[0](4)
+
+
+class Controller:
+    """What PBT asks of Tune's controller, for the scheduler's decisions alone: the trials,
+    saves (each resolving to the trial's last report) and pauses."""
+
+    search_alg = None
+
+    def __init__(self, *trials):
+        self.trials, self.saves = list(trials), []
+
+    def get_trials(self):
+        return self.trials
+
+    def get_live_trials(self):
+        return [t for t in self.trials if not t.is_finished()]
+
+    def _schedule_trial_save(self, trial, result=None):
+        self.saves.append(trial.trial_id)
+        return None  # a trial that is stopping: Ray's controller answers None
+
+    def pause_trial(self, trial, should_checkpoint=True):
+        trial.set_status(Trial.PAUSED)
+
+
+def reported(trial, epoch: int, score: float, checkpoint: str | None = None):
+    """A trial's report of an epoch, with the Tune checkpoint Tune registered for it."""
+    if checkpoint is not None:
+        trial.run_metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(
+            checkpoint=Checkpoint(checkpoint), metrics={"epoch": epoch}
+        )
+    return {"epoch": epoch, "val_accuracy": score, "config": trial.config}
+
+
+def test_a_donor_that_was_not_top_at_its_own_report_still_gives_its_latest_checkpoint(
+    tmp_path,
+    ray_cluster,  # Ray: where PBT stages the log of each exploit
+):
+    """Ray's PBT records a donor's checkpoint only when the donor reports in the top quantile;
+    one that reported first, alone, had none to give, and the exploit was skipped."""
+    spec = load_spec(ROOT / "jobs/digits-cnn-pbt.yaml", ["tune.scheduler.quantile_fraction=0.5"])
+    assert spec.tune is not None
+    pbt = scheduler(spec, param_space(spec.tune))
+    pbt.set_search_properties("val_accuracy", "max")
+    storage = StorageContext(str(tmp_path), "search")
+    good, poor = (
+        Trial("kiln_trial", config={"train.optimizer.lr": 0.003}, storage=storage, stub=True)
+        for _ in "ab"
+    )
+    Path(good.local_experiment_path).mkdir(parents=True)  # Tune makes it as a search starts
+    controller = Controller(good, poor)
+    for trial in (good, poor):
+        pbt.on_trial_add(controller, trial)
+        trial.set_status(Trial.RUNNING)
+
+    pbt.on_trial_result(controller, good, reported(good, 2, 0.9, "/runs/good/e2"))  # alone
+    assert pbt._trial_state[good].last_checkpoint is None  # Ray recorded nothing to give
+    good.set_status(Trial.PAUSED)  # waiting for a CPU, with its last checkpoint
+    pbt.on_trial_result(controller, poor, reported(poor, 2, 0.2))
+
+    assert poor.status == Trial.PAUSED  # stopped, to start again from the donor's checkpoint
+    assert poor.checkpoint is not None and poor.checkpoint.path == "/runs/good/e2"

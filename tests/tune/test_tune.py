@@ -78,23 +78,25 @@ def test_asha_stops_trials_and_registers_the_best(fresh_home):
     assert not leaked, leaked
 
 
-def test_pbt_exploits_a_better_trial_from_its_weights_and_registers_the_chain(fresh_home):
-    """4 digits-cnn trials, two with a learning rate too small to learn in 6 epochs. PBT
+def test_pbt_exploits_a_better_trial_from_its_weights_and_registers_the_chain(fresh_home, caplog):
+    """4 digits-cnn trials, two with a learning rate too small to learn in 5 epochs. PBT
     copies a better trial's Train checkpoint into a worse one: the worse one's next epoch
     scores near its donor, not near its own last epoch, and the registered best names the
-    chain of trials its weights came through. (With 4 epochs, a run in CI had every exploit
-    skipped: PBT copies only a donor it has already seen at a perturbation point in the top
-    quantile, so the first chances can pass; 6 epochs give each trial more of them.)"""
+    chain of trials its weights came through. Synchronous, as a test must be: here a trial's
+    5 epochs take 1.5 s after a 20 s start, so asynchronous trials whose starts differ by 2 s
+    never report at the same time, and nothing is exploited (a run in CI)."""
     spec = load_spec(
         ROOT / "jobs/digits-cnn-tune.yaml",
         [
-            "train.epochs=6",
+            "train.epochs=5",
             "model.params.channels=[16, 32]",
-            "scaling.num_workers=1",  # ASHA's test runs trials on 2 workers; this one, exploits
+            "scaling.num_workers=1",
+            "tune.max_concurrent_trials=4",  # the population runs at once (a CPU per 2)
             "tune.search=grid",
             "tune.num_samples=2",
             "tune.scheduler.name=pbt",
-            "tune.scheduler.perturbation_interval=1",
+            "tune.scheduler.synchronous=true",
+            "tune.scheduler.perturbation_interval=3",  # once: the next point is past the end
             "tune.scheduler.quantile_fraction=0.5",
             "tune.scheduler.resample_probability=0",
             'tune.space={"train.optimizer.lr": {"grid": [0.00002, 0.003]},'
@@ -114,6 +116,7 @@ def test_pbt_exploits_a_better_trial_from_its_weights_and_registers_the_chain(fr
     ]
     print(f"\nPBT: {outcome.trials[['trial_id', 'epochs', 'best', 'lineage']].to_dict('records')}")
     assert exploits, {t: rows["lineage"].tolist() for t, rows in histories.items()}
+    assert "no checkpoint for trial" not in caplog.text
     telling = 0  # exploits whose donor and own weights scored apart: whose were taken shows
     for trial, at in exploits:
         rows = histories[trial]

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.train._internal.session import _FutureTrainingResult
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
 
@@ -58,24 +60,60 @@ def scheduler(spec: JobSpec, samplers: dict[str, Any]) -> PopulationBasedTrainin
             for path, domain in space.items()
             if mutable(path, domain) and domain.kind in ("uniform", "loguniform", "randint")
         }
-        return PB2(
+        return PopulationBandit(
             time_attr="epoch",
             perturbation_interval=t.perturbation_interval,
             quantile_fraction=t.quantile_fraction,
             hyperparam_bounds=bounds,
             custom_explore_fn=explore,
-            synch=False,
+            synch=t.synchronous,
         )
     mutations = {path: samplers[path] for path, domain in space.items() if mutable(path, domain)}
-    return PopulationBasedTraining(
+    return Population(
         time_attr="epoch",
         perturbation_interval=t.perturbation_interval,
         quantile_fraction=t.quantile_fraction,
         resample_probability=t.resample_probability,
         hyperparam_mutations=mutations,
         custom_explore_fn=explore,
-        synch=False,
+        synch=t.synchronous,
     )
+
+
+class Population(PopulationBasedTraining):
+    """Ray's PBT, whose donors always have a checkpoint to give.
+
+    Ray records a trial's checkpoint for exploiting only when the trial itself reaches a
+    perturbation point in the top quantile; a trial that reached its last one before the
+    others had scores (alone, or first out of a queue of trials waiting for CPUs) is skipped as
+    a donor, and in a population that runs a few trials at a time most exploits were skipped
+    ('no checkpoint for trial ...'). Such a donor gives what Ray takes from a top trial: the
+    checkpoint it is saving, else a save of its last report (every report of a Kiln trial
+    carries one), else the checkpoint it was paused with.
+    """
+
+    def _checkpoint_or_exploit(
+        self, trial: Trial, tune_controller: Any, upper_quantile: list, lower_quantile: list
+    ) -> None:
+        if trial in lower_quantile:
+            for donor in upper_quantile:
+                state = self._trial_state[donor]
+                if not state.last_checkpoint:
+                    state.last_checkpoint = self._donation(donor, tune_controller)
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
+
+    def _donation(self, donor: Trial, tune_controller: Any) -> Any:
+        saving = donor.temporary_state.saving_to
+        if isinstance(saving, _FutureTrainingResult):
+            return saving
+        if donor.status == Trial.RUNNING:
+            last = self._trial_state[donor].last_result
+            return tune_controller._schedule_trial_save(donor, result=last) or donor.checkpoint
+        return donor.checkpoint
+
+
+class PopulationBandit(Population, PB2):
+    """PB2 with the same donors."""
 
 
 def within_space(config: dict[str, Any], space: dict[str, Domain]) -> dict[str, Any]:
