@@ -4,6 +4,7 @@ a trial copies."""
 
 from pathlib import Path
 
+import pytest
 import torch
 from ray.train import Checkpoint
 from ray.train._internal.session import _TrainingResult
@@ -90,23 +91,19 @@ def test_an_inherited_optimizer_state_keeps_its_moments_and_takes_this_runs_hype
 
 
 class Controller:
-    """What PBT asks of Tune's controller, for the scheduler's decisions alone: the trials,
-    saves (each resolving to the trial's last report) and pauses."""
+    """What PBT asks of Tune's controller here, for the scheduler's decisions alone: the
+    trials, and a pause."""
 
     search_alg = None
 
     def __init__(self, *trials):
-        self.trials, self.saves = list(trials), []
+        self.trials = list(trials)
 
     def get_trials(self):
         return self.trials
 
     def get_live_trials(self):
         return [t for t in self.trials if not t.is_finished()]
-
-    def _schedule_trial_save(self, trial, result=None):
-        self.saves.append(trial.trial_id)
-        return None  # a trial that is stopping: Ray's controller answers None
 
     def pause_trial(self, trial, should_checkpoint=True):
         trial.set_status(Trial.PAUSED)
@@ -121,9 +118,17 @@ def reported(trial, epoch: int, score: float, checkpoint: str | None = None):
     return {"epoch": epoch, "val_accuracy": score, "config": trial.config}
 
 
+@pytest.mark.parametrize(
+    "donor_now",
+    [
+        Trial.PAUSED,  # waiting for a CPU, with its last checkpoint
+        Trial.RUNNING,  # started again from it, and not yet reported (a save would give None)
+    ],
+)
 def test_a_donor_that_was_not_top_at_its_own_report_still_gives_its_latest_checkpoint(
     tmp_path,
     ray_cluster,  # Ray: where PBT stages the log of each exploit
+    donor_now,
 ):
     """Ray's PBT records a donor's checkpoint only when the donor reports in the top quantile;
     one that reported first, alone, had none to give, and the exploit was skipped."""
@@ -131,7 +136,7 @@ def test_a_donor_that_was_not_top_at_its_own_report_still_gives_its_latest_check
     assert spec.tune is not None
     pbt = scheduler(spec, param_space(spec.tune))
     pbt.set_search_properties("val_accuracy", "max")
-    storage = StorageContext(str(tmp_path), "search")
+    storage = StorageContext(str(tmp_path), tmp_path.name)  # a staging folder of its own
     good, poor = (
         Trial("kiln_trial", config={"train.optimizer.lr": 0.003}, storage=storage, stub=True)
         for _ in "ab"
@@ -144,7 +149,7 @@ def test_a_donor_that_was_not_top_at_its_own_report_still_gives_its_latest_check
 
     pbt.on_trial_result(controller, good, reported(good, 2, 0.9, "/runs/good/e2"))  # alone
     assert pbt._trial_state[good].last_checkpoint is None  # Ray recorded nothing to give
-    good.set_status(Trial.PAUSED)  # waiting for a CPU, with its last checkpoint
+    good.set_status(donor_now)
     pbt.on_trial_result(controller, poor, reported(poor, 2, 0.2))
 
     assert poor.status == Trial.PAUSED  # stopped, to start again from the donor's checkpoint

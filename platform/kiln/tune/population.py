@@ -87,9 +87,9 @@ class Population(PopulationBasedTraining):
     perturbation point in the top quantile; a trial that reached its last one before the
     others had scores (alone, or first out of a queue of trials waiting for CPUs) is skipped as
     a donor, and in a population that runs a few trials at a time most exploits were skipped
-    ('no checkpoint for trial ...'). Such a donor gives what Ray takes from a top trial: the
-    checkpoint it is saving, else a save of its last report (every report of a Kiln trial
-    carries one), else the checkpoint it was paused with.
+    ('no checkpoint for trial ...'). Such a donor gives the checkpoint it is saving, else the
+    latest that Tune holds of it (every report of a Kiln trial carries one; a trial restarted
+    from another's holds that one until it reports), else a save of its last report.
     """
 
     def _checkpoint_or_exploit(
@@ -106,9 +106,9 @@ class Population(PopulationBasedTraining):
         saving = donor.temporary_state.saving_to
         if isinstance(saving, _FutureTrainingResult):
             return saving
-        if donor.status == Trial.RUNNING:
+        if donor.checkpoint is None and donor.status == Trial.RUNNING:
             last = self._trial_state[donor].last_result
-            return tune_controller._schedule_trial_save(donor, result=last) or donor.checkpoint
+            return tune_controller._schedule_trial_save(donor, result=last)
         return donor.checkpoint
 
 
