@@ -141,10 +141,28 @@ def serving(serving_config) -> str:
     dashboard = dashboard_url()
     running = deploy.details(dashboard).get("applications", {})
     wanted = [a["name"] for a in serving_config["applications"]]
+    base = f"http://127.0.0.1:{PORT}"
     if any(running.get(name, {}).get("status") != "RUNNING" for name in wanted):
         deploy.deploy(serving_config, dashboard)
         deploy.wait_until_running(serving_config, dashboard, timeout_s=240)
-    return f"http://127.0.0.1:{PORT}"
+        answering(base)
+    return base
+
+
+def answering(base: str, timeout_s: float = 60) -> None:
+    """Until the HTTP port answers. Once, in a fresh-clone run, every application was RUNNING
+    after a redeploy while the port still refused connections (a whole module's tests failed
+    at once): HAProxy not yet listening again after the previous shutdown, whose stats page
+    `wait_until_running` could not read either, and so did not wait for."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"{base}/v2/health/ready", timeout=5)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 @contextlib.contextmanager
