@@ -1,7 +1,7 @@
-"""Why a deploy failed, in one line: Serve's application message names only the deployment,
-its replicas' message holds the error (a whole traceback)."""
+"""Why a deploy failed, in one line (Serve's application message names only the deployment,
+its replicas' message holds the error, a whole traceback), and when a deploy is ready."""
 
-from kiln.serve.control.deploy import why_failed
+from kiln.serve.control.deploy import proxy_not_ready, why_failed
 
 TRACEBACK = """Traceback (most recent call last):
   File "/work/kiln/registry/loading.py", line 35, in build_from_card
@@ -36,3 +36,14 @@ def test_another_error_is_the_replicas_own_line():
 def test_without_a_deployment_message_the_application_message_stands():
     app = {"status": "DEPLOY_FAILED", "message": "Failed to build the application.\nbad route"}
     assert why_failed(app) == "bad route"
+
+
+def test_a_deploy_waits_for_a_healthy_proxy_unless_proxies_are_off():
+    def serve(location, *statuses):
+        proxies = {f"node{i}": {"status": s} for i, s in enumerate(statuses)}
+        return {"proxy_location": location, "proxies": proxies}
+
+    assert proxy_not_ready(serve("EveryNode")) == ["the HTTP proxy (not started)"]
+    assert proxy_not_ready(serve("EveryNode", "STARTING")) == ["the HTTP proxy (STARTING)"]
+    assert proxy_not_ready(serve("EveryNode", "UNHEALTHY", "HEALTHY")) == []
+    assert proxy_not_ready(serve("Disabled")) == []
