@@ -29,11 +29,13 @@ def train(
     spec = load_spec(spec_file, set_)  # every spec error surfaces here, before Ray starts
     from kiln.cluster.connect import connect
     from kiln.cluster.preflight import check_cluster_started_here
-    from kiln.train import run_job
+
+    show_logs = verbose and not json_output
+    if connect(address, show_logs, dashboard=dashboard, preload=["kiln.train.runner"]):
+        check_cluster_started_here(spec)
+    from kiln.train import run_job  # imported while Ray started (preload)
     from kiln.train.progress import ProgressView
 
-    if connect(address, show_logs=verbose and not json_output, dashboard=dashboard):
-        check_cluster_started_here(spec)
     metric = spec.checkpoint.metric or "val_loss"
     view = ProgressView(spec.name, spec.train.epochs, metric, console, quiet=quiet or json_output)
     with stdout_for_json_only(json_output):

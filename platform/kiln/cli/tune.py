@@ -26,10 +26,11 @@ def tune(
     spec = load_spec(spec_file, set_)  # bad spaces fail here, before Ray starts
     from kiln.cluster.connect import connect
     from kiln.cluster.preflight import check_cluster_started_here
-    from kiln.tune import run_search
 
-    if connect(address, show_logs=verbose and not json_output):
+    if connect(address, show_logs=verbose and not json_output, preload=["kiln.tune.search"]):
         check_cluster_started_here(spec)
+    from kiln.tune import run_search  # imported while Ray started (preload)
+
     with stdout_for_json_only(json_output):
         outcome = run_search(spec, quiet=quiet or json_output, resume=resume, name=name)
     if json_output:
