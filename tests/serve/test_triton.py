@@ -1,6 +1,7 @@
 """Triton's own HTTP client, with its defaults (binary tensors in and out) and with JSON,
 against serving/digits.yaml on Ray Serve: what a Triton or KServe user runs unchanged."""
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -83,6 +84,27 @@ def test_triton_client_health_metadata_and_readiness(client):
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
     assert metadata["parameters"]["version"] == 1
     assert client.get_model_metadata("digits-cnn")["name"] == "digits-cnn"
+
+
+def test_triton_client_lists_the_repository_and_loads_only_what_is_served(
+    client, serving, serving_config
+):
+    from kiln.serve.control.deploy import MODEL_APP
+
+    index = client.get_model_repository_index()  # Triton's client posts an empty body
+    apps = serving_config["applications"]
+    assert {m["name"] for m in index} == {a["name"] for a in apps if a["import_path"] == MODEL_APP}
+    assert {m["state"] for m in index} == {"READY"}
+    client.load_model("digits-cnn")  # served, so loaded: no error
+    with pytest.raises(InferenceServerException, match="no model named 'nope'"):
+        client.load_model("nope")
+    with pytest.raises(InferenceServerException, match="shutdown --only digits-cnn"):
+        client.unload_model("digits-cnn")
+    assert client.is_model_ready("digits-cnn")
+    ready = httpx.post(f"{serving}/v2/repository/index", json={"ready": True}, timeout=30)
+    assert ready.json() == index
+    wrong = httpx.post(f"{serving}/v2/repository/index", json={"ready": "maybe"}, timeout=30)
+    assert wrong.status_code == 400 and wrong.json()["error"].startswith("ready:")
 
 
 def test_triton_client_reads_the_model_configuration_perf_analyzer_needs(client):

@@ -1,8 +1,14 @@
-"""Triton's model configuration and statistics, as Kiln computes them (pure logic; the
-served routes are tried with Triton's own client in test_triton.py)."""
+"""Triton's model configuration, statistics and repository index, as Kiln computes them
+(pure logic; the served routes are tried with Triton's own client in test_triton.py)."""
 
 from kiln.serve.replica.protocol import ModelMetadata, TensorMetadata
-from kiln.serve.replica.triton import Statistics, max_batch_size, model_config
+from kiln.serve.replica.triton import (
+    Statistics,
+    load_answer,
+    max_batch_size,
+    model_config,
+    repository_index,
+)
 
 CNN = ModelMetadata(
     name="digits-cnn",
@@ -72,3 +78,19 @@ def test_a_version_that_answered_nothing_yet_has_zero_statistics():
     (two,) = Statistics().to_json("digits-cnn", [2])["model_stats"]
     assert two["version"] == "2" and two["inference_count"] == 0
     assert two["inference_stats"]["success"] == {"count": 0, "ns": 0}
+
+
+def test_the_repository_index_lists_each_served_model_and_only_ready_ones_when_asked():
+    served = {"b": True, "a": False}
+    assert [m["name"] for m in repository_index(served, ready_only=False)] == ["a", "b"]
+    assert repository_index(served, ready_only=True) == [
+        {"name": "b", "state": "READY", "reason": ""}
+    ]
+
+
+def test_loading_a_served_model_succeeds_and_any_other_says_why_not():
+    served = {"ready": True, "deploying": False}
+    assert load_answer("ready", served) == (200, {})
+    assert load_answer("deploying", served)[0] == 503
+    code, body = load_answer("nope", served)
+    assert code == 400 and "served: deploying, ready" in body["error"]

@@ -10,11 +10,11 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 import kiln
-from kiln.errors import KilnError, ModelNotFoundError, UnknownArmError
+from kiln.errors import KilnError, ModelNotFoundError, RequestError, UnknownArmError
 from kiln.serve.replica import binary, triton
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
@@ -197,6 +197,23 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
         served = await models()
         ok = bool(served) and all(served.values())
         return JSONResponse({"ready": ok, "models": served}, 200 if ok else 503)
+
+    @api.post("/v2/repository/index", responses=ERRORS)
+    async def repository_index(request: Request) -> list[dict[str, str]]:
+        try:
+            asked = triton.RepositoryIndexRequest.model_validate_json(await request.body() or "{}")
+        except ValidationError as e:
+            raise RequestError(describe(e.errors())) from None
+        return triton.repository_index(await models(), asked.ready)
+
+    @api.post("/v2/repository/models/{name}/load", responses=ERRORS)
+    async def load(name: str) -> JSONResponse:
+        code, body = triton.load_answer(name, await models())
+        return JSONResponse(body, code)
+
+    @api.post("/v2/repository/models/{name}/unload", responses=ERRORS)
+    def unload(name: str) -> JSONResponse:
+        return JSONResponse(triton.unload_answer(name), 400)
 
     # A request reaches these only when no model app owns its name (the proxy routes by the
     # longest prefix): a 404 that names the served models. Each model documents these routes

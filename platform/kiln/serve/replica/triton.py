@@ -2,7 +2,9 @@
 configuration (GET .../config) and inference statistics (GET .../stats). Triton's
 perf_analyzer, with its defaults, reads both (the configuration for the batch dimension and
 the optional inputs, the statistics before and after each measurement window), and its client
-examples read the configuration; KServe's protocol has neither.
+examples read the configuration; KServe's protocol has neither. Also the model repository's
+index, and its load and unload as a server whose models are deployed rather than loaded
+(see `load_answer`).
 
 Statistics are the answering replica's own, kept per version since it started: Triton runs a
 model in one process, Kiln in one process per replica, so with several replicas two calls may
@@ -14,9 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from kiln.serve.replica.protocol import DTYPES, ModelMetadata, TensorMetadata
 
-EXTENSIONS = ["model_configuration", "statistics"]
+EXTENSIONS = ["model_configuration", "statistics", "model_repository"]
 BYTES_PREFIX = 4  # each BYTES element in binary: its length (4 bytes), then its bytes
 
 
@@ -152,3 +156,42 @@ class Statistics:
 
     def _of(self, version: int) -> VersionStatistics:
         return self._versions.setdefault(version, VersionStatistics())
+
+
+class RepositoryIndexRequest(BaseModel):
+    """POST /v2/repository/index: Triton's client sends no body at all."""
+
+    ready: bool = False  # only the models ready to answer
+
+
+def repository_index(served: dict[str, bool], ready_only: bool) -> list[dict[str, str]]:
+    """Each served model and its state, as Triton lists its repository (the version is
+    optional there: a Kiln model follows an alias, and its version is in its own metadata)."""
+    return [
+        {"name": name, "state": "READY" if ready else "UNAVAILABLE", "reason": ""}
+        for name, ready in sorted(served.items())
+        if ready or not ready_only
+    ]
+
+
+def load_answer(name: str, served: dict[str, bool]) -> tuple[int, dict[str, str]]:
+    """A Kiln model is loaded by deploying its application (`kiln serve`), not through the
+    protocol, like Triton's default model control mode. A client that asks to load a model
+    that is served, as scripts written for Triton's explicit mode do first, is told it is
+    loaded; any other gets why not."""
+    if served.get(name):
+        return 200, {}
+    if name in served:
+        return 503, {"error": f"model {name!r} is being deployed; it is not ready yet"}
+    known = ", ".join(sorted(served)) or "none"
+    return 400, {
+        "error": f"no model named {name!r} is served here (served: {known}); Kiln loads a "
+        "model when its application is deployed: kiln serve CONFIG"
+    }
+
+
+def unload_answer(name: str) -> dict[str, str]:
+    return {
+        "error": f"Kiln unloads {name!r} when its application is deleted: "
+        f"kiln serve shutdown --only {name}"
+    }
