@@ -103,6 +103,17 @@ def run_kiln(
     )
 
 
+def in_foreground(command: list[str]) -> list[str]:
+    """`command` as a terminal runs it in the foreground, where Ctrl-C's SIGINT is not
+    ignored. A suite started in the background by a shell without job control (`make test &`,
+    `nohup ... &`) inherits SIGINT ignored, and so would the command: it would not stop."""
+    reset = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", reset, *command]
+
+
 def quiet_view(spec):
     """A progress view that draws nothing (tests read its events)."""
     from rich.console import Console

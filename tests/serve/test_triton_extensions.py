@@ -8,6 +8,7 @@ from kiln.serve.replica.triton import (
     max_batch_size,
     model_config,
     repository_index,
+    unload_answer,
 )
 
 CNN = ModelMetadata(
@@ -93,4 +94,6 @@ def test_loading_a_served_model_succeeds_and_any_other_says_why_not():
     assert load_answer("ready", served) == (200, {})
     assert load_answer("deploying", served)[0] == 503
     code, body = load_answer("nope", served)
-    assert code == 400 and "served: deploying, ready" in body["error"]
+    assert code == 404 and "served: deploying, ready" in body["error"]
+    assert unload_answer("ready", served)[0] == 403
+    assert unload_answer("nope", served)[0] == 404

@@ -23,7 +23,7 @@ from kiln.registry import ModelRegistry
 from kiln.registry.loading import load_model
 from kiln.train import run_job
 from kiln.validate import load_spec
-from tests.conftest import ROOT, quiet_view, run_kiln
+from tests.conftest import ROOT, in_foreground, quiet_view, run_kiln
 from tests.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -300,7 +300,12 @@ def test_ctrl_c_stops_a_run_that_then_resumes_from_its_checkpoint(fresh_home):
     ]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     driver = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        in_foreground(command),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert driver.stdout is not None
     for line in driver.stdout:

@@ -21,7 +21,7 @@ from kiln.spec import apply_overrides
 from kiln.tune import run_search
 from kiln.tune.search import param_space, tune_config
 from kiln.validate import load_spec
-from tests.conftest import ROOT
+from tests.conftest import ROOT, in_foreground
 from tests.evaluation import evaluate
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
@@ -365,7 +365,12 @@ def test_ctrl_c_ends_a_search_without_registering_and_says_how_to_resume(fresh_h
     the best of them is not the search's best."""
     command, env = small_search("stopped")
     driver = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        in_foreground(command),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     search = fresh_home / "runs" / "tune" / "stopped"
     deadline = time.monotonic() + 180

@@ -47,7 +47,9 @@ def train(
 
 
 def _summary(outcome) -> None:
-    table = Table(title=f"{outcome.model} v{outcome.version}", show_header=True)
+    registered = outcome.version is not None
+    title = f"{outcome.model} v{outcome.version}" if registered else outcome.run_name
+    table = Table(title=title, show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in sorted(outcome.metrics.items()):
@@ -56,6 +58,9 @@ def _summary(outcome) -> None:
     for key, value in sorted(outcome.baselines.items()):
         table.add_row(f"{key} (baseline)", number(value))
     console.print(table)
+    if not registered:  # the spec's `register: null`
+        console.print(f"not registered (register: null); run {outcome.run_path}")
+        return
     alias = f" as {outcome.model}@{outcome.alias}" if outcome.alias else ""
     console.print(
         f"registered [bold]{outcome.model}@{outcome.version}[/bold]{alias}; run {outcome.run_path}"

@@ -28,6 +28,7 @@ from kiln.serve.replica.protocol import (
     ServerMetadata,
     describe,
     narrow_to,
+    not_served,
     parse_request,
 )
 from kiln.serve.replica.rollout import ARM_HEADER, Feedback
@@ -36,6 +37,16 @@ log = logging.getLogger("ray.serve")
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 413, 415, 429, 503)
 }
+# Optional: Triton's client sends none; parsed by the route, whatever the Content-Type.
+INDEX_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/RepositoryIndexRequest"}}
+        },
+    }
+}
+FORBIDDEN: dict[int | str, dict[str, Any]] = {403: {"model": ErrorBody}}
 JSON = "application/json"
 # The body is parsed by Kiln (any Content-Type, pydantic's JSON parser) and documented here.
 INFER_BODY = {
@@ -177,6 +188,7 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
         ),
     )
     answer_errors_as_protocol(api)
+    document_schemas(api, triton.RepositoryIndexRequest)
 
     @api.get("/")
     async def index() -> dict[str, Any]:
@@ -198,7 +210,7 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
         ok = bool(served) and all(served.values())
         return JSONResponse({"ready": ok, "models": served}, 200 if ok else 503)
 
-    @api.post("/v2/repository/index", responses=ERRORS)
+    @api.post("/v2/repository/index", responses=ERRORS, openapi_extra=INDEX_BODY)
     async def repository_index(request: Request) -> list[dict[str, str]]:
         try:
             asked = triton.RepositoryIndexRequest.model_validate_json(await request.body() or "{}")
@@ -211,9 +223,10 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
         code, body = triton.load_answer(name, await models())
         return JSONResponse(body, code)
 
-    @api.post("/v2/repository/models/{name}/unload", responses=ERRORS)
-    def unload(name: str) -> JSONResponse:
-        return JSONResponse(triton.unload_answer(name), 400)
+    @api.post("/v2/repository/models/{name}/unload", responses={**ERRORS, **FORBIDDEN})
+    async def unload(name: str) -> JSONResponse:
+        code, body = triton.unload_answer(name, await models())
+        return JSONResponse(body, code)
 
     # A request reaches these only when no model app owns its name (the proxy routes by the
     # longest prefix): a 404 that names the served models. Each model documents these routes
@@ -252,9 +265,7 @@ async def _not_served(name: str, models: Callable[[], Awaitable[dict[str, bool]]
     if name in served:
         error = f"model {name!r} is not ready yet"
         return JSONResponse({"error": error}, 503, {"Retry-After": "5"})
-    known = ", ".join(sorted(served)) or "none"
-    error = f"no model named {name!r} is served here (served: {known})"
-    return JSONResponse({"error": error}, 404)
+    return JSONResponse({"error": not_served(name, served)}, 404)
 
 
 def status_of(error: KilnError) -> int:

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictBool
 
-from kiln.serve.replica.protocol import DTYPES, ModelMetadata, TensorMetadata
+from kiln.serve.replica.protocol import DTYPES, ModelMetadata, TensorMetadata, not_served
 
 EXTENSIONS = ["model_configuration", "statistics", "model_repository"]
 BYTES_PREFIX = 4  # each BYTES element in binary: its length (4 bytes), then its bytes
@@ -161,7 +161,7 @@ class Statistics:
 class RepositoryIndexRequest(BaseModel):
     """POST /v2/repository/index: Triton's client sends no body at all."""
 
-    ready: bool = False  # only the models ready to answer
+    ready: StrictBool = False  # only the models ready to answer
 
 
 def repository_index(served: dict[str, bool], ready_only: bool) -> list[dict[str, str]]:
@@ -176,22 +176,21 @@ def repository_index(served: dict[str, bool], ready_only: bool) -> list[dict[str
 
 def load_answer(name: str, served: dict[str, bool]) -> tuple[int, dict[str, str]]:
     """A Kiln model is loaded by deploying its application (`kiln serve`), not through the
-    protocol, like Triton's default model control mode. A client that asks to load a model
-    that is served, as scripts written for Triton's explicit mode do first, is told it is
-    loaded; any other gets why not."""
+    protocol, as under Triton's default model control mode. A client that asks to load a
+    model that is served, as scripts written for Triton's explicit mode do first, is told it
+    is loaded; any other gets why not."""
     if served.get(name):
         return 200, {}
     if name in served:
         return 503, {"error": f"model {name!r} is being deployed; it is not ready yet"}
-    known = ", ".join(sorted(served)) or "none"
-    return 400, {
-        "error": f"no model named {name!r} is served here (served: {known}); Kiln loads a "
-        "model when its application is deployed: kiln serve CONFIG"
-    }
+    why = "Kiln loads a model when its application is deployed"
+    return 404, {"error": f"{not_served(name, served)}; {why}"}
 
 
-def unload_answer(name: str) -> dict[str, str]:
-    return {
+def unload_answer(name: str, served: dict[str, bool]) -> tuple[int, dict[str, str]]:
+    if name not in served:
+        return 404, {"error": not_served(name, served)}
+    return 403, {
         "error": f"Kiln unloads {name!r} when its application is deleted: "
         f"kiln serve shutdown --only {name}"
     }
