@@ -103,15 +103,23 @@ def run_kiln(
     )
 
 
-def in_foreground(command: list[str]) -> list[str]:
-    """`command` as a terminal runs it in the foreground, where Ctrl-C's SIGINT is not
-    ignored. A suite started in the background by a shell without job control (`make test &`,
-    `nohup ... &`) inherits SIGINT ignored, and so would the command: it would not stop."""
+def start_in_foreground(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """`command` started as a terminal runs it in the foreground, where Ctrl-C's SIGINT is not
+    ignored (its output read through pipes). A suite started in the background by a shell
+    without job control (`make test &`, `nohup ... &`) inherits SIGINT ignored, and so would
+    the command: it would not stop."""
     reset = (
         "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
         "os.execv(sys.argv[1], sys.argv[1:])"
     )
-    return [sys.executable, "-c", reset, *command]
+    return subprocess.Popen(
+        [sys.executable, "-c", reset, *command],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def quiet_view(spec):

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from kiln.registry import ModelRegistry
 from kiln.registry.loading import load_model
 from kiln.train import run_job
 from kiln.validate import load_spec
-from tests.conftest import ROOT, in_foreground, quiet_view, run_kiln
+from tests.conftest import ROOT, quiet_view, run_kiln, start_in_foreground
 from tests.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -299,14 +298,7 @@ def test_ctrl_c_stops_a_run_that_then_resumes_from_its_checkpoint(fresh_home):
         *("--set", "register.name=interrupted"),
     ]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    driver = subprocess.Popen(
-        in_foreground(command),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    driver = start_in_foreground(command, env)
     assert driver.stdout is not None
     for line in driver.stdout:
         if line.startswith("epoch   2/"):

@@ -21,7 +21,7 @@ from kiln.spec import apply_overrides
 from kiln.tune import run_search
 from kiln.tune.search import param_space, tune_config
 from kiln.validate import load_spec
-from tests.conftest import ROOT, in_foreground
+from tests.conftest import ROOT, start_in_foreground
 from tests.evaluation import evaluate
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
@@ -364,14 +364,7 @@ def test_ctrl_c_ends_a_search_without_registering_and_says_how_to_resume(fresh_h
     """Tune ends a search early on Ctrl-C and hands back its trials as if they had finished:
     the best of them is not the search's best."""
     command, env = small_search("stopped")
-    driver = subprocess.Popen(
-        in_foreground(command),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    driver = start_in_foreground(command, env)
     search = fresh_home / "runs" / "tune" / "stopped"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not any(
