@@ -1,14 +1,13 @@
-"""Triton's model configuration, statistics and repository index, as Kiln computes them
-(pure logic; the served routes are tried with Triton's own client in test_triton.py)."""
+"""Triton's model configuration, statistics and repository, as Kiln computes and answers
+them in process (no Ray; the served routes are tried with Triton's own client in
+test_triton.py)."""
 
 from kiln.serve.replica.protocol import ModelMetadata, TensorMetadata
 from kiln.serve.replica.triton import (
     Statistics,
-    load_answer,
     max_batch_size,
     model_config,
     repository_index,
-    unload_answer,
 )
 
 CNN = ModelMetadata(
@@ -90,10 +89,21 @@ def test_the_repository_index_lists_each_served_model_and_only_ready_ones_when_a
 
 
 def test_loading_a_served_model_succeeds_and_any_other_says_why_not():
-    served = {"ready": True, "deploying": False}
-    assert load_answer("ready", served) == (200, {})
-    assert load_answer("deploying", served)[0] == 503
-    code, body = load_answer("nope", served)
-    assert code == 404 and "served: deploying, ready" in body["error"]
-    assert unload_answer("ready", served)[0] == 403
-    assert unload_answer("nope", served)[0] == 404
+    from fastapi.testclient import TestClient
+
+    from kiln.serve.replica.api import index_api
+
+    async def served() -> dict[str, bool]:
+        return {"ready": True, "deploying": False}
+
+    client = TestClient(index_api(served))
+
+    def post(name: str, action: str):
+        return client.post(f"/v2/repository/models/{name}/{action}")
+
+    assert post("ready", "load").status_code == 200 and post("ready", "load").json() == {}
+    assert post("deploying", "load").status_code == 503
+    nope = post("nope", "load")
+    assert nope.status_code == 404 and "served: deploying, ready" in nope.json()["error"]
+    assert post("ready", "unload").status_code == 403
+    assert post("nope", "unload").status_code == 404

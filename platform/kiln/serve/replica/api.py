@@ -28,7 +28,6 @@ from kiln.serve.replica.protocol import (
     ServerMetadata,
     describe,
     narrow_to,
-    not_served,
     parse_request,
 )
 from kiln.serve.replica.rollout import ARM_HEADER, Feedback
@@ -218,15 +217,20 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
             raise RequestError(describe(e.errors())) from None
         return triton.repository_index(await models(), asked.ready)
 
+    # A model is loaded by deploying its application, as under Triton's default model
+    # control: loading a served one succeeds (scripts written for Triton's explicit mode load
+    # first), any other is answered as a request to a model that is not served.
     @api.post("/v2/repository/models/{name}/load", responses=ERRORS)
     async def load(name: str) -> JSONResponse:
-        code, body = triton.load_answer(name, await models())
-        return JSONResponse(body, code)
+        served = await models()
+        return JSONResponse({}) if served.get(name) else _not_served(name, served)
 
     @api.post("/v2/repository/models/{name}/unload", responses={**ERRORS, **FORBIDDEN})
     async def unload(name: str) -> JSONResponse:
-        code, body = triton.unload_answer(name, await models())
-        return JSONResponse(body, code)
+        served = await models()
+        if name not in served:
+            return _not_served(name, served)
+        return JSONResponse({"error": triton.unload_refused(name)}, 403)
 
     # A request reaches these only when no model app owns its name (the proxy routes by the
     # longest prefix): a 404 that names the served models. Each model documents these routes
@@ -255,17 +259,18 @@ def _not_served_route(
     models: Callable[[], Awaitable[dict[str, bool]]],
 ) -> Callable[[str], Awaitable[JSONResponse]]:
     async def route(name: str) -> JSONResponse:
-        return await _not_served(name, models)
+        return _not_served(name, await models())
 
     return route
 
 
-async def _not_served(name: str, models: Callable[[], Awaitable[dict[str, bool]]]) -> JSONResponse:
-    served = await models()
+def _not_served(name: str, served: dict[str, bool]) -> JSONResponse:
     if name in served:
         error = f"model {name!r} is not ready yet"
         return JSONResponse({"error": error}, 503, {"Retry-After": "5"})
-    return JSONResponse({"error": not_served(name, served)}, 404)
+    known = ", ".join(sorted(served)) or "none"
+    error = f"no model named {name!r} is served here (served: {known})"
+    return JSONResponse({"error": error}, 404)
 
 
 def status_of(error: KilnError) -> int:

@@ -11,7 +11,7 @@ MLServer send these bodies unchanged, as JSON or with the binary tensor data ext
 import base64
 import binascii
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,11 +136,6 @@ def parse_request(body: bytes, header_length: str | None = None) -> InferenceReq
         if given._raw is None and given.data is None:
             raise RequestError(f"input {given.name!r} has no data (nor a binary_data_size)")
     return request
-
-
-def not_served(name: str, served: Iterable[str]) -> str:
-    """The error for a model name that no application here serves."""
-    return f"no model named {name!r} is served here (served: {', '.join(sorted(served)) or 'none'})"
 
 
 def describe(errors: Sequence[Any]) -> str:

@@ -4,7 +4,7 @@ perf_analyzer, with its defaults, reads both (the configuration for the batch di
 the optional inputs, the statistics before and after each measurement window), and its client
 examples read the configuration; KServe's protocol has neither. Also the model repository's
 index, and its load and unload as a server whose models are deployed rather than loaded
-(see `load_answer`).
+(the routes: kiln.serve.replica.api.index_api).
 
 Statistics are the answering replica's own, kept per version since it started: Triton runs a
 model in one process, Kiln in one process per replica, so with several replicas two calls may
@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, StrictBool
 
-from kiln.serve.replica.protocol import DTYPES, ModelMetadata, TensorMetadata, not_served
+from kiln.serve.replica.protocol import DTYPES, ModelMetadata, TensorMetadata
 
 EXTENSIONS = ["model_configuration", "statistics", "model_repository"]
 BYTES_PREFIX = 4  # each BYTES element in binary: its length (4 bytes), then its bytes
@@ -174,23 +174,8 @@ def repository_index(served: dict[str, bool], ready_only: bool) -> list[dict[str
     ]
 
 
-def load_answer(name: str, served: dict[str, bool]) -> tuple[int, dict[str, str]]:
-    """A Kiln model is loaded by deploying its application (`kiln serve`), not through the
-    protocol, as under Triton's default model control mode. A client that asks to load a
-    model that is served, as scripts written for Triton's explicit mode do first, is told it
-    is loaded; any other gets why not."""
-    if served.get(name):
-        return 200, {}
-    if name in served:
-        return 503, {"error": f"model {name!r} is being deployed; it is not ready yet"}
-    why = "Kiln loads a model when its application is deployed"
-    return 404, {"error": f"{not_served(name, served)}; {why}"}
-
-
-def unload_answer(name: str, served: dict[str, bool]) -> tuple[int, dict[str, str]]:
-    if name not in served:
-        return 404, {"error": not_served(name, served)}
-    return 403, {
-        "error": f"Kiln unloads {name!r} when its application is deleted: "
-        f"kiln serve shutdown --only {name}"
-    }
+def unload_refused(name: str) -> str:
+    """Why a served model is not unloaded through the protocol, and what does it."""
+    return (
+        f"Kiln unloads {name!r} when its application is deleted: kiln serve shutdown --only {name}"
+    )
