@@ -33,10 +33,18 @@ os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
 os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5")
 
 
+# Ports Ray's processes take by default (the dashboard agent's HTTP port among them): a free
+# port handed to Ray for another component must not be one of them (Ray refuses the start).
+RAY_DEFAULT_PORTS = {6379, 8000, 8001, 8076, 8265, 9000, 10001, 52365, 52366}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 # HAProxy's own metrics and stats ports are fixed by default; a user's `kiln serve` on this

@@ -1,7 +1,8 @@
 """Kiln's digits-cnn endpoint against a plain FastAPI + uvicorn server of the same model, in
 one run, with the same load generator and payload: throughput and p50/p99 at concurrency 1
 and 32, Kiln with batching on and off, with one and two replicas, and with JSON tensors, binary
-tensors (the Open Inference Protocol's binary extension, Triton's default) and gRPC. Beside
+tensors (the Open Inference Protocol's binary extension, Triton's default) and gRPC (on Serve's
+port with `application` metadata, and without it through the index's gRPC gateway). Beside
 speed, the CPU each answered request costs over every process of the path (HAProxy, Serve's
 proxy, the replica, Ray's own, or uvicorn): the machine's busy CPU time during the run, less the
 load generator's own, per answered request. Figures go to bench-results/serve.json; the ratios are
@@ -50,9 +51,11 @@ def measure(url: str, body: bytes, headers: dict | None = None) -> dict:
     }
 
 
-def measure_grpc(address: str, application: str) -> dict:
-    """gRPC: the same image as ModelInfer's raw_input_contents."""
-    request, metadata = grpc_request_for(METADATA), {"application": application}
+def measure_grpc(address: str, application: str | None) -> dict:
+    """gRPC: the same image as ModelInfer's raw_input_contents; `application` metadata unless
+    None (Triton's client's default, for the gateway)."""
+    request = grpc_request_for(METADATA)
+    metadata = {"application": application} if application else {}
     return {
         c: measure_at(
             lambda s, c=c: generate_grpc_load(address, request, **load_of(c, s), metadata=metadata)
@@ -123,11 +126,17 @@ def plain_server(registry: str, port: int) -> subprocess.Popen:
     raise RuntimeError("the plain server did not start")
 
 
-def kiln_config(port: int, grpc_port: int, replicas: int, batch: int) -> dict:
+def kiln_config(
+    port: int, grpc_port: int, replicas: int, batch: int, gateway_port: int | None = None
+) -> dict:
     from kiln.serve.control import deploy
 
     config = deploy.load_config(
-        ROOT / "serving/digits.yaml", port=port, only=["digits-cnn"], grpc_port=grpc_port
+        ROOT / "serving/digits.yaml",
+        port=port,
+        only=["digits-cnn"],
+        grpc_port=grpc_port,
+        grpc_gateway_port=gateway_port,
     )
     app = config["applications"][-1]
     deployment = copy.deepcopy(app["deployments"][0])
@@ -170,9 +179,9 @@ def main() -> None:
         server.wait()
 
     dashboard = "http://" + ray._private.worker.get_dashboard_url()
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port, gateway_port = free_port(), free_port(), free_port()
     for name, (replicas, batch) in KILN_SETUPS.items():
-        config = kiln_config(port, grpc_port, replicas, batch)
+        config = kiln_config(port, grpc_port, replicas, batch, gateway_port)
         deploy.deploy(config, dashboard)  # batch size alone changes in place (user_config)
         deploy.wait_until_running(config, dashboard)
         time.sleep(3)  # replicas that were just replaced finish draining
@@ -182,6 +191,8 @@ def main() -> None:
         if (replicas, batch) == (1, 16):  # the same image as raw bytes, answers in binary
             results[f"{name}, binary"] = measure(url, *binary_body_for(METADATA))
             results[f"{name}, gRPC"] = measure_grpc(f"127.0.0.1:{grpc_port}", "digits-cnn")
+            gateway = measure_grpc(f"127.0.0.1:{gateway_port}", None)
+            results[f"{name}, gRPC gateway"] = gateway
     deploy.shutdown(dashboard)
     ray.shutdown()
     report(results, idle)

@@ -164,5 +164,5 @@ def test_redis_is_reachable_only_from_ray_pods(built):
         }
     ]
     public = policies["kiln-serve-from-anywhere"]["ingress"]
-    serve_ports = [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 9000}]
-    assert public == [{"ports": serve_ports}]  # only Serve's HTTP and gRPC ports
+    serve_ports = [{"protocol": "TCP", "port": port} for port in (8000, 9000, 8001)]
+    assert public == [{"ports": serve_ports}]  # only Serve's HTTP and gRPC ports, the gateway

@@ -17,6 +17,7 @@ API_KEY = "kiln-test-key-3f9a"
 # Serve keeps the HTTP port of its first start in a cluster: every deploy here uses this one.
 PORT = free_port()
 GRPC_PORT = free_port()
+GATEWAY_PORT = free_port()  # the index's gRPC gateway (serving/digits.yaml's 8001)
 SECURED = "digits-cnn-secured"
 
 
@@ -119,7 +120,12 @@ def serving_config(digits_models, recommender, raw_input_models, tmp_path_factor
 
     keys = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys.write_text(f"{API_KEY}\nanother-key\n")
-    config = deploy.load_config(ROOT / "serving" / "digits.yaml", port=PORT, grpc_port=GRPC_PORT)
+    config = deploy.load_config(
+        ROOT / "serving" / "digits.yaml",
+        port=PORT,
+        grpc_port=GRPC_PORT,
+        grpc_gateway_port=GATEWAY_PORT,
+    )
     for app in config["applications"]:
         if app["import_path"] == deploy.MODEL_APP:
             app["args"]["watch_interval_s"] = 0.5

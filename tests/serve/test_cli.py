@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, run_kiln
-from tests.serve.conftest import GRPC_PORT, PORT, dashboard_url
+from tests.serve.conftest import GATEWAY_PORT, GRPC_PORT, PORT, dashboard_url
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -31,10 +31,13 @@ def test_serve_detach_status_bench_shutdown_beside_another_team(digits_models, t
         str(PORT),
         "--grpc-port",
         str(GRPC_PORT),
+        "--grpc-gateway-port",
+        str(GATEWAY_PORT),
     )
     assert up.returncode == 0, up.stderr
     assert f"http://127.0.0.1:{PORT}/v2/models/digits-cnn" in up.stdout
     assert f"127.0.0.1:{GRPC_PORT}" in up.stdout
+    assert f"gRPC gateway   127.0.0.1:{GATEWAY_PORT}" in up.stdout
     assert "no API keys" in up.stdout  # an open endpoint is said out loud
     try:
         status = run_kiln("serve", "status", "--address", dashboard, "--json")
@@ -104,7 +107,10 @@ def a_second_team_adds_and_removes_its_own(dashboard: str, tmp_path) -> None:
     """While team A serves digits-cnn from serving/digits.yaml, team B's own file adds
     digits-mlp without touching it, cannot silently take digits-cnn over, and removes only
     its own."""
-    ports = ("--address", dashboard, "--port", str(PORT), "--grpc-port", str(GRPC_PORT))
+    ports = (
+        *("--address", dashboard, "--port", str(PORT)),
+        *("--grpc-port", str(GRPC_PORT), "--grpc-gateway-port", str(GATEWAY_PORT)),
+    )
     team_b = tmp_path / "team-b.yaml"
     config = yaml.safe_load((ROOT / "serving/digits.yaml").read_text())
     for app in config["applications"]:  # team B batches digits-cnn its own way

@@ -1,6 +1,7 @@
 """Triton's own gRPC client against serving/digits.yaml on Ray Serve's gRPC ingress: the same
 models, the same answers, and the REST path's errors as gRPC status codes. Each call names its
-model's application in the `application` metadata, which Ray Serve's ingress routes by."""
+model's application in the `application` metadata, which Ray Serve's ingress routes by; on the
+index's gRPC gateway, the client's defaults (no metadata) reach each model all the same."""
 
 import grpc
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.serve.conftest import API_KEY, GRPC_PORT, SECURED
+from tests.serve.conftest import API_KEY, GATEWAY_PORT, GRPC_PORT, SECURED
 from tests.serve.test_endpoints import validation_split
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -147,6 +148,67 @@ def test_errors_are_grpc_status_codes_with_the_rest_messages(client):
     assert status_of(lambda: classify(client, "digits-mlp", x, CNN)) == "NOT_FOUND"
     assert status_of(lambda: classify(client, "nope", x, {"application": "nope"})) == "NOT_FOUND"
     assert status_of(lambda: classify(client, "digits-cnn", x, {})) == "NOT_FOUND"
+
+
+def test_triton_grpc_client_with_its_defaults_reaches_every_model_through_the_gateway(
+    serving, digits_models
+):
+    """No `application` metadata, as Triton's client sends by default: on Serve's own port
+    that is Ray's NOT_FOUND while several models run; the gateway routes by the model named."""
+    client = triton.InferenceServerClient(f"127.0.0.1:{GATEWAY_PORT}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert "binary_tensor_data" in client.get_server_metadata().extensions
+    data, best = validation_split(digits_models, "digits-cnn@production")
+    labels = classify(client, "digits-cnn", data.x_val, {})
+    assert np.mean(np.array(labels) == data.y_val) == pytest.approx(best["val_accuracy"], abs=1e-9)
+    x = data.x_val[:6]
+    for model in ("digits-mlp", "digits-rnn"):  # the same channel, other applications
+        assert client.is_model_ready(model) and client.get_model_config(model).config.name == model
+        (given,) = client.get_model_metadata(model).inputs
+        rows = x.reshape(len(x), *[int(n) for n in given.shape[1:]])
+        named = {"application": model}
+        assert classify(client, model, rows, {}) == classify(client, model, rows, named)
+
+    # The replica's answers come back as it gave them: status, details, metadata sent on.
+    wrong = triton.InferInput("input", [2, 64], "FP32")
+    wrong.set_data_from_numpy(np.zeros((2, 64), np.float32))
+    error = raised(lambda: client.infer("digits-cnn", [wrong]))
+    assert error.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "input 'input' has shape [2, 64]; expected [-1, 1, 8, 8]" in error.message()
+    assert status_of(lambda: classify(client, SECURED, x, {})) == "UNAUTHENTICATED"
+    assert len(classify(client, SECURED, x, {"authorization": f"Bearer {API_KEY}"})) == len(x)
+    assert status_of(lambda: classify(client, "nope", x, {})) == "NOT_FOUND"
+    assert status_of(lambda: classify(client, "", x, {})) == "INVALID_ARGUMENT"
+    # A call that names its application keeps it (and the model must agree, as on Serve's port).
+    assert status_of(lambda: classify(client, "digits-mlp", x, CNN)) == "NOT_FOUND"
+    client.close()
+
+
+def test_triton_grpc_client_lists_the_repository_and_loads_only_what_is_served(
+    serving, serving_config
+):
+    """The model repository over gRPC answers as over REST (test_triton.py), through the
+    gateway with the client's defaults and on Serve's port from any application."""
+    from kiln.serve.control.deploy import MODEL_APP
+
+    apps = serving_config["applications"]
+    models = {a["name"] for a in apps if a["import_path"] == MODEL_APP}
+    gateway = triton.InferenceServerClient(f"127.0.0.1:{GATEWAY_PORT}")
+    direct = triton.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}")
+    for client, headers in ((gateway, {}), (direct, CNN), (direct, {"application": "kiln"})):
+        index = client.get_model_repository_index(headers=headers, as_json=True)["models"]
+        assert {m["name"] for m in index} == models
+        assert {m["state"] for m in index} == {"READY"}
+        client.load_model("digits-cnn", headers=headers)  # served, so loaded: no error
+    assert status_of(lambda: gateway.load_model("nope")) == "NOT_FOUND"
+    assert "no model named 'nope'" in raised(lambda: gateway.load_model("nope")).message()
+    refused = raised(lambda: gateway.unload_model("digits-cnn"))
+    assert refused.status() == "StatusCode.PERMISSION_DENIED"
+    assert "kiln serve shutdown --only digits-cnn" in refused.message()
+    assert status_of(lambda: gateway.unload_model("nope")) == "NOT_FOUND"
+    assert gateway.is_model_ready("digits-cnn")
+    gateway.close()
+    direct.close()
 
 
 def raised(call) -> InferenceServerException:

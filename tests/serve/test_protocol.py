@@ -1,5 +1,7 @@
 """Pure logic of serving: protocol decoding, API keys, and serving-config checks (no Ray)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -174,6 +176,29 @@ def test_config_checks_before_deploying(config_file):
             load_config(config_file(mutate))
     with pytest.raises(ModelNotFoundError, match="no model named 'nope'"):
         load_config(config_file(lambda a: a["args"].update(model="nope@production")))
+
+
+def test_the_grpc_gateway_is_checked_before_deploying(tmp_path, config_file):
+    from kiln.serve.control.deploy import grpc_gateway_ports, load_config
+
+    path = config_file(lambda app: None)
+    assert grpc_gateway_ports(load_config(path, grpc_gateway_port=18001)) == [18001]
+    config = yaml.safe_load(Path(path).read_text())
+    cases = {
+        "args.grpc_gateway_port 9000 is the config's HTTP or gRPC port": (
+            lambda c: c["applications"][0]["args"].update(grpc_gateway_port=9000)
+        ),
+        "args.grpc_gateway_port relays to Serve's gRPC ingress": (lambda c: c.pop("grpc_options")),
+        "args.grpc_gateway_port": lambda c: c["applications"][0]["args"].update(
+            grpc_gateway_port="grpc"
+        ),
+    }
+    for message, mutate in cases.items():
+        changed = yaml.safe_load(yaml.safe_dump(config))
+        mutate(changed)
+        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(changed))
+        with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+            load_config(tmp_path / "gateway.yaml")
 
 
 def test_an_autoscaling_target_below_the_batch_size_is_flagged(config_file):

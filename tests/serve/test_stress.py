@@ -15,7 +15,7 @@ import pytest
 
 from kiln.bench.load import LoadResult, body_for, generate_load
 from tests.conftest import ROOT
-from tests.serve.conftest import GRPC_PORT, PORT, dashboard_url, deployed
+from tests.serve.conftest import GATEWAY_PORT, GRPC_PORT, PORT, dashboard_url, deployed
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 APP = "digits-mlp"
@@ -26,7 +26,11 @@ def mlp_config(**deployment: object) -> dict:
     from kiln.serve.control import deploy
 
     config = deploy.load_config(
-        ROOT / "serving" / "digits.yaml", port=PORT, only=[APP], grpc_port=GRPC_PORT
+        ROOT / "serving" / "digits.yaml",
+        port=PORT,
+        only=[APP],
+        grpc_port=GRPC_PORT,
+        grpc_gateway_port=GATEWAY_PORT,
     )
     app = next(a for a in config["applications"] if a["name"] == APP)
     app["deployments"] = [{**app["deployments"][0], **deployment}]

@@ -107,3 +107,13 @@ def test_loading_a_served_model_succeeds_and_any_other_says_why_not():
     assert nope.status_code == 404 and "served: deploying, ready" in nope.json()["error"]
     assert post("ready", "unload").status_code == 403
     assert post("nope", "unload").status_code == 404
+
+
+def test_a_model_not_served_is_retried_while_it_deploys_and_named_among_the_others_if_unknown():
+    from kiln.serve.replica.served import not_served
+
+    served = {"digits-cnn": True, "digits-mlp": False}
+    assert not_served("digits-mlp", served) == (503, "model 'digits-mlp' is not ready yet")
+    status, message = not_served("nope", served)
+    assert status == 404 and message.endswith("(served: digits-cnn, digits-mlp)")
+    assert not_served("nope", {})[1].endswith("(served: none)")

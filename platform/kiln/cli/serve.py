@@ -55,6 +55,11 @@ def up(
     grpc_port: int | None = typer.Option(
         None, "--grpc-port", help="gRPC port, where the config serves gRPC (default: the config's)"
     ),
+    grpc_gateway_port: int | None = typer.Option(
+        None,
+        "--grpc-gateway-port",
+        help="the gRPC port for calls without `application` metadata, where the config has one",
+    ),
     only: list[str] = typer.Option([], "--only", help="serve only this model (repeatable)"),
     replace: bool = typer.Option(
         False, "--replace", help="take over applications of these names deployed from elsewhere"
@@ -67,7 +72,13 @@ def up(
 
     configs = [
         running.stamped(
-            deploy.load_config(path, port=port, only=only, grpc_port=grpc_port),
+            deploy.load_config(
+                path,
+                port=port,
+                only=only,
+                grpc_port=grpc_port,
+                grpc_gateway_port=grpc_gateway_port,
+            ),
             running.origin_of_file(path),
         )
         for path in config_paths
@@ -323,6 +334,8 @@ def _warn_if_open(config: dict[str, Any]) -> None:
 
 
 def _print_urls(config: dict[str, Any]) -> None:
+    from kiln.serve.control import deploy
+
     port = config.get("http_options", {}).get("port", 8000)
     base = f"http://127.0.0.1:{port}"
     for application in config["applications"]:
@@ -334,4 +347,6 @@ def _print_urls(config: dict[str, Any]) -> None:
             f"  gRPC           127.0.0.1:{grpc_port} ({len(grpc)} service; "
             "name the model in each call's `application` metadata)"
         )
+    for gateway in deploy.grpc_gateway_ports(config):
+        console.print(f"  gRPC gateway   127.0.0.1:{gateway} (the model each message names)")
     console.print(f"  metrics        http://127.0.0.1:{METRICS_PORT}/metrics (Prometheus)")

@@ -140,7 +140,17 @@ class RecommendUserConfig(EndpointUserConfig):
 
 
 class IndexArgs(BaseModel):
+    """`kiln.serve:index_app`: the server-level routes, and the gRPC gateway."""
+
     model_config = ConfigDict(extra="forbid")
+
+    grpc_gateway_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="a gRPC port where calls need no `application` metadata: each goes to the "
+        "model its message names (Triton's clients' default port is 8001); needs grpc_options",
+    )
 
 
 RECOMMEND_DEPLOYMENT = "Recommender"

@@ -20,6 +20,7 @@ from kiln.serve.config import (
     MODEL_DEPLOYMENT,
     MODEL_ROUTE,
     RECOMMEND_DEPLOYMENT,
+    IndexArgs,
     ModelArgs,
     ModelUserConfig,
     RecommendArgs,
@@ -31,6 +32,7 @@ from kiln.spec import first_error, read_yaml
 
 MODEL_APP = "kiln.serve:model_app"
 RECOMMEND_APP = "kiln.serve:recommend_app"
+INDEX_APP = "kiln.serve:index_app"
 M = TypeVar("M", bound=BaseModel)
 U = TypeVar("U", ModelUserConfig, RecommendUserConfig)
 
@@ -41,9 +43,10 @@ def load_config(
     port: int | None = None,
     only: Collection[str] = (),
     grpc_port: int | None = None,
+    grpc_gateway_port: int | None = None,
 ) -> dict[str, Any]:
-    """The config as Ray will receive it: checked, with the registry URI filled in (`port`
-    and `grpc_port` replace the file's HTTP and gRPC ports). `only`
+    """The config as Ray will receive it: checked, with the registry URI filled in (`port`,
+    `grpc_port` and `grpc_gateway_port` replace the file's ports). `only`
     keeps the named model applications (and the others: index, recommendations) and drops the
     other model applications."""
     source = str(path)
@@ -52,6 +55,10 @@ def load_config(
         raw.setdefault("http_options", {})["port"] = port
     if grpc_port is not None and "grpc_options" in raw:
         raw["grpc_options"]["port"] = grpc_port
+    if grpc_gateway_port is not None:
+        for app in raw["applications"]:
+            if app["import_path"] == INDEX_APP and "grpc_gateway_port" in (app.get("args") or {}):
+                app["args"]["grpc_gateway_port"] = grpc_gateway_port
     if only:
         _keep(raw, only)
     for index, app in enumerate(raw["applications"]):
@@ -60,6 +67,8 @@ def load_config(
             _check_model_app(app, where, registry)
         elif app["import_path"] == RECOMMEND_APP:
             _check_recommend_app(app, where, registry)
+        elif app["import_path"] == INDEX_APP:
+            _check_index_app(app, where, raw)
     return raw
 
 
@@ -79,6 +88,27 @@ def _check_recommend_app(app: dict[str, Any], where: str, registry: str | None) 
     args = _checked(RecommendArgs, app.get("args") or {}, where, "args")
     models = _fill_registry(app, args.registry, registry)
     _live_configs(app, where, models.resolve(args.model).name, models, RecommendUserConfig)
+
+
+def _check_index_app(app: dict[str, Any], where: str, config: dict[str, Any]) -> None:
+    port = _checked(IndexArgs, app.get("args") or {}, where, "args").grpc_gateway_port
+    if port is None:
+        return
+    grpc_options = config.get("grpc_options") or {}
+    if not grpc_options.get("grpc_servicer_functions"):
+        raise SpecError(
+            f"{where}: args.grpc_gateway_port relays to Serve's gRPC ingress: the config "
+            "needs grpc_options with its grpc_servicer_functions"
+        )
+    taken = {(config.get("http_options") or {}).get("port", 8000), grpc_options.get("port", 9000)}
+    if port in taken:
+        raise SpecError(f"{where}: args.grpc_gateway_port {port} is the config's HTTP or gRPC port")
+
+
+def grpc_gateway_ports(config: dict[str, Any]) -> list[int]:
+    """The ports where the config's index applications relay gRPC calls by model name."""
+    args = [a.get("args") or {} for a in config["applications"] if a["import_path"] == INDEX_APP]
+    return [a["grpc_gateway_port"] for a in args if a.get("grpc_gateway_port")]
 
 
 def needs_redis(config: dict[str, Any]) -> bool:

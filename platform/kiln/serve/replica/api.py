@@ -31,6 +31,7 @@ from kiln.serve.replica.protocol import (
     parse_request,
 )
 from kiln.serve.replica.rollout import ARM_HEADER, Feedback
+from kiln.serve.replica.served import not_served
 
 log = logging.getLogger("ray.serve")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -265,12 +266,9 @@ def _not_served_route(
 
 
 def _not_served(name: str, served: dict[str, bool]) -> JSONResponse:
-    if name in served:
-        error = f"model {name!r} is not ready yet"
-        return JSONResponse({"error": error}, 503, {"Retry-After": "5"})
-    known = ", ".join(sorted(served)) or "none"
-    error = f"no model named {name!r} is served here (served: {known})"
-    return JSONResponse({"error": error}, 404)
+    status, error = not_served(name, served)
+    retry = {"Retry-After": "5"} if status == 503 else None
+    return JSONResponse({"error": error}, status, retry)
 
 
 def status_of(error: KilnError) -> int:

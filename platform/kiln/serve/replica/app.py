@@ -10,7 +10,6 @@ Over gRPC, the same applications answer `inference.GRPCInferenceService` (grpc_s
 the serving config's grpc_options name its servicer.
 """
 
-import asyncio
 import logging
 from typing import Any
 
@@ -36,11 +35,13 @@ from kiln.serve.config import (
 from kiln.serve.replica.api import index_api, model_api
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
+from kiln.serve.replica.grpc_gateway import start_gateway
 from kiln.serve.replica.grpc_service import IndexService, ModelService
 from kiln.serve.replica.metrics import EndpointMetrics, RecommendMetrics
 from kiln.serve.replica.predictor import Recommender
 from kiln.serve.replica.protocol import InferenceRequest
 from kiln.serve.replica.recommend import RecommendEndpoint, recommend_api
+from kiln.serve.replica.served import served_models
 from kiln.settings import get_settings
 
 log = logging.getLogger("ray.serve")
@@ -104,18 +105,19 @@ class ModelDeployment(ModelService):  # ModelService: the same model over gRPC
 @serve.deployment(name="Index", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=64)
 @serve.ingress()
 class IndexDeployment(IndexService):
+    async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]
+        config = IndexArgs.model_validate(args)
+        self.gateway = None
+        if config.grpc_gateway_port is not None:
+            index = serve.get_replica_context().app_name
+            self.gateway = await start_gateway(config.grpc_gateway_port, index)
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         return index_api(served_models)
 
-
-async def served_models() -> dict[str, bool]:
-    """Every model application on this Serve instance and whether it is running."""
-    status = await asyncio.to_thread(serve.status)  # a call to the Serve controller
-    return {
-        name: app.status == "RUNNING"
-        for name, app in status.applications.items()
-        if MODEL_DEPLOYMENT in app.deployments
-    }
+    async def __del__(self) -> None:  # Serve awaits it when the replica stops
+        if gateway := getattr(self, "gateway", None):
+            await gateway.stop(grace=5)  # calls in flight finish
 
 
 def model_app(args: dict[str, Any]) -> Application:
@@ -125,7 +127,7 @@ def model_app(args: dict[str, Any]) -> Application:
 
 def index_app(args: dict[str, Any] | None = None) -> Application:
     IndexArgs.model_validate(args or {})
-    return IndexDeployment.bind()  # type: ignore[attr-defined]
+    return IndexDeployment.bind(args or {})  # type: ignore[attr-defined]
 
 
 @serve.deployment(

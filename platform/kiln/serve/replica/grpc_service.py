@@ -8,7 +8,8 @@ as `headers=`). API keys travel as `authorization: Bearer <key>`. Tensors come a
 `raw_input_contents` / `raw_output_contents` (or typed `contents` on the way in), decoded and
 checked by the same code as the REST path, with its error messages:
 
-    400 -> INVALID_ARGUMENT    401 -> UNAUTHENTICATED    404 -> NOT_FOUND
+    400 -> INVALID_ARGUMENT    401 -> UNAUTHENTICATED    403 -> PERMISSION_DENIED
+    404 -> NOT_FOUND           503 -> UNAVAILABLE
 """
 
 import time
@@ -22,7 +23,7 @@ from ray.serve.grpc_util import RayServegRPCContext
 
 import kiln
 from kiln.errors import KilnError, ModelNotFoundError, RequestError
-from kiln.serve.replica import binary
+from kiln.serve.replica import binary, triton
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
 from kiln.serve.replica.protocol import (
@@ -34,6 +35,7 @@ from kiln.serve.replica.protocol import (
     datatype_of,
 )
 from kiln.serve.replica.protos import open_inference_pb2 as pb
+from kiln.serve.replica.served import not_served, served_models
 
 # What a serving config's grpc_options.grpc_servicer_functions names.
 SERVICER = (
@@ -43,6 +45,7 @@ HTTP_STATUS = {
     grpc.StatusCode.OK: 200,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNAVAILABLE: 503,
@@ -68,7 +71,8 @@ class Unauthenticated(KilnError):
 
 
 class ServerService:
-    """The server-level calls, answered by any Kiln application."""
+    """The server-level calls (health, metadata, the model repository), answered by any Kiln
+    application."""
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, grpc_context: RayServegRPCContext
@@ -86,6 +90,41 @@ class ServerService:
         return pb.ServerMetadataResponse(
             name="kiln", version=kiln.__version__, extensions=EXTENSIONS
         )
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, grpc_context: RayServegRPCContext
+    ) -> pb.RepositoryIndexResponse:
+        listed = triton.repository_index(await served_models(), request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**model) for model in listed]
+        )
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, grpc_context: RayServegRPCContext
+    ) -> pb.RepositoryModelLoadResponse:
+        """A model is loaded by deploying it: a served one loads, as under Triton's default
+        model control (the REST route's answers)."""
+        served = await served_models()
+        if not served.get(request.model_name):
+            _status(grpc_context, *not_served(request.model_name, served))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, grpc_context: RayServegRPCContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        served = await served_models()
+        if request.model_name in served:
+            _status(grpc_context, 403, triton.unload_refused(request.model_name))
+        else:
+            _status(grpc_context, *not_served(request.model_name, served))
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _status(grpc_context: RayServegRPCContext, http: int, message: str) -> None:
+    """The call's status code for the REST path's `http` status, and its message."""
+    code = next((c for c, status in HTTP_STATUS.items() if status == http), None)
+    grpc_context.set_code(code or grpc.StatusCode.UNKNOWN)
+    grpc_context.set_details(message)
 
 
 class ModelService(ServerService):
