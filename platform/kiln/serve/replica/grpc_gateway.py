@@ -23,8 +23,9 @@ import grpc
 import ray
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import DecodeError
 
-from kiln.errors import ServeError
+from kiln.errors import RequestError, ServeError
 from kiln.serve.replica.protos import open_inference_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -59,10 +60,10 @@ class GrpcGateway(grpc.GenericRpcHandler):
         application_of = self._application_of(method)
 
         async def relay(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            application = application_of(request)
-            if not application:
-                unnamed = f"{method.name}: the request names no model"
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, unnamed)
+            try:
+                application = application_of(request)
+            except RequestError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             call = upstream(
                 request,
                 metadata=_metadata(context.invocation_metadata() or (), application),
@@ -79,14 +80,24 @@ class GrpcGateway(grpc.GenericRpcHandler):
         return relay
 
     def _application_of(self, method: MethodDescriptor) -> Callable[[bytes], str]:
-        """The application a call of `method` goes to: the model its message names ('' when
-        it names none), or the index for the server-level calls."""
+        """The application a call of `method` goes to: the model its message names, or the
+        index for the server-level calls; RequestError for a message that names none."""
         fields = method.input_type.fields_by_name
-        name = fields.get("model_name") or fields.get("name")
-        if name is None or method.name.startswith("Repository"):  # the index's own calls
+        field = fields.get("model_name") or fields.get("name")
+        if field is None or method.name.startswith("Repository"):  # the index's own calls
             return lambda request: self.index
         parse = message_factory.GetMessageClass(method.input_type).FromString
-        return lambda request: str(getattr(parse(request), name.name))
+
+        def model_named(request: bytes) -> str:
+            try:
+                name = str(getattr(parse(request), field.name))
+            except DecodeError:
+                raise RequestError(f"{method.name}: not a {method.input_type.name}") from None
+            if not name:
+                raise RequestError(f"{method.name}: the request names no model ({field.name})")
+            return name
+
+        return model_named
 
     async def serve(self, host: str, port: int) -> grpc.aio.Server:
         server = grpc.aio.server(options=UNLIMITED)
@@ -114,10 +125,10 @@ async def start_gateway(port: int, index: str) -> grpc.aio.Server:
             "grpc_gateway_port needs the serving config's grpc_options "
             "(its port and grpc_servicer_functions)"
         )
-    node = ray.util.get_node_ip_address()
-    upstream = node if host in ("0.0.0.0", "::", "") else host
+    every_interface = host in ("0.0.0.0", "::", "")
+    upstream = ray.util.get_node_ip_address() if every_interface else host
     gateway = GrpcGateway(f"{upstream}:{grpc_port}", index)
-    return await gateway.serve("[::]" if host in ("0.0.0.0", "::", "") else host, port)
+    return await gateway.serve("[::]" if every_interface else host, port)
 
 
 def _serve_ingress() -> tuple[int | None, str]:
