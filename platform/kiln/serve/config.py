@@ -139,6 +139,9 @@ class RecommendUserConfig(EndpointUserConfig):
         return traffic
 
 
+INDEX_APP = "kiln.serve:index_app"
+
+
 class IndexArgs(BaseModel):
     """`kiln.serve:index_app`: the server-level routes, and the gRPC gateway."""
 

@@ -17,6 +17,7 @@ from kiln.cluster.dashboard import describe, first_line, open_client, with_schem
 from kiln.errors import ServeError, SpecError
 from kiln.registry import ModelRegistry
 from kiln.serve.config import (
+    INDEX_APP,
     MODEL_DEPLOYMENT,
     MODEL_ROUTE,
     RECOMMEND_DEPLOYMENT,
@@ -32,7 +33,6 @@ from kiln.spec import first_error, read_yaml
 
 MODEL_APP = "kiln.serve:model_app"
 RECOMMEND_APP = "kiln.serve:recommend_app"
-INDEX_APP = "kiln.serve:index_app"
 M = TypeVar("M", bound=BaseModel)
 U = TypeVar("U", ModelUserConfig, RecommendUserConfig)
 
@@ -127,16 +127,21 @@ def use_redis(config: dict[str, Any], url: str) -> None:
 
 def merge(configs: list[dict[str, Any]]) -> dict[str, Any]:
     """Several configs deployed together (a deploy replaces every application on the cluster):
-    the first config's options, every application once (the same index may appear in each)."""
+    the first config's options (and gRPC's of the first that has them), every application
+    once; the index, which each config may carry, joined (`running.joined_index`)."""
     merged = {**configs[0], "applications": []}
+    if grpc := next((c["grpc_options"] for c in configs if c.get("grpc_options")), None):
+        merged["grpc_options"] = grpc  # one config serves gRPC: the merged one does
     by_name: dict[str, dict[str, Any]] = {}
     for app in (a for c in configs for a in c["applications"]):
-        if app["name"] in by_name:
-            if not running.same(by_name[app["name"]], app):
-                raise SpecError(f"two different applications are named {app['name']!r}")
-            continue
-        by_name[app["name"]] = app
-        merged["applications"].append(app)
+        first = by_name.get(app["name"])
+        if first is None:
+            by_name[app["name"]] = app
+        elif index := running.joined_index(first, app):
+            by_name[app["name"]] = index
+        elif not running.same(first, app):
+            raise SpecError(f"two different applications are named {app['name']!r}")
+    merged["applications"] = list(by_name.values())
     return merged
 
 

@@ -10,7 +10,8 @@ deployed (`deployed_app_config`), with b.yaml's added or updated:
 Each application records where it came from (`KILN_DEPLOYED_FROM`, "user@host:/path.yaml", in
 its runtime_env, where `kiln serve status` reads it back). A name that runs already, from
 another file and with another config, is refused unless `replace`; an identical application
-(the shared index, say) is kept as it runs, untouched.
+is kept as it runs, untouched, and the index (every config may carry it) is joined to the one
+that runs.
 """
 
 import copy
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import ServeError
+from kiln.serve.config import INDEX_APP
 
 ORIGIN = "KILN_DEPLOYED_FROM"
 
@@ -59,6 +61,9 @@ def merged_into(config: dict[str, Any], details: dict[str, Any], replace: bool) 
         before = running.pop(app["name"], None)
         if before is not None and same(before, app):
             ours.append(before)  # unchanged: no restart, its origin kept
+            continue
+        if before is not None and (index := joined_index(before, app)):
+            ours.append(index)  # the cluster's index, with what this config adds to it
             continue
         if before is not None and origin(before) != origin(app) and not replace:
             raise ServeError(
@@ -109,6 +114,25 @@ def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
         return {k: v for k, v in app.items() if v not in (None, {}, []) and k != "logging_config"}
 
     return bare(a) == bare(b)
+
+
+def joined_index(before: dict[str, Any], app: dict[str, Any]) -> dict[str, Any] | None:
+    """Two index applications of one name as one (None when either is not an index): the
+    index is the cluster's, not a config's, so the first stands as it is, with the args the
+    second sets that it does not (a gRPC gateway port); two different values of one arg are
+    an error."""
+    if not before["import_path"] == app["import_path"] == INDEX_APP:
+        return None
+    first, second = before.get("args") or {}, app.get("args") or {}
+    for key in first.keys() & second.keys():
+        if first[key] != second[key]:
+            raise ServeError(
+                f"application {app['name']!r} (the index) already has {key}: {first[key]!r}, "
+                f"not {second[key]!r}; set the same value, or leave it out"
+            )
+    index = copy.deepcopy(before)
+    index["args"] = {**first, **second}
+    return index
 
 
 def _check_routes(ours: list[dict[str, Any]], others: list[dict[str, Any]]) -> None:
