@@ -218,20 +218,14 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
             raise RequestError(describe(e.errors())) from None
         return triton.repository_index(await models(), asked.ready)
 
-    # A model is loaded by deploying its application, as under Triton's default model
-    # control: loading a served one succeeds (scripts written for Triton's explicit mode load
-    # first), any other is answered as a request to a model that is not served.
     @api.post("/v2/repository/models/{name}/load", responses=ERRORS)
     async def load(name: str) -> JSONResponse:
-        served = await models()
-        return JSONResponse({}) if served.get(name) else _not_served(name, served)
+        refused = triton.load_refused(name, await models())
+        return JSONResponse({}) if refused is None else _error(*refused)
 
     @api.post("/v2/repository/models/{name}/unload", responses={**ERRORS, **FORBIDDEN})
     async def unload(name: str) -> JSONResponse:
-        served = await models()
-        if name not in served:
-            return _not_served(name, served)
-        return JSONResponse({"error": triton.unload_refused(name)}, 403)
+        return _error(*triton.unload_refused(name, await models()))
 
     # A request reaches these only when no model app owns its name (the proxy routes by the
     # longest prefix): a 404 that names the served models. Each model documents these routes
@@ -260,13 +254,13 @@ def _not_served_route(
     models: Callable[[], Awaitable[dict[str, bool]]],
 ) -> Callable[[str], Awaitable[JSONResponse]]:
     async def route(name: str) -> JSONResponse:
-        return _not_served(name, await models())
+        return _error(*not_served(name, await models()))
 
     return route
 
 
-def _not_served(name: str, served: dict[str, bool]) -> JSONResponse:
-    status, error = not_served(name, served)
+def _error(status: int, error: str) -> JSONResponse:
+    """An error answer; a 503 (a model still deploying) says when to retry."""
     retry = {"Retry-After": "5"} if status == 503 else None
     return JSONResponse({"error": error}, status, retry)
 

@@ -7,8 +7,8 @@ without `headers={"application": "digits-cnn"}` is NOT_FOUND once several models
 The gateway, run by the index application's replica where its args set `grpc_gateway_port`,
 reads the model's name from each call's message (`name`, or `model_name` in ModelInfer), adds
 it as the `application` metadata when the call has none, and relays the call, its bytes
-unchanged, to Serve's gRPC ingress on its node. Status, details
-and trailing metadata come back as the model's replica answered them; server-level calls
+unchanged, to Serve's gRPC ingress on its node. Status, details and trailing metadata come
+back as the model's replica answered them; server-level calls
 (ServerLive, ServerReady, ServerMetadata, the model repository's) go to the index application.
 
 It is written by hand because no proxy routes on a field of a protobuf body: Envoy and HAProxy
@@ -43,18 +43,15 @@ class GrpcGateway(grpc.GenericRpcHandler):
     def __init__(self, upstream: str, index: str):
         self.channel = grpc.aio.insecure_channel(upstream, options=UNLIMITED)
         self.index = index
-        self.handlers = {
-            f"/{SERVICE.full_name}/{method.name}": grpc.unary_unary_rpc_method_handler(
-                self._relay(method)
-            )
-            for method in SERVICE.methods
-        }
+        relays = (self._relay(method) for method in SERVICE.methods)
+        self.handlers = {path: grpc.unary_unary_rpc_method_handler(h) for path, h in relays}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         """The call's handler; None (UNIMPLEMENTED) for methods the protocol does not have."""
         return self.handlers.get(handler_call_details.method)
 
-    def _relay(self, method: MethodDescriptor) -> Handler:
+    def _relay(self, method: MethodDescriptor) -> tuple[str, Handler]:
+        """The method's path and the handler that relays its calls."""
         path = f"/{SERVICE.full_name}/{method.name}"
         upstream = self.channel.unary_unary(path)  # bytes in, bytes out
         application_of = self._application_of(method)
@@ -77,7 +74,7 @@ class GrpcGateway(grpc.GenericRpcHandler):
             context.set_trailing_metadata(tuple(await call.trailing_metadata() or ()))
             return response
 
-        return relay
+        return path, relay
 
     def _application_of(self, method: MethodDescriptor) -> Callable[[bytes], str]:
         """The application a call of `method` goes to: the model its message names, or the

@@ -35,7 +35,7 @@ from kiln.serve.replica.protocol import (
     datatype_of,
 )
 from kiln.serve.replica.protos import open_inference_pb2 as pb
-from kiln.serve.replica.served import not_served, served_models
+from kiln.serve.replica.served import served_models
 
 # What a serving config's grpc_options.grpc_servicer_functions names.
 SERVICER = (
@@ -102,21 +102,14 @@ class ServerService:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, grpc_context: RayServegRPCContext
     ) -> pb.RepositoryModelLoadResponse:
-        """A model is loaded by deploying it: a served one loads, as under Triton's default
-        model control (the REST route's answers)."""
-        served = await served_models()
-        if not served.get(request.model_name):
-            _status(grpc_context, *not_served(request.model_name, served))
+        if refused := triton.load_refused(request.model_name, await served_models()):
+            _status(grpc_context, *refused)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, grpc_context: RayServegRPCContext
     ) -> pb.RepositoryModelUnloadResponse:
-        served = await served_models()
-        if request.model_name in served:
-            _status(grpc_context, 403, triton.unload_refused(request.model_name))
-        else:
-            _status(grpc_context, *not_served(request.model_name, served))
+        _status(grpc_context, *triton.unload_refused(request.model_name, await served_models()))
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, StrictBool
 
 from kiln.serve.replica.protocol import DTYPES, ModelMetadata, TensorMetadata
+from kiln.serve.replica.served import not_served
 
 EXTENSIONS = ["model_configuration", "statistics", "model_repository"]
 BYTES_PREFIX = 4  # each BYTES element in binary: its length (4 bytes), then its bytes
@@ -174,8 +175,18 @@ def repository_index(served: dict[str, bool], ready_only: bool) -> list[dict[str
     ]
 
 
-def unload_refused(name: str) -> str:
-    """Why a served model is not unloaded through the protocol, and what does it."""
-    return (
+def load_refused(name: str, served: dict[str, bool]) -> tuple[int, str] | None:
+    """A model is loaded by deploying it, as under Triton's default model control: a served,
+    ready one loads (None: scripts written for Triton's explicit mode load first); any other
+    is answered as a request to a model that is not served (HTTP status, message)."""
+    return None if served.get(name) else not_served(name, served)
+
+
+def unload_refused(name: str, served: dict[str, bool]) -> tuple[int, str]:
+    """Why `name` is not unloaded through the protocol (HTTP status, message): a served
+    model is unloaded by deleting its application, which the message says how to do."""
+    if name not in served:
+        return not_served(name, served)
+    return 403, (
         f"Kiln unloads {name!r} when its application is deleted: kiln serve shutdown --only {name}"
     )
