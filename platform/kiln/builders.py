@@ -29,16 +29,26 @@ class Builders(Generic[F]):
         self.reserved = reserved
         self._builders: dict[str, F] = {}
         self._params: dict[str, type[pydantic.BaseModel]] = {}
+        self._imports: dict[str, tuple[str, ...]] = {}
 
-    def register(self, name: str) -> Callable[[F], F]:
+    def register(self, name: str, imports: tuple[str, ...] = ()) -> Callable[[F], F]:
+        """`imports`: heavy modules the builder imports when it runs (not at registration, so
+        that processes which only unpickle its module skip them); a CLI may import them
+        ahead, while it waits for something else."""
+
         def decorate(builder: F) -> F:
             if name in self._builders:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._builders[name] = builder
             self._params[name] = params_model(builder, skip=self.reserved)
+            self._imports[name] = imports
             return builder
 
         return decorate
+
+    def imports(self, name: str) -> tuple[str, ...]:
+        self.get(name)
+        return self._imports[name]
 
     def names(self) -> list[str]:
         return sorted(self._builders)

@@ -1,5 +1,9 @@
 """Dataset builders: shapes, deterministic splits, no leakage, and the user's own files."""
 
+import importlib
+import inspect
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,6 +28,18 @@ def test_digits_image_and_sequence_layouts():
     assert len(image.x_train) + len(image.x_val) == 1797
     assert image.schema.output_dim == 10 and image.x_train.max() <= 1.0
     np.testing.assert_array_equal(image.x_val[:, 0], sequence.x_val)  # same split
+
+
+@pytest.mark.parametrize("name", data.DATASETS.names())
+def test_the_modules_a_builder_names_for_preloading_are_the_ones_it_imports(name):
+    """`kiln train` imports them while Ray starts; a wrong name would only lose that."""
+    named = data.imports(DataSpec(name=name))
+    for module in named:
+        importlib.import_module(module)
+    builder = inspect.getsource(data.DATASETS.get(name))
+    imported = set(re.findall(r"^\s+(?:from|import) (\S+)", builder, re.MULTILINE))
+    heavy = {m for m in imported if m.split(".")[0] in ("sklearn", "statsmodels")}
+    assert heavy == set(named)
 
 
 def test_splits_are_deterministic_and_seeded():

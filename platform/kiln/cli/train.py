@@ -5,6 +5,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from kiln import data as datasets
 from kiln.cli.output import console, number, print_json, stdout_for_json_only
 from kiln.validate import load_spec
 
@@ -30,8 +31,9 @@ def train(
     from kiln.cluster.connect import connect
     from kiln.cluster.preflight import check_cluster_started_here
 
+    preload = ["kiln.train.runner", *datasets.imports(spec.data)]  # imported while Ray starts
     show_logs = verbose and not json_output
-    if connect(address, show_logs, dashboard=dashboard, preload=["kiln.train.runner"]):
+    if connect(address, show_logs, dashboard=dashboard, preload=preload):
         check_cluster_started_here(spec)
     from kiln.train import run_job  # imported while Ray started (preload)
     from kiln.train.progress import ProgressView

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import typer
 
+from kiln import data as datasets
 from kiln.cli.output import console, print_json, stdout_for_json_only
 from kiln.validate import load_spec
 
@@ -27,7 +28,8 @@ def tune(
     from kiln.cluster.connect import connect
     from kiln.cluster.preflight import check_cluster_started_here
 
-    if connect(address, show_logs=verbose and not json_output, preload=["kiln.tune.search"]):
+    preload = ["kiln.tune.search", *datasets.imports(spec.data)]  # imported while Ray starts
+    if connect(address, show_logs=verbose and not json_output, preload=preload):
         check_cluster_started_here(spec)
     from kiln.tune import run_search  # imported while Ray started (preload)
 

@@ -23,7 +23,16 @@ from kiln.data.files import check_exists
 from kiln.data.stream import StreamedDataset
 from kiln.errors import DataError, SpecError
 
-__all__ = ["DATASETS", "DataSpec", "Dataset", "StreamedDataset", "build", "check", "streams"]
+__all__ = [
+    "DATASETS",
+    "DataSpec",
+    "Dataset",
+    "StreamedDataset",
+    "build",
+    "check",
+    "imports",
+    "streams",
+]
 
 
 class DataSpec(Protocol):
@@ -65,6 +74,12 @@ def check(spec: DataSpec) -> None:
 
 def streams(name: str) -> bool:
     return DATASETS.accepts(name, "streaming") is not None
+
+
+def imports(spec: DataSpec) -> tuple[str, ...]:
+    """The heavy modules building the dataset imports (scikit-learn for its datasets): a CLI
+    imports them while Ray starts, 0.9 s before `kiln train jobs/digits-cnn.yaml` trains."""
+    return DATASETS.imports(spec.name)
 
 
 def build(spec: DataSpec, task: str) -> Dataset | StreamedDataset:

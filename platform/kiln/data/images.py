@@ -29,7 +29,7 @@ from kiln.errors import DataError
 from kiln.schema import DataSchema
 
 
-@DATASETS.register("digits")
+@DATASETS.register("digits", imports=("sklearn.datasets",))
 def digits(
     task: str, val_fraction: float, seed: int, *, layout: Literal["image", "sequence"] = "image"
 ) -> Dataset:

@@ -17,7 +17,7 @@ from kiln.errors import DataError
 from kiln.schema import DataSchema
 
 
-@DATASETS.register("co2")
+@DATASETS.register("co2", imports=("statsmodels.api",))
 def co2(
     task: str, val_fraction: float, seed: int, *, window: int = 24, horizon: int = 1
 ) -> Dataset:

@@ -157,7 +157,7 @@ def value_counts(column: pd.Series) -> dict[str, int]:
     return {k: int(v) for k, v in texts[texts.str.strip() != ""].value_counts().items()}
 
 
-@DATASETS.register("breast_cancer")
+@DATASETS.register("breast_cancer", imports=("sklearn.datasets",))
 def breast_cancer(task: str, val_fraction: float, seed: int) -> Dataset:
     """Wisconsin diagnostic breast cancer: 569 patients, 30 features, malignant or benign."""
     from sklearn.datasets import load_breast_cancer  # here: Ray Data's workers import this module

@@ -22,6 +22,7 @@ keep up with the model.
 """
 
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -70,10 +71,19 @@ def train_loader(
     data: Dataset, global_batch: int, world: int, drop_last: bool = False
 ) -> DataLoader:
     """`batch_size` in a spec is global: each of the `world` workers takes its share."""
-    tensors = TensorDataset(torch.as_tensor(data.x_train), torch.as_tensor(data.y_train))
+    tensors = TensorDataset(shared_tensor(data.x_train), shared_tensor(data.y_train))
     batch = max(1, global_batch // world)
     loader = DataLoader(tensors, batch_size=batch, shuffle=True, drop_last=drop_last)
     return ray.train.torch.prepare_data_loader(loader)
+
+
+def shared_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over the array without a copy. Arrays from Ray's object store are read-only
+    (one copy in shared memory for every worker on the node), which torch warns about: the
+    loop only reads them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(array)
 
 
 class MemoryFeed:

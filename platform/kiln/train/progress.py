@@ -15,22 +15,33 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 class ReportForwarder(ray.train.UserCallback):
     """Runs on the controller process: forwards rank 0's metrics and worker failures. With
-    `with_controller`, a report also carries the controller's handle, with which the reader
-    can abort the run (a Tune trial does, when Tune stops it); a reader that keeps the handle
-    keeps the controller's process alive. The controller unpickles this class: its module must
-    stay light to import (kiln.tune's would cost every run 1.5 s of CPU)."""
+    `with_controller`, an event after the first report carries the controller's handle, with
+    which the reader can abort the run (a Tune trial does, when Tune stops it); a reader that
+    keeps the handle keeps the controller's process alive. The controller unpickles this
+    class: its module must stay light to import (kiln.tune's would cost every run 1.5 s of CPU)."""
 
     def __init__(self, queue: Queue, with_controller: bool = False):
         self.queue = queue
         self.with_controller = with_controller
+        self.controller_sent = False
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         event: dict[str, Any] = {"kind": "report", "metrics": metrics[0]}
-        if self.with_controller:
-            event["controller"] = ray.get_runtime_context().current_actor
         if checkpoint is not None:
             event["checkpoint"] = checkpoint.path
         self.queue.put(event)
+        if self.with_controller and not self.controller_sent:
+            self._send_controller()
+
+    def _send_controller(self) -> None:
+        """The controller's handle, once, after the first report and without waiting for it:
+        the queue's actor takes half a second to accept an actor handle (it registers with
+        the handle's owner), which delayed the first epoch's report as much when they
+        travelled together."""
+        handle = ray.get_runtime_context().current_actor
+        put = self.queue.actor.put  # the queue's actor method; Queue.put waits for it
+        put.remote({"kind": "controller", "controller": handle}, None)  # type: ignore[attr-defined]
+        self.controller_sent = True
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
         ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
@@ -40,17 +51,33 @@ class ReportForwarder(ray.train.UserCallback):
 
 
 ABORT_WAIT_S = 30.0
+HANDLE_WAIT_S = 5.0
 
 
-def abort(controller: Any, queue: Queue, thread: threading.Thread) -> None:
+def abort(controller: Any, queue: Queue, thread: threading.Thread, reported: bool) -> None:
     """Ends a Train run fitting in `thread` (its reports on `queue`; `controller`, the handle
-    they carried, or None before the first): the queue goes first, as the controller may be
-    blocked putting a report on it (its next report then fails the run, should the abort not
-    reach it)."""
+    that follows its first report, or None). A reader that has a report (`reported`) but not
+    yet the handle waits for it. The queue goes first, as the controller may be blocked
+    putting a report on it (its next report then fails the run, should the abort not reach
+    it: a run stopped before its first report)."""
+    if controller is None and reported:
+        controller = _awaited_controller(queue)
     queue.shutdown(force=True)
     if controller is not None:  # a call to an ended run's controller fails only its reply
         controller.abort.remote()
     thread.join(timeout=ABORT_WAIT_S)
+
+
+def _awaited_controller(queue: Queue) -> Any:
+    deadline = time.monotonic() + HANDLE_WAIT_S
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            event = queue.get(timeout=left)
+        except Empty:
+            return None
+        if event["kind"] == "controller":  # the events before it are dropped: the run ends
+            return event["controller"]
+    return None
 
 
 class ProgressView:
@@ -104,6 +131,8 @@ class ProgressView:
         self.bar.console.print(f"[yellow]waiting: {escape(why)}")
 
     def show(self, event: dict[str, Any]) -> None:
+        if event["kind"] == "controller":  # the run's handle, for its reader (see abort)
+            return
         self.events.append(event)
         if event["kind"] == "failure":
             reason = escape(event["reason"])  # error text may hold [brackets]

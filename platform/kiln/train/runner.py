@@ -13,7 +13,6 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.util.queue import Queue
 
@@ -25,6 +24,7 @@ from kiln.spec import JobSpec
 from kiln.train import loops
 from kiln.train.feed import ExactValidation
 from kiln.train.progress import ProgressView, ReportForwarder, abort
+from kiln.train.trainer import LeanTorchTrainer, has_state_api
 
 log = logging.getLogger(__name__)
 WAIT_NOTICE_S = 20  # no report by then: say what the workers are waiting for, if anything
@@ -72,7 +72,9 @@ def run_job(
     dataset = datasets.build(spec.data, spec.task)
     queue = Queue(actor_options={"num_cpus": 0})
     forwarder = ReportForwarder(queue, with_controller=True)  # Ctrl-C aborts through it
-    trainer = build_trainer(spec, dataset, run_name, storage, [forwarder])
+    trainer = build_trainer(
+        spec, dataset, run_name, storage, [forwarder], watch_placement_groups=has_state_api()
+    )
     needed = workers_need(spec, worker_resources(spec, isinstance(dataset, StreamedDataset)))
     try:
         result = _fit_with_progress(trainer, queue, view, needed, spec.scaling.start_timeout_s)
@@ -120,10 +122,12 @@ def build_trainer(
     callbacks: list,
     data_ref: ray.ObjectRef | None = None,
     start_from: str | None = None,
-) -> TorchTrainer:
+    watch_placement_groups: bool = True,
+) -> LeanTorchTrainer:
     """`data_ref`: the dataset already in the object store (a search puts it once for all of
     its trials); a streamed dataset's rows go to the workers as Ray Data shards instead.
-    `start_from`: the path in `storage` of a checkpoint to continue from (another run's)."""
+    `start_from`: the path in `storage` of a checkpoint to continue from (another run's).
+    `watch_placement_groups`: see kiln.train.trainer."""
     scaling = spec.scaling
     workers: Any = scaling.num_workers  # an int, or a (min, max) tuple for elastic training
     loop = loops.for_task(spec.task)
@@ -131,7 +135,7 @@ def build_trainer(
     streamed = isinstance(dataset, StreamedDataset)
     data_ref = data_ref or put_for_workers(dataset)
     poll_reports_often()
-    return TorchTrainer(
+    return LeanTorchTrainer(
         loop.train_loop_per_worker,
         train_loop_config={
             "spec": spec.model_dump(mode="json", by_alias=True),
@@ -161,6 +165,7 @@ def build_trainer(
             ),
             callbacks=callbacks,
         ),
+        watch_placement_groups=watch_placement_groups,
     )
 
 
@@ -235,7 +240,7 @@ def workers_need(spec: JobSpec, per_worker: dict[str, float] | None) -> dict[str
 
 
 def _fit_with_progress(
-    trainer: TorchTrainer,
+    trainer: LeanTorchTrainer,
     queue: Queue,
     view: ProgressView,
     needed: dict[str, float],
@@ -265,7 +270,7 @@ def _fit_with_progress(
                     if short := shortfall(needed, groups_before):
                         view.waiting(f"{short}; {_patience(start_timeout_s)}")
         except KeyboardInterrupt:  # the run ends before this process does, not under it
-            abort(controller, queue, thread)
+            abort(controller, queue, thread, reported=view.first_report_s is not None)
             raise
         for event in view.drain(queue, timeout=0.5):
             event.pop("controller", None)  # a kept handle keeps the controller's process

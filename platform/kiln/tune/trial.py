@@ -26,9 +26,9 @@ THREAD_TIMEOUT_S = "60"
 
 def fit_reporting(trainer: Any, queue: Queue, report: Callable[[dict[str, Any]], None]) -> None:
     """`trainer.fit()` in a thread (its callbacks: a ReportForwarder on `queue`, with the
-    controller's handle), each report passed to `report` (which calls `tune.report`) on this
-    one. A failure of the fit is raised here, after the last report; Tune stopping the trial
-    aborts the run."""
+    controller's handle after the first report), each report passed to `report` (which calls
+    `tune.report`) on this one. A failure of the fit is raised here, after the last report;
+    Tune stopping the trial aborts the run."""
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", THREAD_TIMEOUT_S)
     outcome: dict[str, BaseException] = {}
 
@@ -40,7 +40,7 @@ def fit_reporting(trainer: Any, queue: Queue, report: Callable[[dict[str, Any]],
 
     thread = threading.Thread(target=fit, name="kiln-trial-fit", daemon=True)
     thread.start()
-    controller = None
+    controller, reported = None, False
     try:
         while thread.is_alive() or not queue.empty():
             try:
@@ -49,9 +49,10 @@ def fit_reporting(trainer: Any, queue: Queue, report: Callable[[dict[str, Any]],
                 continue
             controller = event.pop("controller", controller)
             if event["kind"] == "report":
+                reported = True
                 report(event)
     except BaseException:  # SystemExit: Tune stopped or paused the trial
-        abort(controller, queue, thread)
+        abort(controller, queue, thread, reported)
         raise
     queue.shutdown()
     if "error" in outcome:

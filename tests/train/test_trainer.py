@@ -1,0 +1,103 @@
+"""The trainer starts no actor a run has no work for, and a run's reports reach the driver
+without waiting on the controller's handle."""
+
+import threading
+
+import pytest
+import ray
+from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.callbacks import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import (
+    PlacementGroupCleanerCallback,
+)
+from ray.util.queue import Queue
+from ray.util.state import list_actors
+from rich.console import Console
+
+from kiln.train import run_job
+from kiln.train.progress import ProgressView, ReportForwarder, abort
+from kiln.train.trainer import LeanTorchTrainer, has_state_api
+from kiln.validate import load_spec
+from tests.conftest import ROOT, quiet_view
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+IDLE = (DatasetsCallback, PlacementGroupCleanerCallback)
+
+
+def loop(config):
+    pass
+
+
+def kinds(trainer) -> list[type]:
+    return [type(c) for c in trainer._create_default_callbacks()]
+
+
+def test_a_run_without_datasets_or_state_api_drops_only_their_actors():
+    """Ray's own list, less the dataset manager and the placement-group cleaner: should Ray
+    rename or restructure them, this fails rather than Kiln silently starting them again."""
+    ray_default = kinds(TorchTrainer(loop))
+    assert set(IDLE) <= set(ray_default)
+    lean = kinds(LeanTorchTrainer(loop, watch_placement_groups=False))
+    assert lean == [k for k in ray_default if k not in IDLE]
+
+
+def test_a_run_with_datasets_and_state_api_keeps_ray_s_callbacks():
+    datasets_given = {"train": ray.data.range(4)}
+    assert kinds(LeanTorchTrainer(loop, datasets=datasets_given)) == kinds(
+        TorchTrainer(loop, datasets=datasets_given)
+    )
+    assert PlacementGroupCleanerCallback in kinds(LeanTorchTrainer(loop))
+
+
+def test_an_in_memory_run_starts_no_dataset_manager(fresh_home):
+    """The suite's cluster has the dashboard, so the placement-group cleaner stays."""
+    assert has_state_api()
+    before = len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
+    spec = load_spec(ROOT / "jobs/digits-mlp.yaml", ["train.epochs=1"])
+    run_job(spec, quiet_view(spec), register=False)
+    after = len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
+    assert after == before
+
+
+@ray.remote(num_cpus=0)
+class Controller:
+    """Stands in for a run's controller: it records an abort, and forwards reports as the
+    real controller does, through a ReportForwarder."""
+
+    def __init__(self, queue: Queue):
+        self.forwarder = ReportForwarder(queue, with_controller=True)
+        self.aborted = False
+
+    def report(self, epoch: int) -> None:
+        self.forwarder.after_report(None, [{"epoch": epoch}], None)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def was_aborted(self) -> bool:
+        return self.aborted
+
+
+def test_the_controller_s_handle_follows_the_first_report_once():
+    queue = Queue(actor_options={"num_cpus": 0})
+    controller = Controller.remote(queue)
+    ray.get([controller.report.remote(1), controller.report.remote(2)])
+    events = [queue.get(timeout=10) for _ in range(3)]
+    assert [e["kind"] for e in events] == ["report", "controller", "report"]
+    assert queue.empty()
+    view = ProgressView("job", 2, "epoch", Console(quiet=True), quiet=True)
+    for event in events:
+        view.show(event)
+    assert [e["kind"] for e in view.events] == ["report", "report"]  # the handle is not shown
+    queue.shutdown()
+
+
+def test_an_abort_after_the_first_report_waits_for_the_handle_and_reaches_the_controller():
+    queue = Queue(actor_options={"num_cpus": 0})
+    controller = Controller.remote(queue)
+    ray.get(controller.report.remote(1))
+    assert queue.get(timeout=10)["kind"] == "report"  # the reader has a report, no handle yet
+    fit = threading.Thread(target=lambda: None)
+    fit.start()
+    abort(None, queue, fit, reported=True)
+    assert ray.get(controller.was_aborted.remote())
