@@ -1,6 +1,8 @@
 """The trainer starts no actor a run has no work for, and a run's reports reach the driver
 without waiting on the controller's handle."""
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -57,6 +59,13 @@ def test_an_in_memory_run_starts_no_dataset_manager(fresh_home):
     run_job(spec, quiet_view(spec), register=False)
     after = len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
     assert after == before
+
+
+def test_a_driver_that_cannot_tell_keeps_the_cleaner():
+    """Not connected (as a Ray Client driver, which has no node of its own): Ray's default."""
+    check = "from kiln.train.trainer import has_state_api; print(has_state_api())"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.stdout.strip() == "True", result.stderr[-2000:]
 
 
 @ray.remote(num_cpus=0)

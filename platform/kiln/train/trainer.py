@@ -42,7 +42,11 @@ class LeanTorchTrainer(TorchTrainer):
 
 def has_state_api() -> bool:
     """Whether the connected cluster serves Ray's State API (its dashboard runs). Right in the
-    driver only: a worker process reports the default address whether or not it is there."""
+    driver only: a worker process reports the default address whether or not it is there.
+    A driver that cannot tell (Ray Client) keeps Ray's default, the cleaner."""
     from ray._private.worker import get_dashboard_url
 
-    return bool(get_dashboard_url())
+    try:
+        return bool(get_dashboard_url())
+    except Exception:
+        return True
