@@ -35,7 +35,7 @@ from kiln.models.cnn import SmallCNN
 from kiln.models.gan import GAN
 from kiln.settings import get_settings
 from kiln.spec import JobSpec, ModelSpec
-from kiln.train.feed import train_loader
+from kiln.train.feed import shared_tensor, train_loader
 from kiln.train.session import WorkerSession
 
 EVAL_SAMPLES = 1000
@@ -132,7 +132,7 @@ class Quality:
 
     def __init__(self, evaluator: bytes, data: Dataset, gan: GAN, device: torch.device):
         self.classifier = load_evaluator(evaluator, data)
-        self.real = features_and_probs(self.classifier, torch.as_tensor(data.x_val))[0]
+        self.real = features_and_probs(self.classifier, shared_tensor(data.x_val))[0]
         self.z = torch.randn(
             EVAL_SAMPLES, gan.latent_dim, generator=torch.Generator().manual_seed(0)
         ).to(device)
@@ -187,7 +187,7 @@ def evaluator_weights(data: Dataset, epochs: int = 15) -> bytes:
     torch.manual_seed(0)
     model = models.create(evaluator_spec(), data.schema)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    x, y = shared_tensor(data.x_train), shared_tensor(data.y_train)
     for _ in range(epochs):
         model.train()
         for batch in torch.randperm(len(x)).split(64):
