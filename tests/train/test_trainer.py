@@ -1,5 +1,5 @@
-"""The trainer starts no actor a run has no work for, and a run's reports reach the driver
-without waiting on the controller's handle."""
+"""The trainer starts no actor a run has no work for, its controller does not import torch,
+and a run's reports reach the driver without waiting on the controller's handle."""
 
 import subprocess
 import sys
@@ -66,6 +66,28 @@ def test_a_driver_that_cannot_tell_keeps_the_cleaner():
     check = "from kiln.train.trainer import has_state_api; print(has_state_api())"
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert result.stdout.strip() == "True", result.stderr[-2000:]
+
+
+CONTROLLER_START = """
+import pickle, sys
+pickle.load(open(sys.argv[1], "rb"))
+print("torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("trainer_class", [TorchTrainer, LeanTorchTrainer])
+def test_the_controller_starts_without_importing_torch(trainer_class, tmp_path):
+    """What a run's controller unpickles when it starts (the run's context and callbacks), in
+    a fresh process as the controller's: Ray's own trainer imports torch there, Kiln's not."""
+    import ray.cloudpickle
+
+    trainer = trainer_class(loop, scaling_config=ray.train.ScalingConfig(num_workers=2))
+    start = (trainer.train_run_context, trainer._create_default_callbacks())
+    (tmp_path / "start.pkl").write_bytes(ray.cloudpickle.dumps(start))
+    command = [sys.executable, "-c", CONTROLLER_START, str(tmp_path / "start.pkl")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(trainer_class is TorchTrainer)
 
 
 @ray.remote(num_cpus=0)

@@ -10,7 +10,8 @@ Ray Train V2 starts, for every run, besides its controller and workers:
 On 2 cores each such process takes about a second of CPU while the run's workers start
 (their imports: 1.6 s and 2.5 s of wall time there). Ray offers no setting for either, so this
 class filters them out of `_create_default_callbacks`, a private method of Ray 2.60
-(tests/train/test_trainer.py fails if it changes); everything else is Ray's own.
+(tests/train/test_trainer.py fails if it changes). Its default backend config is
+kiln.train.backend's, which spares the controller torch's import; the rest is Ray's own.
 """
 
 from typing import Any
@@ -21,12 +22,15 @@ from ray.train.v2._internal.callbacks.placement_group_callback import (
 )
 from ray.train.v2.torch.torch_trainer import TorchTrainer  # ray.train.torch's, under Train V2
 
+from kiln.train.backend import TorchWorkersConfig
+
 
 class LeanTorchTrainer(TorchTrainer):
     def __init__(self, *args: Any, watch_placement_groups: bool = True, **kwargs: Any):
         """`watch_placement_groups`: start Ray Train's placement-group cleaner (it needs the
         State API: pass False on a cluster without Ray's dashboard)."""
         self.watch_placement_groups = watch_placement_groups
+        kwargs.setdefault("torch_config", TorchWorkersConfig())  # a controller without torch
         super().__init__(*args, **kwargs)
 
     def _create_default_callbacks(self) -> list:
