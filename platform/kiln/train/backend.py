@@ -9,7 +9,8 @@ workers' resources, hand them rank 0's address, and have each join the process g
 config does the same with Ray's own worker-side functions, imported on the workers. Anything
 beyond gloo and NCCL on CPUs and GPUs (a TPU, another backend) goes to Ray's backend whole.
 
-This module must not import torch (tests/train/test_backend.py checks it in a fresh process).
+This module must not import torch (tests/train/test_trainer.py checks, in a fresh process,
+that what a controller unpickles imports none).
 """
 
 import logging
@@ -45,7 +46,7 @@ class TorchWorkersConfig(BackendConfig):
         return TorchWorkersBackend
 
     @property
-    def train_func_context(self):  # used on the workers, where torch is imported anyway
+    def train_func_context(self):  # wraps the train function: the driver and workers have torch
         from ray.train.torch.config import TorchConfigContextManager
 
         return TorchConfigContextManager
