@@ -17,6 +17,7 @@ from ray.util.state import list_actors
 from rich.console import Console
 
 from kiln.train import run_job
+from kiln.train.backend import TorchWorkersConfig, process_group_backend
 from kiln.train.progress import ProgressView, ReportForwarder, abort
 from kiln.train.trainer import LeanTorchTrainer, has_state_api
 from kiln.validate import load_spec
@@ -88,6 +89,21 @@ def test_the_controller_starts_without_importing_torch(trainer_class, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == str(trainer_class is TorchTrainer)
+
+
+@pytest.mark.parametrize(
+    "backend, resources, chosen",
+    [
+        (None, {"CPU": 1}, "gloo"),
+        (None, {"CPU": 1, "GPU": 1}, "nccl"),
+        (None, {"CPU": 1, "GPU": 0.5}, "nccl"),
+        ("gloo", {"CPU": 1, "GPU": 1}, "gloo"),
+        (None, {"CPU": 1, "TPU": 4}, None),  # Ray's backend sets up TPUs
+        ("hccl", {"CPU": 1}, None),
+    ],
+)
+def test_the_process_group_backend_is_ray_s_choice(backend, resources, chosen):
+    assert process_group_backend(TorchWorkersConfig(backend=backend), resources) == chosen
 
 
 @ray.remote(num_cpus=0)

@@ -69,9 +69,8 @@ class TorchWorkersBackend(Backend):
 
     def on_start(self, worker_group, backend_config: BackendConfig) -> None:
         assert isinstance(backend_config, TorchWorkersConfig)
-        resources = worker_group.get_resources_per_worker()
-        backend = backend_config.backend or ("nccl" if resources.get("GPU", 0) > 0 else "gloo")
-        if backend not in ("gloo", "nccl") or resources.get("TPU", 0) > 0:
+        backend = process_group_backend(backend_config, worker_group.get_resources_per_worker())
+        if backend is None:
             ray_backend().on_start(worker_group, backend_config.ray_config())
             return
         address, port = worker_group.execute_single(0, get_address_and_port)
@@ -100,6 +99,15 @@ class TorchWorkersBackend(Backend):
             ray.get(futures, timeout=timeout_s)
         except GetTimeoutError:  # as Ray's backend: the workers are being torn down anyway
             logger.warning(f"Torch process group shutdown timed out after {timeout_s} seconds")
+
+
+def process_group_backend(config: TorchWorkersConfig, resources: dict[str, float]) -> str | None:
+    """gloo or nccl as Ray chooses them (NCCL for workers with GPUs); None where this module
+    does not set the group up itself (a TPU, another backend): Ray's backend does."""
+    backend = config.backend or ("nccl" if resources.get("GPU", 0) > 0 else "gloo")
+    if backend not in ("gloo", "nccl") or resources.get("TPU", 0) > 0:
+        return None
+    return backend
 
 
 def ray_backend() -> Backend:
