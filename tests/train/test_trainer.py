@@ -22,6 +22,7 @@ from kiln.train.progress import ProgressView, ReportForwarder, abort
 from kiln.train.trainer import LeanTorchTrainer, has_state_api
 from kiln.validate import load_spec
 from tests.conftest import ROOT, quiet_view
+from tests.train import controller_probe
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 IDLE = (DatasetsCallback, PlacementGroupCleanerCallback)
@@ -52,14 +53,21 @@ def test_a_run_with_datasets_and_state_api_keeps_ray_s_callbacks():
     assert PlacementGroupCleanerCallback in kinds(LeanTorchTrainer(loop))
 
 
-def test_an_in_memory_run_starts_no_dataset_manager(fresh_home):
-    """The suite's cluster has the dashboard, so the placement-group cleaner stays."""
+def test_an_in_memory_run_starts_no_dataset_manager_and_no_torch_in_its_controller(
+    fresh_home, tmp_path, monkeypatch
+):
+    """The suite's cluster has the dashboard, so the placement-group cleaner stays. A probe on
+    the controller of this two-worker run writes down whether torch was imported there."""
     assert has_state_api()
+    probe = tmp_path / "controller.txt"
+    monkeypatch.setenv("RAY_TRAIN_CALLBACKS", "tests.train.controller_probe.TorchProbe")
+    monkeypatch.setenv(controller_probe.FILE_ENV, str(probe))
     before = len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
     spec = load_spec(ROOT / "jobs/digits-mlp.yaml", ["train.epochs=1"])
     run_job(spec, quiet_view(spec), register=False)
     after = len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
     assert after == before
+    assert probe.read_text() == "torch imported: False\n"
 
 
 def test_a_driver_that_cannot_tell_keeps_the_cleaner():
