@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="feature cache; default: embedded Redis")
     api_keys: str | None = Field(None, description="serving API keys, comma separated")
     api_keys_file: str | None = Field(None, description="a file of serving API keys, one a line")
+    autoscaling_requests: bool = Field(
+        True,
+        description="Train runs tell Ray's autoscaling coordinator what their workers need; "
+        "kiln train and kiln tune turn it off on the one-machine cluster they start",
+    )
     exact_retrieval_up_to: int = Field(
         20_000, description="catalogues up to this many items are searched exactly, larger by IVF"
     )

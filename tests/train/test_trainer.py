@@ -12,6 +12,12 @@ from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import (
     PlacementGroupCleanerCallback,
 )
+from ray.train.v2._internal.execution.scaling_policy import (
+    ElasticScalingPolicy,
+    FixedScalingPolicy,
+    ResizeDecision,
+    create_scaling_policy,
+)
 from ray.util.queue import Queue
 from ray.util.state import list_actors
 from rich.console import Console
@@ -19,6 +25,7 @@ from rich.console import Console
 from kiln.train import run_job
 from kiln.train.backend import TorchWorkersConfig, process_group_backend
 from kiln.train.progress import ProgressView, ReportForwarder, abort
+from kiln.train.scaling import FixedWorkersNoRequests
 from kiln.train.trainer import LeanTorchTrainer, has_state_api
 from kiln.validate import load_spec
 from tests.conftest import ROOT, quiet_view
@@ -57,17 +64,27 @@ def test_an_in_memory_run_starts_no_dataset_manager_and_no_torch_in_its_controll
     fresh_home, tmp_path, monkeypatch
 ):
     """The suite's cluster has the dashboard, so the placement-group cleaner stays. A probe on
-    the controller of this two-worker run writes down whether torch was imported there."""
+    the controller of this two-worker run writes down whether torch was imported there. The
+    cluster is local, as `kiln train` starts one (conftest), so the run's controller gets
+    the policy without autoscaling requests: Ray still hands its policy to the method that
+    swaps it."""
     assert has_state_api()
     probe = tmp_path / "controller.txt"
     monkeypatch.setenv("RAY_TRAIN_CALLBACKS", "tests.train.controller_probe.TorchProbe")
     monkeypatch.setenv(controller_probe.FILE_ENV, str(probe))
+    chosen, lean_policy = [], LeanTorchTrainer.lean_policy
+    monkeypatch.setattr(
+        LeanTorchTrainer,
+        "lean_policy",
+        lambda self, p: chosen.append(lean_policy(self, p)) or chosen[-1],
+    )
     before = len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
     spec = load_spec(ROOT / "jobs/digits-mlp.yaml", ["train.epochs=1"])
     run_job(spec, quiet_view(spec), register=False)
     after = len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
     assert after == before
     assert probe.read_text() == "torch imported: False\n"
+    assert [type(p) for p in chosen] == [FixedWorkersNoRequests]
 
 
 def test_a_driver_that_cannot_tell_keeps_the_cleaner():
@@ -91,12 +108,47 @@ def test_the_controller_starts_without_importing_torch(trainer_class, tmp_path):
     import ray.cloudpickle
 
     trainer = trainer_class(loop, scaling_config=ray.train.ScalingConfig(num_workers=2))
-    start = (trainer.train_run_context, trainer._create_default_callbacks())
+    policy = create_scaling_policy(trainer.scaling_config)
+    if trainer_class is LeanTorchTrainer:  # as on a cluster that cannot grow
+        trainer.request_autoscaling = False
+        policy = trainer.lean_policy(policy)
+        assert type(policy) is FixedWorkersNoRequests
+    start = (trainer.train_run_context, trainer._create_default_callbacks(), policy)
     (tmp_path / "start.pkl").write_bytes(ray.cloudpickle.dumps(start))
     command = [sys.executable, "-c", CONTROLLER_START, str(tmp_path / "start.pkl")]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == str(trainer_class is TorchTrainer)
+
+
+@pytest.mark.parametrize(
+    "requests, datasets_given, workers, policy",
+    [
+        (False, False, 2, FixedWorkersNoRequests),
+        (True, False, 2, FixedScalingPolicy),  # a cluster that may grow hears of the workers
+        (False, True, 2, FixedScalingPolicy),  # Ray Data shares the cluster through it
+        (False, False, (1, 2), ElasticScalingPolicy),  # elastic runs read its reservations
+    ],
+)
+def test_the_autoscaling_coordinator_is_left_out_only_where_it_has_nothing_to_do(
+    requests, datasets_given, workers, policy
+):
+    trainer = LeanTorchTrainer(
+        loop,
+        scaling_config=ray.train.ScalingConfig(num_workers=workers),
+        datasets={"train": ray.data.range(4)} if datasets_given else None,
+        request_autoscaling=requests,
+    )
+    assert type(trainer.lean_policy(create_scaling_policy(trainer.scaling_config))) is policy
+
+
+def test_the_policy_without_requests_asks_for_the_workers_and_never_for_the_coordinator():
+    policy = FixedWorkersNoRequests(ray.train.ScalingConfig(num_workers=2))
+    policy.after_controller_start(None)
+    decision = policy.make_decision_for_non_running_worker_group()
+    policy.before_controller_abort()
+    assert isinstance(decision, ResizeDecision) and decision.num_workers == 2
+    assert policy._coordinator_client is None
 
 
 @pytest.mark.parametrize(

@@ -115,8 +115,13 @@ def check_reachable(address: str, source: str = "--address") -> None:
 
 # A cluster this process starts is this one machine: none of its nodes is drained for
 # preemption, so Ray Train's preemption watcher, an actor process started for every run
-# (a second of CPU on a small machine), stays off. Read by the run's controller.
-LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# (a second of CPU on a small machine), stays off (read by the run's controller); and no
+# autoscaler can add a node, so runs send Ray's autoscaling coordinator nothing (read by
+# kiln.settings, in this process and in the cluster's, which inherit it: a search's trials).
+LOCAL_TRAIN_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "KILN_AUTOSCALING_REQUESTS": "0",
+}
 
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
 

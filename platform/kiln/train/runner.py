@@ -68,7 +68,7 @@ def run_job(
     """Train `spec` on the connected Ray cluster and register the best checkpoint."""
     run_name = run_name or new_run_name(spec)
     storage = absolute(spec.storage_path or get_settings().storage_uri)
-    start_autoscaling_coordinator()
+    start_autoscaling_coordinator(spec)
     dataset = datasets.build(spec.data, spec.task)
     queue = Queue(actor_options={"num_cpus": 0})
     forwarder = ReportForwarder(queue, with_controller=True)  # Ctrl-C aborts through it
@@ -166,10 +166,20 @@ def build_trainer(
             callbacks=callbacks,
         ),
         watch_placement_groups=watch_placement_groups,
+        request_autoscaling=get_settings().autoscaling_requests,
     )
 
 
-def start_autoscaling_coordinator() -> None:
+def uses_autoscaling_coordinator(spec: JobSpec) -> bool:
+    """Whether the spec's runs talk to Ray's autoscaling coordinator: unless the cluster
+    cannot grow (kiln.settings' `autoscaling_requests`), and then still with a dataset that
+    may stream (Ray Data shares the cluster through it) or an elastic worker count."""
+    may_stream = datasets.streams(spec.data.name) and spec.data.streaming is not False
+    elastic = isinstance(spec.scaling.num_workers, tuple)
+    return get_settings().autoscaling_requests or may_stream or elastic
+
+
+def start_autoscaling_coordinator(spec: JobSpec) -> None:
     """Ray Train's first run on a cluster creates Ray's autoscaling coordinator (a detached
     actor, kept for the cluster's life) and waits for its process to answer before it starts
     the workers. Asked for here, it starts while the driver builds the dataset: on a fresh
@@ -177,6 +187,8 @@ def start_autoscaling_coordinator() -> None:
     median 15.5 s instead of 16.9 s (6 and 5 runs). The function lives in a private Ray module:
     should it move or change, runs only lose the head start (Ray Train creates the actor
     itself)."""
+    if not uses_autoscaling_coordinator(spec):
+        return
     try:
         from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
             get_or_create_autoscaling_coordinator,

@@ -10,8 +10,15 @@ Ray Train V2 starts, for every run, besides its controller and workers:
 On 2 cores each such process takes about a second of CPU while the run's workers start
 (their imports: 1.6 s and 2.5 s of wall time there). Ray offers no setting for either, so this
 class filters them out of `_create_default_callbacks`, a private method of Ray 2.60
-(tests/train/test_trainer.py fails if it changes). Its default backend config is
-kiln.train.backend's, which spares the controller torch's import; the rest is Ray's own.
+(tests/train/test_trainer.py fails if it changes).
+
+A third is Ray's autoscaling coordinator, which the run's scaling policy tells what the
+workers need: with `request_autoscaling=False` (a cluster that cannot grow) a run with no Ray
+Data dataset and a fixed worker count takes kiln.train.scaling's policy instead, swapped in
+`_initialize_and_run_controller`, also private.
+
+Its default backend config is kiln.train.backend's, which spares the controller torch's
+import; the rest is Ray's own.
 """
 
 from typing import Any
@@ -20,18 +27,40 @@ from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import (
     PlacementGroupCleanerCallback,
 )
+from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy, ScalingPolicy
 from ray.train.v2.torch.torch_trainer import TorchTrainer  # ray.train.torch's, under Train V2
 
 from kiln.train.backend import TorchWorkersConfig
+from kiln.train.scaling import FixedWorkersNoRequests
 
 
 class LeanTorchTrainer(TorchTrainer):
-    def __init__(self, *args: Any, watch_placement_groups: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        watch_placement_groups: bool = True,
+        request_autoscaling: bool = True,
+        **kwargs: Any,
+    ):
         """`watch_placement_groups`: start Ray Train's placement-group cleaner (it needs the
-        State API: pass False on a cluster without Ray's dashboard)."""
+        State API: pass False on a cluster without Ray's dashboard). `request_autoscaling`:
+        False sends Ray's autoscaling coordinator nothing when the run has no Ray Data dataset
+        and a fixed number of workers."""
         self.watch_placement_groups = watch_placement_groups
+        self.request_autoscaling = request_autoscaling
         kwargs.setdefault("torch_config", TorchWorkersConfig())  # a controller without torch
         super().__init__(*args, **kwargs)
+
+    def _initialize_and_run_controller(self, **controller_kwargs: Any):
+        controller_kwargs["scaling_policy"] = self.lean_policy(controller_kwargs["scaling_policy"])
+        return super()._initialize_and_run_controller(**controller_kwargs)
+
+    def lean_policy(self, policy: ScalingPolicy) -> ScalingPolicy:
+        """Ray's `policy`, or kiln.train.scaling's where it would only talk to a coordinator
+        that has nothing to do: requests off, no Ray Data dataset, a fixed worker count."""
+        if self.request_autoscaling or self.datasets or type(policy) is not FixedScalingPolicy:
+            return policy
+        return FixedWorkersNoRequests(policy.scaling_config)
 
     def _create_default_callbacks(self) -> list:
         return [c for c in super()._create_default_callbacks() if not self._idle(c)]

@@ -71,7 +71,7 @@ def run_search(
     storage = absolute(spec.storage_path or get_settings().storage_uri)
     root = f"{storage}/tune"
     name = name or (_latest_search(root, spec.name) if resume else None) or _new_name(spec)
-    start_autoscaling_coordinator()  # its first trial's Train run would wait for it
+    start_autoscaling_coordinator(spec)  # its first trial's Train run would wait for it
     dataset = None if searches_data(spec.tune) else datasets.build(spec.data, spec.task)
     trainable = tune.with_resources(
         tune.with_parameters(
