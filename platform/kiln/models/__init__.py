@@ -4,20 +4,22 @@
     list_models()                          # ["cnn", "mlp", "rnn", ...]
 
 A spec names a registered `family`, or its own builder with `import: "pkg.module:function"`;
-either way the builder is called as `builder(schema, **params)`.
+either way the builder is called as `builder(schema, **params)`. Importing this package (and
+checking a spec) imports no torch: the networks load when one is built.
 """
 
 import inspect
 from collections.abc import Callable
-from typing import Any, Protocol
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kiln.builders import import_object
 from kiln.errors import SpecError
-from kiln.models import cnn, gan, mlp, rnn, sequential, speech, two_tower  # noqa: F401  (registers the families)
+from kiln.models import families  # noqa: F401  (registers the families)
 from kiln.models.base import MODELS
 from kiln.schema import DataSchema
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["MODELS", "ModelSpec", "check", "create", "list_models"]
 
@@ -55,11 +57,13 @@ def family_params(spec: ModelSpec) -> dict[str, Any]:
     return MODELS.validate_params(spec.family, spec.params) if spec.family else dict(spec.params)
 
 
-def create(spec: ModelSpec, schema: DataSchema) -> nn.Module:
+def create(spec: ModelSpec, schema: DataSchema) -> "nn.Module":
     """The family's network for this data; behind a log-mel front end when the data are
     waveforms (kiln.models.speech)."""
     if "audio" not in schema.transform:
         return _create(spec, schema)
+    from kiln.models import speech
+
     try:
         body = _create(spec, speech.feature_schema(schema))
     except SpecError as e:
@@ -68,7 +72,9 @@ def create(spec: ModelSpec, schema: DataSchema) -> nn.Module:
     return speech.wrap(schema, body)
 
 
-def _create(spec: ModelSpec, schema: DataSchema) -> nn.Module:
+def _create(spec: ModelSpec, schema: DataSchema) -> "nn.Module":
+    from torch import nn
+
     if spec.family is not None:
         params = MODELS.validate_params(spec.family, spec.params)
         return MODELS.get(spec.family)(schema, **params)

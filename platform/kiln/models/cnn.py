@@ -4,12 +4,7 @@ Each stage is conv-BN-ReLU twice, then 2x2 max-pooling while the image is larger
 a global average pool makes the head independent of the input size."""
 
 import torch
-from pydantic import PositiveInt, confloat
 from torch import nn
-
-from kiln.errors import SpecError
-from kiln.models.base import MODELS
-from kiln.schema import DataSchema
 
 
 def conv_block(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
@@ -52,18 +47,3 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
         return self.head(self.features(x))
-
-
-@MODELS.register("cnn")
-def cnn(
-    schema: DataSchema,
-    *,
-    channels: tuple[PositiveInt, ...] = (32, 64),
-    kernel_size: PositiveInt = 3,
-    hidden: PositiveInt = 128,
-    dropout: confloat(ge=0, lt=1) = 0.2,  # type: ignore[valid-type]
-) -> nn.Module:
-    if len(schema.input_shape) != 3:
-        raise SpecError(f"cnn needs images (C, H, W); the data gives shape {schema.input_shape}")
-    c, h, w = schema.input_shape
-    return SmallCNN(c, min(h, w), tuple(channels), kernel_size, hidden, dropout, schema.output_dim)

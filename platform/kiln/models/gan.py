@@ -10,17 +10,11 @@ moving average of the generator's weights (Karras et al., 2018), the one that is
 """
 
 import math
-from typing import Annotated
 
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-from kiln.errors import SpecError
-from kiln.models.base import MODELS
-from kiln.schema import DataSchema
 
 START = 2  # the generator starts from 2x2 feature maps and doubles until the image size
 
@@ -143,44 +137,3 @@ class GAN(nn.Module):
         drawn = z[:, : self.classes].argmax(dim=1)
         labels = drawn if labels is None else torch.where(labels < 0, drawn, labels)
         return self.served(z, labels)
-
-
-@MODELS.register("gan")
-def gan(
-    schema: DataSchema,
-    *,
-    latent_dim: PositiveInt = 32,
-    g_width: PositiveInt = 128,
-    d_width: PositiveInt = 64,
-    d_lr_scale: PositiveFloat = 4.0,
-    conditional: bool = False,
-    class_weight: Annotated[float, Field(ge=0)] = 1.0,
-    mode_seeking: Annotated[float, Field(ge=0)] = 0.0,
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0,
-) -> nn.Module:
-    """`d_lr_scale`: the discriminator learns this many times faster than the generator
-    (two time-scale updates, Heusel et al., 2017); read by the GAN training loop.
-    `conditional`: generate the class asked for (the data's classes). `ema_decay`: serve a
-    moving average of the generator's weights (0: the weights as trained)."""
-    if len(schema.input_shape) != 3 or schema.input_shape[1] != schema.input_shape[2]:
-        raise SpecError(f"gan needs square images (C, H, W); the data gives {schema.input_shape}")
-    channels, size, _ = schema.input_shape
-    if size < 4 or size & (size - 1):
-        raise SpecError(f"gan needs an image size that is a power of two >= 4, not {size}")
-    if g_width >> int(math.log2(size // START)) < 1:
-        raise SpecError(f"g_width {g_width} is too small for {size}x{size} images")
-    classes = schema.output_dim if conditional else 0
-    if conditional and latent_dim < classes:
-        raise SpecError(f"a conditional gan needs latent_dim >= its {classes} classes")
-    return GAN(
-        latent_dim,
-        channels,
-        size,
-        g_width,
-        d_width,
-        d_lr_scale,
-        classes,
-        ema_decay,
-        class_weight,
-        mode_seeking,
-    )

@@ -1,14 +1,7 @@
 """Multi-layer perceptron (ANN) for any fixed-size float input: tables, flattened images."""
 
-from typing import Literal
-
 import torch
-from pydantic import confloat
 from torch import nn
-
-from kiln.errors import SpecError
-from kiln.models.base import MODELS
-from kiln.schema import DataSchema
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -33,19 +26,3 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, *input_shape) -> (B, out)
         return self.net(x)
-
-
-@MODELS.register("mlp")
-def mlp(
-    schema: DataSchema,
-    *,
-    hidden: tuple[int, ...] = (128, 64),
-    dropout: confloat(ge=0, lt=1) = 0.1,  # type: ignore[valid-type]
-    activation: Literal["relu", "gelu", "tanh"] = "relu",
-) -> nn.Module:
-    if schema.input_dtype != "float32":
-        raise SpecError("mlp needs float features; this data gives token ids (use rnn)")
-    in_features = 1
-    for size in schema.input_shape:
-        in_features *= size
-    return MLP(in_features, tuple(hidden), schema.output_dim, dropout, activation)

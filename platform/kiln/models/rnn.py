@@ -3,15 +3,8 @@ token ids of a text (then with an embedding), or log-mel frames of speech. The l
 output (`pooling: last`) or the mean over all steps (`pooling: mean`, for speech, whose clips end in
 silence) feeds the head, which classifies or forecasts `output_dim` values."""
 
-from typing import Literal
-
 import torch
-from pydantic import PositiveInt, confloat
 from torch import nn
-
-from kiln.errors import SpecError
-from kiln.models.base import MODELS
-from kiln.schema import DataSchema
 
 
 class SequenceRNN(nn.Module):
@@ -48,35 +41,3 @@ class SequenceRNN(nn.Module):
             x = self.embed(x)  # (B, T, E)
         out, _ = self.rnn(x)  # (B, T, H * directions)
         return self.head(out.mean(dim=1) if self.pooling == "mean" else out[:, -1])
-
-
-@MODELS.register("rnn")
-def rnn(
-    schema: DataSchema,
-    *,
-    cell: Literal["lstm", "gru"] = "lstm",
-    hidden: PositiveInt = 64,
-    layers: PositiveInt = 1,
-    bidirectional: bool = False,
-    dropout: confloat(ge=0, lt=1) = 0.0,  # type: ignore[valid-type]
-    embed_dim: PositiveInt = 64,
-    pooling: Literal["last", "mean"] = "last",
-) -> nn.Module:
-    tokens = schema.input_dtype == "int64"
-    if tokens and not schema.vocab_size:
-        raise SpecError("rnn over token ids needs a dataset with a vocabulary")
-    if not tokens and len(schema.input_shape) != 2:
-        raise SpecError(f"rnn needs sequences (T, F); the data gives shape {schema.input_shape}")
-    in_features = 0 if tokens else schema.input_shape[-1]
-    return SequenceRNN(
-        in_features,
-        schema.output_dim,
-        cell,
-        hidden,
-        layers,
-        bidirectional,
-        dropout,
-        schema.vocab_size if tokens else None,
-        embed_dim,
-        pooling,
-    )

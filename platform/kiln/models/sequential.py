@@ -10,16 +10,9 @@ per step of each user's history (kiln.data.interactions); the training loop, the
 the serving path are the two-tower's (it has the same `user_vectors` and `item_vectors`).
 """
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import PositiveFloat, PositiveInt, confloat
 from torch import nn
-
-from kiln.errors import SpecError
-from kiln.models.base import MODELS
-from kiln.schema import DataSchema
 
 
 class SequentialRecommender(nn.Module):
@@ -70,35 +63,3 @@ class SequentialRecommender(nn.Module):
         if items is None:
             return self.user_vectors(x) @ self.item_vectors().T
         return self.user_vectors(x), self.item_vectors(items)
-
-
-@MODELS.register("sequential")
-def sequential(
-    schema: DataSchema,
-    *,
-    dim: PositiveInt = 64,
-    layers: PositiveInt = 2,
-    heads: PositiveInt = 2,
-    dropout: confloat(ge=0, lt=1) = 0.2,  # type: ignore[valid-type]
-    temperature: PositiveFloat = 0.1,
-    loss: Literal["sampled_softmax", "bpr"] = "sampled_softmax",
-    negatives: Literal["in_batch", "sampled"] = "in_batch",
-    num_negatives: PositiveInt = 256,
-) -> nn.Module:
-    """`loss`, `negatives` and `num_negatives` are read by the recommendation training loop."""
-    if schema.task != "recommendation" or not schema.vocab_size:
-        raise SpecError("sequential needs interaction data (task: recommendation)")
-    if dim % heads:
-        raise SpecError(f"sequential: dim {dim} must be a multiple of heads {heads}")
-    return SequentialRecommender(
-        schema.vocab_size,
-        schema.input_shape[0] - 1,
-        dim,
-        layers,
-        heads,
-        dropout,
-        temperature,
-        loss,
-        negatives,
-        num_negatives,
-    )

@@ -7,16 +7,9 @@ history alone (an unknown user, index 0) still gives a good vector.
 Input x: (B, 1 + N) int64, the user index then the N most recent item indices (0 = none).
 """
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import PositiveFloat, PositiveInt, confloat
 from torch import nn
-
-from kiln.errors import SpecError
-from kiln.models.base import MODELS
-from kiln.schema import DataSchema
 
 
 class TwoTower(nn.Module):
@@ -79,38 +72,3 @@ class TwoTower(nn.Module):
         if items is None:
             return self.user_vectors(x) @ self.item_vectors().T
         return self.user_vectors(x), self.item_vectors(items)
-
-
-@MODELS.register("two_tower")
-def two_tower(
-    schema: DataSchema,
-    *,
-    dim: PositiveInt = 64,
-    hidden: PositiveInt = 128,
-    pooling: Literal["mean", "attention"] = "attention",
-    use_user_id: bool = True,
-    user_id_dropout: confloat(ge=0, lt=1) = 0.2,  # type: ignore[valid-type]
-    temperature: PositiveFloat = 0.1,
-    loss: Literal["sampled_softmax", "bpr"] = "sampled_softmax",
-    negatives: Literal["in_batch", "sampled"] = "in_batch",
-    num_negatives: PositiveInt = 256,
-) -> nn.Module:
-    """`loss`, `negatives` and `num_negatives` are read by the recommendation training loop."""
-    if schema.task != "recommendation" or not schema.vocab_size:
-        raise SpecError("two_tower needs interaction data (task: recommendation)")
-    transform = schema.transform  # versions registered before kiln.idmaps list the user ids
-    num_users = transform.get("num_users") or len(transform["user_ids"]) + 1
-    return TwoTower(
-        num_users,
-        schema.vocab_size,
-        schema.input_shape[0] - 1,
-        dim,
-        hidden,
-        pooling,
-        use_user_id,
-        user_id_dropout,
-        temperature,
-        loss,
-        negatives,
-        num_negatives,
-    )
