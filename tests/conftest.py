@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.cluster.connect import LOCAL_TRAIN_ENV
+from kiln.cluster.connect import LOCAL_CLUSTER_ENV
 
 # Before Ray starts: fast health checks (crashed workers are noticed quickly), no telemetry,
 # and no token auth for this hermetic, loopback-only cluster.
@@ -20,7 +20,7 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "4")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # The session's cluster is local, as `kiln train` starts one (no preemption watcher).
-for name, value in LOCAL_TRAIN_ENV.items():
+for name, value in LOCAL_CLUSTER_ENV.items():
     os.environ.setdefault(name, value)
 # Serving as `kiln serve` runs it (the HAProxy ingress), with metrics reported every second
 # instead of every ten so that a test sees its requests counted quickly.

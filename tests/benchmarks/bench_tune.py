@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from kiln.cluster.connect import LOCAL_TRAIN_ENV
+from kiln.cluster.connect import LOCAL_CLUSTER_ENV
 from kiln.tune import run_search
 from kiln.validate import load_spec
 
@@ -47,7 +47,7 @@ def main() -> None:
     import ray
 
     os.environ["KILN_HOME"] = tempfile.mkdtemp(prefix="kiln-bench-tune-")
-    for name, value in LOCAL_TRAIN_ENV.items():  # the local cluster as `kiln tune` starts it
+    for name, value in LOCAL_CLUSTER_ENV.items():  # the local cluster as `kiln tune` starts it
         os.environ.setdefault(name, value)
     ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
     results = {name: search(name) for name in SCHEDULERS}

@@ -36,7 +36,7 @@ def connect(
     starts_one = address == "local" or (not address and not local_cluster_running())
     if starts_one:
         logging.getLogger(TOKEN_SETUP_LOGGER).addFilter(quiet_default_token_notice)
-        for name, value in LOCAL_TRAIN_ENV.items():
+        for name, value in LOCAL_CLUSTER_ENV.items():
             os.environ.setdefault(name, value)
     elif address and address != "auto":  # Ray's word for "find the one running here"
         check_reachable(address, source)
@@ -122,7 +122,7 @@ def check_reachable(address: str, source: str = "--address") -> None:
 # competed with the command's own start for the CPUs (the Train actors, with their own
 # runtime env, never use them), and `kiln train jobs/digits-cnn.yaml` reached its first
 # epoch 0.4 s sooner without them.
-LOCAL_TRAIN_ENV = {
+LOCAL_CLUSTER_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "KILN_AUTOSCALING_REQUESTS": "0",
     "RAY_prestart_worker_first_driver": "0",
