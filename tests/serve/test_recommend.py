@@ -260,28 +260,33 @@ def with_split(config: dict, split: dict[str, float] | None) -> dict:
     return changed
 
 
-def click_experiment(recsys: str, rates: dict[str, float], users: int, seed: int) -> None:
+def click_experiment(recsys: str, rates: dict[str, float], users: int, seed: int) -> int:
     """Each simulated user asks for recommendations once and clicks the first item with the
-    true click rate of the arm that answered."""
-    rng = np.random.default_rng(seed)
+    true click rate of the arm that answered; returns the clicks sent. A user's draw is seeded
+    by the user, not by the order the concurrent answers come back in, so a run's clicks (and
+    so its verdict) are the same every time."""
 
-    async def user(client: httpx.AsyncClient, gate: asyncio.Semaphore, name: str) -> None:
+    async def user(client: httpx.AsyncClient, gate: asyncio.Semaphore, i: int) -> bool:
+        name = f"ab{seed}-{i}"
         async with gate:
             answer = (await client.get(f"/recommend/{name}?k=3")).json()
-            if rng.random() < rates[answer["arm"]]:
-                click = {"user_id": name, "item_id": answer["items"][0]["item_id"], "type": "click"}
-                assert (await client.post("/events", json=click)).status_code == 200
+            if np.random.default_rng([seed, i]).random() >= rates[answer["arm"]]:
+                return False
+            click = {"user_id": name, "item_id": answer["items"][0]["item_id"], "type": "click"}
+            assert (await client.post("/events", json=click)).status_code == 200
+            return True
 
-    async def everyone() -> None:
+    async def everyone() -> int:
         async with httpx.AsyncClient(base_url=recsys, timeout=30) as client:
             gate = asyncio.Semaphore(8)
-            await asyncio.gather(*(user(client, gate, f"ab{seed}-{i}") for i in range(users)))
+            return sum(await asyncio.gather(*(user(client, gate, i) for i in range(users))))
 
-    asyncio.run(everyone())
+    return asyncio.run(everyone())
 
 
-def rollout_status(metrics_url: str, control: str, requests: int) -> dict:
-    """`kiln rollout status recommend` once the replica's counters reach `requests`."""
+def rollout_status(metrics_url: str, control: str, requests: int, conversions: int) -> dict:
+    """`kiln rollout status recommend` once the exported counters reach `requests` and
+    `conversions` (they are scraped, so they lag what was sent)."""
     deadline = time.monotonic() + 60
     while True:
         status = run_kiln("rollout", "status", "recommend", "--control", control,
@@ -289,7 +294,8 @@ def rollout_status(metrics_url: str, control: str, requests: int) -> dict:
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
         counted = sum(a["requests"] for a in report["arms"])
-        if counted >= requests:
+        converted = sum(a["conversions"] for a in report["arms"])
+        if counted >= requests and converted >= conversions:
             return report
         assert time.monotonic() < deadline, report
         time.sleep(1)
@@ -317,8 +323,8 @@ def test_an_ab_rollout_finds_the_arm_users_click_more_and_an_a_a_finds_none(
 
     try:
         switch({"ctl": 1, "exp": 1})
-        click_experiment(recsys, {"ctl": 0.08, "exp": 0.16}, users=1200, seed=1)
-        report = rollout_status(metrics_url, "ctl", 1200)
+        clicks = click_experiment(recsys, {"ctl": 0.08, "exp": 0.16}, users=1200, seed=1)
+        report = rollout_status(metrics_url, "ctl", 1200, clicks)
         [verdict] = report["comparisons"]
         print(f"\nA/B: {report['arms']}\n{verdict}")
         assert verdict["metric"] == "click-through" and verdict["arm"] == "exp"
@@ -326,8 +332,8 @@ def test_an_ab_rollout_finds_the_arm_users_click_more_and_an_a_a_finds_none(
         assert sum(a["conversions"] for a in report["arms"]) > 100
 
         switch({"aa1": 1, "aa2": 1})
-        click_experiment(recsys, {"aa1": 0.1, "aa2": 0.1}, users=1200, seed=2)
-        report = rollout_status(metrics_url, "aa1", 2400)
+        clicks += click_experiment(recsys, {"aa1": 0.1, "aa2": 0.1}, users=1200, seed=2)
+        report = rollout_status(metrics_url, "aa1", 2400, clicks)
         verdict = next(c for c in report["comparisons"] if c["arm"] == "aa2")
         print(f"A/A: {verdict}")
         assert verdict["metric"] == "click-through" and not verdict["significant"]
