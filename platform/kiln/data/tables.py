@@ -115,6 +115,8 @@ class TableLayout:
         """(N, numeric features) float32, a missing or infinite value as NaN (the training
         mean, once standardised: kiln.preprocess)."""
         x = frame[self.numbers].to_numpy(np.float32, na_value=np.nan)
+        if not x.flags.writeable:  # pandas' copy-on-write view of float32 columns stored together
+            x = x.copy()
         x[np.isinf(x)] = np.nan
         return x
 
