@@ -79,7 +79,7 @@ def test_streamed_fit_equals_numpy_on_the_same_rows(tmp_path):
         batch_format="pandas",
         batch_size=None,
     )
-    fitted, count = fit(train_rows, layout)
+    fitted, count, _ = fit(train_rows, layout)
     frame = pd.concat(pd.read_parquet(p) for p in shards.files)
     expected = frame[~in_validation(frame[layout.columns], 0.2, 0)]
     x = expected[layout.features].to_numpy(np.float64)
@@ -87,6 +87,44 @@ def test_streamed_fit_equals_numpy_on_the_same_rows(tmp_path):
     rule = fitted.transform["standardize"]
     np.testing.assert_allclose(rule["mean"], x.mean(axis=0), atol=1e-9)
     np.testing.assert_allclose(rule["std"], x.std(axis=0), rtol=1e-9)
+
+
+def test_the_fitting_pass_samples_training_rows_from_every_shard(tmp_path):
+    """Shards in time order, each of its own period (f0 near 10 x its index): the sample that
+    serving's drift reference is made of spans them all, where the first rows read would be
+    shard 0's. It is seeded, holds only training rows, and its first rows are a sample too."""
+    folder = tmp_path / "periods"
+    for index, path in enumerate(write_table(folder, rows=40_000, files=4)):
+        frame = pd.read_parquet(path)
+        frame.assign(f0=frame.f0 + 10 * index).to_parquet(path)
+    layout = TableLayout("classification", "label", [f"f{i}" for i in range(FEATURES)])
+
+    def sample(seed: int) -> pd.DataFrame:
+        rows = (
+            Shards.open(str(folder))
+            .dataset(layout.columns)
+            .map_batches(
+                rows_of,
+                fn_kwargs={"part": "train", "val_fraction": 0.2, "seed": 0, "key": None},
+                batch_format="pandas",
+                batch_size=None,
+            )
+        )
+        return fit(rows, layout, seed)[2]
+
+    first, again, other = sample(0), sample(0), sample(1)
+    assert len(first) == 2000 and first.equals(again) and not first.equals(other)
+    assert not in_validation(first, 0.2, 0).any()
+    periods = pd.Series(np.rint(first.f0.to_numpy(np.float64) / 10).astype(int))
+    assert periods.value_counts(normalize=True).min() > 0.2
+    assert periods.head(200).nunique() == 4
+
+    streamed = data.stream.stream(Shards.open(str(folder)), layout, 0.2, seed=0)
+    assert streamed.sample_x.shape == (2000, FEATURES)
+    rule = streamed.schema.transform["standardize"]
+    f0 = streamed.sample_x[:, 0] * rule["std"][0] + rule["mean"][0]  # as the files wrote it
+    np.testing.assert_allclose(np.sort(f0), np.sort(first.f0), rtol=1e-5, atol=1e-5)
+    assert streamed.for_workers().sample_x is None
 
 
 # --- training --------------------------------------------------------------------------------
@@ -364,6 +402,19 @@ def test_missing_values_are_the_training_mean_on_both_paths(tmp_path):
     np.testing.assert_allclose(rule["std"], train_rows[features].std(ddof=0), rtol=1e-6)
     missing = preprocess.features({"standardize": rule}, np.array([[np.nan, np.inf]], np.float32))
     assert missing.tolist() == [[0.0, 0.0]]  # the mean, standardised
+
+
+def test_float32_columns_stored_together_are_read_without_writing_to_them():
+    """pandas (copy-on-write) hands float32 columns kept in one block to NumPy as a read-only
+    view: a frame made so (a user's in memory, a Parquet read) is summarised and turned into
+    tensors, its infinities as missing, and left as it was."""
+    a = np.arange(100, dtype=np.float32)
+    a[7] = np.inf
+    frame = pd.DataFrame({"a": a, "b": np.ones(100, np.float32)})
+    frame["label"] = np.arange(100) % 2
+    layout = TableLayout("classification", "label", ["a", "b"])
+    dataset = data.stream.in_memory(frame, layout, 0.2, seed=0, key=None, path="frame")
+    assert np.isfinite(dataset.x_train).all() and np.isinf(frame.a[7])
 
 
 def test_rows_without_their_label_are_refused_on_both_paths(tmp_path):

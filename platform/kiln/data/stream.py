@@ -14,6 +14,7 @@ training rows as one block, and makes the same tensors: both paths train on the 
 """
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -30,6 +31,7 @@ from kiln.schema import DataSchema
 BLOCK_BYTES = 8 * 2**20  # Ray Data blocks on their way to the workers
 HASH_BUCKETS = 2**20  # the split's resolution: val_fraction is kept to about one in a million
 STREAM_ABOVE_BYTES = 256 * 2**20  # `streaming: auto` streams files larger than this on disk
+SAMPLE_ROWS, SAMPLE_BYTES = 2000, 8 * 2**20  # the fitting pass's uniform sample of raw rows
 
 
 class Source(Protocol):
@@ -162,9 +164,12 @@ def in_validation(
     with a key, all rows of one key value (a user, a patient) stay together."""
     hashed = frame[[key]] if key else frame
     codes = pd.util.hash_pandas_object(hashed, index=False).to_numpy(np.uint64)
-    # pandas' hash_key salts only text columns: the seed is mixed in for every type here.
-    salt = np.uint64(int(hashlib.sha256(str(seed).encode()).hexdigest()[:16], 16))
-    return (_mix(codes ^ salt) % HASH_BUCKETS) < round(val_fraction * HASH_BUCKETS)
+    return (_mix(codes ^ _salt(str(seed))) % HASH_BUCKETS) < round(val_fraction * HASH_BUCKETS)
+
+
+def _salt(text: str) -> np.uint64:
+    """pandas' hash_key salts only text columns: a seed is mixed in for every type with this."""
+    return np.uint64(int(hashlib.sha256(text.encode()).hexdigest()[:16], 16))
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -193,13 +198,16 @@ class StreamedDataset:
     datasets: dict[str, Any] = field(default_factory=dict, repr=False)  # "train", "val"
     baselines: dict[str, float] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+    # model inputs of a uniform sample of the training rows (`fit`): serving's drift reference
+    sample_x: np.ndarray | None = field(default=None, repr=False)
 
     def fingerprint(self) -> str:
         return self.source
 
     def for_workers(self) -> "StreamedDataset":
-        """Without the Ray Datasets: workers read their shards through Ray Train."""
-        return replace(self, datasets={})
+        """Without the Ray Datasets and the sample: workers read their shards through Ray
+        Train."""
+        return replace(self, datasets={}, sample_x=None)
 
 
 def should_stream(streaming: bool | Literal["auto"], size_bytes: int) -> bool:
@@ -223,7 +231,7 @@ def stream(
             batch_size=None,  # whole blocks: per-batch overhead is Ray Data's largest cost
         )
 
-    layout, train_rows = fit(part("train"), layout)
+    layout, train_rows, sample = fit(part("train"), layout, seed)
     tensors = {"batch_format": "pandas", "batch_size": None, "fn_kwargs": {"layout": layout}}
     datasets: dict[str, ray.data.Dataset] = {
         name: part(name).map_batches(_tensors, **tensors) for name in ("train", "val")
@@ -235,7 +243,9 @@ def stream(
     digest = hashlib.sha256(
         f"{source.fingerprint}|{layout.columns}|{val_fraction}|{seed}|{key}".encode()
     )
-    return StreamedDataset(layout.schema(), train_rows, digest.hexdigest(), datasets)
+    sample_x = layout.tensors(sample)["x"]
+    schema = layout.schema()
+    return StreamedDataset(schema, train_rows, digest.hexdigest(), datasets, sample_x=sample_x)
 
 
 def in_memory(
@@ -269,15 +279,26 @@ def _tensors(frame: pd.DataFrame, layout: Layout) -> dict[str, np.ndarray]:
     return layout.tensors(frame)
 
 
-def fit(train: Any, layout: Layout) -> tuple[Layout, int]:
+def fit(train: Any, layout: Layout, seed: int = 0) -> tuple[Layout, int, pd.DataFrame]:
     """One pass over the training rows: each block is summarised where it is read (by the
     layout: counts, sums, labels, words) and the summaries are merged here. Ray Data's
     `aggregate` computes a table's mean and std in a hash shuffle that took 10-15 s for
-    300,000 rows of 32 features on 2 CPUs, against under 1 s for this pass."""
+    300,000 rows of 32 features on 2 CPUs, against under 1 s for this pass.
+
+    The pass also draws a uniform sample of up to SAMPLE_ROWS raw training rows (seeded):
+    each block keeps its rows of lowest seeded hash and the merge keeps the lowest of those
+    (bottom-k sampling), so the sample spans every shard, where the first rows read would
+    be one shard's, and the driver holds one sample at a time, not one per block."""
+    summaries = train.map_batches(
+        _summary, fn_kwargs={"layout": layout, "seed": seed}, batch_format="pandas", batch_size=None
+    )
+    parts: list[dict[str, Any]] = []
+    sample = pd.DataFrame()
     try:
-        parts = train.map_batches(
-            _summary, fn_kwargs={"layout": layout}, batch_format="pandas", batch_size=None
-        ).take_all()
+        for part in summaries.iter_rows():
+            block = _unpacked(part.pop("sample"))
+            sample = _lowest(pd.concat([sample, block]) if len(sample) else block)
+            parts.append(part)
     except DataError:
         raise
     except Exception as e:  # Ray Data wraps reader errors, and ours, in its own types
@@ -288,11 +309,64 @@ def fit(train: Any, layout: Layout) -> tuple[Layout, int]:
     rows = sum(int(part["rows"]) for part in parts)
     if rows == 0:
         raise DataError("no training rows: the data are empty or val_fraction takes them all")
-    return layout.fitted([p for p in parts if int(p["rows"])]), rows
+    fitted = layout.fitted([p for p in parts if int(p["rows"])])
+    return fitted, rows, sample.drop(columns=[SAMPLE_KEY]).reset_index(drop=True)
 
 
-def _summary(frame: pd.DataFrame, layout: Layout) -> dict[str, np.ndarray]:
-    return {"rows": np.array([len(frame)]), **layout.summary(frame)}
+def _summary(frame: pd.DataFrame, layout: Layout, seed: int | None = None) -> dict[str, Any]:
+    """A block's summary; with a `seed`, also its share of the sample (`fit`)."""
+    summary: dict[str, Any] = {"rows": np.array([len(frame)]), **layout.summary(frame)}
+    if seed is not None:
+        keys, limit = _sample_keys(frame, seed), _sample_limit(frame)
+        lowest = np.argpartition(keys, limit - 1)[:limit] if len(keys) > limit else slice(None)
+        keyed = frame.iloc[lowest].assign(**{SAMPLE_KEY: keys[lowest]})
+        summary["sample"] = np.array([_packed(keyed)], dtype=object)
+    return summary
+
+
+SAMPLE_KEY = "__kiln_sample_key"
+
+
+def _sample_keys(frame: pd.DataFrame, seed: int) -> np.ndarray:
+    """A seeded hash of each row's values, whatever block it is read in. Number columns are
+    hashed together as one matrix (a quarter of the time of pandas' hash, which goes column
+    by column); raw bytes, such as an encoded image, are left out (its path is hashed)."""
+    numbers = [c for c in frame if pd.api.types.is_numeric_dtype(frame[c])]
+    others = [c for c in frame if c not in numbers and not _holds_bytes(frame[c])]
+    codes = np.full(len(frame), _salt(f"sample-{seed}"), dtype=np.uint64)
+    if numbers:
+        bits = frame[numbers].to_numpy(np.float64, na_value=np.nan).view(np.uint64)
+        weights = np.random.default_rng(len(numbers)).integers(1, 2**63, len(numbers), np.uint64)
+        codes ^= (bits * (weights | np.uint64(1))).sum(axis=1, dtype=np.uint64)
+    if others:
+        codes ^= pd.util.hash_pandas_object(frame[others], index=False).to_numpy(np.uint64)
+    return _mix(codes)
+
+
+def _holds_bytes(column: pd.Series) -> bool:
+    return len(column) > 0 and isinstance(column.iloc[0], bytes)
+
+
+def _sample_limit(frame: pd.DataFrame) -> int:
+    """SAMPLE_ROWS, fewer where they would pass SAMPLE_BYTES (rows of encoded images)."""
+    head = frame.head(1000)
+    row_bytes = head.memory_usage(deep=True, index=False).sum() / max(len(head), 1)
+    return max(1, min(SAMPLE_ROWS, int(SAMPLE_BYTES // max(row_bytes, 1))))
+
+
+def _lowest(keyed: pd.DataFrame) -> pd.DataFrame:
+    """The keyed rows of lowest key, in key order, as many as a block keeps."""
+    return keyed.nsmallest(_sample_limit(keyed), SAMPLE_KEY)
+
+
+def _packed(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.reset_index(drop=True).to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _unpacked(data: bytes) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(data))
 
 
 KILN_ERROR = re.compile(r"kiln\.errors\.\w+Error: (.+)")

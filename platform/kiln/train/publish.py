@@ -69,7 +69,7 @@ def id_files(dataset: Dataset | StreamedDataset) -> dict[str, bytes]:
 def reference_file(dataset: Dataset | StreamedDataset) -> dict[str, bytes]:
     """Up to 2,000 training inputs (8 MiB at most) as the model takes them, for the tasks
     whose serving tracks drift (kiln.serve.replica.drift): drawn at random from a dataset in
-    memory, the first rows read from a streamed one (reading them all would cost an epoch)."""
+    memory; a streamed one's were drawn in its fitting pass (kiln.data.stream.fit)."""
     schema = dataset.schema
     if not tasks.get(schema.task).drift:
         return {}
@@ -78,8 +78,10 @@ def reference_file(dataset: Dataset | StreamedDataset) -> dict[str, bytes]:
     if isinstance(dataset, Dataset):
         x = dataset.x_train
         sample = x[np.sort(np.random.default_rng(0).permutation(len(x))[:rows])]
+    elif dataset.sample_x is not None:
+        sample = dataset.sample_x[:rows]  # in sampling order: any prefix is a uniform sample
     else:
-        sample = dataset.datasets["train"].take_batch(rows, batch_format="numpy")["x"]
+        return {}
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(sample), allow_pickle=False)
     return {REFERENCE: buffer.getvalue()}
