@@ -121,6 +121,13 @@ def test_the_fitting_pass_samples_training_rows_from_every_shard(tmp_path):
 
     streamed = data.stream.stream(Shards.open(str(folder)), layout, 0.2, seed=0)
     assert streamed.sample_x.shape == (2000, FEATURES)
+    few = tmp_path / "few.parquet"  # 50 distinct rows, 800 times each: a sample of them all
+    rows = pd.DataFrame({"n": np.arange(40_000) % 50, "label": np.arange(40_000) % 2})
+    rows.to_parquet(few)
+    trained = rows[~in_validation(rows, 0.2, 0)].n.nunique()  # equal rows split together
+    layout = TableLayout("classification", "label", ["n"])
+    dataset = data.stream.stream(Shards.open(str(few)), layout, 0.2, seed=0)
+    assert len(np.unique(dataset.sample_x)) == trained > 30
     rule = streamed.schema.transform["standardize"]
     f0 = streamed.sample_x[:, 0] * rule["std"][0] + rule["mean"][0]  # as the files wrote it
     np.testing.assert_allclose(np.sort(f0), np.sort(first.f0), rtol=1e-5, atol=1e-5)
@@ -350,6 +357,54 @@ def test_a_corrupt_parquet_file_fails_in_one_line_naming_it(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert "part-00001.parquet: not a readable Parquet file" in lines[-1]
     assert "Traceback" not in done.stderr
+
+
+def late_values(path: Path, value: str, first_rows: int = 400_000) -> None:
+    """A CSV whose feature `n` is whole numbers for more than pyarrow's first block (1 MiB,
+    where it reads a column's type from) and then `value`, every 7th row for 1,000 rows."""
+    n = (np.arange(first_rows + 1000) % 50).astype(object)
+    n[first_rows::7] = value
+    pd.DataFrame({"n": n, "label": np.arange(len(n)) % 2}).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_number_column_with_decimals_past_its_first_rows_reads(tmp_path, streaming):
+    late_values(tmp_path / "late.csv", "2.5")
+    dataset = build(tmp_path / "late.csv", streaming)
+    fitted = dataset.schema.transform["standardize"]
+    x = dataset.x_train if not streaming else _streamed_x(dataset)
+    assert np.isfinite(x).all() and np.isclose(x * fitted["std"][0] + fitted["mean"][0], 2.5).any()
+
+
+def _streamed_x(dataset: StreamedDataset) -> np.ndarray:
+    batches = dataset.datasets["train"].iter_batches(batch_size=None, batch_format="numpy")
+    return np.concatenate([b["x"] for b in batches])
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_missing_marker_past_the_first_rows_is_named_then_read_as_missing(tmp_path, streaming):
+    """`?` (UCI's mark for a missing value) in a number column: one line naming the file, the
+    column, the value and the setting; with `csv.missing: ["?"]`, the training mean."""
+    late_values(tmp_path / "late.csv", "?")
+    with pytest.raises(DataError) as refused:
+        build(tmp_path / "late.csv", streaming)
+    message = str(refused.value)
+    assert "late.csv: In CSV column #0 ('n')" in message and "invalid value '?'" in message
+    assert "data.params.csv.missing" in message and "\n" not in message
+    dataset = build(tmp_path / "late.csv", streaming, csv={"missing": ["?"]})
+    x = _streamed_x(dataset) if streaming else dataset.x_train
+    assert np.isfinite(x).all() and len(x) > 300_000
+
+
+def test_a_failed_csv_read_is_one_line_without_ray_datas_tracebacks(tmp_path):
+    late_values(tmp_path / "late.csv", "?")
+    spec = table_spec(tmp_path / "late.csv", "late", False)
+    path = tmp_path / "late.yaml"
+    path.write_text(json.dumps(spec))
+    done = run_kiln("train", str(path), env={"KILN_HOME": str(tmp_path / "home")})
+    assert done.returncode == 2, done.stderr
+    assert "invalid value '?'" in done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) < 5, done.stderr
 
 
 @pytest.mark.parametrize("streaming", [False, True])

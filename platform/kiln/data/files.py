@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from kiln.data.shards import GLOB, Shards
-from kiln.data.stream import quiet_ray_data, root_cause
+from kiln.data.stream import quiet_ray_data
 from kiln.errors import DataError
 
 
@@ -22,10 +22,12 @@ def read_table(shards: Shards, columns: list[str] | None = None) -> pd.DataFrame
         if shards.format == "parquet":
             dataset = ray.data.read_parquet(shards.files)
         else:
-            dataset = ray.data.read_csv(shards.files, **shards.dialect.options())
+            dataset = ray.data.read_csv(shards.files, **shards.dialect.options(shards.floats))
         frame = (dataset.select_columns(columns) if columns else dataset).to_pandas()
     except Exception as e:  # Ray Data wraps reader errors in its own types
-        raise DataError(f"cannot read {shards.path}: {root_cause(e)}") from None
+        why = shards.explain(e)
+        named = why.startswith(tuple(shards.files))  # the file that failed
+        raise DataError(f"cannot read {why if named else f'{shards.path}: {why}'}") from None
     if frame.empty:
         raise DataError(f"{shards.path} has no rows")
     return frame

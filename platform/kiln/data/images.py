@@ -22,6 +22,7 @@ from kiln.data.stream import (
     labels_of,
     merged_labels,
     merged_moments,
+    root_cause,
     should_stream,
     stream,
 )
@@ -93,6 +94,9 @@ class ImageFiles:
             sum(i.size or 0 for i in infos),
             files_fingerprint(infos),
         )
+
+    def explain(self, error: Exception) -> str:
+        return root_cause(error)
 
     def dataset(self, columns: list[str]):
         """Rows of `bytes` (the encoded file), `label` and `file` (its path below the root,

@@ -13,8 +13,10 @@ import codecs
 import fnmatch
 import hashlib
 import os
+import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -23,6 +25,7 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kiln.data.stream import root_cause
 from kiln.errors import DataError
 
 Format = Literal["parquet", "csv"]
@@ -35,13 +38,15 @@ GLOB = set("*?[")
 
 class CsvDialect(BaseModel):
     """How a CSV file is written (a dataset's `csv` param): what separates its fields, what
-    marks a decimal (a comma in many European exports, with `;` between fields), and its
-    text encoding."""
+    marks a decimal (a comma in many European exports, with `;` between fields), its text
+    encoding, and the values that mark a missing one beside pyarrow's (empty, NA, NaN, null,
+    N/A, ...): `?` in many public datasets."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     delimiter: str = Field(",", min_length=1, max_length=1)
     decimal: str = Field(".", min_length=1, max_length=1)
     encoding: str = "utf8"
+    missing: list[str] = Field(default_factory=list)
 
     @field_validator("encoding")
     @classmethod
@@ -54,12 +59,21 @@ class CsvDialect(BaseModel):
             ) from None
         return encoding
 
-    def options(self) -> dict[str, Any]:
-        """pyarrow's reader options, as pyarrow.csv.open_csv and ray.data.read_csv take them."""
+    def options(self, floats: Sequence[str] = ()) -> dict[str, Any]:
+        """pyarrow's reader options, as pyarrow.csv.open_csv and ray.data.read_csv take them.
+        `floats`: columns read as float64 whatever their first rows hold (pyarrow infers a
+        column's type from its first block: whole numbers there and a decimal further down
+        would fail the read)."""
+        convert = pyarrow.csv.ConvertOptions(
+            decimal_point=self.decimal, column_types={name: pa.float64() for name in floats}
+        )
+        if self.missing:
+            convert.null_values = [*convert.null_values, *self.missing]
+            convert.strings_can_be_null = True  # a text column's `?` is missing too
         return {
             "read_options": pyarrow.csv.ReadOptions(encoding=self.encoding),
             "parse_options": pyarrow.csv.ParseOptions(delimiter=self.delimiter),
-            "convert_options": pyarrow.csv.ConvertOptions(decimal_point=self.decimal),
+            "convert_options": convert,
         }
 
 
@@ -72,6 +86,7 @@ class Shards:
     bytes: int
     fingerprint: str  # of the files' names, sizes and modification times
     dialect: CsvDialect = CsvDialect()  # CSV only
+    floats: tuple[str, ...] = ()  # CSV columns read as float64 (CsvDialect.options)
 
     @classmethod
     def open(cls, path: str, dialect: CsvDialect = CsvDialect()) -> "Shards":
@@ -111,9 +126,41 @@ class Shards:
             finally:
                 context.use_datasource_v2 = v2
         else:
-            options = self.dialect.options()
+            options = self.dialect.options(self.floats)
             dataset = ray.data.read_csv(self.files, **options, override_num_blocks=blocks)
         return dataset.select_columns(columns)
+
+    def reading_floats(self, columns: Sequence[str]) -> "Shards":
+        """These shards with `columns` (a table's number features) read as float64."""
+        return replace(self, floats=tuple(columns))
+
+    def explain(self, error: Exception) -> str:
+        """What failed in a read of these shards, in one line. Ray Data's CSV reader drops
+        pyarrow's message (the column, the row, the value): the file it names is read again
+        here, up to the error."""
+        failed = re.search(r"Failed to read CSV file: (.+?)\. Please check", str(error))
+        file = next((f for f in self.files if failed and f.endswith(failed[1])), None)
+        if self.format != "csv" or file is None:
+            return root_cause(error)
+        uri = file if "://" in file else os.path.abspath(file)
+        filesystem, inside = pyarrow.fs.FileSystem.from_uri(uri)
+        try:
+            with filesystem.open_input_stream(inside) as f:
+                for _ in pyarrow.csv.open_csv(f, **self.dialect.options(self.floats)):
+                    pass
+        except pa.ArrowInvalid as invalid:
+            return f"{file}: {self._named(str(invalid).strip().splitlines()[0])}{_hint(invalid)}"
+        return root_cause(error)
+
+    def _named(self, message: str) -> str:
+        """pyarrow's "CSV column #3" with the column's name."""
+        names = self.schema.names
+
+        def name(found: re.Match) -> str:
+            index = int(found[1])
+            return f"{found[0]} ({names[index]!r})" if index < len(names) else found[0]
+
+        return re.sub(r"CSV column #(\d+)", name, message)
 
     def require(self, columns: list[str]) -> None:
         if missing := [c for c in columns if c not in self.schema.names]:
@@ -214,6 +261,12 @@ def _read_footers(
 
     with ThreadPoolExecutor(max_workers=min(32, len(files))) as pool:
         return list(pool.map(read, files))
+
+
+def _hint(invalid: pa.ArrowInvalid) -> str:
+    if "conversion error" not in str(invalid):
+        return ""
+    return "; a value that marks a missing one goes in data.params.csv.missing (e.g. ['?'])"
 
 
 def _not_decoded(dialect: CsvDialect) -> str:

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -42,6 +43,10 @@ class Source(Protocol):
 
     def dataset(self, columns: list[str]) -> Any:
         """A ray.data.Dataset of these columns, one read task per file at least."""
+        ...
+
+    def explain(self, error: Exception) -> str:
+        """A failed read of the dataset, in one line."""
         ...
 
 
@@ -164,12 +169,9 @@ def in_validation(
     with a key, all rows of one key value (a user, a patient) stay together."""
     hashed = frame[[key]] if key else frame
     codes = pd.util.hash_pandas_object(hashed, index=False).to_numpy(np.uint64)
-    return (_mix(codes ^ _salt(str(seed))) % HASH_BUCKETS) < round(val_fraction * HASH_BUCKETS)
-
-
-def _salt(text: str) -> np.uint64:
-    """pandas' hash_key salts only text columns: a seed is mixed in for every type with this."""
-    return np.uint64(int(hashlib.sha256(text.encode()).hexdigest()[:16], 16))
+    # pandas' hash_key salts only text columns: the seed is mixed in for every type here.
+    salt = np.uint64(int(hashlib.sha256(str(seed).encode()).hexdigest()[:16], 16))
+    return (_mix(codes ^ salt) % HASH_BUCKETS) < round(val_fraction * HASH_BUCKETS)
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -231,7 +233,7 @@ def stream(
             batch_size=None,  # whole blocks: per-batch overhead is Ray Data's largest cost
         )
 
-    layout, train_rows, sample = fit(part("train"), layout, seed)
+    layout, train_rows, sample = fit(part("train"), layout, seed, source.explain)
     tensors = {"batch_format": "pandas", "batch_size": None, "fn_kwargs": {"layout": layout}}
     datasets: dict[str, ray.data.Dataset] = {
         name: part(name).map_batches(_tensors, **tensors) for name in ("train", "val")
@@ -273,22 +275,36 @@ def quiet_ray_data() -> None:
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    # A failed read or map is a Kiln error in one line; Ray Data also logs each one with two
+    # tracebacks (about 150 lines on the terminal).
+    for name in FAILURE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+FAILURE_LOGGERS = (
+    "ray.data.exceptions",
+    "ray.data._internal.execution.streaming_executor_state",
+)
 
 
 def _tensors(frame: pd.DataFrame, layout: Layout) -> dict[str, np.ndarray]:
     return layout.tensors(frame)
 
 
-def fit(train: Any, layout: Layout, seed: int = 0) -> tuple[Layout, int, pd.DataFrame]:
+def fit(
+    train: Any, layout: Layout, seed: int = 0, explain: Callable[[Exception], str] | None = None
+) -> tuple[Layout, int, pd.DataFrame]:
     """One pass over the training rows: each block is summarised where it is read (by the
     layout: counts, sums, labels, words) and the summaries are merged here. Ray Data's
     `aggregate` computes a table's mean and std in a hash shuffle that took 10-15 s for
     300,000 rows of 32 features on 2 CPUs, against under 1 s for this pass.
 
     The pass also draws a uniform sample of up to SAMPLE_ROWS raw training rows (seeded):
-    each block keeps its rows of lowest seeded hash and the merge keeps the lowest of those
-    (bottom-k sampling), so the sample spans every shard, where the first rows read would
-    be one shard's, and the driver holds one sample at a time, not one per block."""
+    each row gets a random key, each block keeps its rows of lowest key and the merge keeps
+    the lowest of those (bottom-k sampling), so the sample spans every shard, where the first
+    rows read would be one shard's, and the driver holds one sample at a time, not one per
+    block.
+    `explain`: a failed read in one line (the source's `explain`)."""
     summaries = train.map_batches(
         _summary, fn_kwargs={"layout": layout, "seed": seed}, batch_format="pandas", batch_size=None
     )
@@ -302,7 +318,7 @@ def fit(train: Any, layout: Layout, seed: int = 0) -> tuple[Layout, int, pd.Data
     except DataError:
         raise
     except Exception as e:  # Ray Data wraps reader errors, and ours, in its own types
-        why = root_cause(e)
+        why = (explain or root_cause)(e)
         raise DataError(
             why if kiln_error_in(e) else f"cannot read the training rows: {why}"
         ) from None
@@ -328,19 +344,14 @@ SAMPLE_KEY = "__kiln_sample_key"
 
 
 def _sample_keys(frame: pd.DataFrame, seed: int) -> np.ndarray:
-    """A seeded hash of each row's values, whatever block it is read in. Number columns are
-    hashed together as one matrix (a quarter of the time of pandas' hash, which goes column
-    by column); raw bytes, such as an encoded image, are left out (its path is hashed)."""
-    numbers = [c for c in frame if pd.api.types.is_numeric_dtype(frame[c])]
-    others = [c for c in frame if c not in numbers and not _holds_bytes(frame[c])]
-    codes = np.full(len(frame), _salt(f"sample-{seed}"), dtype=np.uint64)
-    if numbers:
-        bits = frame[numbers].to_numpy(np.float64, na_value=np.nan).view(np.uint64)
-        weights = np.random.default_rng(len(numbers)).integers(1, 2**63, len(numbers), np.uint64)
-        codes ^= (bits * (weights | np.uint64(1))).sum(axis=1, dtype=np.uint64)
-    if others:
-        codes ^= pd.util.hash_pandas_object(frame[others], index=False).to_numpy(np.uint64)
-    return _mix(codes)
+    """Random keys for a block's rows, from a seed of the job's seed, the block's length and
+    its first and last rows: the same files give the same sample. (A hash of each row would
+    give equal rows equal keys, and a table of few distinct rows a sample of a few of them.)
+    Raw bytes, such as an encoded image, are left out of the seed (its path is in it)."""
+    ends = frame.iloc[[0, -1]] if len(frame) else frame
+    hashed = [c for c in frame if not _holds_bytes(frame[c])]
+    digest = pd.util.hash_pandas_object(ends[hashed], index=False).to_numpy(np.uint64)
+    return np.random.default_rng([seed, len(frame), *digest.tolist()]).random(len(frame))
 
 
 def _holds_bytes(column: pd.Series) -> bool:

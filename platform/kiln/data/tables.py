@@ -194,10 +194,12 @@ def table(
     [1, 28, 28]) reshapes each row's numbers into an image. Validation rows are chosen by a
     seeded hash of the row, or of the `split_key` column (all rows of a key on one side).
     Larger tables stream. A CSV may separate fields by another `csv.delimiter` (`;`), mark
-    decimals by another `csv.decimal` (`,`), and be in another `csv.encoding` (`latin-1`)."""
+    decimals by another `csv.decimal` (`,`), be in another `csv.encoding` (`latin-1`), and
+    mark a missing value otherwise than pyarrow knows (`csv.missing: ["?"]`)."""
     require_task("table", task, ("classification", "regression"))
     shards = Shards.open(path, csv)
     layout = _layout(shards, task, label, features, image_shape, split_key, max_categories)
+    shards = shards.reading_floats(layout.numbers)
     if should_stream(streaming, shards.bytes):
         return stream(shards, layout, val_fraction, seed, split_key)
     frame = read_table(shards, columns=columns_read(layout, split_key))
