@@ -143,6 +143,16 @@ class TestFiles:
         d = build("csv_series", task="forecasting", path=str(path), column="y", time_column="t")
         assert d.baselines["seasonal_naive_val_mae"] < 1e-6  # a pure 12-step season, once sorted
 
+    def test_csv_series_of_whole_numbers_then_decimals(self, tmp_path):
+        """Sales counted in units for years, then in fractions: past pyarrow's first block
+        (where it types a CSV column), 2.5 no longer fails the read."""
+        y = (np.arange(600_000) % 12).astype(float)
+        y[-100:] += 0.5
+        path = tmp_path / "series.csv"
+        pd.DataFrame({"y": y}).to_csv(path, index=False, float_format="%g")
+        d = build("csv_series", task="forecasting", path=str(path), column="y", window=12)
+        assert d.baselines["seasonal_naive_val_mae"] > 0  # the half units came through
+
     def test_csv_series_sorted_by_its_dates_not_their_text(self, tmp_path):
         """`3/1/1958` before `12/1/1958` and `1/1/1959`: sorted as text, December came first."""
         months = pd.date_range("1958-03-01", periods=120, freq="MS")

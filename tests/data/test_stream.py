@@ -382,6 +382,21 @@ def _streamed_x(dataset: StreamedDataset) -> np.ndarray:
 
 
 @pytest.mark.parametrize("streaming", [False, True])
+def test_booleans_and_a_column_empty_in_its_first_rows_read_as_numbers(tmp_path, streaming):
+    """Only whole numbers (and columns of nothing) are widened to float64: a CSV's True and
+    False stay booleans (1 and 0), and a column empty for its first 2,000 rows still reads."""
+    rng = np.random.default_rng(0)
+    later = np.concatenate([np.full(2000, np.nan), rng.normal(size=1000)])
+    frame = pd.DataFrame({"flag": rng.random(3000) < 0.5, "later": later})
+    frame.assign(label=rng.integers(0, 2, 3000)).to_csv(tmp_path / "t.csv", index=False)
+    dataset = build(tmp_path / "t.csv", streaming)
+    x = _streamed_x(dataset) if streaming else dataset.x_train
+    rule = dataset.schema.transform["standardize"]
+    flags = np.unique(np.round(x[:, 0] * rule["std"][0] + rule["mean"][0], 4))
+    assert flags.tolist() == [0.0, 1.0] and np.isfinite(x).all()
+
+
+@pytest.mark.parametrize("streaming", [False, True])
 def test_a_missing_marker_past_the_first_rows_is_named_then_read_as_missing(tmp_path, streaming):
     """`?` (UCI's mark for a missing value) in a number column: one line naming the file, the
     column, the value and the setting; with `csv.missing: ["?"]`, the training mean."""

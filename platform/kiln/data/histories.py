@@ -30,7 +30,7 @@ import pandas as pd
 
 from kiln.data.base import Dataset
 from kiln.data.shards import Shards
-from kiln.data.stream import StreamedDataset, quiet_ray_data, root_cause, time_order
+from kiln.data.stream import StreamedDataset, quiet_ray_data, time_order
 from kiln.errors import DataError
 from kiln.metrics.ranking import popularity_metrics, recall_rows
 from kiln.schema import DataSchema
@@ -232,7 +232,9 @@ def stream_histories(
     except DataError:
         raise
     except Exception as e:  # Ray Data wraps reader errors in its own types
-        raise DataError(f"{shards.path}: cannot read the interactions: {root_cause(e)}") from None
+        raise DataError(
+            f"{shards.path}: cannot read the interactions: {shards.explain(e)}"
+        ) from None
     train = histories.map_batches(training_windows, fn_kwargs=job, **WHOLE_BLOCKS)
     train.context.target_max_block_size = 8 * 2**20
     digest = hashlib.sha256(f"{shards.fingerprint}|{columns}|{history_len}".encode())

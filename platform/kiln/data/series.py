@@ -46,7 +46,8 @@ def csv_series(
 ) -> Dataset:
     """One numeric column of a CSV or Parquet file, ordered by `time_column` if given."""
     require_task("csv_series", task, ("forecasting",))
-    frame = read_table(Shards.open(path, csv))
+    shards = Shards.open(path, csv)
+    frame = read_table(shards.reading_floats([column] if column in shards.schema.names else []))
     for name in filter(None, [column, time_column]):
         if name not in frame.columns:
             raise DataError(f"{path} has no column {name!r}; columns: {', '.join(frame.columns)}")

@@ -131,8 +131,12 @@ class Shards:
         return dataset.select_columns(columns)
 
     def reading_floats(self, columns: Sequence[str]) -> "Shards":
-        """These shards with `columns` (a table's number features) read as float64."""
-        return replace(self, floats=tuple(columns))
+        """These shards with those of `columns` (a table's number features) whose first rows
+        hold whole numbers or nothing read as float64: pyarrow types a CSV column by its
+        first block, and a decimal (or a first value) further down would fail the read."""
+        types = {name: self.schema.field(name).type for name in columns}
+        widened = [n for n, t in types.items() if pa.types.is_integer(t) or pa.types.is_null(t)]
+        return replace(self, floats=tuple(widened))
 
     def explain(self, error: Exception) -> str:
         """What failed in a read of these shards, in one line. Ray Data's CSV reader drops
