@@ -346,6 +346,23 @@ def test_mixed_schemas_across_shards(tmp_path):
         build(tmp_path / "t")
 
 
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_shards_with_their_columns_in_another_order_read_by_name(tmp_path, suffix, streaming):
+    """Files written by different jobs may order the same columns differently."""
+    frames = [pd.read_parquet(p) for p in write_table(tmp_path / "t", rows=4000, files=2)]
+    frames[1] = frames[1][frames[1].columns[::-1]]  # label first, features reversed
+    for kind, order in (("same", frames[0].columns), ("swapped", None)):
+        (tmp_path / kind).mkdir()
+        for i, frame in enumerate(frames):
+            frame = frame if order is None else frame[order]
+            path = tmp_path / kind / f"part-{i}.{suffix}"
+            frame.to_parquet(path) if suffix == "parquet" else frame.to_csv(path, index=False)
+    same, swapped = (build(tmp_path / kind, streaming) for kind in ("same", "swapped"))
+    x = [_streamed_x(d) if streaming else d.x_train for d in (same, swapped)]
+    np.testing.assert_allclose(np.sort(x[0], axis=0), np.sort(x[1], axis=0), rtol=1e-5)
+
+
 def test_a_corrupt_parquet_file_fails_in_one_line_naming_it(tmp_path):
     write_table(tmp_path / "t", rows=100, files=2)
     (tmp_path / "t" / "part-00001.parquet").write_bytes(b"PAR1 this is not parquet")

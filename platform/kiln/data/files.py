@@ -23,7 +23,8 @@ def read_table(shards: Shards, columns: list[str] | None = None) -> pd.DataFrame
             dataset = ray.data.read_parquet(shards.files)
         else:
             dataset = ray.data.read_csv(shards.files, **shards.dialect.options(shards.floats))
-        frame = (dataset.select_columns(columns) if columns else dataset).to_pandas()
+        # by name, in the first shard's order: shards may hold their columns in any order
+        frame = dataset.select_columns(columns or shards.schema.names).to_pandas()
     except Exception as e:  # Ray Data wraps reader errors in its own types
         why = shards.explain(e)
         named = why.startswith(tuple(shards.files))  # the file that failed

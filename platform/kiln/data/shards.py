@@ -282,16 +282,17 @@ def _not_decoded(dialect: CsvDialect) -> str:
 def _same_columns(
     files: list[pyarrow.fs.FileInfo], schemas: list[pa.Schema], fmt: Format
 ) -> pa.Schema:
-    """Every shard has the first one's columns (and, for Parquet, their types: CSV types are
-    inferred per file, so only the names must agree)."""
+    """Every shard has the first one's columns, in any order (they are read by name), and,
+    for Parquet, their types (CSV types are inferred per file, so only the names must
+    agree)."""
     first = schemas[0]
     for info, schema in zip(files[1:], schemas[1:], strict=True):
-        if schema.names != first.names:
+        if sorted(schema.names) != sorted(first.names):
             raise DataError(
                 f"{info.path}: columns {schema.names} differ from {files[0].path}'s {first.names}"
             )
-        if fmt == "parquet" and not schema.equals(first):
-            changed = next(f for f in schema if first.field(f.name).type != f.type)
+        changed = next((f for f in schema if first.field(f.name).type != f.type), None)
+        if fmt == "parquet" and changed is not None:
             raise DataError(
                 f"{info.path}: column {changed.name!r} is {changed.type}, "
                 f"but {first.field(changed.name).type} in {files[0].path}"
