@@ -363,6 +363,24 @@ def test_shards_with_their_columns_in_another_order_read_by_name(tmp_path, suffi
     np.testing.assert_allclose(np.sort(x[0], axis=0), np.sort(x[1], axis=0), rtol=1e-5)
 
 
+def test_parquet_parts_with_whole_numbers_here_and_decimals_there_read_alike(tmp_path):
+    """pandas writes a column of whole numbers as int64, or as double in a part with a missing
+    value: both parts read as double, on both paths, with the same split."""
+    (tmp_path / "t").mkdir()
+    rng = np.random.default_rng(0)
+    whole = pd.DataFrame({"n": rng.integers(0, 100, 1000), "label": rng.integers(0, 2, 1000)})
+    whole.to_parquet(tmp_path / "t" / "part-0.parquet")
+    gaps = whole.assign(n=whole.n.astype(float).where(np.arange(1000) % 10 > 0))
+    gaps.to_parquet(tmp_path / "t" / "part-1.parquet")
+    in_memory, streamed = build(tmp_path / "t", False), build(tmp_path / "t", True)
+    assert len(in_memory.x_train) == streamed.train_rows
+    x = np.sort(_streamed_x(streamed), axis=0)
+    np.testing.assert_allclose(np.sort(in_memory.x_train, axis=0), x, rtol=1e-5)
+    gaps.assign(n=gaps.n.astype(str)).to_parquet(tmp_path / "t" / "part-2.parquet")
+    with pytest.raises(DataError, match=r"part-2\.parquet: column 'n' is (large_)?string, but int64"):
+        build(tmp_path / "t")
+
+
 def test_a_corrupt_parquet_file_fails_in_one_line_naming_it(tmp_path):
     write_table(tmp_path / "t", rows=100, files=2)
     (tmp_path / "t" / "part-00001.parquet").write_bytes(b"PAR1 this is not parquet")

@@ -13,18 +13,12 @@ from kiln.errors import DataError
 
 
 def read_table(shards: Shards, columns: list[str] | None = None) -> pd.DataFrame:
-    """A whole table as pandas. Ray Data does the reading: one code path for local files,
-    globs, folders of part files and object stores."""
-    import ray.data
-
+    """A whole table as pandas, read as the streamed path reads it (Shards.dataset): one code
+    path for local files, globs, folders of part files and object stores."""
     quiet_ray_data()
     try:
-        if shards.format == "parquet":
-            dataset = ray.data.read_parquet(shards.files)
-        else:
-            dataset = ray.data.read_csv(shards.files, **shards.dialect.options(shards.floats))
         # by name, in the first shard's order: shards may hold their columns in any order
-        frame = dataset.select_columns(columns or shards.schema.names).to_pandas()
+        frame = shards.dataset(columns or shards.schema.names).to_pandas()
     except Exception as e:  # Ray Data wraps reader errors in its own types
         why = shards.explain(e)
         named = why.startswith(tuple(shards.files))  # the file that failed

@@ -86,6 +86,7 @@ class Shards:
     bytes: int
     fingerprint: str  # of the files' names, sizes and modification times
     dialect: CsvDialect = CsvDialect()  # CSV only
+    mixed_numbers: bool = False  # Parquet parts with a column as int64 here, double there
     floats: tuple[str, ...] = ()  # CSV columns read as float64 (CsvDialect.options)
 
     @classmethod
@@ -95,7 +96,8 @@ class Shards:
             raise DataError(f"no Parquet or CSV files in {path}")
         files = sorted(found, key=lambda info: info.path)
         fmt = _format(path, files)
-        schema = _same_columns(files, _read_footers(filesystem, files, fmt, dialect), fmt)
+        schemas = _read_footers(filesystem, files, fmt, dialect)
+        schema = _same_columns(files, schemas, fmt)
         prefix = scheme(path)
         return cls(
             path=path,
@@ -105,6 +107,7 @@ class Shards:
             bytes=sum(info.size or 0 for info in files),
             fingerprint=files_fingerprint(files),
             dialect=dialect,
+            mixed_numbers=fmt == "parquet" and any(not s.equals(schemas[0]) for s in schemas),
         )
 
     def dataset(self, columns: list[str]):
@@ -121,8 +124,10 @@ class Shards:
             # and grouped 10 files into 3 read tasks: Kiln reads its listed files with V1.
             context = ray.data.DataContext.get_current()
             v2, context.use_datasource_v2 = context.use_datasource_v2, False
+            # parts whose number types differ are read as the types they promote to (double)
+            promoted = {"schema": self.schema} if self.mixed_numbers else {}
             try:
-                dataset = ray.data.read_parquet(self.files, override_num_blocks=blocks)
+                dataset = ray.data.read_parquet(self.files, override_num_blocks=blocks, **promoted)
             finally:
                 context.use_datasource_v2 = v2
         else:
@@ -267,6 +272,13 @@ def _read_footers(
         return list(pool.map(read, files))
 
 
+def _alike(a: pa.DataType, b: pa.DataType) -> bool:
+    """The same type, or two kinds of number (or no value at all: a part whose column is
+    empty)."""
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)
+    return a == b or all(any(is_kind(t) for is_kind in numeric) for t in (a, b))
+
+
 def _hint(invalid: pa.ArrowInvalid) -> str:
     if "conversion error" not in str(invalid):
         return ""
@@ -283,18 +295,21 @@ def _same_columns(
     files: list[pyarrow.fs.FileInfo], schemas: list[pa.Schema], fmt: Format
 ) -> pa.Schema:
     """Every shard has the first one's columns, in any order (they are read by name), and,
-    for Parquet, their types (CSV types are inferred per file, so only the names must
-    agree)."""
+    for Parquet, their types, but for numbers: pandas writes a column of whole numbers as
+    int64 in a part without a missing value and as double in one with. (CSV types are
+    inferred per file, so only the names must agree.)"""
     first = schemas[0]
     for info, schema in zip(files[1:], schemas[1:], strict=True):
         if sorted(schema.names) != sorted(first.names):
             raise DataError(
                 f"{info.path}: columns {schema.names} differ from {files[0].path}'s {first.names}"
             )
-        changed = next((f for f in schema if first.field(f.name).type != f.type), None)
+        changed = next((f for f in schema if not _alike(first.field(f.name).type, f.type)), None)
         if fmt == "parquet" and changed is not None:
             raise DataError(
                 f"{info.path}: column {changed.name!r} is {changed.type}, "
                 f"but {first.field(changed.name).type} in {files[0].path}"
             )
-    return first
+    if fmt == "csv":
+        return first
+    return pa.unify_schemas(schemas, promote_options="permissive")  # in the first's order
