@@ -377,7 +377,8 @@ def test_parquet_parts_with_whole_numbers_here_and_decimals_there_read_alike(tmp
     x = np.sort(_streamed_x(streamed), axis=0)
     np.testing.assert_allclose(np.sort(in_memory.x_train, axis=0), x, rtol=1e-5)
     gaps.assign(n=gaps.n.astype(str)).to_parquet(tmp_path / "t" / "part-2.parquet")
-    with pytest.raises(DataError, match=r"part-2\.parquet: column 'n' is (large_)?string, but int64"):
+    refused = r"part-2\.parquet: column 'n' is (large_)?string, but int64"
+    with pytest.raises(DataError, match=refused):
         build(tmp_path / "t")
 
 
