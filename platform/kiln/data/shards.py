@@ -86,7 +86,7 @@ class Shards:
     bytes: int
     fingerprint: str  # of the files' names, sizes and modification times
     dialect: CsvDialect = CsvDialect()  # CSV only
-    mixed_numbers: bool = False  # Parquet parts with a column as int64 here, double there
+    parts_differ: bool = False  # Parquet parts whose schemas differ (column order, int/double)
     floats: tuple[str, ...] = ()  # CSV columns read as float64 (CsvDialect.options)
 
     @classmethod
@@ -107,7 +107,7 @@ class Shards:
             bytes=sum(info.size or 0 for info in files),
             fingerprint=files_fingerprint(files),
             dialect=dialect,
-            mixed_numbers=fmt == "parquet" and any(not s.equals(schemas[0]) for s in schemas),
+            parts_differ=fmt == "parquet" and any(not s.equals(schemas[0]) for s in schemas),
         )
 
     def dataset(self, columns: list[str]):
@@ -124,8 +124,8 @@ class Shards:
             # and grouped 10 files into 3 read tasks: Kiln reads its listed files with V1.
             context = ray.data.DataContext.get_current()
             v2, context.use_datasource_v2 = context.use_datasource_v2, False
-            # parts whose number types differ are read as the types they promote to (double)
-            promoted = {"schema": self.schema} if self.mixed_numbers else {}
+            # parts that differ are read with their unified schema (int64 and double: double)
+            promoted = {"schema": self.schema} if self.parts_differ else {}
             try:
                 dataset = ray.data.read_parquet(self.files, override_num_blocks=blocks, **promoted)
             finally:
@@ -304,8 +304,10 @@ def _same_columns(
             raise DataError(
                 f"{info.path}: columns {schema.names} differ from {files[0].path}'s {first.names}"
             )
+        if fmt == "csv":
+            continue
         changed = next((f for f in schema if not _alike(first.field(f.name).type, f.type)), None)
-        if fmt == "parquet" and changed is not None:
+        if changed is not None:
             raise DataError(
                 f"{info.path}: column {changed.name!r} is {changed.type}, "
                 f"but {first.field(changed.name).type} in {files[0].path}"
