@@ -118,8 +118,8 @@ def write_shuffled_shards(folder, users=400, items=300, files=3, seed=5):
     return frame
 
 
-def build_interactions(path, streaming):
-    params = {"history_len": 5, "user_column": "uid"}
+def build_interactions(path, streaming, **params):
+    params = {"history_len": 5, "user_column": "uid", **params}
     spec = DataSpec(name="interactions", path=str(path), params=params, streaming=streaming)
     return data.build(spec, "recommendation")
 
@@ -142,6 +142,31 @@ def test_streamed_histories_equal_the_in_memory_arrays(tmp_path):
     expected = np.column_stack([whole.x_train, whole.y_train])
     assert streamed.train_rows == len(expected)
     np.testing.assert_array_equal(_sorted_rows(rows), _sorted_rows(expected))
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_past_validation_users_both_paths_validate_one_sample_and_train_on_the_same(tmp_path):
+    write_shuffled_shards(tmp_path / "events")
+    every = build_interactions(tmp_path / "events", streaming=False)
+    whole = build_interactions(tmp_path / "events", streaming=False, validation_users=150)
+    streamed = build_interactions(tmp_path / "events", streaming=True, validation_users=150)
+    assert 140 <= len(whole.y_val) <= 150 < len(every.y_val)  # 150 users, less cold items
+    np.testing.assert_array_equal(streamed.extras["candidates"], whole.extras["candidates"])
+    np.testing.assert_array_equal(streamed.extras["x_val"], whole.x_val)
+    np.testing.assert_array_equal(streamed.extras["y_val"], whole.y_val)
+    sampled = np.isin(every.x_val[:, 0], whole.x_val[:, 0])
+    np.testing.assert_array_equal(every.x_val[sampled], whole.x_val)  # the same rows, fewer
+    np.testing.assert_array_equal(every.y_val[sampled], whole.y_val)
+    np.testing.assert_array_equal(every.x_train, whole.x_train)  # training is untouched
+    assert streamed.train_rows == len(every.y_train)
+    other_seed = DataSpec(
+        name="interactions",
+        path=str(tmp_path / "events"),
+        params={"history_len": 5, "user_column": "uid", "validation_users": 150},
+        streaming=False,
+        seed=1,
+    )
+    assert set(data.build(other_seed, "recommendation").x_val[:, 0]) != set(whole.x_val[:, 0])
 
 
 def _sorted_rows(a: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 
 from kiln.data.base import DATASETS, Dataset, require_task
 from kiln.data.files import read_table
-from kiln.data.histories import NEGATIVES, leave_last_out, stream_histories
+from kiln.data.histories import NEGATIVES, VALIDATION_USERS, leave_last_out, stream_histories
 from kiln.data.shards import CsvDialect, Shards
 from kiln.data.stream import StreamedDataset, should_stream
 from kiln.errors import DataError
@@ -53,6 +53,7 @@ def interactions(
     *,
     path: str | None = None,
     history_len: PositiveInt = 20,
+    validation_users: PositiveInt = VALIDATION_USERS,
     user_column: str | None = None,
     item_column: str | None = None,
     time_column: str | None = None,
@@ -61,19 +62,21 @@ def interactions(
     csv: CsvDialect = CsvDialect(),
 ) -> Dataset | StreamedDataset:
     """From `path` (CSV or Parquet; MovieLens layouts detected; streamed by size), else
-    synthetic. MovieLens 100k's headerless `u.data` is read in memory."""
+    synthetic. MovieLens 100k's headerless `u.data` is read in memory. Past
+    `validation_users` users, a seeded sample of them is validated on."""
     require_task("interactions", task, ("recommendation",))
     if not path:
-        return leave_last_out(synthetic_interactions(synthetic, seed), history_len, seed)
+        frame = synthetic_interactions(synthetic, seed)
+        return leave_last_out(frame, history_len, seed, validation_users)
     if not _is_udata(path):
         shards = Shards.open(path, csv)
         if should_stream(streaming, shards.bytes):
             names = [f.name for f in shards.schema]
             columns = _columns(names, user_column, item_column, time_column)
             shards.require(list(columns.values()))
-            return stream_histories(shards, columns, history_len, seed)
+            return stream_histories(shards, columns, history_len, seed, validation_users)
     frame = read_interactions(path, user_column, item_column, time_column, csv)
-    return leave_last_out(frame, history_len, seed)
+    return leave_last_out(frame, history_len, seed, validation_users)
 
 
 def read_interactions(
