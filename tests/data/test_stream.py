@@ -20,7 +20,7 @@ import pytest
 from kiln import data, preprocess
 from kiln.data.files import read_table
 from kiln.data.shards import Shards
-from kiln.data.stream import StreamedDataset, fit, in_validation, rows_of
+from kiln.data.stream import StreamedDataset, fit, in_validation
 from kiln.data.tables import TableLayout
 from kiln.errors import DataError
 from kiln.registry import ModelRegistry
@@ -73,13 +73,8 @@ def test_streamed_fit_equals_numpy_on_the_same_rows(tmp_path):
     write_table(tmp_path / "t", rows=30_000, files=3)
     shards = Shards.open(str(tmp_path / "t"))
     layout = TableLayout("classification", "label", [f"f{i}" for i in range(FEATURES)])
-    train_rows = shards.dataset(layout.columns).map_batches(
-        rows_of,
-        fn_kwargs={"part": "train", "val_fraction": 0.2, "seed": 0, "key": None},
-        batch_format="pandas",
-        batch_size=None,
-    )
-    fitted, count, _ = fit(train_rows, layout)
+    split = {"val_fraction": 0.2, "seed": 0, "key": None}
+    fitted, count, _ = fit(shards.dataset(layout.columns), layout, split)
     frame = pd.concat(pd.read_parquet(p) for p in shards.files)
     expected = frame[~in_validation(frame[layout.columns], 0.2, 0)]
     x = expected[layout.features].to_numpy(np.float64)
@@ -100,17 +95,8 @@ def test_the_fitting_pass_samples_training_rows_from_every_shard(tmp_path):
     layout = TableLayout("classification", "label", [f"f{i}" for i in range(FEATURES)])
 
     def sample(seed: int) -> pd.DataFrame:
-        rows = (
-            Shards.open(str(folder))
-            .dataset(layout.columns)
-            .map_batches(
-                rows_of,
-                fn_kwargs={"part": "train", "val_fraction": 0.2, "seed": 0, "key": None},
-                batch_format="pandas",
-                batch_size=None,
-            )
-        )
-        return fit(rows, layout, seed)[2]
+        split = {"val_fraction": 0.2, "seed": seed, "key": None}
+        return fit(Shards.open(str(folder)).dataset(layout.columns), layout, split)[2]
 
     first, again, other = sample(0), sample(0), sample(1)
     assert len(first) == 2000 and first.equals(again) and not first.equals(other)
@@ -337,6 +323,20 @@ def test_a_column_the_spec_names_that_the_files_lack(tmp_path):
     write_table(tmp_path / "t", rows=100, files=2)
     with pytest.raises(DataError, match="has no column 'price'"):
         build(tmp_path / "t", features=["f0", "price"])
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_split_that_leaves_no_validation_rows_is_refused_before_training(tmp_path, streaming):
+    """Keyed by a column of one value, every row falls on one side: here, training.
+    Streamed, the fitting pass counts the validation rows it skips."""
+    path = write_table(tmp_path / "t", rows=1_000, files=2)[0].parent
+    site = next(
+        v for v in "abcdef" if not in_validation(pd.DataFrame({"site": [v]}), 0.2, 0, "site")
+    )
+    for part in path.glob("*.parquet"):
+        pd.read_parquet(part).assign(site=site).to_parquet(part)
+    with pytest.raises(DataError, match="1000 rows have too few distinct 'site' values to split"):
+        build(path, streaming=streaming, split_key="site")
 
 
 def test_mixed_schemas_across_shards(tmp_path):
