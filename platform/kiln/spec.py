@@ -79,11 +79,18 @@ class OptimizerSpec(Strict):
     betas: tuple[float, float] = Field(
         (0.9, 0.999), description="adam and adamw; GANs use [0.5, 0.999]"
     )
+    sparse_embeddings: bool | Literal["auto"] = Field(
+        "auto",
+        description="embedding tables updated only in the rows a batch used (SparseAdam, no "
+        "weight decay on them); auto: tables of 100,000 rows or more, on CPUs; adam and adamw",
+    )
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> "OptimizerSpec":
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError("betas: each must be in [0, 1)")
+        if self.sparse_embeddings is True and self.name == "sgd":
+            raise ValueError("sparse_embeddings: true needs adam or adamw (SparseAdam)")
         return self
 
 

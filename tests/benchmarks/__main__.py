@@ -9,6 +9,7 @@ import sys
 from tests.benchmarks import (
     bench_amp,
     bench_autoscale,
+    bench_embeddings,
     bench_interactions,
     bench_recommend,
     bench_rollout,
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "rollout": bench_rollout.main,
     "recommend": bench_recommend.main,
     "interactions": bench_interactions.main,
+    "embeddings": bench_embeddings.main,
     "soak": bench_soak.main,
     "stream": bench_stream.main,
     "speech": bench_speech.main,

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from kiln.data import Dataset
 from kiln.spec import JobSpec, TrainSpec
 from kiln.train import amp
+from kiln.train.sparse import clip_gradients, mark_sparse_tables, with_sparse_tables
 
 MODEL_FILE, STATE_FILE, ARTIFACTS = "model.safetensors", "state.pt", "artifacts"
 
@@ -60,6 +61,7 @@ class WorkerSession:
         self.dtype = amp.precision(self.spec.train.precision, self.device)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         self.model: nn.Module | None = None
+        self.sparse_tables: list[nn.Parameter] = []  # embedding weights with sparse gradients
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
         self.progress = Progress()
@@ -73,6 +75,7 @@ class WorkerSession:
         """The whole model is what gets checkpointed and registered; pass parts of it to
         `wrap` for DDP when a loop trains them separately (a GAN's two networks)."""
         self.model = model.to(self.device)
+        self.sparse_tables = mark_sparse_tables(model, self.spec.train.optimizer, self.device)
         return self.model
 
     def wrap(self, module: nn.Module) -> nn.Module:
@@ -84,7 +87,13 @@ class WorkerSession:
     def optimizer(
         self, module: nn.Module, name: str = "model", lr_scale: float = 1.0
     ) -> torch.optim.Optimizer:
-        optimizer = make_optimizer(module.parameters(), self.spec.train, lr_scale)
+        sparse = {id(t) for t in self.sparse_tables}
+        tables = [p for p in module.parameters() if id(p) in sparse]
+        rest = [p for p in module.parameters() if id(p) not in sparse]
+        o = self.spec.train.optimizer
+        optimizer = with_sparse_tables(
+            make_optimizer(rest, self.spec.train, lr_scale), tables, o.lr * lr_scale, o.betas
+        )
         self.optimizers[name] = optimizer
         self.schedulers[name] = make_scheduler(optimizer, self.spec.train)
         return optimizer
@@ -98,7 +107,7 @@ class WorkerSession:
         self.scaler.scale(loss).backward()
         if self.spec.train.grad_clip:
             self.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(module.parameters(), self.spec.train.grad_clip)
+            clip_gradients(module.parameters(), self.spec.train.grad_clip)
         self.scaler.step(optimizer)
         self.scaler.update()
 
