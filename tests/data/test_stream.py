@@ -339,6 +339,16 @@ def test_a_split_that_leaves_no_validation_rows_is_refused_before_training(tmp_p
         build(path, streaming=streaming, split_key="site")
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_one_row_repeated_is_refused_as_too_few_to_split(tmp_path, streaming):
+    value = next(
+        v for v in range(9) if not in_validation(pd.DataFrame({"n": [v], "label": [1]}), 0.2, 0)
+    )
+    pd.DataFrame({"n": [value] * 1_000, "label": [1] * 1_000}).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"1000 rows are too few .* \(equal rows fall on one side"):
+        build(tmp_path / "t.parquet", streaming=streaming)
+
+
 def test_mixed_schemas_across_shards(tmp_path):
     write_table(tmp_path / "t", rows=100, files=2)
     pd.DataFrame({"f0": [1.0], "label": [1]}).to_parquet(tmp_path / "t" / "part-9.parquet")

@@ -184,7 +184,7 @@ def _mix(z: np.ndarray) -> np.ndarray:
 def too_few_to_split(rows: int, val_fraction: float, key: str | None) -> str:
     if key:  # every row of a key value falls on one side
         return f"{rows} rows have too few distinct {key!r} values to split at {val_fraction}"
-    return f"{rows} rows are too few to split at {val_fraction}"
+    return f"{rows} rows are too few to split at {val_fraction} (equal rows fall on one side)"
 
 
 def rows_of(
