@@ -59,16 +59,20 @@ def test_leave_last_out_by_time_with_duplicates_and_cold_items():
 
 def test_times_written_as_dates_order_a_history_as_dates():
     """A user's 3/1, 10/1 and 12/1 (month first, as written): as text, 10/1 came first."""
-    frame = pd.DataFrame(
-        {"user": [7, 7, 7], "item": [1, 2, 3], "time": ["12/1/2020", "3/1/2020", "10/1/2020"]}
+    frame = pd.DataFrame(  # user 8's one item trains: user 7's held-out item can be ranked
+        {
+            "user": [7, 7, 7, 8],
+            "item": [1, 2, 3, 1],
+            "time": ["12/1/2020", "3/1/2020", "10/1/2020", "1/1/2020"],
+        }
     )
     d = leave_last_out(frame, history_len=2, seed=0)
-    assert d.extras["ids"]["items"].tolist() == [2, 3]  # item 1 (12/1) is held out
-    assert d.y_train.tolist() == [1, 2]  # 2 (3/1), then 3 (10/1)
-    day_first = frame.assign(time=["01/12/2020", "13/01/2020", "01/10/2020"])  # 13: day first
-    assert leave_last_out(day_first, 2, seed=0).extras["ids"]["items"].tolist() == [2, 3]
+    assert d.y_val.tolist() == [1]  # item 1 (12/1) is held out
+    assert d.y_train.tolist() == [2, 3, 1]  # 2 (3/1), then 3 (10/1); then user 8's
+    day_first = frame.assign(time=["01/12/2020", "13/01/2020", "01/10/2020", "01/01/2020"])
+    assert leave_last_out(day_first, 2, seed=0).y_val.tolist() == [1]  # 13: day first
     with pytest.raises(DataError, match="time column is not dates or numbers"):
-        leave_last_out(frame.assign(time=["soon", "later", "now"]), history_len=2, seed=0)
+        leave_last_out(frame.assign(time=["soon", "later", "now", "then"]), 2, seed=0)
 
 
 def test_a_feature_store_history_keeps_dated_interactions_as_unix_times():
@@ -83,9 +87,34 @@ def test_a_feature_store_history_keeps_dated_interactions_as_unix_times():
 
 
 def test_training_examples_predict_each_next_item():
-    frame = pd.DataFrame({"user": [7, 7, 7], "item": [1, 2, 3], "time": [1, 2, 3]})
-    d = leave_last_out(frame, history_len=2, seed=0)
-    assert d.x_train.tolist() == [[1, 0, 0], [1, 0, 1]] and d.y_train.tolist() == [1, 2]
+    frame = pd.DataFrame({"user": [7, 7, 7, 8], "item": [1, 2, 3, 3], "time": [1, 2, 3, 0]})
+    d = leave_last_out(frame, history_len=2, seed=0)  # user 8's item 3 trains: 7's is ranked
+    assert d.x_train.tolist() == [[1, 0, 0], [1, 0, 1], [2, 0, 0]]
+    assert d.y_train.tolist() == [1, 2, 3] and d.x_val.tolist() == [[1, 1, 2]]
+
+
+def test_interactions_with_nothing_to_validate_on_are_refused():
+    """Each user's latest item is held out only when they have two or more, and a held-out
+    item training never saw is dropped: with none left, training would report HR@10 0 of
+    nobody and register it."""
+    once = pd.DataFrame({"user": [1, 2, 3], "item": [1, 2, 3], "time": [1, 2, 3]})
+    with pytest.raises(DataError, match="no user has two or more distinct items"):
+        leave_last_out(once, history_len=3, seed=0)
+    rewatched = pd.DataFrame({"user": [1, 1], "item": [4, 4], "time": [1, 2]})
+    with pytest.raises(DataError, match="no user has two or more distinct items"):
+        leave_last_out(rewatched, history_len=3, seed=0)
+    new_items = pd.DataFrame({"user": [1, 1, 2, 2], "item": [1, 5, 2, 6], "time": [1, 2, 3, 4]})
+    with pytest.raises(DataError, match="each of the 2 held-out items .* no training"):
+        leave_last_out(new_items, history_len=3, seed=0)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_streamed_interactions_with_nothing_to_validate_on_are_refused_before_training(tmp_path):
+    (tmp_path / "events").mkdir()
+    once = pd.DataFrame({"uid": [1, 2, 3], "item": [1, 2, 3], "time": [1, 2, 3]})
+    once.to_parquet(tmp_path / "events" / "part-0.parquet", index=False)
+    with pytest.raises(DataError, match="no user has two or more distinct items"):
+        build_interactions(tmp_path / "events", streaming=True)
 
 
 def test_synthetic_interactions_are_seeded_and_negatives_unseen():

@@ -198,6 +198,8 @@ def evaluation(
 ) -> Evaluation:
     """The validation rows (users in order; cold items dropped), their candidates (the
     held-out item and NEGATIVES), the schema and the popularity baseline."""
+    if len(held) == 0 or (held["y"].to_numpy() == 0).all():  # (a streamed none: no columns)
+        raise DataError(_nothing_to_validate(len(held)))
     held = held.sort_values("user", kind="stable")
     cold = held["y"].to_numpy() == 0  # items never seen in training cannot be ranked
     held = held[~cold]
@@ -233,6 +235,18 @@ def evaluation(
             # Index i + 1 of each is the i-th id: registered as Parquet (kiln.idmaps).
             "ids": {"users": ids.users, "items": ids.items},
         },
+    )
+
+
+def _nothing_to_validate(held: int) -> str:
+    if held == 0:
+        return (
+            "no user to validate on: leave-last-out holds out a user's latest item, and no "
+            "user has two or more distinct items"
+        )
+    return (
+        f"no user to validate on: each of the {held} held-out items (a user's latest) is one "
+        "that no training interaction has, and an item training never saw cannot be ranked"
     )
 
 
