@@ -1,5 +1,5 @@
 """The trainer starts no actor a run has no work for, its controller does not import torch,
-and a run's reports reach the driver without waiting on the controller's handle."""
+and the controller's handle reaches the driver as the run starts, ahead of its reports."""
 
 import subprocess
 import sys
@@ -24,7 +24,7 @@ from rich.console import Console
 
 from kiln.train import run_job
 from kiln.train.backend import TorchWorkersConfig, process_group_backend
-from kiln.train.progress import ProgressView, ReportForwarder, abort
+from kiln.train.progress import ControllerHandle, ProgressView, ReportForwarder, abort
 from kiln.train.scaling import FixedWorkersNoRequests
 from kiln.train.trainer import LeanTorchTrainer, has_state_api
 from kiln.validate import load_spec
@@ -60,14 +60,14 @@ def test_a_run_with_datasets_and_state_api_keeps_ray_s_callbacks():
     assert PlacementGroupCleanerCallback in kinds(LeanTorchTrainer(loop))
 
 
-def test_an_in_memory_run_starts_no_dataset_manager_and_no_torch_in_its_controller(
+def test_an_in_memory_run_starts_no_dataset_manager_no_torch_in_its_controller_handle_first(
     fresh_home, tmp_path, monkeypatch
 ):
     """The suite's cluster has the dashboard, so the placement-group cleaner stays. A probe on
     the controller of this two-worker run writes down whether torch was imported there. The
     cluster is local, as `kiln train` starts one (conftest), so the run's controller gets
     the policy without autoscaling requests: Ray still hands its policy to the method that
-    swaps it."""
+    swaps it. The controller's handle reaches the driver before the run's report."""
     assert has_state_api()
     probe = tmp_path / "controller.txt"
     monkeypatch.setenv("RAY_TRAIN_CALLBACKS", "tests.train.controller_probe.TorchProbe")
@@ -78,6 +78,10 @@ def test_an_in_memory_run_starts_no_dataset_manager_and_no_torch_in_its_controll
         "lean_policy",
         lambda self, p: chosen.append(lean_policy(self, p)) or chosen[-1],
     )
+    shown, show = [], ProgressView.show
+    monkeypatch.setattr(
+        ProgressView, "show", lambda view, e: shown.append(e["kind"]) or show(view, e)
+    )
     before = len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
     spec = load_spec(ROOT / "jobs/digits-mlp.yaml", ["train.epochs=1"])
     run_job(spec, quiet_view(spec), register=False)
@@ -85,6 +89,7 @@ def test_an_in_memory_run_starts_no_dataset_manager_and_no_torch_in_its_controll
     assert after == before
     assert probe.read_text() == "torch imported: False\n"
     assert [type(p) for p in chosen] == [FixedWorkersNoRequests]
+    assert shown == ["controller", "report"]  # Ray Train called Kiln's controller hook
 
 
 def test_a_driver_that_cannot_tell_keeps_the_cleaner():
@@ -168,12 +173,16 @@ def test_the_process_group_backend_is_ray_s_choice(backend, resources, chosen):
 
 @ray.remote(num_cpus=0)
 class Controller:
-    """Stands in for a run's controller: it records an abort, and forwards reports as the
-    real controller does, through a ReportForwarder."""
+    """Stands in for a run's controller: it records an abort, sends its handle as it starts
+    and forwards reports as the real controller does, through Kiln's callbacks."""
 
     def __init__(self, queue: Queue):
-        self.forwarder = ReportForwarder(queue, with_controller=True)
+        self.handle = ControllerHandle(queue)
+        self.forwarder = ReportForwarder(queue)
         self.aborted = False
+
+    def start(self) -> None:
+        self.handle.after_controller_start(None)
 
     def report(self, epoch: int) -> None:
         self.forwarder.after_report(None, [{"epoch": epoch}], None)
@@ -185,12 +194,13 @@ class Controller:
         return self.aborted
 
 
-def test_the_controller_s_handle_follows_the_first_report_once():
+def test_the_controller_s_handle_comes_once_as_it_starts_and_is_not_shown():
     queue = Queue(actor_options={"num_cpus": 0})
     controller = Controller.remote(queue)
+    ray.get(controller.start.remote())
     ray.get([controller.report.remote(1), controller.report.remote(2)])
     events = [queue.get(timeout=10) for _ in range(3)]
-    assert [e["kind"] for e in events] == ["report", "controller", "report"]
+    assert [e["kind"] for e in events] == ["controller", "report", "report"]
     assert queue.empty()
     view = ProgressView("job", 2, "epoch", Console(quiet=True), quiet=True)
     for event in events:
@@ -199,11 +209,23 @@ def test_the_controller_s_handle_follows_the_first_report_once():
     queue.shutdown()
 
 
-def test_an_abort_after_the_first_report_waits_for_the_handle_and_reaches_the_controller():
+def test_an_abort_before_any_report_reaches_the_controller_through_its_handle():
+    queue = Queue(actor_options={"num_cpus": 0})
+    controller = Controller.remote(queue)
+    ray.get(controller.start.remote())
+    handle = queue.get(timeout=10)["controller"]
+    fit = threading.Thread(target=lambda: None)
+    fit.start()
+    abort(handle, queue, fit, reported=False)
+    assert ray.get(controller.was_aborted.remote())
+
+
+def test_an_abort_after_a_report_that_overtook_the_handle_waits_for_it():
     queue = Queue(actor_options={"num_cpus": 0})
     controller = Controller.remote(queue)
     ray.get(controller.report.remote(1))
     assert queue.get(timeout=10)["kind"] == "report"  # the reader has a report, no handle yet
+    controller.start.remote()
     fit = threading.Thread(target=lambda: None)
     fit.start()
     abort(None, queue, fit, reported=True)

@@ -7,6 +7,8 @@ from typing import Any
 
 import ray
 import ray.train
+from ray import cloudpickle
+from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.util.queue import Empty, Queue
 from rich.console import Console
 from rich.markup import escape
@@ -14,34 +16,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 
 class ReportForwarder(ray.train.UserCallback):
-    """Runs on the controller process: forwards rank 0's metrics and worker failures. With
-    `with_controller`, an event after the first report carries the controller's handle, with
-    which the reader can abort the run (a Tune trial does, when Tune stops it); a reader that
-    keeps the handle keeps the controller's process alive. The controller unpickles this
-    class: its module must stay light to import (kiln.tune's would cost every run 1.5 s of CPU)."""
+    """Runs on the controller process: forwards rank 0's metrics and worker failures. The
+    controller unpickles this class: its module must stay light to import (kiln.tune's
+    would cost every run 1.5 s of CPU)."""
 
-    def __init__(self, queue: Queue, with_controller: bool = False):
+    def __init__(self, queue: Queue):
         self.queue = queue
-        self.with_controller = with_controller
-        self.controller_sent = False
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         event: dict[str, Any] = {"kind": "report", "metrics": metrics[0]}
         if checkpoint is not None:
             event["checkpoint"] = checkpoint.path
         self.queue.put(event)
-        if self.with_controller and not self.controller_sent:
-            self._send_controller()
-
-    def _send_controller(self) -> None:
-        """The controller's handle, once, after the first report and without waiting for it:
-        the queue's actor takes half a second to accept an actor handle (it registers with
-        the handle's owner), which delayed the first epoch's report as much when they
-        travelled together."""
-        handle = ray.get_runtime_context().current_actor
-        put = self.queue.actor.put  # the queue's actor method; Queue.put waits for it
-        put.remote({"kind": "controller", "controller": handle}, None)  # type: ignore[attr-defined]
-        self.controller_sent = True
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
         ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
@@ -50,21 +36,47 @@ class ReportForwarder(ray.train.UserCallback):
         self.queue.put({"kind": "failure", "ranks": ranks, "reason": reason})
 
 
+class ControllerHandle(ControllerCallback):
+    """Sends the controller's handle to the queue's reader as the controller starts, with
+    which the reader can abort the run (Ctrl-C; a Tune trial, when Tune stops it). It goes
+    pickled, and only an abort unpickles it: Ray registers every actor handle it
+    deserializes with the actor's owner, and the queue's actor, doing so, answered no `get`
+    for 0.5-0.7 s. Sent with the first report, the handle held that report back from the
+    reader as long (of a 14 s `kiln train` to its first epoch); sent as Ray's own, at the
+    start, it slowed the workers' start as much. Out of band, the handle does not keep the
+    controller alive: the run's own caller (`fit`) does, and an abort after the run ended
+    fails only its reply. Ray Train's controller hooks are a developer API
+    (tests/train/test_trainer.py fails if they change)."""
+
+    def __init__(self, queue: Queue):
+        self.queue = queue
+
+    def after_controller_start(self, train_run_context) -> None:
+        handle = cloudpickle.dumps(ray.get_runtime_context().current_actor)
+        put = self.queue.actor.put  # the queue's actor method; Queue.put waits for it
+        put.remote({"kind": "controller", "controller": handle}, None)  # type: ignore[attr-defined]
+
+
+def forwarders(queue: Queue) -> list:
+    """The run callbacks that feed `queue`: its reports and failures, and its controller."""
+    return [ReportForwarder(queue), ControllerHandle(queue)]
+
+
 ABORT_WAIT_S = 30.0
 HANDLE_WAIT_S = 5.0
 
 
 def abort(controller: Any, queue: Queue, thread: threading.Thread, reported: bool) -> None:
-    """Ends a Train run fitting in `thread` (its reports on `queue`; `controller`, the handle
-    that follows its first report, or None). A reader that has a report (`reported`) but not
-    yet the handle waits for it. The queue goes first, as the controller may be blocked
+    """Ends a Train run fitting in `thread` (its reports on `queue`; `controller`, the pickled
+    handle sent as the controller started, or None). A reader that has a report (`reported`) but
+    not yet the handle waits for it. The queue goes first, as the controller may be blocked
     putting a report on it (its next report then fails the run, should the abort not reach
     it: a run stopped before its first report)."""
     if controller is None and reported:
         controller = _awaited_controller(queue)
     queue.shutdown(force=True)
     if controller is not None:  # a call to an ended run's controller fails only its reply
-        controller.abort.remote()
+        cloudpickle.loads(controller).abort.remote()
     thread.join(timeout=ABORT_WAIT_S)
 
 

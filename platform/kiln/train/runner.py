@@ -23,7 +23,7 @@ from kiln.settings import absolute, get_settings
 from kiln.spec import JobSpec
 from kiln.train import loops
 from kiln.train.feed import ExactValidation
-from kiln.train.progress import ProgressView, ReportForwarder, abort
+from kiln.train.progress import ProgressView, abort, forwarders
 from kiln.train.trainer import LeanTorchTrainer, has_state_api
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,8 @@ def run_job(
     start_autoscaling_coordinator(spec)
     dataset = datasets.build(spec.data, spec.task)
     queue = Queue(actor_options={"num_cpus": 0})
-    forwarder = ReportForwarder(queue, with_controller=True)  # Ctrl-C aborts through it
-    trainer = build_trainer(
-        spec, dataset, run_name, storage, [forwarder], watch_placement_groups=has_state_api()
+    trainer = build_trainer(  # Ctrl-C aborts through the controller's handle on `queue`
+        spec, dataset, run_name, storage, forwarders(queue), watch_placement_groups=has_state_api()
     )
     needed = workers_need(spec, worker_resources(spec, isinstance(dataset, StreamedDataset)))
     try:
@@ -284,8 +283,7 @@ def _fit_with_progress(
         except KeyboardInterrupt:  # the run ends before this process does, not under it
             abort(controller, queue, thread, reported=view.first_report_s is not None)
             raise
-        for event in view.drain(queue, timeout=0.5):
-            event.pop("controller", None)  # a kept handle keeps the controller's process
+        view.drain(queue, timeout=0.5)  # the run's last events
     if "error" in outcome:
         error = outcome["error"]
         if isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):

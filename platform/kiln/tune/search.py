@@ -26,7 +26,7 @@ from kiln.data import Dataset, StreamedDataset
 from kiln.errors import Interrupted, SpecError, TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import Domain, JobSpec, TuneSpec, apply_overrides
-from kiln.train.progress import ReportForwarder
+from kiln.train.progress import forwarders
 from kiln.train.runner import (
     TrainOutcome,
     best_checkpoint,
@@ -146,7 +146,7 @@ def run_trial(
         dataset,
         run_name,
         storage,
-        [ReportForwarder(queue, with_controller=True)],
+        forwarders(queue),
         data_ref=ref,
         start_from=start.checkpoint if start else None,
     )

@@ -4,7 +4,7 @@ The trial fits its Train run in a thread and hands each epoch to Tune itself (`t
 rather than through Ray's TuneReportCallback, so that it can end the run when Tune is done
 with the trial. Tune stops a trial (ASHA) or pauses it (PBT) by raising SystemExit in the
 trial's thread at its next `tune.report`; the trial then aborts its run's controller, whose
-handle came with the reports, and its process is free at once for the next trial
+handle came on the queue of its reports, and its process is free at once for the next trial
 (`reuse_actors`): kiln, Ray Train and torch stay imported there. Before, a stopped trial
 stayed blocked in its Train run, and only FIFO searches could reuse trial processes.
 """
@@ -25,8 +25,8 @@ THREAD_TIMEOUT_S = "60"
 
 
 def fit_reporting(trainer: Any, queue: Queue, report: Callable[[dict[str, Any]], None]) -> None:
-    """`trainer.fit()` in a thread (its callbacks: a ReportForwarder on `queue`, with the
-    controller's handle after the first report), each report passed to `report` (which calls
+    """`trainer.fit()` in a thread (its callbacks: kiln.train.progress's forwarders on
+    `queue`, the controller's handle first), each report passed to `report` (which calls
     `tune.report`) on this one. A failure of the fit is raised here, after the last report;
     Tune stopping the trial aborts the run."""
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", THREAD_TIMEOUT_S)
