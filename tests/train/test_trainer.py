@@ -230,3 +230,15 @@ def test_an_abort_after_a_report_that_overtook_the_handle_waits_for_it():
     fit.start()
     abort(None, queue, fit, reported=True)
     assert ray.get(controller.was_aborted.remote())
+
+
+def test_an_abort_with_a_handle_that_cannot_be_restored_fails_the_run_s_next_report():
+    """As on a Ray Client driver: the queue is shut, so the controller's next report fails."""
+    queue = Queue(actor_options={"num_cpus": 0})
+    controller = Controller.remote(queue)
+    fit = threading.Thread(target=lambda: None)
+    fit.start()
+    abort(b"not a pickled handle", queue, fit, reported=False)
+    with pytest.raises(ray.exceptions.RayError):
+        ray.get(controller.report.remote(2), timeout=30)
+    assert not ray.get(controller.was_aborted.remote())

@@ -68,16 +68,26 @@ HANDLE_WAIT_S = 5.0
 
 def abort(controller: Any, queue: Queue, thread: threading.Thread, reported: bool) -> None:
     """Ends a Train run fitting in `thread` (its reports on `queue`; `controller`, the pickled
-    handle sent as the controller started, or None). A reader that has a report (`reported`) but
-    not yet the handle waits for it. The queue goes first, as the controller may be blocked
-    putting a report on it (its next report then fails the run, should the abort not reach
-    it: a run stopped before its first report)."""
+    handle sent as the controller started, or None). A reader that has a report (`reported`)
+    but not yet the handle waits for it. The queue goes first, as the controller may be
+    blocked putting a report on it; should the abort not reach the controller, the run's next
+    report fails it."""
     if controller is None and reported:
         controller = _awaited_controller(queue)
     queue.shutdown(force=True)
-    if controller is not None:  # a call to an ended run's controller fails only its reply
-        cloudpickle.loads(controller).abort.remote()
+    if controller is not None:
+        _abort_controller(controller)
     thread.join(timeout=ABORT_WAIT_S)
+
+
+def _abort_controller(pickled: bytes) -> None:
+    """A call to an ended run's controller fails only its reply. A driver without a Ray
+    worker of its own (Ray Client) cannot restore the handle: the queue's end stops the run."""
+    try:
+        handle = cloudpickle.loads(pickled)
+    except Exception:
+        return
+    handle.abort.remote()
 
 
 def _awaited_controller(queue: Queue) -> Any:
