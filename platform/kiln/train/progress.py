@@ -41,7 +41,7 @@ class ControllerHandle(ControllerCallback):
     which the reader can abort the run (Ctrl-C; a Tune trial, when Tune stops it). It goes
     pickled, and only an abort unpickles it: Ray registers every actor handle it
     deserializes with the actor's owner, and the queue's actor, doing so, answered no `get`
-    for 0.5-0.7 s. Sent with the first report, the handle held that report back from the
+    for 0.6-0.8 s. Sent with the first report, the handle held that report back from the
     reader as long (of a 14 s `kiln train` to its first epoch); sent as Ray's own, at the
     start, it slowed the workers' start as much. Out of band, the handle does not keep the
     controller alive: the run's own caller (`fit`) does, and an abort after the run ended
