@@ -1,4 +1,5 @@
-"""A mistyped command line gets click's usage message and exit code 2, never a traceback."""
+"""A mistyped command line gets click's usage message and exit code 2, and an error its one
+line as written; never a traceback."""
 
 import pytest
 
@@ -30,3 +31,14 @@ def test_a_command_group_without_its_command_shows_its_help(capsys):
     out = capsys.readouterr()
     assert "Usage: kiln models" in out.out + out.err
     assert "Traceback" not in out.out + out.err
+
+
+def test_an_error_is_printed_as_it_reads_whatever_brackets_it_holds(capsys):
+    """Error text is not markup: a path or a server's message such as HAProxy's
+    '[/tmp/haproxy-serve/.../haproxy.cfg:55]' raised rich's MarkupError, a traceback."""
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "nowhere/[/etc]/[bold]job.yaml"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "file not found: nowhere/[/etc]/[bold]job.yaml" in err
+    assert "Traceback" not in err

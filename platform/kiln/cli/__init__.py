@@ -10,6 +10,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from kiln.cli import (
     bench,
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         # a command's typer.Exit(code) lands here
         code = app(args=argv, prog_name="kiln", standalone_mode=False)
     except KilnError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

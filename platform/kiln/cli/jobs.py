@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from kiln.cli.output import console, err_console, print_json
 from kiln.errors import SpecError
@@ -131,7 +132,8 @@ def status(
     if json_output:
         print_json(job)
     else:
-        console.print(f"{submission_id}: [bold]{job['status']}[/bold] {job.get('message') or ''}")
+        message = escape(job.get("message") or "")
+        console.print(f"{submission_id}: [bold]{job['status']}[/bold] {message}")
     raise typer.Exit(exit_code(job["status"]))
 
 

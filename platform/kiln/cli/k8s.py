@@ -7,6 +7,7 @@ kiln k8s validate --crds ../kuberay/ray-operator/config/crd/bases
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from kiln.cli.output import console, print_json
 from kiln.errors import SpecError
@@ -62,7 +63,7 @@ def validate(
         print_json(vars(total))
     else:
         for problem in total.problems:
-            console.print(f"[red]✗[/red] {problem}")
+            console.print(f"[red]✗[/red] {escape(problem)}")
         console.print(f"{len(total.checked)} resources checked, {len(total.problems)} problem(s)")
         if total.skipped:
             console.print(f"not checked (no schema given): {', '.join(total.skipped)}")

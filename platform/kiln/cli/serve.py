@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -145,7 +146,7 @@ def status(
     try:
         stats = deployment_stats(metrics_targets(metrics), window)
     except ServeError as e:
-        console.print(f"[yellow]{e}[/yellow]")
+        console.print(f"[yellow]{escape(str(e))}[/yellow]")
         stats = {}
     rows = [
         {
