@@ -2,6 +2,7 @@
 helpers to run the CLI as a user does."""
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -39,12 +40,36 @@ RAY_DEFAULT_PORTS = {6379, 8000, 8001, 8076, 8265, 9000, 10001, 52365, 52366}
 
 
 def free_port() -> int:
-    while True:
+    """A free port that no other process is handed while the suite runs: not from the
+    kernel's ephemeral range, where every bind to port 0 takes one (Ray's agents and actors
+    under `ray.init`), nor from `ray start`'s worker ports (10002-19999). Taken from the
+    ephemeral range as the session started, the Serve tests' port was bound by a Ray process
+    before they used it, 20 minutes later, and every deployment after failed (a CI run)."""
+    ephemeral = ephemeral_ports()
+    quiet = [p for p in range(20000, 65536) if p not in ephemeral and p not in _handed_out]
+    for port in _random.sample(quiet, min(len(quiet), 200)):
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in RAY_DEFAULT_PORTS:
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # every port is ephemeral here: the kernel's pick
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ephemeral_ports() -> range:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+    return range(low, high + 1)
+
+
+_random = random.SystemRandom()  # not the tests' seeded generator
+_handed_out = set(RAY_DEFAULT_PORTS)
 
 
 # HAProxy's own metrics and stats ports are fixed by default; a user's `kiln serve` on this
