@@ -66,7 +66,7 @@ ABORT_WAIT_S = 30.0
 HANDLE_WAIT_S = 5.0
 
 
-def abort(controller: Any, queue: Queue, thread: threading.Thread, reported: bool) -> None:
+def abort(controller: bytes | None, queue: Queue, thread: threading.Thread, reported: bool) -> None:
     """Ends a Train run fitting in `thread` (its reports on `queue`; `controller`, the pickled
     handle sent as the controller started, or None). A reader that has a report (`reported`)
     but not yet the handle waits for it. The queue goes first, as the controller may be
@@ -90,7 +90,7 @@ def _abort_controller(pickled: bytes) -> None:
     handle.abort.remote()
 
 
-def _awaited_controller(queue: Queue) -> Any:
+def _awaited_controller(queue: Queue) -> bytes | None:
     deadline = time.monotonic() + HANDLE_WAIT_S
     while (left := deadline - time.monotonic()) > 0:
         try:
