@@ -15,7 +15,6 @@ from rich.markup import escape
 
 from kiln.cli.output import console, err_console, print_json
 from kiln.errors import SpecError
-from kiln.validate import load_spec
 
 ADDRESS_HELP = (
     "the cluster's dashboard, http://HEAD:8265 (default: KILN_RAY_ADDRESS, RAY_ADDRESS, "
@@ -51,6 +50,7 @@ def submit(
     from kiln.cluster.dashboard import alive_nodes
     from kiln.cluster.jobs import Jobs
     from kiln.cluster.submission import build_submission, storage_uris
+    from kiln.validate import load_spec
 
     spec = load_spec(spec_file, set_)
     if tune and spec.tune is None:

@@ -7,7 +7,6 @@ import typer
 from rich.table import Table
 
 from kiln.cli.output import console, number, print_json
-from kiln.registry import ModelRegistry
 
 app = typer.Typer(help="Registered models: versions, aliases, cards, export.", no_args_is_help=True)
 
@@ -17,6 +16,8 @@ JSON = typer.Option(False, "--json", help="JSON on stdout")
 @app.command("list")
 def list_models(json_output: bool = JSON) -> None:
     """Every model with its versions and aliases."""
+    from kiln.registry import ModelRegistry
+
     registry = ModelRegistry.open()
     rows: list[dict[str, Any]] = [
         {"name": n, "versions": registry.versions(n), "aliases": registry.aliases(n)}
@@ -38,6 +39,8 @@ def show(
     json_output: bool = JSON,
 ) -> None:
     """The model card of one version: model, data, metrics, lineage, files."""
+    from kiln.registry import ModelRegistry
+
     registry = ModelRegistry.open()
     version = registry.resolve(ref)
     card = registry.read_json(version, "model.json")
@@ -90,6 +93,8 @@ def promote(
     json_output: bool = JSON,
 ) -> None:
     """Point an alias at a version (atomically)."""
+    from kiln.registry import ModelRegistry
+
     registry = ModelRegistry.open()
     registry.promote(name, version, alias)
     if json_output:
@@ -106,6 +111,7 @@ def export(
     json_output: bool = JSON,
 ) -> None:
     """Export a registered model for runtimes outside Kiln."""
+    from kiln.registry import ModelRegistry
     from kiln.registry.export import export_model
     from kiln.registry.loading import load_model
 

@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from kiln.cli.output import console, number, print_json
-from kiln.registry import ModelRegistry
 
 app = typer.Typer(help="Rollouts: per-arm figures and a significance test; end one.")
 JSON = typer.Option(False, "--json")
@@ -93,6 +92,8 @@ def abort(
 
 
 def _move(model: str, alias: str, to_alias: str, json_output: bool) -> None:
+    from kiln.registry import ModelRegistry
+
     registry = ModelRegistry.open()
     version = registry.resolve(f"{model}@{to_alias}").version
     registry.promote(model, version, alias)

@@ -7,8 +7,6 @@ import typer
 
 from kiln.cli.output import console
 from kiln.errors import SpecError
-from kiln.spec import JobSpec
-from kiln.validate import load_spec
 
 
 def validate(
@@ -16,6 +14,8 @@ def validate(
     set_: list[str] = typer.Option([], "--set", help="override a field: PATH=VALUE"),
 ) -> None:
     """Check job specs without starting Ray; one line per broken file, exit code 2."""
+    from kiln.validate import load_spec
+
     broken = []
     for path in files:
         try:
@@ -34,4 +34,6 @@ def schema(kind: str = typer.Argument("job", help="only 'job' for now")) -> None
     """Print the JSON Schema of job specs (for editors: yaml-language-server)."""
     if kind != "job":
         raise SpecError(f"unknown schema {kind!r}; known: job")
+    from kiln.spec import JobSpec
+
     print(json.dumps(JobSpec.model_json_schema(by_alias=True), indent=2))

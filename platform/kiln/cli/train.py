@@ -5,9 +5,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kiln import data as datasets
 from kiln.cli.output import console, number, print_json, stdout_for_json_only
-from kiln.validate import load_spec
 
 
 def train(
@@ -27,6 +25,9 @@ def train(
     ),
 ) -> None:
     """Train a job spec on Ray Train and register the best checkpoint as a new version."""
+    from kiln import data as datasets
+    from kiln.validate import load_spec
+
     spec = load_spec(spec_file, set_)  # every spec error surfaces here, before Ray starts
     from kiln.cluster.connect import connect
     from kiln.cluster.preflight import check_cluster_started_here

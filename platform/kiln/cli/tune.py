@@ -4,9 +4,7 @@ from pathlib import Path
 
 import typer
 
-from kiln import data as datasets
 from kiln.cli.output import console, print_json, stdout_for_json_only
-from kiln.validate import load_spec
 
 
 def tune(
@@ -24,6 +22,9 @@ def tune(
     verbose: bool = typer.Option(False, "--verbose", help="show Ray's worker logs"),
 ) -> None:
     """Search a job's `tune.space` with Ray Tune; each trial is a Ray Train run."""
+    from kiln import data as datasets
+    from kiln.validate import load_spec
+
     spec = load_spec(spec_file, set_)  # bad spaces fail here, before Ray starts
     from kiln.cluster.connect import connect
     from kiln.cluster.preflight import check_cluster_started_here
