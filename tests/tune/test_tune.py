@@ -197,9 +197,9 @@ def test_optuna_is_reproducible_with_a_seed():
 
 
 def small_search(name: str) -> tuple[list[str], dict[str, str]]:
-    """`kiln tune` of 3 one-worker trials of 2 epochs, one at a time (command line, env)."""
+    """`kiln tune` of 2 one-worker trials of 2 epochs, one at a time (command line, env)."""
     job = [
-        *("--set", "tune.num_samples=3", "--set", "tune.max_concurrent_trials=1"),
+        *("--set", "tune.num_samples=2", "--set", "tune.max_concurrent_trials=1"),
         *("--set", "scaling.num_workers=1", "--set", "train.epochs=2"),
         *("--set", "tune.scheduler.name=fifo"),
         *("--name", name),
@@ -230,12 +230,12 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home
         return done
 
     deadline = time.monotonic() + 180
-    while len(finished()) < 2 and time.monotonic() < deadline and driver.poll() is None:
+    while not finished() and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.2)
     before = finished()
     driver.send_signal(signal.SIGKILL)  # the driver dies without a word
     driver.wait()
-    assert len(before) >= 2, "the search ended or stalled before two trials finished"
+    assert before and driver.returncode != 0, "the search ended or stalled before a trial finished"
     time.sleep(1.0)
 
     resumed = subprocess.run(
@@ -250,7 +250,7 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home
     assert "Configuration for experiment" not in resumed.stderr  # Tune's box: Kiln draws its own
     assert "tensorboard" not in resumed.stderr.lower()
     result = json.loads(resumed.stdout)
-    assert result["trials"] == 3 and result["model"]["model"] == "digits-cnn"
+    assert result["trials"] == 2 and result["model"]["model"] == "digits-cnn"
     after = finished()
     for trial, epochs in before.items():
         assert after[trial] == epochs == [1, 2], f"{trial} trained epochs again: {after[trial]}"
@@ -376,7 +376,7 @@ def test_ctrl_c_ends_a_search_without_registering_and_says_how_to_resume(fresh_h
     assert driver.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr and "Tuner.restore" not in stderr
     assert re.search(
-        r"search stopped stopped with [1-3] trials? unfinished; nothing registered", stderr
+        r"search stopped stopped with [12] trials? unfinished; nothing registered", stderr
     )
     assert "--resume --name stopped" in stderr
     assert not (fresh_home / "registry" / "digits-cnn").exists()
