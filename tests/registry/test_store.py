@@ -2,11 +2,14 @@
 
 import multiprocessing
 import os
+from collections import Counter
 
+import pyarrow.fs as pafs
 import pytest
 
 from kiln.errors import IntegrityError, ModelNotFoundError, RegistryError
 from kiln.registry import WEIGHTS, ModelRegistry
+from kiln.registry.store import MANIFEST
 
 
 def files(tag: str) -> dict[str, bytes]:
@@ -138,3 +141,89 @@ def test_concurrent_registrations_get_distinct_versions(registry):
     assert registry.versions("m") == [1, 2, 3, 4, 5, 6]
     contents = {registry.read(registry.resolve(f"m@{v}"), WEIGHTS) for v in range(1, 7)}
     assert len(contents) == 6
+
+
+class CountingHandler(pafs.FileSystemHandler):
+    """The local filesystem, counting what the registry asks of it: on an object store each
+    file's information is a request, and each listing one per thousand keys."""
+
+    def __init__(self):
+        self.local, self.calls = pafs.LocalFileSystem(), Counter()
+
+    def get_type_name(self):
+        return "counting"
+
+    def normalize_path(self, path):
+        return path
+
+    def equals(self, other):
+        return self is other
+
+    def get_file_info(self, paths):
+        self.calls["file_info"] += len(paths)
+        return self.local.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        self.calls["listing"] += 1
+        return self.local.get_file_info(selector)
+
+    def open_input_stream(self, path):
+        self.calls["read"] += 1
+        return self.local.open_input_stream(path)
+
+    def open_input_file(self, path):
+        self.calls["read"] += 1
+        return self.local.open_input_file(path)
+
+    # writing, not counted
+
+    def create_dir(self, path, recursive):
+        self.local.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.local.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise NotImplementedError
+
+    def delete_file(self, path):
+        self.local.delete_file(path)
+
+    def move(self, src, dest):
+        self.local.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self.local.copy_file(src, dest)
+
+    def open_output_stream(self, path, metadata):
+        return self.local.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        return self.local.open_append_stream(path, metadata=metadata)
+
+
+def test_resolving_costs_the_same_with_three_hundred_versions(registry):
+    """A replica resolves its reference every watch interval, and its metadata lists the
+    versions: on an object store, a check per version was a request per version, each time."""
+    for i in range(300):
+        registry.register("m", files(str(i)), alias="production" if i == 7 else None)
+    os.remove(f"{registry.root}/m/300/{MANIFEST}")  # a version still being written
+    counting = CountingHandler()
+    registry.fs = pafs.PyFileSystem(counting)
+
+    def cost(call):
+        counting.calls.clear()
+        value = call()
+        return value, sum(counting.calls.values())
+
+    assert cost(lambda: registry.resolve("m@production").version) == (8, 2)
+    assert cost(lambda: registry.resolve("m@12").version) == (12, 1)
+    assert cost(lambda: registry.resolve("m").version) == (299, 4)  # 300 is not done
+    versions, requests = cost(lambda: registry.versions("m"))
+    assert versions == list(range(1, 300)) and requests == 1
+    assert cost(lambda: registry.promote("m", 9, "staging"))[1] <= 1
+    with pytest.raises(ModelNotFoundError, match="no version 300"):
+        registry.resolve("m@300")

@@ -71,13 +71,16 @@ class ModelRegistry:
         )
 
     def versions(self, name: str) -> list[int]:
-        """Complete versions only (a version without its manifest is still being written)."""
-        numbers = [
-            int(info.base_name)
-            for info in self._list(f"{self.root}/{name}")
-            if info.base_name.isdigit()
-        ]
-        return sorted(v for v in numbers if self._exists(f"{self._dir(name, v)}/{MANIFEST}"))
+        """Complete versions only (a version without its manifest is still being written), in
+        one listing of the model's folder: an object store lists a thousand keys a request,
+        where a check of each version's manifest was a request each."""
+        folder = f"{self.root}/{name}/"
+        complete = []
+        for info in self._list(folder.rstrip("/"), recursive=True):
+            version, _, filename = info.path.removeprefix(folder).partition("/")
+            if filename == MANIFEST and version.isdigit():
+                complete.append(int(version))
+        return sorted(complete)
 
     def aliases(self, name: str) -> dict[str, int]:
         found = {}
@@ -87,28 +90,49 @@ class ModelRegistry:
         return found
 
     def resolve(self, ref: str) -> ModelVersion:
-        """`name`, `name@3` or `name@production` (a bare name is its latest version)."""
+        """`name`, `name@3` or `name@production` (a bare name is its latest version), in a
+        few requests however many versions there are: every serving replica resolves its
+        reference again each watch interval."""
         match = REF.match(ref)
         if not match:
             raise ModelNotFoundError(f"{ref!r} is not a model reference (NAME[@VERSION|@ALIAS])")
         name, tag = match["name"], match["tag"]
-        versions = self.versions(name)
-        if not versions:
-            raise ModelNotFoundError(f"no model named {name!r} in {self.uri}")
         if tag is None or tag == "latest":
-            version = versions[-1]
+            version = self._latest(name)
         elif tag.isdigit():
             version = int(tag)
         else:
-            aliases = self.aliases(name)
-            if tag not in aliases:
-                known = ", ".join(sorted(aliases)) or "none"
-                raise ModelNotFoundError(f"{name} has no alias {tag!r} (aliases: {known})")
-            version = aliases[tag]
-        if version not in versions:
-            raise ModelNotFoundError(f"{name} has no version {version} (versions: {versions})")
+            version = self._aliased(name, tag)
         path = self._dir(name, version)
-        return ModelVersion(name, version, path, self._read_json(f"{path}/{MANIFEST}"))
+        manifest = self._maybe_json(f"{path}/{MANIFEST}")
+        if manifest is None:
+            if not (versions := self.versions(name)):
+                raise self._no_model(name)
+            raise ModelNotFoundError(f"{name} has no version {version} ({_listed(versions)})")
+        return ModelVersion(name, version, path, manifest)
+
+    def _latest(self, name: str) -> int:
+        """The newest complete version: the numbers from one listing of the model's folder,
+        newest first, until one has its manifest (the newest, unless a writer is at it)."""
+        numbers = [
+            int(i.base_name) for i in self._list(f"{self.root}/{name}") if i.base_name.isdigit()
+        ]
+        for version in sorted(numbers, reverse=True):
+            if self._exists(f"{self._dir(name, version)}/{MANIFEST}"):
+                return version
+        raise self._no_model(name)
+
+    def _aliased(self, name: str, alias: str) -> int:
+        record = self._maybe_json(f"{self.root}/{name}/aliases/{alias}.json")
+        if record is not None:
+            return int(record["version"])
+        if not self.versions(name):
+            raise self._no_model(name)
+        known = ", ".join(sorted(self.aliases(name))) or "none"
+        raise ModelNotFoundError(f"{name} has no alias {alias!r} (aliases: {known})")
+
+    def _no_model(self, name: str) -> ModelNotFoundError:
+        return ModelNotFoundError(f"no model named {name!r} in {self.uri}")
 
     def read(self, version: ModelVersion, filename: str) -> bytes:
         """A file of a version, refused unless its size and sha256 match the manifest."""
@@ -159,7 +183,7 @@ class ModelRegistry:
     def promote(self, name: str, version: int, alias: str) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_-]*", alias) or alias == "latest":
             raise RegistryError(f"{alias!r} is not a valid alias (lowercase letters, digits, -_)")
-        if version not in self.versions(name):
+        if not self._exists(f"{self._dir(name, version)}/{MANIFEST}"):
             raise ModelNotFoundError(f"{name} has no version {version} to promote")
         record = {"version": version, "updated_at": time.time()}
         self._write_atomic(f"{self.root}/{name}/aliases/{alias}.json", record)
@@ -209,21 +233,36 @@ class ModelRegistry:
             return bytes(stream.readall())
 
     def _read_json(self, path: str) -> Any:
+        value = self._maybe_json(path)
+        if value is None:
+            raise IntegrityError(f"{path} is missing")
+        return value
+
+    def _maybe_json(self, path: str) -> Any:
+        """The JSON file at `path`, or None where there is none (one read, no check first)."""
         try:
             return json.loads(self._read_bytes(path))
         except FileNotFoundError:
-            raise IntegrityError(f"{path} is missing") from None
+            return None
         except json.JSONDecodeError:
             raise IntegrityError(f"{path} is not valid JSON") from None
 
     def _exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
-    def _list(self, path: str) -> list[pafs.FileInfo]:
+    def _list(self, path: str, recursive: bool = False) -> list[pafs.FileInfo]:
         try:
-            return self.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
+            return self.fs.get_file_info(selector)
         except OSError as e:
             raise RegistryError(f"cannot list {path}: {e}") from None
+
+
+def _listed(versions: list[int]) -> str:
+    """Versions for a message: all of a few, the range of many."""
+    if len(versions) <= 10:
+        return f"versions: {', '.join(map(str, versions))}"
+    return f"versions {versions[0]} to {versions[-1]}, {len(versions)} in all"
 
 
 def sha256(data: bytes) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from ray import serve
 
-from kiln.errors import KilnError, ModelNotFoundError, RequestError, UnknownArmError
+from kiln.errors import KilnError, RequestError, UnknownArmError
 from kiln.registry import ModelRegistry
 from kiln.serve.config import Batching, Drift, EndpointUserConfig, Traffic
 from kiln.serve.replica import access, triton
@@ -67,6 +67,10 @@ class ModelEndpoint:
         self.statistics = Statistics()  # Triton's statistics extension (GET .../stats)
         first = registry.resolve(ref)
         self.registered_name = first.name  # `name` is the endpoint's (the application's)
+        # The registry's versions, listed again each watch interval by the watcher thread, not
+        # per metadata call: on an object store a listing is a request per 1,000 files, and
+        # the async handlers that describe a version would wait for it on the event loop.
+        self.known_versions = registry.versions(first.name)
         self.current = self._load(first.version)
         metrics.loaded(first.version, self.current.load_seconds, serving=True)
         self.refused: dict[int, str] = {}
@@ -162,7 +166,7 @@ class ModelEndpoint:
         current = predictor or self.current
         return ModelMetadata(
             name=self.name,
-            versions=[str(v) for v in self.registry.versions(self.registered_name)],
+            versions=[str(v) for v in sorted({*self.known_versions, *self.loaded_versions})],
             platform=f"pytorch_{torch.__version__.split('+')[0]}",
             inputs=current.inputs + [tensor for tensor, _ in current.optional_inputs],
             outputs=current.outputs,
@@ -182,10 +186,15 @@ class ModelEndpoint:
         metadata = self.metadata(predictor)
         return triton.model_config(metadata, predictor.required_inputs, max_body_bytes)
 
+    @property
+    def loaded_versions(self) -> list[int]:
+        """The version answering unversioned calls, then the others kept loaded."""
+        return [self.current.version, *self.others]
+
     async def triton_statistics(self, version: int | None) -> dict[str, Any]:
         """Triton's statistics of a version, or of every version loaded here (None)."""
         if version is None:
-            return self.statistics.to_json(self.name, [self.current.version, *self.others])
+            return self.statistics.to_json(self.name, self.loaded_versions)
         await self.predictor(version)  # a version the registry lacks is ModelNotFoundError
         return self.statistics.to_json(self.name, [version])
 
@@ -196,9 +205,7 @@ class ModelEndpoint:
         if version in self.others:
             self.others.move_to_end(version)
             return self.others[version]
-        if version not in self.registry.versions(self.registered_name):
-            raise ModelNotFoundError(f"{self.name} has no version {version}")
-        return await asyncio.to_thread(self._cached, version)
+        return await asyncio.to_thread(self._cached, version)  # ModelNotFoundError: none
 
     def _cached(self, version: int) -> Predictor:
         """The version loaded once and kept: the least recently used other version goes
@@ -357,6 +364,7 @@ class ModelEndpoint:
     def _watch(self, interval_s: float) -> None:
         while not self._stopped.wait(interval_s):
             try:
+                self.known_versions = self.registry.versions(self.registered_name)
                 self.refresh()
                 self._follow_arms()
                 if (drift := self.drift) is not None:
