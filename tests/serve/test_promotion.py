@@ -81,12 +81,18 @@ def test_promotion_under_load(serving, digits_models, http):
             return str(wrong_architecture) in meta["parameters"]["refused"]
 
         client.wait_for(refused)
+        listed = http.get("/v2/models/digits-cnn").json()["versions"]  # the watcher's listing
+        assert {str(threes), str(wrong_architecture)} <= set(listed), listed
         seen = len(client.answers)
         client.wait_for(lambda: len(client.answers) > seen + 20)
     finally:
         client.stopped.set()
         client.join()
         registry.promote("digits-cnn", 1, "production")
+        # The tests after this one expect version 1 to answer: wait for the replica to follow.
+        client.wait_for(
+            lambda: http.get("/v2/models/digits-cnn").json()["parameters"]["version"] == 1
+        )
 
     failed = [a for a in client.answers if a[0] != 200]
     assert not failed, failed[:3]
