@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import re
 from collections import Counter
 
 import pyarrow.fs as pafs
@@ -227,3 +228,22 @@ def test_resolving_costs_the_same_with_three_hundred_versions(registry):
     assert cost(lambda: registry.promote("m", 9, "staging"))[1] <= 1
     with pytest.raises(ModelNotFoundError, match="no version 300"):
         registry.resolve("m@300")
+
+
+def test_an_object_store_registry_resolves_and_reports_what_is_missing(registry):
+    """Arrow's in-memory filesystem (as an object store: no rename-free mkdir, keys not
+    folders): versions, aliases and the errors for a missing alias, version and model."""
+    from pyarrow._fs import _MockFileSystem
+
+    registry.fs, registry.root, registry.local = _MockFileSystem(), "bucket/registry", False
+    for i in range(3):
+        registry.register("m", files(str(i)), alias="production" if i == 1 else None)
+    assert registry.versions("m") == [1, 2, 3] and registry.aliases("m") == {"production": 2}
+    assert [registry.resolve(r).version for r in ("m", "m@production", "m@1")] == [3, 2, 1]
+    for ref, message in [
+        ("m@nope", "m has no alias 'nope' (aliases: production)"),
+        ("m@9", "m has no version 9 (versions: 1, 2, 3)"),
+        ("x@production", "no model named 'x'"),
+    ]:
+        with pytest.raises(ModelNotFoundError, match=re.escape(message)):
+            registry.resolve(ref)
