@@ -12,6 +12,7 @@ from tests.benchmarks import (
     bench_embeddings,
     bench_interactions,
     bench_recommend,
+    bench_registry,
     bench_rollout,
     bench_serve,
     bench_soak,
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "stream": bench_stream.main,
     "speech": bench_speech.main,
     "autoscale": bench_autoscale.main,
+    "registry": bench_registry.main,
 }
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 import multiprocessing
 import os
 import re
-from collections import Counter
 
 import pyarrow.fs as pafs
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from kiln.errors import IntegrityError, ModelNotFoundError, RegistryError
 from kiln.registry import WEIGHTS, ModelRegistry
 from kiln.registry.store import MANIFEST
+from tests.registry.counting import CountingHandler
 
 
 def files(tag: str) -> dict[str, bytes]:
@@ -142,68 +142,6 @@ def test_concurrent_registrations_get_distinct_versions(registry):
     assert registry.versions("m") == [1, 2, 3, 4, 5, 6]
     contents = {registry.read(registry.resolve(f"m@{v}"), WEIGHTS) for v in range(1, 7)}
     assert len(contents) == 6
-
-
-class CountingHandler(pafs.FileSystemHandler):
-    """The local filesystem, counting what the registry asks of it: on an object store each
-    file's information is a request, and each listing one per thousand keys."""
-
-    def __init__(self):
-        self.local, self.calls = pafs.LocalFileSystem(), Counter()
-
-    def get_type_name(self):
-        return "counting"
-
-    def normalize_path(self, path):
-        return path
-
-    def equals(self, other):
-        return self is other
-
-    def get_file_info(self, paths):
-        self.calls["file_info"] += len(paths)
-        return self.local.get_file_info(paths)
-
-    def get_file_info_selector(self, selector):
-        self.calls["listing"] += 1
-        return self.local.get_file_info(selector)
-
-    def open_input_stream(self, path):
-        self.calls["read"] += 1
-        return self.local.open_input_stream(path)
-
-    def open_input_file(self, path):
-        self.calls["read"] += 1
-        return self.local.open_input_file(path)
-
-    # writing, not counted
-
-    def create_dir(self, path, recursive):
-        self.local.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path):
-        self.local.delete_dir(path)
-
-    def delete_dir_contents(self, path, missing_dir_ok=False):
-        self.local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self):
-        raise NotImplementedError
-
-    def delete_file(self, path):
-        self.local.delete_file(path)
-
-    def move(self, src, dest):
-        self.local.move(src, dest)
-
-    def copy_file(self, src, dest):
-        self.local.copy_file(src, dest)
-
-    def open_output_stream(self, path, metadata):
-        return self.local.open_output_stream(path, metadata=metadata)
-
-    def open_append_stream(self, path, metadata):
-        return self.local.open_append_stream(path, metadata=metadata)
 
 
 def test_resolving_costs_the_same_with_three_hundred_versions(registry):
