@@ -114,11 +114,8 @@ class ModelRegistry:
     def _latest(self, name: str) -> int:
         """The newest complete version: the numbers from one listing of the model's folder,
         newest first, until one has its manifest (the newest, unless a writer is at it)."""
-        numbers = [
-            int(i.base_name) for i in self._list(f"{self.root}/{name}") if i.base_name.isdigit()
-        ]
-        for version in sorted(numbers, reverse=True):
-            if self._exists(f"{self._dir(name, version)}/{MANIFEST}"):
+        for version in sorted(self._numbers(name), reverse=True):
+            if self._complete(name, version):
                 return version
         raise self._no_model(name)
 
@@ -183,7 +180,7 @@ class ModelRegistry:
     def promote(self, name: str, version: int, alias: str) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_-]*", alias) or alias == "latest":
             raise RegistryError(f"{alias!r} is not a valid alias (lowercase letters, digits, -_)")
-        if not self._exists(f"{self._dir(name, version)}/{MANIFEST}"):
+        if not self._complete(name, version):
             raise ModelNotFoundError(f"{name} has no version {version} to promote")
         record = {"version": version, "updated_at": time.time()}
         self._write_atomic(f"{self.root}/{name}/aliases/{alias}.json", record)
@@ -193,16 +190,22 @@ class ModelRegistry:
     def _dir(self, name: str, version: int) -> str:
         return f"{self.root}/{name}/{version}"
 
+    def _numbers(self, name: str) -> list[int]:
+        """The version folders of a model, complete or not, from one listing."""
+        return [
+            int(i.base_name) for i in self._list(f"{self.root}/{name}") if i.base_name.isdigit()
+        ]
+
+    def _complete(self, name: str, version: int) -> bool:
+        return self._exists(f"{self._dir(name, version)}/{MANIFEST}")
+
     def _version_of_run(self, name: str, run_id: str) -> int | None:
         path = f"{self.root}/{name}/runs/{run_id}.json"
         return self._read_json(path)["version"] if self._exists(path) else None
 
     def _claim_version(self, name: str) -> int:
         self.fs.create_dir(f"{self.root}/{name}", recursive=True)
-        taken = [
-            int(i.base_name) for i in self._list(f"{self.root}/{name}") if i.base_name.isdigit()
-        ]
-        version = max(taken, default=0) + 1
+        version = max(self._numbers(name), default=0) + 1
         while True:
             path = self._dir(name, version)
             if self.local:
