@@ -162,3 +162,20 @@ def test_mistakes_are_one_line(args, code, message):
 def test_a_missing_model_is_refused_before_deploying(fresh_home):
     done = run_kiln("serve", "serving/digits.yaml", env={"KILN_HOME": str(fresh_home)})
     assert done.returncode == 3 and "no model named 'digits-cnn'" in done.stderr
+
+
+def test_validate_checks_serving_configs_against_the_registry(digits_models, recommender):
+    """`kiln validate` takes a serving config beside job specs: its models must be registered."""
+    done = run_kiln(
+        "validate", "serving/digits.yaml", "serving/recsys.yaml", "jobs/digits-cnn.yaml"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ok serving/digits.yaml (serving config: kiln, digits-cnn," in done.stdout
+    assert "ok serving/recsys.yaml (serving config: " in done.stdout
+    assert "ok jobs/digits-cnn.yaml (digits-cnn: " in done.stdout
+
+
+def test_validate_names_the_application_whose_model_is_missing(fresh_home):
+    done = run_kiln("validate", "serving/digits.yaml", env={"KILN_HOME": str(fresh_home)})
+    assert done.returncode == 2, done.stderr
+    assert "serving/digits.yaml: applications[1] (digits-cnn): no model named" in done.stderr

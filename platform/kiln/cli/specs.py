@@ -6,28 +6,42 @@ from pathlib import Path
 import typer
 
 from kiln.cli.output import console
-from kiln.errors import SpecError
+from kiln.errors import KilnError, SpecError
 
 
 def validate(
-    files: list[Path] = typer.Argument(..., help="job specs to check"),
-    set_: list[str] = typer.Option([], "--set", help="override a field: PATH=VALUE"),
+    files: list[Path] = typer.Argument(..., help="job specs and serving configs to check"),
+    set_: list[str] = typer.Option([], "--set", help="override a job spec's field: PATH=VALUE"),
 ) -> None:
-    """Check job specs without starting Ray; one line per broken file, exit code 2."""
-    from kiln.validate import load_spec
-
+    """Check job specs and serving configs without starting Ray; one line per broken file, exit
+    code 2. A serving config's models must be in its registry."""
     broken = []
     for path in files:
         try:
-            spec = load_spec(path, set_)
-            console.print(
-                f"[green]ok[/green] {path} ({spec.name}: {spec.task}, "
-                f"{spec.model.family or spec.model.import_path} on {spec.data.name})"
-            )
-        except SpecError as e:
+            console.print(f"[green]ok[/green] {path} ({_checked(path, set_)})")
+        except KilnError as e:
             broken.append(str(e))
     if broken:
         raise SpecError("\n".join(broken))
+
+
+def _checked(path: Path, overrides: list[str]) -> str:
+    """What the file is, once checked: a Ray Serve config has `applications`."""
+    from kiln.spec import read_yaml
+
+    raw = read_yaml(path, str(path))
+    if isinstance(raw, dict) and "applications" in raw:
+        from kiln.serve.control.deploy import load_config
+
+        if overrides:
+            raise SpecError(f"{path}: --set applies to job specs, not serving configs")
+        names = [app["name"] for app in load_config(path)["applications"]]
+        return f"serving config: {', '.join(names)}"
+    from kiln.validate import load_spec
+
+    spec = load_spec(path, overrides)
+    model = spec.model.family or spec.model.import_path
+    return f"{spec.name}: {spec.task}, {model} on {spec.data.name}"
 
 
 def schema(kind: str = typer.Argument("job", help="only 'job' for now")) -> None:

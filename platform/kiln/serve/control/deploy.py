@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from kiln.cluster.dashboard import describe, first_line, open_client, with_scheme
-from kiln.errors import ServeError, SpecError
+from kiln.errors import ModelNotFoundError, ServeError, SpecError
 from kiln.registry import ModelRegistry
 from kiln.serve.config import (
     INDEX_APP,
@@ -63,13 +63,22 @@ def load_config(
         _keep(raw, only)
     for index, app in enumerate(raw["applications"]):
         where = f"{source}: applications[{index}]"
-        if app["import_path"] == MODEL_APP:
-            _check_model_app(app, where, registry)
-        elif app["import_path"] == RECOMMEND_APP:
-            _check_recommend_app(app, where, registry)
-        elif app["import_path"] == INDEX_APP:
-            _check_index_app(app, where, raw)
+        try:
+            _check_app(app, where, registry, raw)
+        except ModelNotFoundError as e:
+            raise ModelNotFoundError(f"{where} ({app['name']}): {e}") from None
     return raw
+
+
+def _check_app(
+    app: dict[str, Any], where: str, registry: str | None, config: dict[str, Any]
+) -> None:
+    if app["import_path"] == MODEL_APP:
+        _check_model_app(app, where, registry)
+    elif app["import_path"] == RECOMMEND_APP:
+        _check_recommend_app(app, where, registry)
+    elif app["import_path"] == INDEX_APP:
+        _check_index_app(app, where, config)
 
 
 def read_config(path: Path) -> dict[str, Any]:
