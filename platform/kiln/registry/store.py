@@ -98,11 +98,8 @@ class ModelRegistry:
             raise ModelNotFoundError(f"{ref!r} is not a model reference (NAME[@VERSION|@ALIAS])")
         name, tag = match["name"], match["tag"]
         if tag is None or tag == "latest":
-            version = self._latest(name)
-        elif tag.isdigit():
-            version = int(tag)
-        else:
-            version = self._aliased(name, tag)
+            return self._latest(name)
+        version = int(tag) if tag.isdigit() else self._aliased(name, tag)
         path = self._dir(name, version)
         manifest = self._maybe_json(f"{path}/{MANIFEST}")
         if manifest is None:
@@ -111,12 +108,13 @@ class ModelRegistry:
             raise ModelNotFoundError(f"{name} has no version {version} ({_listed(versions)})")
         return ModelVersion(name, version, path, manifest)
 
-    def _latest(self, name: str) -> int:
+    def _latest(self, name: str) -> ModelVersion:
         """The newest complete version: the numbers from one listing of the model's folder,
         newest first, until one has its manifest (the newest, unless a writer is at it)."""
         for version in sorted(self._numbers(name), reverse=True):
-            if self._complete(name, version):
-                return version
+            path = self._dir(name, version)
+            if (manifest := self._maybe_json(f"{path}/{MANIFEST}")) is not None:
+                return ModelVersion(name, version, path, manifest)
         raise self._no_model(name)
 
     def _aliased(self, name: str, alias: str) -> int:
