@@ -151,6 +151,11 @@ def a_second_team_adds_and_removes_its_own(dashboard: str, tmp_path) -> None:
         (["serve", "serving/digits.yaml", "--only", "nope"], 2, "no model application 'nope'"),
         (["serve", "status", "--address", "http://127.0.0.1:9"], 1, "cannot reach"),
         (["bench", "http://127.0.0.1:9/v2/models/x", "-d", "1"], 1, "cannot reach"),
+        (
+            ["rollout", "status", "m", "--metrics", "http://127.0.0.1:9/metrics"],
+            1,
+            "no metrics endpoint answers (http://127.0.0.1:9/metrics): is the cluster up?",
+        ),
     ],
 )
 def test_mistakes_are_one_line(args, code, message):

@@ -58,13 +58,21 @@ def metrics_targets(given: list[str]) -> list[str]:
 
 
 def scrape(targets: list[str]) -> list[Any]:
-    samples = []
+    """The samples of every target that answers; none answering is an error, not an empty
+    cluster (Ray's discovery file outlives the cluster that wrote it)."""
+    samples, answered = [], 0
     for url in targets:
         try:
             text = httpx.get(url, timeout=5).text
         except httpx.HTTPError:
             continue  # a node that went away, or a port that exports nothing
+        answered += 1
         samples += [s for family in text_string_to_metric_families(text) for s in family.samples]
+    if not answered:
+        raise ServeError(
+            f"no metrics endpoint answers ({', '.join(targets) or 'none known'}): is the cluster "
+            "up? (a remote one: pass --metrics URL)"
+        )
     return samples
 
 
