@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kiln.cli import main
+from tests.conftest import run_kiln
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -69,3 +70,16 @@ def test_export_runs_like_the_original(digits_cnn, tmp_path, capsys, fmt):
         onnx.checker.check_model(onnx.load(str(path)))
         got = ReferenceEvaluator(str(path)).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_onnx_export_prints_one_line(digits_cnn, tmp_path):
+    """The exporter's notes to torch's developers (torchvision's operators skipped, deprecations
+    inside torch) stay out of a user's terminal."""
+    _, outcome = digits_cnn
+    path = tmp_path / "model.onnx"
+    done = run_kiln(
+        "models", "export", f"digits-cnn@{outcome.version}", "--format", "onnx", "-o", str(path)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("wrote ") and path.stat().st_size > 0
+    assert done.stderr == ""

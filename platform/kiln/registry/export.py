@@ -1,5 +1,9 @@
 """Exporting a registered model to ONNX or TorchScript, with a dynamic batch dimension."""
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -39,15 +43,33 @@ def _onnx(module: torch.nn.Module, example: torch.Tensor, output: Path) -> None:
     except ImportError:
         raise KilnError("ONNX export needs the export extra: pip install 'kiln[export]'") from None
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(
-        module,
-        (example,),
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_shapes=({0: batch},),
-        dynamo=True,
-        verbose=False,
-    )
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            verbose=False,
+        )
     if program is None:
         raise KilnError("the ONNX exporter returned nothing")
     program.save(str(output))
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter's notes to torch's developers (torchvision's operators skipped where it is
+    not installed, deprecations inside torch.export): nothing an exporting user can act on.
+    Its errors still raise."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
