@@ -33,11 +33,23 @@ def write_movielens(tmp_path):
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_both_movielens_layouts_load_to_the_same_interactions(tmp_path):
+def test_every_movielens_layout_loads_to_the_same_interactions(tmp_path):
+    """ratings.csv (ML-latest, 20M, 25M, 32M), u.data (100k), ratings.dat (1M; 10M's has
+    half stars)."""
     ratings, udata = write_movielens(tmp_path)
+    dat = tmp_path / "ratings.dat"
+    dat.write_text("".join(f"{u}::{i}::{r}.5::{t}\n" for u, i, r, t in ROWS))
     a = read_interactions(str(ratings), None, None, None).reset_index(drop=True)
-    b = read_interactions(str(udata), None, None, None).reset_index(drop=True)
-    pd.testing.assert_frame_equal(a.astype("int64"), b.astype("int64"))
+    for other in (udata, dat):
+        b = read_interactions(str(other), None, None, None).reset_index(drop=True)
+        pd.testing.assert_frame_equal(a.astype("int64"), b.astype("int64"))
+
+
+def test_a_movielens_ratings_dat_broken_past_its_first_line_is_one_line(tmp_path):
+    dat = tmp_path / "ratings.dat"
+    dat.write_text("1::10::4::300\n1::11::3\n")
+    with pytest.raises(DataError, match="ratings.dat: not a MovieLens ratings file past its"):
+        read_interactions(str(dat), None, None, None)
 
 
 def test_leave_last_out_by_time_with_duplicates_and_cold_items():
