@@ -132,15 +132,19 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int) -> np.ndarra
     at the smallest of 1/1..1/8 scale still at least `size` (Pillow's draft mode: a 12 MP photo
     for a 32x32 model in 15 ms instead of 100 ms). An image of more pixels than Pillow's
     decompression-bomb limit (89 MP) is refused before it is decoded: a small PNG can hold a
-    huge plain image, and a server would decode it in full."""
-    from PIL import Image, UnidentifiedImageError
+    huge plain image, and a server would decode it in full. A photo is turned upright as its
+    EXIF orientation says (a phone stores its pixels as the sensor saw them), as a browser
+    shows it."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as opened:
             width, height = opened.size
             if width * height > (Image.MAX_IMAGE_PIXELS or math.inf):
                 raise ImageError(f"{width}x{height} pixels: {_too_large()}")
-            opened.draft(IMAGE_MODES[channels], (size[1], size[0]))
+            side = max(size)  # the draft is taken before turning: either side may be the height
+            opened.draft(IMAGE_MODES[channels], (side, side))
+            ImageOps.exif_transpose(opened, in_place=True)  # a copy otherwise, turned or not
             image = opened.convert(IMAGE_MODES[channels])
             if image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)

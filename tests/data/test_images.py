@@ -149,3 +149,23 @@ def test_a_large_jpeg_decodes_at_a_reduced_scale_to_the_same_pixels():
         whole = np.asarray(full.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
     assert drafted.shape == (3, 32, 32)
     assert np.abs(drafted - whole.transpose(2, 0, 1)).mean() < 1.0
+
+
+def test_a_photo_is_decoded_upright_as_its_exif_orientation_says():
+    """A phone stores a portrait photo's pixels on their side with EXIF orientation 6 (turn
+    90 degrees clockwise to view): decoded, it equals the upright photo, in both layouts."""
+    upright = np.zeros((48, 32, 3), np.uint8)  # portrait: a bright top band marks "up"
+    upright[:8] = 255
+    on_its_side = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored image is turned 90 degrees clockwise to view
+    stored = io.BytesIO()
+    on_its_side.save(stored, format="PNG", exif=exif)
+    plain = io.BytesIO()
+    Image.fromarray(upright).save(plain, format="PNG")
+    for channels in (1, 3):
+        turned = preprocess.decode_image(stored.getvalue(), (24, 16), channels)
+        expected = preprocess.decode_image(plain.getvalue(), (24, 16), channels)
+        assert turned.shape == (channels, 24, 16)
+        np.testing.assert_array_equal(turned, expected)
+        assert turned[:, :3].min() == 255 and turned[:, -3:].max() == 0  # the band on top
