@@ -19,7 +19,7 @@ import pytest
 
 from kiln import data, preprocess
 from kiln.data.files import read_table
-from kiln.data.shards import Shards
+from kiln.data.shards import CsvDialect, Shards
 from kiln.data.stream import StreamedDataset, fit, in_validation
 from kiln.data.tables import TableLayout
 from kiln.errors import DataError
@@ -618,3 +618,40 @@ def test_a_time_column_orders_by_what_it_writes():
     assert offsets.tolist() == [1583049600.0, 1583053200.0]
     with pytest.raises(DataError, match="t is not dates or numbers"):
         time_order(pd.Series(["soon", "later"]), "t")
+
+
+def _rows(dataset) -> int:
+    if isinstance(dataset, StreamedDataset):
+        return sum(d.count() for d in dataset.datasets.values())
+    return len(dataset.x_train) + len(dataset.x_val)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_csv_without_a_header_names_its_columns_and_keeps_its_first_row(tmp_path, streaming):
+    """UCI's files (`adult.data`): no header row, a suffix other than .csv. Read as it is,
+    its first row's values are its column names: refused with the setting that fixes it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 2))
+    rows = "".join(f"{a:.4f},{b:.4f},{int(a > 0)}\n" for a, b in x)
+    (tmp_path / "t.data").write_text(rows)
+    with pytest.raises(DataError, match=r"has no column 'label'.*data\.params\.csv\.columns"):
+        build(tmp_path / "t.data", streaming)
+    dataset = build(tmp_path / "t.data", streaming, csv={"columns": ["a", "b", "label"]})
+    assert _rows(dataset) == 1000
+    assert dataset.schema.transform["standardize"]["features"] == ["a", "b"]
+
+
+def test_a_file_named_otherwise_is_read_by_what_it_holds(tmp_path):
+    """A gzipped CSV and a Parquet file whose names end otherwise than their format's."""
+    frame = pd.DataFrame({"a": np.arange(50.0), "label": np.arange(50) % 2})
+    frame.to_csv(tmp_path / "t.csv.gz", index=False)  # pandas compresses by the suffix
+    frame.to_parquet(tmp_path / "t.bin")
+    assert Shards.open(str(tmp_path / "t.csv.gz")).format == "csv"
+    assert Shards.open(str(tmp_path / "t.bin")).format == "parquet"
+    for name in ("t.csv.gz", "t.bin"):
+        assert _rows(build(tmp_path / name, False)) == 50
+
+
+def test_csv_column_names_must_differ():
+    with pytest.raises(ValueError, match="given twice: a"):
+        CsvDialect(columns=["a", "b", "a"])

@@ -40,13 +40,22 @@ class CsvDialect(BaseModel):
     """How a CSV file is written (a dataset's `csv` param): what separates its fields, what
     marks a decimal (a comma in many European exports, with `;` between fields), its text
     encoding, and the values that mark a missing one beside pyarrow's (empty, NA, NaN, null,
-    N/A, ...): `?` in many public datasets."""
+    N/A, ...): `?` in many public datasets. A file without a header row (UCI's `adult.data`)
+    names its columns in `columns`, in order: its first line is then data."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     delimiter: str = Field(",", min_length=1, max_length=1)
     decimal: str = Field(".", min_length=1, max_length=1)
     encoding: str = "utf8"
     missing: list[str] = Field(default_factory=list)
+    columns: list[str] | None = Field(None, min_length=1)
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct(cls, columns: list[str] | None) -> list[str] | None:
+        if columns and (twice := sorted({c for c in columns if columns.count(c) > 1})):
+            raise ValueError(f"column names must differ; given twice: {', '.join(twice)}")
+        return columns
 
     @field_validator("encoding")
     @classmethod
@@ -71,7 +80,9 @@ class CsvDialect(BaseModel):
             convert.null_values = [*convert.null_values, *self.missing]
             convert.strings_can_be_null = True  # a text column's `?` is missing too
         return {
-            "read_options": pyarrow.csv.ReadOptions(encoding=self.encoding),
+            "read_options": pyarrow.csv.ReadOptions(
+                encoding=self.encoding, column_names=self.columns
+            ),
             "parse_options": pyarrow.csv.ParseOptions(delimiter=self.delimiter),
             "convert_options": convert,
         }
@@ -95,7 +106,7 @@ class Shards:
         if not found:
             raise DataError(f"no Parquet or CSV files in {path}")
         files = sorted(found, key=lambda info: info.path)
-        fmt = _format(path, files)
+        fmt = _format(path, files, filesystem)
         schemas = _read_footers(filesystem, files, fmt, dialect)
         schema = _same_columns(files, schemas, fmt)
         prefix = scheme(path)
@@ -126,8 +137,10 @@ class Shards:
             v2, context.use_datasource_v2 = context.use_datasource_v2, False
             # parts that differ are read with their unified schema (int64 and double: double)
             promoted = {"schema": self.schema} if self.parts_differ else {}
-            try:
-                dataset = ray.data.read_parquet(self.files, override_num_blocks=blocks, **promoted)
+            try:  # the files are listed and known to be Parquet, whatever their names
+                dataset = ray.data.read_parquet(
+                    self.files, override_num_blocks=blocks, file_extensions=None, **promoted
+                )
             finally:
                 context.use_datasource_v2 = v2
         else:
@@ -173,9 +186,21 @@ class Shards:
 
     def require(self, columns: list[str]) -> None:
         if missing := [c for c in columns if c not in self.schema.names]:
+            names = self.schema.names
+            hint = ""
+            if self.format == "csv" and all(_is_number(name) for name in names):
+                hint = " (values: a file without a header names them in data.params.csv.columns)"
             raise DataError(
-                f"{self.path} has no column {missing[0]!r}; columns: {', '.join(self.schema.names)}"
+                f"{self.path} has no column {missing[0]!r}; columns: {', '.join(names)}{hint}"
             )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def scheme(path: str) -> str:
@@ -230,11 +255,28 @@ def _glob_root(pattern: str) -> str:
     return "/".join(fixed) or "/"
 
 
-def _format(path: str, files: list[pyarrow.fs.FileInfo]) -> Format:
-    kinds = {next((k for k, s in SUFFIXES.items() if i.path.endswith(s)), "parquet") for i in files}
+def _format(
+    path: str, files: list[pyarrow.fs.FileInfo], filesystem: pyarrow.fs.FileSystem
+) -> Format:
+    """By suffix; a file named otherwise (`adult.data`, `ratings.csv.gz`) by its first bytes."""
+    kinds = {_suffix_format(i.path) or _sniffed_format(filesystem, i.path) for i in files}
     if len(kinds) > 1:
         raise DataError(f"{path} mixes Parquet and CSV files; give one format")
-    return kinds.pop()  # type: ignore[return-value]
+    return kinds.pop()
+
+
+def _suffix_format(path: str) -> Format | None:
+    return next((kind for kind, ends in SUFFIXES.items() if path.lower().endswith(ends)), None)
+
+
+def _sniffed_format(filesystem: pyarrow.fs.FileSystem, path: str) -> Format:
+    """Parquet begins with its magic number, `PAR1`; anything else is read as (possibly
+    compressed) CSV, whose reader says what is wrong with it."""
+    try:
+        with filesystem.open_input_file(path) as f:
+            return "parquet" if f.read(4) == b"PAR1" else "csv"
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e}") from None
 
 
 def _read_footers(
@@ -266,6 +308,8 @@ def _read_footers(
             if "Expected 1 columns" in reason:
                 setting = "data.params.csv.delimiter"
                 reason += f"; fields not separated by {dialect.delimiter!r} need {setting}"
+            elif dialect.columns and "Expected" in reason:
+                reason += f"; data.params.csv.columns names {len(dialect.columns)}"
             raise DataError(f"{info.path}: not a readable {what} file ({reason})") from None
 
     with ThreadPoolExecutor(max_workers=min(32, len(files))) as pool:
