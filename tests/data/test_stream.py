@@ -650,6 +650,10 @@ def test_a_file_named_otherwise_is_read_by_what_it_holds(tmp_path):
     assert Shards.open(str(tmp_path / "t.bin")).format == "parquet"
     for name in ("t.csv.gz", "t.bin"):
         assert _rows(build(tmp_path / name, False)) == 50
+    (tmp_path / "parts").mkdir()  # as Spark writes them: part-*.csv.gz
+    for i in range(2):
+        frame.to_csv(tmp_path / "parts" / f"part-{i:05d}.csv.gz", index=False)
+    assert _rows(build(tmp_path / "parts", True)) == 100
 
 
 def test_csv_column_names_must_differ():

@@ -29,9 +29,10 @@ from kiln.data.stream import root_cause
 from kiln.errors import DataError
 
 Format = Literal["parquet", "csv"]
+COMPRESSED = ("", ".gz", ".bz2", ".zst", ".lz4")  # what pyarrow and Ray Data decompress by name
 SUFFIXES: dict[Format, tuple[str, ...]] = {
     "parquet": (".parquet", ".pq"),
-    "csv": (".csv", ".tsv", ".txt"),
+    "csv": tuple(kind + packed for kind in (".csv", ".tsv", ".txt") for packed in COMPRESSED),
 }
 GLOB = set("*?[")
 
