@@ -636,6 +636,9 @@ def test_a_csv_without_a_header_names_its_columns_and_keeps_its_first_row(tmp_pa
     (tmp_path / "t.data").write_text(rows)
     with pytest.raises(DataError, match=r"has no column 'label'.*data\.params\.csv\.columns"):
         build(tmp_path / "t.data", streaming)
+    (tmp_path / "adult.data").write_text("39, State-gov, <=50K\n50, Private, >50K\n")
+    with pytest.raises(DataError, match=r"a number as a name: .*data\.params\.csv\.columns"):
+        build(tmp_path / "adult.data", streaming)  # numbers and text, as UCI's adult.data
     dataset = build(tmp_path / "t.data", streaming, csv={"columns": ["a", "b", "label"]})
     assert _rows(dataset) == 1000
     assert dataset.schema.transform["standardize"]["features"] == ["a", "b"]

@@ -189,8 +189,8 @@ class Shards:
         if missing := [c for c in columns if c not in self.schema.names]:
             names = self.schema.names
             hint = ""
-            if self.format == "csv" and all(_is_number(name) for name in names):
-                hint = " (values: a file without a header names them in data.params.csv.columns)"
+            if self.format == "csv" and any(_is_number(name) for name in names):
+                hint = " (a number as a name: name a headerless file's in data.params.csv.columns)"
             raise DataError(
                 f"{self.path} has no column {missing[0]!r}; columns: {', '.join(names)}{hint}"
             )
