@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 from kiln.data.base import DATASETS, Dataset, require_task
 from kiln.data.files import read_table
 from kiln.data.histories import NEGATIVES, VALIDATION_USERS, leave_last_out, stream_histories
-from kiln.data.shards import CsvDialect, Shards
+from kiln.data.shards import CsvDialect, Shards, is_number
 from kiln.data.stream import StreamedDataset, should_stream
 from kiln.errors import DataError
 
@@ -115,13 +115,9 @@ def _headerless(path: str) -> str | None:
         first = f.readline().rstrip("\r\n")
     for separator in HEADERLESS:
         parts = first.split(separator)
-        if len(parts) == 4 and all(_is_number(part) for part in parts):
+        if len(parts) == 4 and all(is_number(part) for part in parts):
             return separator
     return None
-
-
-def _is_number(text: str) -> bool:
-    return text.strip().lstrip("-").replace(".", "", 1).isdigit()
 
 
 def _read_headerless(path: str, separator: str) -> pd.DataFrame:

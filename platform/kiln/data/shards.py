@@ -189,14 +189,15 @@ class Shards:
         if missing := [c for c in columns if c not in self.schema.names]:
             names = self.schema.names
             hint = ""
-            if self.format == "csv" and any(_is_number(name) for name in names):
+            if self.format == "csv" and any(is_number(name) for name in names):
                 hint = " (a number as a name: name a headerless file's in data.params.csv.columns)"
             raise DataError(
                 f"{self.path} has no column {missing[0]!r}; columns: {', '.join(names)}{hint}"
             )
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether a CSV field reads as a number (pyarrow's sense, give or take its spellings)."""
     try:
         float(text)
     except ValueError:
