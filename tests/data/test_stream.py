@@ -662,3 +662,25 @@ def test_a_file_named_otherwise_is_read_by_what_it_holds(tmp_path):
 def test_csv_column_names_must_differ():
     with pytest.raises(ValueError, match="given twice: a"):
         CsvDialect(columns=["a", "b", "a"])
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_tab_separated_files_read_with_a_tab_unless_the_spec_says_otherwise(tmp_path, streaming):
+    """A `.tsv` (or a folder of `.tsv.gz` parts) holds the table its CSV twin does; a
+    delimiter the spec names still wins."""
+    frame = people(300, seed=0)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_csv(tmp_path / "t.tsv", sep="\t", index=False)
+    (tmp_path / "parts").mkdir()
+    for i, part in enumerate((frame[:150], frame[150:])):
+        part.to_csv(tmp_path / "parts" / f"part-{i}.tsv.gz", sep="\t", index=False)
+    plain = build(tmp_path / "t.csv", streaming=False).schema.transform
+    for path in (tmp_path / "t.tsv", tmp_path / "parts"):
+        tabbed = build(path, streaming)
+        assert _rows(tabbed) == 300
+        assert tabbed.schema.transform["categories"] == plain["categories"]
+        assert np.allclose(
+            tabbed.schema.transform["standardize"]["mean"], plain["standardize"]["mean"]
+        )
+    with pytest.raises(DataError, match=r"not separated by ',' need data\.params\.csv\.delim"):
+        build(tmp_path / "t.tsv", csv={"delimiter": ","})

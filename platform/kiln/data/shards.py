@@ -32,8 +32,11 @@ Format = Literal["parquet", "csv"]
 COMPRESSED = ("", ".gz", ".bz2", ".zst", ".lz4")  # what pyarrow and Ray Data decompress by name
 SUFFIXES: dict[Format, tuple[str, ...]] = {
     "parquet": (".parquet", ".pq"),
-    "csv": tuple(kind + packed for kind in (".csv", ".tsv", ".txt") for packed in COMPRESSED),
+    "csv": tuple(
+        kind + packed for kind in (".csv", ".tsv", ".tab", ".txt") for packed in COMPRESSED
+    ),
 }
+TAB_SEPARATED = tuple(kind + packed for kind in (".tsv", ".tab") for packed in COMPRESSED)
 GLOB = set("*?[")
 
 
@@ -42,7 +45,8 @@ class CsvDialect(BaseModel):
     marks a decimal (a comma in many European exports, with `;` between fields), its text
     encoding, and the values that mark a missing one beside pyarrow's (empty, NA, NaN, null,
     N/A, ...): `?` in many public datasets. A file without a header row (UCI's `adult.data`)
-    names its columns in `columns`, in order: its first line is then data."""
+    names its columns in `columns`, in order: its first line is then data. Files named
+    `.tsv` or `.tab` are read with a tab between fields unless `delimiter` says otherwise."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     delimiter: str = Field(",", min_length=1, max_length=1)
@@ -68,6 +72,14 @@ class CsvDialect(BaseModel):
                 f"unknown encoding {encoding!r} (utf8, latin-1, cp1252, ...)"
             ) from None
         return encoding
+
+    def for_files(self, paths: Sequence[str]) -> "CsvDialect":
+        """This dialect as it reads `paths`: with a tab between fields where they are all named
+        as tab-separated and no delimiter was given."""
+        named = "delimiter" in self.model_fields_set
+        if named or not paths or not all(p.lower().endswith(TAB_SEPARATED) for p in paths):
+            return self
+        return self.model_copy(update={"delimiter": "\t"})
 
     def options(self, floats: Sequence[str] = ()) -> dict[str, Any]:
         """pyarrow's reader options, as pyarrow.csv.open_csv and ray.data.read_csv take them.
@@ -108,6 +120,7 @@ class Shards:
             raise DataError(f"no Parquet or CSV files in {path}")
         files = sorted(found, key=lambda info: info.path)
         fmt = _format(path, files, filesystem)
+        dialect = dialect.for_files([info.path for info in files])
         schemas = _read_footers(filesystem, files, fmt, dialect)
         schema = _same_columns(files, schemas, fmt)
         prefix = scheme(path)
@@ -189,7 +202,9 @@ class Shards:
         if missing := [c for c in columns if c not in self.schema.names]:
             names = self.schema.names
             hint = ""
-            if self.format == "csv" and any(is_number(name) for name in names):
+            if self.format == "csv" and len(names) == 1 and set(names[0]) & set("\t;|,"):
+                hint = _delimiter_hint(self.dialect)  # the whole header read as one name
+            elif self.format == "csv" and any(is_number(name) for name in names):
                 hint = " (a number as a name: name a headerless file's in data.params.csv.columns)"
             raise DataError(
                 f"{self.path} has no column {missing[0]!r}; columns: {', '.join(names)}{hint}"
@@ -308,8 +323,7 @@ def _read_footers(
             what = "Parquet" if fmt == "parquet" else "CSV"
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if "Expected 1 columns" in reason:
-                setting = "data.params.csv.delimiter"
-                reason += f"; fields not separated by {dialect.delimiter!r} need {setting}"
+                reason += _delimiter_hint(dialect)
             elif dialect.columns and "Expected" in reason:
                 reason += f"; data.params.csv.columns names {len(dialect.columns)}"
             raise DataError(f"{info.path}: not a readable {what} file ({reason})") from None
@@ -323,6 +337,10 @@ def _alike(a: pa.DataType, b: pa.DataType) -> bool:
     empty)."""
     numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)
     return a == b or all(any(is_kind(t) for is_kind in numeric) for t in (a, b))
+
+
+def _delimiter_hint(dialect: CsvDialect) -> str:
+    return f"; fields not separated by {dialect.delimiter!r} need data.params.csv.delimiter"
 
 
 def _hint(invalid: pa.ArrowInvalid) -> str:
