@@ -145,7 +145,7 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int) -> np.ndarra
             side = max(size)  # the draft is taken before turning: either side may be the height
             opened.draft(IMAGE_MODES[channels], (side, side))
             ImageOps.exif_transpose(opened, in_place=True)  # a copy otherwise, turned or not
-            image = opened.convert(IMAGE_MODES[channels])
+            image = _eight_bit(opened).convert(IMAGE_MODES[channels])
             if image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
@@ -158,6 +158,25 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int) -> np.ndarra
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"not an image ({str(e).strip() or type(e).__name__})") from None
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+# Grey images of more than 8 bits, by Pillow's mode: the factor to 0..255. A 16-bit PNG or TIFF
+# (microscopes, X-rays, scanners) opens as I;16 (or I, 32-bit, in some Pillow versions: read as
+# 16-bit); a float TIFF as F, in [0, 1] by convention (scikit-image's). Pillow's own convert
+# clips them at 255 instead: a 16-bit image decoded all white, a float one all black.
+WIDE_GREY = {"I;16": 1 / 257, "I;16L": 1 / 257, "I;16B": 1 / 257, "I;16N": 1 / 257, "I": 1 / 257}
+WIDE_GREY["F"] = 255.0
+
+
+def _eight_bit(image: Any) -> Any:
+    """`image`, or a grey image of more than 8 bits scaled to 8 (WIDE_GREY)."""
+    from PIL import Image
+
+    scale = WIDE_GREY.get(image.mode)
+    if scale is None:
+        return image
+    values = np.asarray(image, dtype=np.float64) * scale
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
 
 def _too_large() -> str:

@@ -169,3 +169,25 @@ def test_a_photo_is_decoded_upright_as_its_exif_orientation_says():
         assert turned.shape == (channels, 24, 16)
         np.testing.assert_array_equal(turned, expected)
         assert turned[:, :3].min() == 255 and turned[:, -3:].max() == 0  # the band on top
+
+
+@pytest.mark.parametrize(
+    ("wide", "form"),
+    [
+        (lambda grey: grey.astype(np.uint16) * 257, "PNG"),  # 16 bits
+        (lambda grey: grey.astype(np.int32) * 257, "TIFF"),  # 32-bit integers of 16-bit values
+        (lambda grey: grey.astype(np.float32) / 255, "TIFF"),  # floats in [0, 1]
+    ],
+)
+def test_images_of_more_than_8_bits_decode_to_the_same_grey_levels(wide, form):
+    """Microscopes, X-rays and scanners write 16-bit PNG and TIFF: they were clipped at 255
+    (all white), a float TIFF all black. Each decodes as its 8-bit twin does."""
+    grey = np.random.default_rng(0).integers(0, 256, (24, 16), dtype=np.uint8)
+    eight = io.BytesIO()
+    Image.fromarray(grey).save(eight, format="PNG")
+    stored = io.BytesIO()
+    Image.fromarray(wide(grey)).save(stored, format=form)
+    for channels in (1, 3):
+        expected = preprocess.decode_image(eight.getvalue(), (24, 16), channels)
+        decoded = preprocess.decode_image(stored.getvalue(), (24, 16), channels)
+        np.testing.assert_array_equal(decoded, expected)
