@@ -2,7 +2,8 @@
 one run, with the same load generator and payload: throughput and p50/p99 at concurrency 1
 and 32, Kiln with batching on and off, with one and two replicas, and with JSON tensors, binary
 tensors (the Open Inference Protocol's binary extension, Triton's default) and gRPC (on Serve's
-port with `application` metadata, and without it through the index's gRPC gateway). Beside
+port with `application` metadata, and without it through the index's gRPC gateway), and
+KServe V1's `{"instances": [...]}` (relayed by the index to the model's replica). Beside
 speed, the CPU each answered request costs over every process of the path (HAProxy, Serve's
 proxy, the replica, Ray's own, or uvicorn): the machine's busy CPU time during the run, less the
 load generator's own, per answered request. Figures go to bench-results/serve.json; the ratios are
@@ -193,9 +194,17 @@ def main() -> None:
             results[f"{name}, gRPC"] = measure_grpc(f"127.0.0.1:{grpc_port}", "digits-cnn")
             gateway = measure_grpc(f"127.0.0.1:{gateway_port}", None)
             results[f"{name}, gRPC gateway"] = gateway
+            v1 = f"http://127.0.0.1:{port}/v1/models/digits-cnn:predict"  # through the index
+            results[f"{name}, KServe V1"] = measure(v1, v1_body(body))
     deploy.shutdown(dashboard)
     ray.shutdown()
     report(results, idle)
+
+
+def v1_body(body: bytes) -> bytes:
+    """The same image as KServe V1's one instance of 64 numbers."""
+    pixels = json.loads(body)["inputs"][0]["data"]
+    return json.dumps({"instances": [pixels]}).encode()
 
 
 METADATA = {

@@ -342,6 +342,8 @@ def _print_urls(config: dict[str, Any]) -> None:
     for application in config["applications"]:
         console.print(f"  {application['name']:<14} {base}{application['route_prefix']}")
     console.print(f"  docs           {base}/docs")
+    if deploy.serves_kserve_v1(config):
+        console.print(f"  KServe V1      {base}/v1/models/NAME:predict")
     if grpc := config.get("grpc_options", {}).get("grpc_servicer_functions"):
         grpc_port = config["grpc_options"].get("port", 9000)
         console.print(

@@ -154,6 +154,10 @@ class IndexArgs(BaseModel):
         description="a gRPC port where calls need no `application` metadata: each goes to the "
         "model its message names (Triton's clients' default port is 8001); needs grpc_options",
     )
+    max_body_bytes: PositiveInt = Field(
+        64 * 2**20,
+        description="larger KServe V1 bodies get 413 here (each model's own limit applies too)",
+    )
 
 
 RECOMMEND_DEPLOYMENT = "Recommender"

@@ -120,6 +120,17 @@ def grpc_gateway_ports(config: dict[str, Any]) -> list[int]:
     return [a["grpc_gateway_port"] for a in args if a.get("grpc_gateway_port")]
 
 
+def serves_kserve_v1(config: dict[str, Any]) -> bool:
+    """Whether /v1/models/... reaches the index (which relays KServe V1 to the models): an
+    index at / and no application whose prefix takes those paths first (/v1, /v1/models)."""
+    prefixes = {a.get("route_prefix") for a in config["applications"]}
+    index = any(
+        a["import_path"] == INDEX_APP and a.get("route_prefix") == "/"
+        for a in config["applications"]
+    )
+    return index and not prefixes & {"/v1", "/v1/models"}
+
+
 def needs_redis(config: dict[str, Any]) -> bool:
     """Whether a recommendation app has no Redis of its own (KILN_REDIS_URL or redis_url)."""
     return any(

@@ -2,6 +2,7 @@
 the server index (/, /v2, /v2/health/*, /docs). Errors are Open Inference Protocol bodies,
 `{"error": "..."}`, with 400 for a bad request, 401, 404, 413, 415; never a traceback."""
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 import kiln
 from kiln.errors import KilnError, ModelNotFoundError, RequestError, UnknownArmError
-from kiln.serve.replica import binary, triton
+from kiln.serve.replica import binary, kserve_v1, triton
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
 from kiln.serve.replica.middleware import RequestBody, RootPathAsSlash
@@ -175,8 +176,47 @@ async def _timed(endpoint: ModelEndpoint, request: Request, version: int | None)
         endpoint.answered(answered, code, (time.perf_counter() - start) * 1000, arm)
 
 
-def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
-    """`models()` gives each served model's name and whether it is ready."""
+async def predict_v1(
+    endpoint: ModelEndpoint, keys: ApiKeys, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """A KServe V1 `:predict` (kiln.serve.replica.kserve_v1) relayed by the index with the
+    request's headers: the HTTP status and the JSON body (encoded here, so that the index
+    only passes it on), counted as `/infer`'s answers are."""
+    code, answer = await _answer_v1(endpoint, keys, body, headers)
+    return code, json.dumps(answer).encode()
+
+
+async def _answer_v1(
+    endpoint: ModelEndpoint, keys: ApiKeys, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
+    start = time.perf_counter()
+    code, answered, arm = 200, endpoint.current.version, None
+    rollout = endpoint.rollout
+    key = headers.get(rollout.sticky_header.lower()) if rollout and rollout.sticky_header else None
+    try:
+        if not keys.allows(headers.get("authorization")):
+            code = 401
+            return code, {"error": "a valid API key is required: Authorization: Bearer <key>"}
+        current = endpoint.current
+        optional = [tensor for tensor, _ in current.optional_inputs]
+        request = kserve_v1.to_request(body, current.inputs, optional, bool(current.columns))
+        answered, arm, outputs = await endpoint.predict(request, None, key)
+        return code, {"predictions": kserve_v1.predictions(outputs)}
+    except KilnError as e:
+        code = status_of(e)
+        return code, {"error": str(e)}
+    finally:
+        endpoint.answered(answered, code, (time.perf_counter() - start) * 1000, arm)
+
+
+def index_api(
+    models: Callable[[], Awaitable[dict[str, bool]]],
+    relay_v1: Callable[[str, bytes, dict[str, str]], Awaitable[tuple[int, bytes]]],
+    max_body_bytes: int,
+) -> FastAPI:
+    """`models()` gives each served model's name and whether it is ready; `relay_v1(name,
+    body, headers)` has the model's replica answer a KServe V1 prediction (`predict_v1`),
+    whose body is at most `max_body_bytes` here (decoded, as a model's own app reads it)."""
     api = FastAPI(
         title="Kiln",
         version=kiln.__version__,
@@ -184,16 +224,23 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
             "Registered models behind the Open Inference Protocol (KServe v2 REST). Each model "
             "answers under /v2/models/{name} and documents its own routes and tensors at "
             "/v2/models/{name}/docs (and openapi.json); this app answers health, server "
-            "metadata and names that are not served."
+            "metadata and names that are not served, and KServe V1 (/v1/models/{name} and "
+            'its :predict, {"instances": [...]}) for every model.'
         ),
     )
+    api.add_middleware(RequestBody, max_bytes=max_body_bytes)
     answer_errors_as_protocol(api)
     document_schemas(api, triton.RepositoryIndexRequest)
 
     @api.get("/")
     async def index() -> dict[str, Any]:
         served = await models()
-        return {"server": "kiln", "models": {m: f"/v2/models/{m}" for m in served}, "docs": "/docs"}
+        return {
+            "server": "kiln",
+            "status": "alive",  # KServe V1's liveness answer, at its path
+            "models": {m: f"/v2/models/{m}" for m in served},
+            "docs": "/docs",
+        }
 
     @api.get("/v2", response_model=ServerMetadata)
     def server_metadata() -> ServerMetadata:
@@ -227,14 +274,31 @@ def index_api(models: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
     async def unload(name: str) -> JSONResponse:
         return _error(*triton.unload_refused(name, await models()))
 
+    # KServe V1 (its SDK's default protocol): the model's replica answers, through a handle.
+    @api.get("/v1/models")
+    async def v1_models() -> dict[str, list[str]]:
+        return {"models": sorted(await models())}
+
+    @api.get("/v1/models/{name}", responses=ERRORS)
+    async def v1_model_ready(name: str) -> JSONResponse:
+        served = await models()
+        if name not in served:
+            return _error(*not_served(name, served))
+        return JSONResponse({"name": name, "ready": served[name]}, 200 if served[name] else 503)
+
+    @api.post("/v1/models/{name}:predict", responses=ERRORS)
+    async def v1_predict(name: str, request: Request) -> Response:
+        status, answer = await relay_v1(name, await request.body(), dict(request.headers))
+        return Response(answer, status, media_type=JSON)
+
     # A request reaches these only when no model app owns its name (the proxy routes by the
     # longest prefix): a 404 that names the served models. Each model documents these routes
     # exactly in its own document; a generic one here would promise any tensor to any model.
-    not_served: dict[str, Any] = {"responses": ERRORS, "include_in_schema": False}
+    unlisted: dict[str, Any] = {"responses": ERRORS, "include_in_schema": False}
     for path in MODEL_PATHS:
-        api.get(path, **not_served)(_not_served_route(models))
+        api.get(path, **unlisted)(_not_served_route(models))
     for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
-        api.post(path, **not_served)(_not_served_route(models))
+        api.post(path, **unlisted)(_not_served_route(models))
     return api
 
 
