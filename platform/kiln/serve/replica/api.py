@@ -147,6 +147,11 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     async def infer_version(version: int, request: Request) -> Response:
         return await _timed(endpoint, request, version)
 
+    # KServe V1, relayed here by the index from /v1/models/{name}:predict (kserve_v1.py)
+    @api.post("/kserve-v1", include_in_schema=False, responses=ERRORS, dependencies=keys.required)
+    async def predict_v1(request: Request) -> Response:
+        return await _timed_v1(endpoint, request)
+
     @api.post("/feedback", responses=ERRORS, dependencies=keys.required)
     def feedback(given: Feedback) -> dict[str, int]:
         """Labelled outcomes of a rollout arm's answers, counted for `kiln rollout status`."""
@@ -156,19 +161,55 @@ def model_api(endpoint: ModelEndpoint, keys: ApiKeys, max_body_bytes: int) -> Fa
     return api
 
 
+Answer = tuple[int, str | None, Response]  # the version that answered, the arm, the response
+
+
 async def _timed(endpoint: ModelEndpoint, request: Request, version: int | None) -> Response:
+    """An Open Inference Protocol inference, counted."""
+
+    async def answer(key: str | None) -> Answer:
+        body = parse_request(await request.body(), request.headers.get(binary.HEADER_LENGTH))
+        answered, arm, content, header_length = await endpoint.infer(body, version, key)
+        headers = {ARM_HEADER: arm} if arm else {}
+        if header_length is None:
+            return answered, arm, Response(content, media_type=JSON, headers=headers)
+        headers[binary.HEADER_LENGTH] = str(header_length)
+        return answered, arm, Response(content, media_type=binary.CONTENT_TYPE, headers=headers)
+
+    return await _counted(endpoint, request, version, answer)
+
+
+async def _timed_v1(endpoint: ModelEndpoint, request: Request) -> Response:
+    """A KServe V1 prediction (kiln.serve.replica.kserve_v1), counted."""
+
+    async def answer(key: str | None) -> Answer:
+        current = endpoint.current
+        optional = [tensor for tensor, _ in current.optional_inputs]
+        body = await request.body()
+        asked = kserve_v1.to_request(body, current.inputs, optional, bool(current.columns))
+        answered, arm, outputs = await endpoint.predict(asked, None, key)
+        content = json.dumps({"predictions": kserve_v1.predictions(outputs)})
+        headers = {ARM_HEADER: arm} if arm else {}
+        return answered, arm, Response(content, media_type=JSON, headers=headers)
+
+    return await _counted(endpoint, request, None, answer)
+
+
+async def _counted(
+    endpoint: ModelEndpoint,
+    request: Request,
+    version: int | None,
+    answer: Callable[[str | None], Awaitable[Answer]],
+) -> Response:
+    """`answer(key)` for the request's sticky key, its errors as the protocol's bodies; the
+    answer counted (metrics, access log, statistics) with its status and latency."""
     start = time.perf_counter()
     code, answered, arm = 200, version or endpoint.current.version, None
     rollout = endpoint.rollout
     key = request.headers.get(rollout.sticky_header) if rollout and rollout.sticky_header else None
     try:
-        body = parse_request(await request.body(), request.headers.get(binary.HEADER_LENGTH))
-        answered, arm, content, header_length = await endpoint.infer(body, version, key)
-        headers = {ARM_HEADER: arm} if arm else {}
-        if header_length is None:
-            return Response(content, media_type=JSON, headers=headers)
-        headers[binary.HEADER_LENGTH] = str(header_length)
-        return Response(content, media_type=binary.CONTENT_TYPE, headers=headers)
+        answered, arm, response = await answer(key)
+        return response
     except KilnError as e:
         code = status_of(e)
         return JSONResponse({"error": str(e)}, code)
@@ -176,46 +217,13 @@ async def _timed(endpoint: ModelEndpoint, request: Request, version: int | None)
         endpoint.answered(answered, code, (time.perf_counter() - start) * 1000, arm)
 
 
-async def predict_v1(
-    endpoint: ModelEndpoint, keys: ApiKeys, body: bytes, headers: dict[str, str]
-) -> tuple[int, bytes]:
-    """A KServe V1 `:predict` (kiln.serve.replica.kserve_v1) relayed by the index with the
-    request's headers: the HTTP status and the JSON body (encoded here, so that the index
-    only passes it on), counted as `/infer`'s answers are."""
-    code, answer = await _answer_v1(endpoint, keys, body, headers)
-    return code, json.dumps(answer).encode()
-
-
-async def _answer_v1(
-    endpoint: ModelEndpoint, keys: ApiKeys, body: bytes, headers: dict[str, str]
-) -> tuple[int, dict[str, Any]]:
-    start = time.perf_counter()
-    code, answered, arm = 200, endpoint.current.version, None
-    rollout = endpoint.rollout
-    key = headers.get(rollout.sticky_header.lower()) if rollout and rollout.sticky_header else None
-    try:
-        if not keys.allows(headers.get("authorization")):
-            code = 401
-            return code, {"error": "a valid API key is required: Authorization: Bearer <key>"}
-        current = endpoint.current
-        optional = [tensor for tensor, _ in current.optional_inputs]
-        request = kserve_v1.to_request(body, current.inputs, optional, bool(current.columns))
-        answered, arm, outputs = await endpoint.predict(request, None, key)
-        return code, {"predictions": kserve_v1.predictions(outputs)}
-    except KilnError as e:
-        code = status_of(e)
-        return code, {"error": str(e)}
-    finally:
-        endpoint.answered(answered, code, (time.perf_counter() - start) * 1000, arm)
-
-
 def index_api(
     models: Callable[[], Awaitable[dict[str, bool]]],
-    relay_v1: Callable[[str, bytes, dict[str, str]], Awaitable[tuple[int, bytes]]],
+    relay_v1: Callable[[str, bytes, dict[str, str]], Awaitable[Response]],
     max_body_bytes: int,
 ) -> FastAPI:
     """`models()` gives each served model's name and whether it is ready; `relay_v1(name,
-    body, headers)` has the model's replica answer a KServe V1 prediction (`predict_v1`),
+    body, headers)` has the model's own app answer a KServe V1 prediction (served.ModelRelay),
     whose body is at most `max_body_bytes` here (decoded, as a model's own app reads it)."""
     api = FastAPI(
         title="Kiln",
@@ -288,8 +296,7 @@ def index_api(
 
     @api.post("/v1/models/{name}:predict", responses=ERRORS)
     async def v1_predict(name: str, request: Request) -> Response:
-        status, answer = await relay_v1(name, await request.body(), dict(request.headers))
-        return Response(answer, status, media_type=JSON)
+        return await relay_v1(name, await request.body(), dict(request.headers))
 
     # A request reaches these only when no model app owns its name (the proxy routes by the
     # longest prefix): a 404 that names the served models. Each model documents these routes
@@ -297,7 +304,11 @@ def index_api(
     unlisted: dict[str, Any] = {"responses": ERRORS, "include_in_schema": False}
     for path in MODEL_PATHS:
         api.get(path, **unlisted)(_not_served_route(models))
-    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+    for path in (
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+        "/v2/models/{name}/kserve-v1",  # where the index relays KServe V1 (served.ModelRelay)
+    ):
         api.post(path, **unlisted)(_not_served_route(models))
     return api
 

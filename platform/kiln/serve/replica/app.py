@@ -11,7 +11,6 @@ Over gRPC, the same applications answer `inference.GRPCInferenceService` (grpc_s
 the serving config's grpc_options name its servicer.
 """
 
-import json
 import logging
 from typing import Any
 
@@ -34,7 +33,7 @@ from kiln.serve.config import (
     RecommendArgs,
     RecommendUserConfig,
 )
-from kiln.serve.replica.api import index_api, model_api, predict_v1
+from kiln.serve.replica.api import index_api, model_api
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
 from kiln.serve.replica.grpc_gateway import start_gateway
@@ -43,7 +42,8 @@ from kiln.serve.replica.metrics import EndpointMetrics, RecommendMetrics
 from kiln.serve.replica.predictor import Recommender
 from kiln.serve.replica.protocol import InferenceRequest
 from kiln.serve.replica.recommend import RecommendEndpoint, recommend_api
-from kiln.serve.replica.served import ModelRelay, served_models
+from kiln.serve.replica.relay import ModelRelay
+from kiln.serve.replica.served import served_models
 from kiln.settings import get_settings
 
 log = logging.getLogger("ray.serve")
@@ -93,13 +93,6 @@ class ModelDeployment(ModelService):  # ModelService: the same model over gRPC
         self.endpoint.reconfigure(config)
         self.endpoint.set_drift(config.drift)
 
-    async def predict_v1(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        """A KServe V1 prediction the index relays (kiln.serve.replica.kserve_v1)."""
-        if len(body) > self.max_body_bytes:
-            error = f"the body is over this model's max_body_bytes ({self.max_body_bytes})"
-            return 413, json.dumps({"error": error}).encode()
-        return await predict_v1(self.endpoint, self.keys, body, headers)
-
     async def shadow_predict(self, request: InferenceRequest) -> dict[str, np.ndarray]:
         """Another endpoint's copy of a request it answered (its `traffic.shadow`): the
         outputs, compared there and never returned to a client."""
@@ -117,17 +110,20 @@ class IndexDeployment(IndexService):
     async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]
         config = IndexArgs.model_validate(args)
         self.max_body_bytes = config.max_body_bytes
+        self.relay = ModelRelay()
         self.gateway = None
         if config.grpc_gateway_port is not None:
             index = serve.get_replica_context().app_name
             self.gateway = await start_gateway(config.grpc_gateway_port, index)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return index_api(served_models, ModelRelay().predict_v1, self.max_body_bytes)
+        return index_api(served_models, self.relay.predict_v1, self.max_body_bytes)
 
     async def __del__(self) -> None:  # Serve awaits it when the replica stops
         if gateway := getattr(self, "gateway", None):
             await gateway.stop(grace=5)  # calls in flight finish
+        if relay := getattr(self, "relay", None):
+            await relay.close()
 
 
 def model_app(args: dict[str, Any]) -> Application:

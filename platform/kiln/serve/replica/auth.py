@@ -45,12 +45,6 @@ class ApiKeys:
         candidate = given.encode()
         return sum(hmac.compare_digest(candidate, key) for key in self.keys) > 0
 
-    def allows(self, authorization: str | None) -> bool:
-        """Whether a request with this Authorization header may call (a call relayed from
-        another application, which FastAPI's dependency does not see)."""
-        scheme, _, key = (authorization or "").partition(" ")
-        return self.open or (scheme.lower() == "bearer" and self.matches(key.strip()))
-
     async def require(
         self, credentials: HTTPAuthorizationCredentials | None = Security(bearer)
     ) -> None:

@@ -20,13 +20,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import ray
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError
 
 from kiln.errors import RequestError, ServeError
 from kiln.serve.replica.protos import open_inference_pb2 as pb
+from kiln.serve.replica.served import serve_ingress
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 UNLIMITED = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -116,30 +116,12 @@ def _metadata(given: Any, application: str) -> list[tuple[str, Any]]:
 async def start_gateway(port: int, index: str) -> grpc.aio.Server:
     """The gateway on `port` of this node, relaying to Serve's gRPC ingress on the same node,
     bound to the host Serve's own ingress binds (its HTTP host)."""
-    grpc_port, host = await asyncio.to_thread(_serve_ingress)
-    if grpc_port is None:
+    ingress = await asyncio.to_thread(serve_ingress)
+    if ingress.grpc_port is None:
         raise ServeError(
             "grpc_gateway_port needs the serving config's grpc_options "
             "(its port and grpc_servicer_functions)"
         )
-    every_interface = host in ("0.0.0.0", "::", "")
-    upstream = ray.util.get_node_ip_address() if every_interface else host
-    gateway = GrpcGateway(f"{upstream}:{grpc_port}", index)
-    return await gateway.serve("[::]" if every_interface else host, port)
-
-
-def _serve_ingress() -> tuple[int | None, str]:
-    """Serve's gRPC port (None without gRPC servicers) and HTTP host, from its controller (the
-    same call `serve.status()` makes)."""
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeInstanceDetails
-
-    client = _get_global_client()
-    if client is None:
-        raise ServeError("the gRPC gateway runs in a Serve replica: no Serve controller here")
-    details = ServeInstanceDetails(**client.get_serve_details())
-    grpc_options, http_options = details.grpc_options, details.http_options
-    host = (http_options.host if http_options else None) or ""
-    if grpc_options is None or not grpc_options.grpc_servicer_functions:
-        return None, host
-    return grpc_options.port, host
+    gateway = GrpcGateway(ingress.on_this_node(ingress.grpc_port), index)
+    every_interface = ingress.host in ("0.0.0.0", "::", "")
+    return await gateway.serve("[::]" if every_interface else ingress.host, port)

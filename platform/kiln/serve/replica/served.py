@@ -1,14 +1,16 @@
 """Which models this Serve instance serves: what the index lists (REST and gRPC, the model
-repository included) and how it answers a request for a model that is not among them."""
+repository included) and how it answers a request for a model that is not among them; and
+where Serve's ingress listens, for the index's relays. Both are read from Serve's controller."""
 
 import asyncio
-import json
 import threading
-import time
+from dataclasses import dataclass
 from typing import Any
 
+import ray
 from ray import serve
 
+from kiln.errors import ServeError
 from kiln.serve.config import MODEL_DEPLOYMENT
 
 
@@ -39,6 +41,39 @@ def _status() -> Any:
         return serve.status()
 
 
+@dataclass(frozen=True)
+class Ingress:
+    """Where Serve's ingress listens on each node."""
+
+    host: str  # what its HTTP side binds; "0.0.0.0" (or "::", ""): every interface
+    http_port: int
+    grpc_port: int | None  # None: no gRPC servicers
+
+    def on_this_node(self, port: int) -> str:
+        """HOST:PORT of the ingress on this node."""
+        every_interface = self.host in ("0.0.0.0", "::", "")
+        host = ray.util.get_node_ip_address() if every_interface else self.host
+        return f"{host}:{port}"
+
+
+def serve_ingress() -> Ingress:
+    """From Serve's controller (the call `serve.status()` makes); in a Serve replica."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
+    client = _get_global_client()
+    if client is None:
+        raise ServeError("the index's relays run in a Serve replica: no Serve controller here")
+    with _one_at_a_time:
+        details = ServeInstanceDetails(**client.get_serve_details())
+    grpc, http = details.grpc_options, details.http_options
+    return Ingress(
+        host=(http.host if http else None) or "",
+        http_port=http.port if http else 8000,
+        grpc_port=grpc.port if grpc and grpc.grpc_servicer_functions else None,
+    )
+
+
 def not_served(name: str, served: dict[str, bool]) -> tuple[int, str]:
     """The HTTP status and message for a request to `name`, which is not served ready: 503
     while it deploys (worth a retry), else 404 naming the models that are served."""
@@ -46,35 +81,3 @@ def not_served(name: str, served: dict[str, bool]) -> tuple[int, str]:
         return 503, f"model {name!r} is not ready yet"
     known = ", ".join(sorted(served)) or "none"
     return 404, f"no model named {name!r} is served here (served: {known})"
-
-
-class ModelRelay:
-    """Has a served model's replica answer a request the index received: through a Serve
-    handle per model, with the list of models read at most every `ttl_s`, not per request."""
-
-    def __init__(self, ttl_s: float = 2.0):
-        self.ttl_s = ttl_s
-        self.checked = -ttl_s
-        self.served: dict[str, bool] = {}
-        self.handles: dict[str, Any] = {}
-
-    async def predict_v1(
-        self, name: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, bytes]:
-        """A KServe V1 prediction (kiln.serve.replica.api.predict_v1): the HTTP status and
-        the JSON body."""
-        if time.monotonic() - self.checked > self.ttl_s or not self.served.get(name):
-            self.served, self.checked = await served_models(), time.monotonic()
-        if not self.served.get(name):
-            status, error = not_served(name, self.served)
-            return status, json.dumps({"error": error}).encode()
-        if name not in self.handles:
-            # By reference (Ray's object store): Serve's default transport between replicas,
-            # gRPC, refuses a message over 4 MiB either way, and bodies here reach the
-            # index's max_body_bytes (64 MiB), answers as much (a generator's images). It
-            # costs about 3 ms a call more on 2 cores: V1 is the compatibility path, the Open
-            # Inference Protocol the fast one.
-            handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=name)
-            self.handles[name] = handle.options(_by_reference=True)
-        answer: tuple[int, bytes] = await self.handles[name].predict_v1.remote(body, headers)
-        return answer
