@@ -684,3 +684,27 @@ def test_tab_separated_files_read_with_a_tab_unless_the_spec_says_otherwise(tmp_
         )
     with pytest.raises(DataError, match=r"not separated by ',' need data\.params\.csv\.delim"):
         build(tmp_path / "t.tsv", csv={"delimiter": ","})
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_decimal_columns_are_number_features(tmp_path, streaming):
+    """A database's or Spark's export writes money as DECIMAL(12, 2): it was left out of the
+    default features without a word (here the one column the label depends on)."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = people(400, seed=0).assign(id=np.arange(400))  # the same split on both sides
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    cents = [None if np.isnan(v) else decimal.Decimal(f"{v:.2f}") for v in frame["income"]]
+    table = table.set_column(
+        table.schema.get_field_index("income"), "income", pa.array(cents, pa.decimal128(12, 2))
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    frame.assign(income=frame["income"].round(2)).to_parquet(tmp_path / "floats.parquet")
+    dataset = build(tmp_path / "t.parquet", streaming, split_key="id")
+    floats = build(tmp_path / "floats.parquet", split_key="id")
+    ours, theirs = dataset.schema.transform["standardize"], floats.schema.transform["standardize"]
+    assert ours["features"] == theirs["features"] and "income" in ours["features"]
+    assert np.allclose(ours["mean"], theirs["mean"]) and np.allclose(ours["std"], theirs["std"])

@@ -187,8 +187,8 @@ def table(
     max_categories: PositiveInt = 64,
 ) -> Dataset | StreamedDataset:
     """Your own CSV or Parquet table (a file, a folder of part files or a glob). `features`
-    defaults to every other column of numbers or text. A missing (or infinite) number is the
-    feature's training mean, in training and in serving; a text column is categorical,
+    defaults to every other column of numbers (decimals too) or text. A missing (or infinite)
+    number is the feature's training mean, in training and in serving; a text column is categorical,
     one-hot over its `max_categories` most frequent training values, with one more slot for
     any other value or none; a row without its label is an error. `image_shape` (e.g.
     [1, 28, 28]) reshapes each row's numbers into an image. Validation rows are chosen by a
@@ -263,8 +263,15 @@ def _kind(column: pa.Field) -> str | None:
     return "text" if pa.types.is_string(kind) or pa.types.is_large_string(kind) else None
 
 
-# null: a CSV column whose first rows are empty (its type is read from them)
-NUMBER_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
+# null: a CSV column whose first rows are empty (its type is read from them); decimal: what
+# databases and Spark export for money and measures (DECIMAL(12, 2)), read as floats.
+NUMBER_TYPES = (
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_decimal,
+    pa.types.is_boolean,
+    pa.types.is_null,
+)
 
 
 def standardize(data: Dataset, feature_names: list[str]) -> Dataset:
