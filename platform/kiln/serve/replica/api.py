@@ -48,6 +48,26 @@ INDEX_BODY = {
     }
 }
 FORBIDDEN: dict[int | str, dict[str, Any]] = {403: {"model": ErrorBody}}
+V1_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 502: {"model": ErrorBody}}
+V1_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "One example per instance: a value (nested lists) for a model that takes one "
+            'input, or an object by input name; files as base64 text or {"b64": ...}. '
+            "Each model's own inputs: GET /v2/models/{name}."
+        ),
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["instances"],
+                    "properties": {"instances": {"type": "array", "minItems": 1}},
+                }
+            }
+        },
+    }
+}
 JSON = "application/json"
 # The body is parsed by Kiln (any Content-Type, pydantic's JSON parser) and documented here.
 INFER_BODY = {
@@ -282,7 +302,13 @@ def index_api(
     async def unload(name: str) -> JSONResponse:
         return _error(*triton.unload_refused(name, await models()))
 
-    # KServe V1 (its SDK's default protocol): the model's replica answers, through a handle.
+    # KServe V1 (its SDK's default protocol), answered by the model's own app (relay.py).
+    # `:predict` comes first: for a method neither route has (OPTIONS), Starlette answers
+    # with the first route whose path matches, and `{name}` alone matches "NAME:predict".
+    @api.post("/v1/models/{name}:predict", responses=V1_ERRORS, openapi_extra=V1_BODY)
+    async def v1_predict(name: str, request: Request) -> Response:
+        return await relay_v1(name, await request.body(), dict(request.headers))
+
     @api.get("/v1/models")
     async def v1_models() -> dict[str, list[str]]:
         return {"models": sorted(await models())}
@@ -293,10 +319,6 @@ def index_api(
         if name not in served:
             return _error(*not_served(name, served))
         return JSONResponse({"name": name, "ready": served[name]}, 200 if served[name] else 503)
-
-    @api.post("/v1/models/{name}:predict", responses=ERRORS)
-    async def v1_predict(name: str, request: Request) -> Response:
-        return await relay_v1(name, await request.body(), dict(request.headers))
 
     # A request reaches these only when no model app owns its name (the proxy routes by the
     # longest prefix): a 404 that names the served models. Each model documents these routes
