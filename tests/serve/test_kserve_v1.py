@@ -45,6 +45,17 @@ def test_text_and_tensorflows_b64_values_go_to_the_files_input():
         assert given.name == "image" and given.shape == [2] and given.data == [png, png]
 
 
+def test_inputs_in_the_row_format_are_instances_too():
+    """KServe's V1 servers take `inputs` beside `instances`; the Open Inference Protocol's
+    tensors under the same key are told apart."""
+    rows = [[0.5] * 64]
+    (given,) = to_request(json.dumps({"inputs": rows}).encode(), [IMAGE]).inputs
+    assert given.shape == [1, 1, 8, 8]
+    v2 = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": rows[0]}]}
+    with pytest.raises(RequestError, match="goes to /v2/models/NAME/infer"):
+        to_request(json.dumps(v2).encode(), [IMAGE])
+
+
 def test_objects_name_a_tables_columns_and_may_leave_values_out():
     instances = [{"age": 31, "city": "Oslo"}, {"age": None, "city": "Bergen"}]
     request = to_request(body(instances), COLUMNS, by_name=True)
@@ -58,7 +69,7 @@ def test_objects_name_a_tables_columns_and_may_leave_values_out():
     ("sent", "error"),
     [
         (b"{not json", "the body is not valid JSON"),
-        (b'{"inputs": [{"name": "input"}]}', "goes to /v2/models/NAME/infer"),
+        (b'{"inputs": [{"name": "input", "datatype": "FP32"}]}', "goes to /v2/models/NAME/infer"),
         (b'{"instances": []}', "a list of at least one example"),
         (b'{"instances": 3}', "a list of at least one example"),
         (body([[1.0] * 64, [1.0] * 63]), "instances differ in shape"),

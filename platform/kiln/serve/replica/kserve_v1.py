@@ -2,7 +2,7 @@
 TensorFlow Serving's REST clients ("row" format), translated to and from the Open Inference
 Protocol the models answer:
 
-    POST /v1/models/digits-cnn:predict   {"instances": [[...64 pixels...], ...]}
+    POST /v1/models/digits-cnn:predict   {"instances": [[...64 pixels...], ...]}  ("inputs" too)
     200                                  {"predictions": [{"label": 3, "probabilities": [...]}]}
 
 An instance is one example: a bare value (nested lists) for a model that takes one input, or
@@ -59,18 +59,29 @@ def predictions(outputs: dict[str, np.ndarray]) -> list[Any]:
 
 
 def _instances(body: bytes) -> list[Any]:
+    """The body's examples: its `instances`, or its `inputs` in the same row format (KServe's
+    V1 servers take either), unless those are the Open Inference Protocol's tensors."""
     try:
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(f"the body is not valid JSON ({e})") from None
-    if not isinstance(parsed, dict) or "instances" not in parsed:
-        v2 = isinstance(parsed, dict) and "inputs" in parsed
-        hint = "; an Open Inference Protocol body goes to /v2/models/NAME/infer" if v2 else ""
+    key = next((k for k in ("instances", "inputs") if isinstance(parsed, dict) and k in parsed), "")
+    if not key or key == "inputs" and _tensors(parsed["inputs"]):
+        hint = "; an Open Inference Protocol body goes to /v2/models/NAME/infer" if key else ""
         raise RequestError(f'KServe V1 takes {{"instances": [...]}}, one per example{hint}')
-    instances = parsed["instances"]
+    instances = parsed[key]
     if not isinstance(instances, list) or not instances:
-        raise RequestError("instances: a list of at least one example")
+        raise RequestError(f"{key}: a list of at least one example")
     return instances
+
+
+def _tensors(inputs: Any) -> bool:
+    """Whether `inputs` are the Open Inference Protocol's (named, with a datatype, shape or
+    data), not examples."""
+    return isinstance(inputs, list) and any(
+        isinstance(i, dict) and "name" in i and {"datatype", "shape", "data"} & set(i)
+        for i in inputs
+    )
 
 
 def _named_inputs(
