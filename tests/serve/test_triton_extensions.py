@@ -96,7 +96,10 @@ def test_loading_a_served_model_succeeds_and_any_other_says_why_not():
     async def served() -> dict[str, bool]:
         return {"ready": True, "deploying": False}
 
-    client = TestClient(index_api(served))
+    async def relay(name: str, body: bytes, headers: dict[str, str]):
+        raise AssertionError("no KServe V1 call here")
+
+    client = TestClient(index_api(served, relay, max_body_bytes=2**20))
 
     def post(name: str, action: str):
         return client.post(f"/v2/repository/models/{name}/{action}")
