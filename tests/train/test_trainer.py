@@ -1,5 +1,6 @@
-"""The trainer starts no actor a run has no work for, its controller does not import torch,
-and the controller's handle reaches the driver as the run starts, ahead of its reports."""
+"""The trainer starts no actor a run has no work for, neither its controller nor the driver
+that builds it imports torch, and the controller's handle reaches the driver as the run
+starts, ahead of its reports."""
 
 import subprocess
 import sys
@@ -124,6 +125,37 @@ def test_the_controller_starts_without_importing_torch(trainer_class, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == str(trainer_class is TorchTrainer)
+
+
+DRIVER_BUILD = """
+import sys
+import ray
+from kiln import data as datasets
+from kiln.train.runner import build_trainer
+from kiln.tune import search  # a trial's function builds its run's trainer there
+from kiln.validate import load_spec
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+spec = load_spec(sys.argv[2], [])
+dataset = datasets.build(spec.data, spec.task)
+trainer = build_trainer(spec, dataset, "probe", sys.argv[3], callbacks=[])
+trainer._get_train_func()  # the run's train function, in its context
+print("torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("job", ["digits-cnn", "recsys-two-tower", "tabular-breast-cancer"])
+def test_a_driver_builds_a_run_without_importing_torch(job, tmp_path):
+    """The driver, or a search's trial, only builds the trainer: the workers import the task's
+    loop and torch (a second of CPU that every run and every trial paid before its workers
+    started). Some drivers use it for their data: a GAN's trains its evaluation classifier,
+    spoken digits' fits its mel bands with the model's own transform."""
+    address = ray.get_runtime_context().gcs_address
+    job_file = f"{ROOT}/jobs/{job}.yaml"
+    command = [sys.executable, "-c", DRIVER_BUILD, address, job_file, str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
 
 
 @pytest.mark.parametrize(

@@ -25,13 +25,16 @@ class Task:
     name: str
     metrics: tuple[str, ...]  # reported every epoch; the only ones a spec may optimise
     objective: tuple[str, Mode]  # the metric a spec optimises unless it names another
-    loop: str  # module with train_loop_per_worker(config) and, optionally, prepare(spec, data)
+    loop: str  # module with train_loop_per_worker(config), imported by the workers only
     predictor: str  # "module:Class": a kiln.serve.replica.predictor.Predictor subclass
     # The model card's inputs and outputs, from the data schema and the family's params.
     signature: Callable[[DataSchema, dict[str, Any]], tuple[Tensor, Tensor]]
     loss: Callable[[], Any] | None = None  # an nn.Module factory, for tasks with one criterion
     # Registered with a sample of training inputs that serving compares live inputs with.
     drift: bool = False
+    # "module:function" run on the driver before training, (spec, dataset) -> dict that every
+    # worker receives as config["extras"] (the GAN's evaluation classifier).
+    prepare: str | None = None
 
     def criterion(self) -> Any:
         """The loss module of a task trained on one (a GAN's or a ranker's loop has its own)."""

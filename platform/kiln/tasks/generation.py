@@ -20,6 +20,7 @@ GENERATION = register(
         metrics=("val_fid", "val_confident", "val_requested", "d_loss", "g_loss", "train_loss"),
         objective=("val_fid", "min"),
         loop="kiln.train.loops.gan",
+        prepare="kiln.train.loops.gan:prepare",
         predictor="kiln.serve.replica.predictor:Generator",
         signature=signature,
     )

@@ -4,17 +4,20 @@ A Train run's controller is a process of its own, and it unpickles the run's bac
 when it starts. Ray's `TorchConfig` lives in a module that imports torch, so every controller
 imported torch (1.9 s on 2 cores) before it asked for its workers, which then import it again:
 that second spent in the controller was on every run's path to its first epoch, and every
-trial's. What the controller does with the backend is orchestration: pick gloo or NCCL from the
-workers' resources, hand them rank 0's address, and have each join the process group. Kiln's
-config does the same with Ray's own worker-side functions, imported on the workers. Anything
-beyond gloo and NCCL on CPUs and GPUs (a TPU, another backend) goes to Ray's backend whole.
+trial's; the driver that builds the config paid it too. What the controller does with the
+backend is orchestration: pick gloo or NCCL from the workers' resources, hand them rank 0's
+address, and have each join the process group. Kiln's config does the same with Ray's own
+worker-side functions, imported on the workers. Anything beyond gloo and NCCL on CPUs and GPUs
+(a TPU, another backend) goes to Ray's backend whole.
 
 This module must not import torch (tests/train/test_trainer.py checks, in a fresh process,
-that what a controller unpickles imports none).
+that neither what a controller unpickles nor what a driver builds a trainer with imports it).
 """
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +49,8 @@ class TorchWorkersConfig(BackendConfig):
         return TorchWorkersBackend
 
     @property
-    def train_func_context(self):  # wraps the train function: the driver and workers have torch
-        from ray.train.torch.config import TorchConfigContextManager
-
-        return TorchConfigContextManager
+    def train_func_context(self):  # wraps the train function, on the workers
+        return _torch_context
 
     @property
     def framework(self):
@@ -117,6 +118,14 @@ def ray_backend() -> Backend:
 
 
 # --- on the workers: Ray's own functions, imported there ------------------------------------
+
+
+@contextlib.contextmanager
+def _torch_context() -> Iterator[None]:
+    from ray.train.torch.config import TorchConfigContextManager
+
+    with TorchConfigContextManager():
+        yield
 
 
 def _set_env(address: str, port: int) -> None:

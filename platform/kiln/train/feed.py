@@ -14,7 +14,7 @@ barriers: a rank with one batch more would hang the job).
   fewer than `world` rows an epoch, counted in `rows_dropped`). Ray Data's per-batch cost is
   its largest, so whole blocks are fetched and cut into batches here, shuffled within a
   window of blocks by a seeded generator. Validation shards are not equalised
-  (`ExactValidation`): every validation row is scored exactly once.
+  (kiln.train.sharding's `ExactValidation`): every validation row is scored exactly once.
 
 Both feeds time how long the training loop waits for its batches (`feed.wait`): the wait for
 the first batch of an epoch is the pipeline starting; the rest is time the input could not
@@ -173,29 +173,3 @@ def feed_for(session: Any, global_batch: int) -> MemoryFeed | StreamFeed:
         seed = session.spec.train.seed
         return StreamFeed(global_batch, session.world, session.rank, session.device, seed)
     return MemoryFeed(session.data, global_batch, session.world, session.rank)
-
-
-class ExactValidation(ray.train.DataConfig):
-    """Training shards of equal length (equal steps on every rank, as DDP needs); validation
-    shards as they come, so that no validation row is left out of the metrics."""
-
-    def __init__(self) -> None:
-        # Both are split (Ray Train then tracks and shuts down both split coordinators).
-        super().__init__(datasets_to_split=["train", "val"])
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        output = super().configure(
-            {k: v for k, v in datasets.items() if k != "val"},
-            world_size,
-            worker_handles,
-            worker_node_ids,
-            **kwargs,
-        )
-        if "val" in datasets:
-            val = datasets["val"].copy(datasets["val"])
-            if val.name is None:
-                val.set_name("val")
-            val.context.execution_options = self._resolve_execution_options("val")
-            for rank, shard in enumerate(val.streaming_split(world_size, equal=False)):
-                output[rank]["val"] = shard
-        return output

@@ -22,8 +22,8 @@ from kiln.errors import Interrupted, TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import JobSpec
 from kiln.train import loops
-from kiln.train.feed import ExactValidation
 from kiln.train.progress import ProgressView, abort, forwarders
+from kiln.train.sharding import ExactValidation
 from kiln.train.trainer import LeanTorchTrainer, has_state_api
 
 log = logging.getLogger(__name__)
@@ -129,13 +129,12 @@ def build_trainer(
     `watch_placement_groups`: see kiln.train.trainer."""
     scaling = spec.scaling
     workers: Any = scaling.num_workers  # an int, or a (min, max) tuple for elastic training
-    loop = loops.for_task(spec.task)
-    extras = loop.prepare(spec, dataset) if hasattr(loop, "prepare") else {}
+    extras = loops.prepare(spec, dataset)
     streamed = isinstance(dataset, StreamedDataset)
     data_ref = data_ref or put_for_workers(dataset)
     poll_reports_often()
     return LeanTorchTrainer(
-        loop.train_loop_per_worker,
+        loops.train_loop_per_worker,  # imports the task's loop on the workers
         train_loop_config={
             "spec": spec.model_dump(mode="json", by_alias=True),
             "data": data_ref,

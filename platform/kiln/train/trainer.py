@@ -17,8 +17,10 @@ workers need: with `request_autoscaling=False` (a cluster that cannot grow) a ru
 Data dataset and a fixed worker count takes kiln.train.scaling's policy instead, swapped in
 `_initialize_and_run_controller`, also private.
 
-Its default backend config is kiln.train.backend's, which spares the controller torch's
-import; the rest is Ray's own.
+It is Ray's `TorchTrainer` built on Ray's `DataParallelTrainer` with kiln.train.backend's
+config, so that neither the controller nor the process that builds the trainer (the driver, a
+search's trial) imports torch: `ray.train.torch`'s modules import it, a second of CPU that
+only the workers need. The rest is Ray's own.
 """
 
 from typing import Any
@@ -28,16 +30,18 @@ from ray.train.v2._internal.callbacks.placement_group_callback import (
     PlacementGroupCleanerCallback,
 )
 from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy, ScalingPolicy
-from ray.train.v2.torch.torch_trainer import TorchTrainer  # ray.train.torch's, under Train V2
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from kiln.train.backend import TorchWorkersConfig
 from kiln.train.scaling import FixedWorkersNoRequests
 
 
-class LeanTorchTrainer(TorchTrainer):
+class LeanTorchTrainer(DataParallelTrainer):
     def __init__(
         self,
-        *args: Any,
+        train_loop_per_worker: Any,
+        *,
+        torch_config: TorchWorkersConfig | None = None,
         watch_placement_groups: bool = True,
         request_autoscaling: bool = True,
         **kwargs: Any,
@@ -48,8 +52,8 @@ class LeanTorchTrainer(TorchTrainer):
         and a fixed number of workers."""
         self.watch_placement_groups = watch_placement_groups
         self.request_autoscaling = request_autoscaling
-        kwargs.setdefault("torch_config", TorchWorkersConfig())  # a controller without torch
-        super().__init__(*args, **kwargs)
+        config = torch_config or TorchWorkersConfig()
+        super().__init__(train_loop_per_worker, backend_config=config, **kwargs)
 
     def _initialize_and_run_controller(self, **controller_kwargs: Any):
         controller_kwargs["scaling_policy"] = self.lean_policy(controller_kwargs["scaling_policy"])
