@@ -52,3 +52,17 @@ def test_any_other_failure_is_reported_without_a_retry(tmp_path, attempts):
     with pytest.raises(ClusterError):
         join(tmp_path)
     assert len(attempts["started"]) == 1
+
+
+@pytest.mark.parametrize(
+    "cpus, concurrency", [(0, "4"), (1, "4"), (2, "4"), (6.5, "7"), (16, "16")]
+)
+def test_a_node_starts_a_run_s_first_processes_at_once_never_fewer_than_ray_would(
+    cpus, concurrency, monkeypatch
+):
+    """Ray's default is the node's CPUs: a run's controller, synchronization actor and two
+    workers started in waves on 2. A user's own setting wins."""
+    monkeypatch.delenv(local.STARTUP_CONCURRENCY_ENV, raising=False)
+    assert local._node_env(False, cpus)[local.STARTUP_CONCURRENCY_ENV] == concurrency
+    monkeypatch.setenv(local.STARTUP_CONCURRENCY_ENV, "2")
+    assert local._node_env(False, cpus)[local.STARTUP_CONCURRENCY_ENV] == "2"

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kiln.cluster.address import given_address
-from kiln.cluster.local import local_cluster_running
+from kiln.cluster.local import STARTUP_CONCURRENCY_ENV, local_cluster_running, startup_concurrency
 from kiln.errors import ClusterError
 
 
@@ -121,11 +121,13 @@ def check_reachable(address: str, source: str = "--address") -> None:
 # and its raylet does not start an idle worker per CPU when this driver connects: they
 # competed with the command's own start for the CPUs (the Train actors, with their own
 # runtime env, never use them), and `kiln train jobs/digits-cnn.yaml` reached its first
-# epoch 0.4 s sooner without them.
+# epoch 0.4 s sooner without them; its raylet starts a run's processes at once
+# (kiln.cluster.local's `startup_concurrency`).
 LOCAL_CLUSTER_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "KILN_AUTOSCALING_REQUESTS": "0",
     "RAY_prestart_worker_first_driver": "0",
+    STARTUP_CONCURRENCY_ENV: startup_concurrency(os.cpu_count() or 1),
 }
 
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
