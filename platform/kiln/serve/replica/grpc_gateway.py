@@ -123,5 +123,4 @@ async def start_gateway(port: int, index: str) -> grpc.aio.Server:
             "(its port and grpc_servicer_functions)"
         )
     gateway = GrpcGateway(ingress.on_this_node(ingress.grpc_port), index)
-    every_interface = ingress.host in ("0.0.0.0", "::", "")
-    return await gateway.serve("[::]" if every_interface else ingress.host, port)
+    return await gateway.serve("[::]" if ingress.every_interface else ingress.host, port)

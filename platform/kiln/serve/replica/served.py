@@ -49,10 +49,13 @@ class Ingress:
     http_port: int
     grpc_port: int | None  # None: no gRPC servicers
 
+    @property
+    def every_interface(self) -> bool:
+        return self.host in ("0.0.0.0", "::", "")
+
     def on_this_node(self, port: int) -> str:
         """HOST:PORT of the ingress on this node."""
-        every_interface = self.host in ("0.0.0.0", "::", "")
-        host = ray.util.get_node_ip_address() if every_interface else self.host
+        host = ray.util.get_node_ip_address() if self.every_interface else self.host
         return f"{host}:{port}"
 
 
