@@ -1,10 +1,12 @@
 """The trainer starts no actor a run has no work for, neither its controller nor the driver
-that builds it imports torch, and the controller's handle reaches the driver as the run
-starts, ahead of its reports."""
+that builds it imports torch, and the run's events reach their reader from the controller
+(in order, at most as many untaken as asked), which the reader can abort at any time."""
 
+import pickle
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import ray
@@ -19,13 +21,15 @@ from ray.train.v2._internal.execution.scaling_policy import (
     ResizeDecision,
     create_scaling_policy,
 )
-from ray.util.queue import Queue
 from ray.util.state import list_actors
-from rich.console import Console
 
+from kiln import data as datasets
+from kiln.train import events as events_module
 from kiln.train import run_job
 from kiln.train.backend import TorchWorkersConfig, process_group_backend
-from kiln.train.progress import ControllerHandle, ProgressView, ReportForwarder, abort
+from kiln.train.events import ReportForwarder, RunEvents
+from kiln.train.progress import ProgressView
+from kiln.train.runner import build_trainer
 from kiln.train.scaling import FixedWorkersNoRequests
 from kiln.train.trainer import LeanTorchTrainer, has_state_api
 from kiln.validate import load_spec
@@ -61,14 +65,14 @@ def test_a_run_with_datasets_and_state_api_keeps_ray_s_callbacks():
     assert PlacementGroupCleanerCallback in kinds(LeanTorchTrainer(loop))
 
 
-def test_an_in_memory_run_starts_no_dataset_manager_no_torch_in_its_controller_handle_first(
+def test_an_in_memory_run_starts_no_dataset_manager_and_no_torch_in_its_controller(
     fresh_home, tmp_path, monkeypatch
 ):
     """The suite's cluster has the dashboard, so the placement-group cleaner stays. A probe on
     the controller of this two-worker run writes down whether torch was imported there. The
     cluster is local, as `kiln train` starts one (conftest), so the run's controller gets
     the policy without autoscaling requests: Ray still hands its policy to the method that
-    swaps it. The controller's handle reaches the driver before the run's report."""
+    swaps it. Its report reaches the view from the controller: no queue actor starts."""
     assert has_state_api()
     probe = tmp_path / "controller.txt"
     monkeypatch.setenv("RAY_TRAIN_CALLBACKS", "tests.train.controller_probe.TorchProbe")
@@ -83,14 +87,15 @@ def test_an_in_memory_run_starts_no_dataset_manager_no_torch_in_its_controller_h
     monkeypatch.setattr(
         ProgressView, "show", lambda view, e: shown.append(e["kind"]) or show(view, e)
     )
-    before = len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
+    idle = ("DatasetManager", "_QueueActor")
+    before = [len(list_actors(filters=[("class_name", "=", c)], limit=1000)) for c in idle]
     spec = load_spec(ROOT / "jobs/digits-mlp.yaml", ["train.epochs=1"])
     run_job(spec, quiet_view(spec), register=False)
-    after = len(list_actors(filters=[("class_name", "=", "DatasetManager")], limit=1000))
+    after = [len(list_actors(filters=[("class_name", "=", c)], limit=1000)) for c in idle]
     assert after == before
     assert probe.read_text() == "torch imported: False\n"
     assert [type(p) for p in chosen] == [FixedWorkersNoRequests]
-    assert shown == ["controller", "report"]  # Ray Train called Kiln's controller hook
+    assert shown == ["report"]
 
 
 def test_a_driver_that_cannot_tell_keeps_the_cleaner():
@@ -138,7 +143,7 @@ from kiln.validate import load_spec
 ray.init(address=sys.argv[1], log_to_driver=False)
 spec = load_spec(sys.argv[2], [])
 dataset = datasets.build(spec.data, spec.task)
-trainer = build_trainer(spec, dataset, "probe", sys.argv[3], callbacks=[])
+trainer = build_trainer(spec, dataset, "probe", sys.argv[3])
 trainer._get_train_func()  # the run's train function, in its context
 print("torch" in sys.modules)
 """
@@ -203,77 +208,82 @@ def test_the_process_group_backend_is_ray_s_choice(backend, resources, chosen):
     assert process_group_backend(TorchWorkersConfig(backend=backend), resources) == chosen
 
 
+def test_a_forwarder_keeps_events_in_order_and_goes_to_the_controller_under_its_key():
+    forwarder = ReportForwarder(in_flight=None)
+    forwarder.after_report(None, [{"epoch": 1}, {"epoch": 1}], None)
+    forwarder.after_exception(None, {1: RuntimeError("boom\nworker 1 died")})
+    forwarder.after_report(None, [{"epoch": 2}], None)
+    events = forwarder.take(timeout=0)
+    assert [e["kind"] for e in events] == ["report", "failure", "report"]
+    assert [e["metrics"]["epoch"] for e in events if e["kind"] == "report"] == [1, 2]
+    assert events[1] == {"kind": "failure", "ranks": "1", "reason": "worker 1 died"}
+    assert forwarder.take(timeout=0) == []
+    there = pickle.loads(pickle.dumps(forwarder))  # as the controller unpickles it
+    assert (there.key, there.in_flight) == (forwarder.key, None)
+    assert events_module._KEPT[forwarder.key] is there
+
+
+def test_with_one_in_flight_a_report_waits_for_the_reader_and_closing_lets_it_go():
+    forwarder = ReportForwarder(in_flight=1)
+    forwarder.after_report(None, [{"epoch": 1}], None)
+    second = threading.Thread(target=forwarder.after_report, args=(None, [{"epoch": 2}], None))
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive()  # the control loop waits: the reader has not taken epoch 1
+    assert [e["metrics"]["epoch"] for e in forwarder.take(timeout=1)] == [1]
+    second.join(timeout=5)
+    assert not second.is_alive()
+    assert [e["metrics"]["epoch"] for e in forwarder.take(timeout=1)] == [2]
+    forwarder.after_report(None, [{"epoch": 3}], None)
+    third = threading.Thread(target=forwarder.after_report, args=(None, [{"epoch": 4}], None))
+    third.start()
+    forwarder.close()  # the reader is gone: the run goes on to its abort
+    third.join(timeout=5)
+    assert not third.is_alive()
+
+
 @ray.remote(num_cpus=0)
-class Controller:
-    """Stands in for a run's controller: it records an abort, sends its handle as it starts
-    and forwards reports as the real controller does, through Kiln's callbacks."""
+class StandInController:
+    def __init__(self):
+        self.calls: list[str] = []
 
-    def __init__(self, queue: Queue):
-        self.handle = ControllerHandle(queue)
-        self.forwarder = ReportForwarder(queue)
-        self.aborted = False
-
-    def start(self) -> None:
-        self.handle.after_controller_start(None)
-
-    def report(self, epoch: int) -> None:
-        self.forwarder.after_report(None, [{"epoch": epoch}], None)
+    def close_events(self, key: str) -> None:
+        self.calls.append("close_events")
 
     def abort(self) -> None:
-        self.aborted = True
+        self.calls.append("abort")
 
-    def was_aborted(self) -> bool:
-        return self.aborted
-
-
-def test_the_controller_s_handle_comes_once_as_it_starts_and_is_not_shown():
-    queue = Queue(actor_options={"num_cpus": 0})
-    controller = Controller.remote(queue)
-    ray.get(controller.start.remote())
-    ray.get([controller.report.remote(1), controller.report.remote(2)])
-    events = [queue.get(timeout=10) for _ in range(3)]
-    # Ray keeps no order between calls to an async actor (the queue's), so the handle, put
-    # without waiting, may come after a report (abort() then waits for it); reports keep theirs.
-    assert sorted(e["kind"] for e in events) == ["controller", "report", "report"]
-    assert [e["metrics"]["epoch"] for e in events if e["kind"] == "report"] == [1, 2]
-    assert queue.empty()
-    view = ProgressView("job", 2, "epoch", Console(quiet=True), quiet=True)
-    for event in events:
-        view.show(event)
-    assert [e["kind"] for e in view.events] == ["report", "report"]  # the handle is not shown
-    queue.shutdown()
+    def seen(self) -> list[str]:
+        return self.calls
 
 
-def test_an_abort_before_any_report_reaches_the_controller_through_its_handle():
-    queue = Queue(actor_options={"num_cpus": 0})
-    controller = Controller.remote(queue)
-    ray.get(controller.start.remote())
-    handle = queue.get(timeout=10)["controller"]
+def test_an_abort_before_the_controller_exists_aborts_it_as_it_is_attached():
+    events = RunEvents()
     fit = threading.Thread(target=lambda: None)
     fit.start()
-    abort(handle, queue, fit, reported=False)
-    assert ray.get(controller.was_aborted.remote())
+    events.abort(fit)  # Ctrl-C while the run is still being set up
+    controller = StandInController.remote()
+    events.attach(controller)
+    assert sorted(ray.get(controller.seen.remote())) == ["abort", "close_events"]
 
 
-def test_an_abort_after_a_report_that_overtook_the_handle_waits_for_it():
-    queue = Queue(actor_options={"num_cpus": 0})
-    controller = Controller.remote(queue)
-    ray.get(controller.report.remote(1))
-    assert queue.get(timeout=10)["kind"] == "report"  # the reader has a report, no handle yet
-    controller.start.remote()
-    fit = threading.Thread(target=lambda: None)
+def test_a_run_whose_reader_stops_taking_waits_then_ends_at_once_on_abort(fresh_home):
+    """One report in flight (as a search's trials): the run waits at its second report for
+    the reader, which aborts instead, as Tune stopping a trial does."""
+    spec = load_spec(ROOT / "jobs/digits-mlp.yaml", ["train.epochs=20"])
+    dataset = datasets.build(spec.data, spec.task)
+    storage = str(fresh_home / "runs")
+    trainer = build_trainer(spec, dataset, "abort-probe", storage, reports_in_flight=1)
+    fit = threading.Thread(target=trainer.fit, daemon=True)
     fit.start()
-    abort(None, queue, fit, reported=True)
-    assert ray.get(controller.was_aborted.remote())
-
-
-def test_an_abort_with_a_handle_that_cannot_be_restored_fails_the_run_s_next_report():
-    """As on a Ray Client driver: the queue is shut, so the controller's next report fails."""
-    queue = Queue(actor_options={"num_cpus": 0})
-    controller = Controller.remote(queue)
-    fit = threading.Thread(target=lambda: None)
-    fit.start()
-    abort(b"not a pickled handle", queue, fit, reported=False)
-    with pytest.raises(ray.exceptions.RayError):
-        ray.get(controller.report.remote(2), timeout=30)
-    assert not ray.get(controller.was_aborted.remote())
+    first: list[dict] = []
+    while not first and fit.is_alive():
+        first = trainer.events.take(timeout=1)
+    assert [e["kind"] for e in first] == ["report"]
+    time.sleep(2)  # epochs of a fraction of a second: the run would be far on, not waiting
+    assert fit.is_alive()
+    started = time.monotonic()
+    trainer.events.abort(fit)
+    assert not fit.is_alive() and time.monotonic() - started < 20
+    later = [e["metrics"]["epoch"] for e in trainer.events.take(timeout=0)]
+    assert later in ([], [2])  # epoch 2 waited untaken; epoch 3 never went on

@@ -157,11 +157,11 @@ def live_placement_groups() -> list[dict]:
 
 
 def live_search_actors(before: set[str] = frozenset()) -> list[str]:
-    """Train controllers and workers, Tune trial processes and queues alive now, other than
+    """Train controllers and workers and Tune trial processes alive now, other than
     the actors in `before` (ids)."""
     from ray.util.state import list_actors
 
-    kinds = {"TrainController", "RayTrainWorker", "ImplicitFunc", "_QueueActor"}
+    kinds = {"EventsController", "RayTrainWorker", "ImplicitFunc"}
     actors = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
     return [
         f"{a.class_name} {a.actor_id}"

@@ -14,7 +14,6 @@ from typing import Any
 import ray
 import ray.train
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
-from ray.util.queue import Queue
 
 from kiln import data as datasets
 from kiln.data import Dataset, StreamedDataset
@@ -22,7 +21,7 @@ from kiln.errors import Interrupted, TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import JobSpec
 from kiln.train import loops
-from kiln.train.progress import ProgressView, abort, forwarders
+from kiln.train.progress import ProgressView
 from kiln.train.sharding import ExactValidation
 from kiln.train.trainer import LeanTorchTrainer, has_state_api
 
@@ -70,16 +69,14 @@ def run_job(
     storage = absolute(spec.storage_path or get_settings().storage_uri)
     start_autoscaling_coordinator(spec)
     dataset = datasets.build(spec.data, spec.task)
-    queue = Queue(actor_options={"num_cpus": 0})
-    trainer = build_trainer(  # Ctrl-C aborts through the controller's handle on `queue`
-        spec, dataset, run_name, storage, forwarders(queue), watch_placement_groups=has_state_api()
+    trainer = build_trainer(
+        spec, dataset, run_name, storage, watch_placement_groups=has_state_api()
     )
     needed = workers_need(spec, worker_resources(spec, isinstance(dataset, StreamedDataset)))
     try:
-        result = _fit_with_progress(trainer, queue, view, needed, spec.scaling.start_timeout_s)
+        result = _fit_with_progress(trainer, view, needed, spec.scaling.start_timeout_s)
     except KeyboardInterrupt:  # Ctrl-C, after the run is aborted
         raise _interrupted(run_name, view) from None
-    queue.shutdown()
 
     history = run_history(result.checkpoint)
     refuse_diverged(history)
@@ -118,15 +115,16 @@ def build_trainer(
     dataset: Dataset | StreamedDataset,
     run_name: str,
     storage: str,
-    callbacks: list,
     data_ref: ray.ObjectRef | None = None,
     start_from: str | None = None,
     watch_placement_groups: bool = True,
+    reports_in_flight: int | None = None,
 ) -> LeanTorchTrainer:
     """`data_ref`: the dataset already in the object store (a search puts it once for all of
     its trials); a streamed dataset's rows go to the workers as Ray Data shards instead.
     `start_from`: the path in `storage` of a checkpoint to continue from (another run's).
-    `watch_placement_groups`: see kiln.train.trainer."""
+    `watch_placement_groups`, `reports_in_flight`: see kiln.train.trainer. The run's events
+    are read from the trainer's `events`."""
     scaling = spec.scaling
     workers: Any = scaling.num_workers  # an int, or a (min, max) tuple for elastic training
     extras = loops.prepare(spec, dataset)
@@ -161,10 +159,10 @@ def build_trainer(
                 checkpoint_score_attribute=spec.checkpoint.metric,
                 checkpoint_score_order=spec.checkpoint.mode or "max",
             ),
-            callbacks=callbacks,
         ),
         watch_placement_groups=watch_placement_groups,
         request_autoscaling=get_settings().autoscaling_requests,
+        reports_in_flight=reports_in_flight,
     )
 
 
@@ -251,7 +249,6 @@ def workers_need(spec: JobSpec, per_worker: dict[str, float] | None) -> dict[str
 
 def _fit_with_progress(
     trainer: LeanTorchTrainer,
-    queue: Queue,
     view: ProgressView,
     needed: dict[str, float],
     start_timeout_s: float | None,
@@ -269,20 +266,19 @@ def _fit_with_progress(
     groups_before = set(ray.util.placement_group_table())
     thread = threading.Thread(target=fit, name="kiln-fit", daemon=True)
     thread.start()
-    noticed, controller = False, None
+    noticed = False
     with view:
         try:
             while thread.is_alive():
-                for event in view.drain(queue):
-                    controller = event.pop("controller", controller)
+                view.drain(trainer.events)
                 if not noticed and not view.events and view.elapsed_s() > WAIT_NOTICE_S:
                     noticed = True
                     if short := shortfall(needed, groups_before):
                         view.waiting(f"{short}; {_patience(start_timeout_s)}")
         except KeyboardInterrupt:  # the run ends before this process does, not under it
-            abort(controller, queue, thread, reported=view.first_report_s is not None)
+            trainer.events.abort(thread)
             raise
-        view.drain(queue, timeout=0.5)  # the run's last events
+        view.drain(trainer.events, timeout=0)  # the run's last events
     if "error" in outcome:
         error = outcome["error"]
         if isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):

@@ -20,19 +20,30 @@ Data dataset and a fixed worker count takes kiln.train.scaling's policy instead,
 It is Ray's `TorchTrainer` built on Ray's `DataParallelTrainer` with kiln.train.backend's
 config, so that neither the controller nor the process that builds the trainer (the driver, a
 search's trial) imports torch: `ray.train.torch`'s modules import it, a second of CPU that
-only the workers need. The rest is Ray's own.
+only the workers need. Its controller is Ray's with a method to take the run's events
+(kiln.train.events), created by `_initialize_and_run_controller` (Ray 2.60's own, with that
+class) so that the caller has its handle from the start. The rest is Ray's own.
 """
 
+import threading
 from typing import Any
 
+import ray
+from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
+from ray._raylet import RAY_NODE_ID_KEY  # type: ignore[attr-defined]
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import (
     PlacementGroupCleanerCallback,
+)
+from ray.train.v2._internal.constants import (
+    DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
+    get_env_vars_to_propagate,
 )
 from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy, ScalingPolicy
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from kiln.train.backend import TorchWorkersConfig
+from kiln.train.events import EVENTS_GROUP, EventsController, RunEvents
 from kiln.train.scaling import FixedWorkersNoRequests
 
 
@@ -44,20 +55,49 @@ class LeanTorchTrainer(DataParallelTrainer):
         torch_config: TorchWorkersConfig | None = None,
         watch_placement_groups: bool = True,
         request_autoscaling: bool = True,
+        reports_in_flight: int | None = None,
         **kwargs: Any,
     ):
         """`watch_placement_groups`: start Ray Train's placement-group cleaner (it needs the
         State API: pass False on a cluster without Ray's dashboard). `request_autoscaling`:
         False sends Ray's autoscaling coordinator nothing when the run has no Ray Data dataset
-        and a fixed number of workers."""
+        and a fixed number of workers. The run's reports and failures are read from
+        `self.events` (kiln.train.events; at most `reports_in_flight` untaken)."""
         self.watch_placement_groups = watch_placement_groups
         self.request_autoscaling = request_autoscaling
+        self.events = RunEvents(reports_in_flight)
         config = torch_config or TorchWorkersConfig()
         super().__init__(train_loop_per_worker, backend_config=config, **kwargs)
+        run_config: Any = self.run_config  # Train V2's (mypy reads ray.train's V1 RunConfig)
+        run_config.callbacks = [*run_config.callbacks, self.events.forwarder]
 
     def _initialize_and_run_controller(self, **controller_kwargs: Any):
+        """Ray's own (Ray 2.60's DataParallelTrainer), with Kiln's controller, attached to
+        `self.events` as it is created, and the scaling policy of `lean_policy`."""
         controller_kwargs["scaling_policy"] = self.lean_policy(controller_kwargs["scaling_policy"])
-        return super()._initialize_and_run_controller(**controller_kwargs)
+        env_vars = get_env_vars_to_propagate()
+        env_vars.setdefault(
+            RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
+            DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
+        )
+        actor: Any = ray.remote  # its stubs lack concurrency_groups
+        controller_class = actor(
+            num_cpus=0,
+            label_selector={  # on the node of the process that runs fit()
+                RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()
+            },
+            runtime_env={"env_vars": env_vars},
+            concurrency_groups={EVENTS_GROUP: 1},
+        )(EventsController)
+        controller = controller_class.remote(**controller_kwargs)
+        self.events.attach(controller)
+        if threading.current_thread() is threading.main_thread():
+            self._register_sigint_handler(controller)
+        try:
+            ray.get(controller.run.remote())
+        finally:
+            self.events.finish()
+        return ray.get(controller.get_result.remote())
 
     def lean_policy(self, policy: ScalingPolicy) -> ScalingPolicy:
         """Ray's `policy`, or kiln.train.scaling's where it would only talk to a coordinator

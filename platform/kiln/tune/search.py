@@ -18,7 +18,6 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
-from ray.util.queue import Queue
 
 from kiln import data as datasets
 from kiln import plots
@@ -26,7 +25,6 @@ from kiln.data import Dataset, StreamedDataset
 from kiln.errors import Interrupted, SpecError, TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import Domain, JobSpec, TuneSpec, apply_overrides
-from kiln.train.progress import forwarders
 from kiln.train.runner import (
     TrainOutcome,
     best_checkpoint,
@@ -138,24 +136,23 @@ def run_trial(
     run_name = population.run_name(search, trial_id, start)  # stable across trial retries
     if population_based:  # PBT may hand any epoch's checkpoint to another trial, later
         spec.checkpoint.keep = max(spec.checkpoint.keep, spec.train.epochs)
-    # One report in flight, as Ray's own TuneReportCallback queue: the run waits for Tune to
+    # One report in flight, as Ray's own TuneReportCallback's queue: the run waits for Tune to
     # take each epoch, so a scheduler decides on the epoch the run is at, not on one long past.
-    queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     trainer = build_trainer(
         spec,
         dataset,
         run_name,
         storage,
-        forwarders(queue),
         data_ref=ref,
         start_from=start.checkpoint if start else None,
+        reports_in_flight=1,
     )
     report = (
         population.reporter(trial_id, start, run_name)
         if population_based
         else functools.partial(_report_metrics, run=run_name)
     )
-    trial.fit_reporting(trainer, queue, report)
+    trial.fit_reporting(trainer, report)
 
 
 def _report_metrics(event: dict[str, Any], run: str) -> None:
