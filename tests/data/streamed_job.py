@@ -15,6 +15,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 def main(spec_file: str, store_mb: int, cpus: int = 2) -> None:
     import ray
 
+    import kiln.train.publish  # noqa: F401  registration's imports (torch): not the data's
     from kiln.spec import parse_spec
     from kiln.train import run_job
     from tests.conftest import quiet_view
