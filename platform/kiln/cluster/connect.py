@@ -127,7 +127,7 @@ LOCAL_CLUSTER_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "KILN_AUTOSCALING_REQUESTS": "0",
     "RAY_prestart_worker_first_driver": "0",
-    STARTUP_CONCURRENCY_ENV: startup_concurrency(os.cpu_count() or 1),
+    STARTUP_CONCURRENCY_ENV: startup_concurrency(),
 }
 
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"

@@ -156,13 +156,15 @@ def token_auth() -> bool:
 # A run starts its controller, Ray Train's synchronization actor and its workers at once: on
 # 2 CPUs they started in waves (the second worker 0.7 s after the first, then waiting for it),
 # and `kiln train jobs/digits-cnn.yaml` reached its first epoch in a median 9.6 s with 4 at a
-# time against 10.4 s (12 runs each). On a node of 1 CPU, one process at a time.
+# time against 10.4 s (6 runs each). On a node of 1 CPU, one process at a time.
 STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
 MIN_STARTUP_CONCURRENCY = 4
 
 
-def startup_concurrency(cpus: float) -> str:
-    """Ray's default (the node's CPUs), but never fewer than a run's first processes."""
+def startup_concurrency(cpus: float | None = None) -> str:
+    """Ray's default (the node's CPUs; this machine's when not given), but never fewer than a
+    run's first processes."""
+    cpus = (os.cpu_count() or 1) if cpus is None else cpus
     return str(max(MIN_STARTUP_CONCURRENCY, math.ceil(cpus)))
 
 
@@ -191,7 +193,7 @@ def start_detached_head(metrics_port: int) -> bool:
     command = ray_start(
         "--head", f"--dashboard-host={HOST}", f"--metrics-export-port={metrics_port}"
     )
-    env = {STARTUP_CONCURRENCY_ENV: startup_concurrency(os.cpu_count() or 1), **os.environ}
+    env = {STARTUP_CONCURRENCY_ENV: startup_concurrency(), **os.environ}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise ClusterError(f"ray start failed: {done.stderr.strip().splitlines()[-1:]}")
