@@ -1,14 +1,19 @@
 """A rollout's arm choice and a shadow's comparison (pure logic): shares follow the weights,
-a sticky key keeps its arm, a shadow's rows agree or not."""
+a sticky key keeps its arm, a shadow's rows agree or not, a copy's weight bounds its pickled
+size."""
+
+import json
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from ray import cloudpickle
 from scipy import stats
 
 from kiln.serve.config import ModelUserConfig, RecommendUserConfig, Traffic
+from kiln.serve.replica.protocol import InferenceRequest, RequestInput
 from kiln.serve.replica.rollout import Rollout, unit_hash
-from kiln.serve.replica.shadow import Comparison, compare
+from kiln.serve.replica.shadow import Comparison, compare, weight
 
 
 def test_random_draws_follow_the_weights():
@@ -67,3 +72,23 @@ def test_a_shadow_is_compared_row_by_row_on_labels_and_scores():
     assert compare({"image": np.zeros((2, 8))}, {"image": np.ones((2, 8))}) == Comparison(
         2, None, 1.0
     )
+
+
+@pytest.mark.parametrize(
+    "data, raw",
+    [
+        (np.linspace(0, 1, 100_000).tolist(), None),  # flat JSON numbers
+        ([[[1.25] * 8] * 8] * 1000, None),  # nested rows of an image batch
+        (["\u00e9t\u00e9 " * 50] * 2000, None),  # texts, not ASCII
+        (None, memoryview(np.ones(250_000, dtype=np.float32).tobytes())),  # binary
+    ],
+)
+def test_a_shadow_copy_weighs_at_least_half_what_it_pickles_to(data, raw):
+    """A copy under half the gRPC message limit by `weight` must fit the message: its weight
+    is never under half its pickled size (cloudpickle, as Serve sends it)."""
+    data = json.loads(json.dumps(data))  # distinct objects, as a parsed body holds them
+    tensor = RequestInput(name="input", shape=[-1], datatype="FP32", data=data)
+    tensor._raw = raw
+    request = InferenceRequest(inputs=[tensor])
+    pickled = len(cloudpickle.dumps(request))
+    assert pickled / 2 <= weight(request) <= pickled * 1.5

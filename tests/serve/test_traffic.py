@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+import tritonclient.http as triton_http
 import yaml
 from safetensors.torch import load as load_weights
 from safetensors.torch import save as save_weights
@@ -38,6 +39,7 @@ from tests.serve.test_stress import APP, ids, infer, mlp_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 SHADOW = f"{APP}-shadow"
+BIG_BODY = 16 * 2**20  # bodies the primary takes: more than a Serve handle's 4 MiB over gRPC
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,7 @@ def configured(versions: dict[str, int], live: dict | None = None, **traffic: ob
         num_replicas=1, autoscaling_config=None, user_config={**user_config, **(live or {})}
     )
     primary = next(a for a in config["applications"] if a["name"] == APP)
+    primary["args"] = {**primary["args"], "max_body_bytes": BIG_BODY}
     shadow = {
         **primary,
         "name": SHADOW,
@@ -226,6 +229,26 @@ def test_a_shadow_agrees_as_offline_and_its_death_costs_the_primary_nothing(
     dashboard = (ROOT / "k8s/base/kiln-dashboard.json").read_text()
     plotted = set(re.findall(r"\bray_kiln_shadow_[a-z_]+", dashboard))
     assert plotted and plotted <= {s.name for s in scrape(metrics_url)}, plotted
+
+    # a binary body larger than a Serve handle's gRPC message (4 MiB) is copied and compared too
+    big = np.resize(data.x_val.astype(np.float32), (24_000, *data.x_val.shape[1:]))
+    tensor = triton_http.InferInput("input", list(big.shape), "FP32")
+    tensor.set_data_from_numpy(big, binary_data=True)
+    body, header_length = triton_http.InferenceServerClient.generate_request_body([tensor])
+    assert 4 * 2**20 < len(body) < BIG_BODY
+    response = httpx.post(
+        f"{endpoint}/v2/models/{APP}/infer",
+        content=body,
+        headers={"Inference-Header-Content-Length": str(header_length)},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    rows = len(data.x_val) + len(big)
+    assert sum(shadow_examples(metrics_url, rows).values()) == rows
+    assert (
+        total(scrape(metrics_url), "ray_kiln_shadow_requests_total", model=APP, outcome="failed")
+        == 0
+    )
 
     [replica] = shadow_replicas()
     os.kill(replica["pid"], signal.SIGKILL)

@@ -7,10 +7,17 @@ primary's answer waits for nothing but the task's creation. The shadow runs in i
 application, on its own replicas and CPUs: a slow, failing or killed shadow costs the primary
 a failed count, never an error. At most MAX_PENDING copies are in flight per replica; past
 that they are skipped (and counted), so a stalled shadow cannot pile up memory.
+
+Serve's throughput-optimised mode (as `kiln serve` starts Ray) sends a handle's calls over gRPC,
+whose messages stop at 4 MiB (`RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH`): a copy that may not
+fit goes by reference, through Ray's object store. Only those: by reference, a copy of every
+request cost the primary 10.4-10.9 CPU ms per request at concurrency 1, against 6.5-7.3 over
+gRPC (digits-cnn, tests/benchmarks/bench_rollout.py's shadow policy, two rounds).
 """
 
 import asyncio
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -27,6 +34,7 @@ log = logging.getLogger("ray.serve")
 
 MAX_PENDING = 256
 WARN_EVERY_S = 10.0
+GRPC_MESSAGE_BYTES = int(os.environ.get("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", 4 * 2**20))
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ def compare(primary: dict[str, np.ndarray], shadow: dict[str, np.ndarray]) -> Co
 class ShadowCopy:
     def __init__(self, config: Shadow, metrics: ShadowMetrics):
         self.config, self.metrics = config, metrics
-        self._handle: Any = None
+        self._handles: dict[bool, Any] = {}  # by reference, or as Serve sends by default
         self._pending: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._random = random.Random()
         self._warned = -WARN_EVERY_S
@@ -74,7 +82,8 @@ class ShadowCopy:
     async def _compare(self, request: InferenceRequest, primary: dict[str, np.ndarray]) -> None:
         start = time.perf_counter()
         try:
-            answer = self._shadow().shadow_predict.remote(request)
+            by_reference = weight(request) > GRPC_MESSAGE_BYTES // 2  # room for the rest
+            answer = self._shadow(by_reference).shadow_predict.remote(request)
             outputs = await asyncio.wait_for(_awaited(answer), self.config.timeout_s)
         except Exception as e:  # the shadow's failure is never the primary's
             self.metrics.request("failed")
@@ -84,12 +93,32 @@ class ShadowCopy:
             return
         self.metrics.compared(compare(primary, outputs), (time.perf_counter() - start) * 1000)
 
-    def _shadow(self) -> Any:
-        if self._handle is None:  # made at first use: the shadow may be deployed after us
-            self._handle = serve.get_deployment_handle(
-                MODEL_DEPLOYMENT, app_name=self.config.application
+    def _shadow(self, by_reference: bool) -> Any:
+        if by_reference not in self._handles:  # made at first use: it may be deployed after us
+            handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=self.config.application)
+            self._handles[by_reference] = (
+                handle.options(_by_reference=True) if by_reference else handle
             )
-        return self._handle
+        return self._handles[by_reference]
+
+
+def weight(request: InferenceRequest) -> int:
+    """About what a request weighs pickled: binary tensors their bytes, JSON ones 9 bytes a
+    number (a pickled float) and texts their UTF-8 bytes."""
+    return sum(
+        len(tensor._raw) if tensor._raw is not None else _json_weight(tensor.data)
+        for tensor in request.inputs
+    )
+
+
+def _json_weight(data: Any) -> int:
+    if isinstance(data, str):
+        return len(data.encode()) + 5
+    if not isinstance(data, list):
+        return 9
+    if data and not isinstance(data[0], (list, str)):  # a flat run of numbers: not walked
+        return 9 * len(data)
+    return 5 + sum(_json_weight(item) for item in data)
 
 
 async def _awaited(answer: Any) -> Any:
