@@ -379,3 +379,22 @@ def test_schemathesis_finds_nothing_in_the_documents(recsys, document):
         inputs = httpx.get(f"{base}/v2/models/recsys-two-tower", timeout=30).json()["inputs"]
     result = fuzz(f"{base}{document}", inputs)
     assert result.returncode == 0, failures(result)
+
+
+def test_kserve_v1_answers_under_the_prefix_the_recommendations_own(recsys):
+    """recsys.yaml gives the recommendations /v1, where KServe V1's routes are: they answer
+    there for every model, the raw two-tower's predictions as its own /infer gives them."""
+    model = "recsys-two-tower"
+    with httpx.Client(base_url=recsys.removesuffix("/v1"), timeout=30) as http:
+        assert model in http.get("/v1/models").json()["models"]
+        assert http.get(f"/v1/models/{model}").json() == {"name": model, "ready": True}
+        [history] = http.get(f"/v2/models/{model}").json()["inputs"]
+        rows = [[user, *[0] * (history["shape"][1] - 1)] for user in (1, 2)]
+        tensor = {"name": "history", "datatype": "INT64", "shape": [2, len(rows[0])]}
+        v2 = http.post(f"/v2/models/{model}/infer", json={"inputs": [{**tensor, "data": rows}]})
+        v1 = http.post(f"/v1/models/{model}:predict", json={"instances": rows})
+        assert v1.status_code == 200, v1.text
+        scores = np.array(v2.json()["outputs"][0]["data"]).reshape(2, -1)
+        assert np.allclose(np.array(v1.json()["predictions"]), scores)
+        missing = http.post("/v1/models/nope:predict", json={"instances": rows})
+        assert missing.status_code == 404 and model in missing.json()["error"]

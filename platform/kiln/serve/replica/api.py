@@ -237,6 +237,34 @@ async def _counted(
         endpoint.answered(answered, code, (time.perf_counter() - start) * 1000, arm)
 
 
+def kserve_v1_routes(
+    api: FastAPI,
+    prefix: str,
+    models: Callable[[], Awaitable[dict[str, bool]]],
+    relay_v1: Callable[[str, bytes, dict[str, str]], Awaitable[Response]],
+) -> None:
+    """KServe V1 (its SDK's default protocol) at `prefix`/models: every served model's
+    readiness, and its predictions answered by the model's own app (relay.py). The index
+    answers them at /v1; an application that owns /v1 (recsys.yaml's recommendations) too."""
+
+    # `:predict` comes first: for a method neither route has (OPTIONS), Starlette answers
+    # with the first route whose path matches, and `{name}` alone matches "NAME:predict".
+    @api.post(prefix + "/models/{name}:predict", responses=V1_ERRORS, openapi_extra=V1_BODY)
+    async def v1_predict(name: str, request: Request) -> Response:
+        return await relay_v1(name, await request.body(), dict(request.headers))
+
+    @api.get(prefix + "/models")
+    async def v1_models() -> dict[str, list[str]]:
+        return {"models": sorted(await models())}
+
+    @api.get(prefix + "/models/{name}", responses=ERRORS)
+    async def v1_model_ready(name: str) -> JSONResponse:
+        served = await models()
+        if name not in served:
+            return _error(*not_served(name, served))
+        return JSONResponse({"name": name, "ready": served[name]}, 200 if served[name] else 503)
+
+
 def index_api(
     models: Callable[[], Awaitable[dict[str, bool]]],
     relay_v1: Callable[[str, bytes, dict[str, str]], Awaitable[Response]],
@@ -302,23 +330,7 @@ def index_api(
     async def unload(name: str) -> JSONResponse:
         return _error(*triton.unload_refused(name, await models()))
 
-    # KServe V1 (its SDK's default protocol), answered by the model's own app (relay.py).
-    # `:predict` comes first: for a method neither route has (OPTIONS), Starlette answers
-    # with the first route whose path matches, and `{name}` alone matches "NAME:predict".
-    @api.post("/v1/models/{name}:predict", responses=V1_ERRORS, openapi_extra=V1_BODY)
-    async def v1_predict(name: str, request: Request) -> Response:
-        return await relay_v1(name, await request.body(), dict(request.headers))
-
-    @api.get("/v1/models")
-    async def v1_models() -> dict[str, list[str]]:
-        return {"models": sorted(await models())}
-
-    @api.get("/v1/models/{name}", responses=ERRORS)
-    async def v1_model_ready(name: str) -> JSONResponse:
-        served = await models()
-        if name not in served:
-            return _error(*not_served(name, served))
-        return JSONResponse({"name": name, "ready": served[name]}, 200 if served[name] else 503)
+    kserve_v1_routes(api, "/v1", models, relay_v1)
 
     # A request reaches these only when no model app owns its name (the proxy routes by the
     # longest prefix): a 404 that names the served models. Each model documents these routes

@@ -148,6 +148,7 @@ class RecommendDeployment:
         config = RecommendArgs.model_validate(args)
         model, self.keys = open_endpoint(config, threads=1)
         self.max_k, self.max_body_bytes = config.max_k, config.max_body_bytes
+        self.relay = ModelRelay()  # KServe V1 under /v1, when this app owns it
         url = config.redis_url or get_settings().redis_url
         if not url:
             raise ServeError("no Redis: set redis_url or KILN_REDIS_URL (kiln serve embeds one)")
@@ -172,15 +173,21 @@ class RecommendDeployment:
         RecommendEndpoint.prepare(model.current)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return recommend_api(self.endpoint, self.keys, self.max_k, self.max_body_bytes)
+        relay_v1 = self.relay.predict_v1
+        return recommend_api(
+            self.endpoint, self.keys, self.max_k, self.max_body_bytes, served_models, relay_v1
+        )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = RecommendUserConfig.model_validate(user_config)
         self.endpoint.set_batching(config)  # the recommendations' batches
         self.endpoint.model_endpoint.reconfigure(config)
 
-    def __del__(self) -> None:
-        self.endpoint.model_endpoint.stop()
+    async def __del__(self) -> None:  # Serve awaits it when the replica stops
+        if endpoint := getattr(self, "endpoint", None):  # None: __init__ failed
+            endpoint.model_endpoint.stop()
+        if relay := getattr(self, "relay", None):
+            await relay.close()
 
 
 def recommend_app(args: dict[str, Any]) -> Application:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 from ray import serve
@@ -36,7 +36,12 @@ from kiln.errors import RequestError, ServeError
 from kiln.features import AsyncFeatureStore, Event, UserFeatures
 from kiln.features.breaker import CircuitBreaker
 from kiln.serve.config import Batching
-from kiln.serve.replica.api import ERRORS, answer_errors_as_protocol, document_schemas
+from kiln.serve.replica.api import (
+    ERRORS,
+    answer_errors_as_protocol,
+    document_schemas,
+    kserve_v1_routes,
+)
 from kiln.serve.replica.auth import ApiKeys
 from kiln.serve.replica.endpoint import ModelEndpoint
 from kiln.serve.replica.metrics import RecommendMetrics
@@ -244,8 +249,16 @@ class RecommendEndpoint:
 
 
 def recommend_api(
-    endpoint: RecommendEndpoint, keys: ApiKeys, max_k: int, max_body_bytes: int
+    endpoint: RecommendEndpoint,
+    keys: ApiKeys,
+    max_k: int,
+    max_body_bytes: int,
+    models: Callable[[], Awaitable[dict[str, bool]]],
+    relay_v1: Callable[[str, bytes, dict[str, str]], Awaitable[Response]],
 ) -> FastAPI:
+    """The recommendations and events, and KServe V1's /models routes as the index answers
+    them (`models`, `relay_v1`: api.index_api): recsys.yaml gives this application /v1, where
+    they would otherwise be unreachable for every model."""
     api = FastAPI(
         title="Kiln recommendations",
         version=kiln.__version__,
@@ -254,6 +267,7 @@ def recommend_api(
     api.add_middleware(RequestBody, max_bytes=max_body_bytes)
     answer_errors_as_protocol(api)
     document_schemas(api, Event)
+    kserve_v1_routes(api, "", models, relay_v1)
 
     @api.get("/recommend/{user_id}", responses=ERRORS, dependencies=keys.required)
     async def recommend(
