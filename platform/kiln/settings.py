@@ -26,6 +26,12 @@ class Settings(BaseSettings):
         description="Train runs tell Ray's autoscaling coordinator what their workers need; "
         "kiln train and kiln tune turn it off on the one-machine cluster they start",
     )
+    train_env_inherited: bool = Field(
+        False,
+        description="a run's controller and workers inherit Ray Train's variables from the "
+        "cluster's environment, handed no runtime env; kiln train and kiln tune turn it on on "
+        "the one-machine cluster they start",
+    )
     exact_retrieval_up_to: int = Field(
         20_000, description="catalogues up to this many items are searched exactly, larger by IVF"
     )
@@ -37,6 +43,12 @@ class Settings(BaseSettings):
     @property
     def storage_uri(self) -> str:
         return absolute(self.storage or f"{self.home}/runs")
+
+
+# Ray Train's controller takes a worker's report only when it polls the workers: every
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default. Epochs shorter than that wait for the poll
+# (digits-cnn's 0.5 s epochs took 2 s each): Kiln polls every 0.2 s unless this is set.
+REPORT_POLL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def get_settings() -> Settings:

@@ -1,6 +1,7 @@
 """The trainer starts no actor a run has no work for, neither its controller nor the driver
-that builds it imports torch, and the run's events reach their reader from the controller
-(in order, at most as many untaken as asked), which the reader can abort at any time."""
+that builds it imports torch, a run's processes get no runtime env where they inherit Ray
+Train's variables, and the run's events reach their reader from the controller (in order, at
+most as many untaken as asked), which the reader can abort at any time."""
 
 import pickle
 import subprocess
@@ -30,6 +31,7 @@ from kiln.train.backend import TorchWorkersConfig, process_group_backend
 from kiln.train.events import ReportForwarder, RunEvents
 from kiln.train.progress import ProgressView
 from kiln.train.runner import build_trainer
+from kiln.train.runtime_env import InheritingWorkerGroup, controller_runtime_env
 from kiln.train.scaling import FixedWorkersNoRequests
 from kiln.train.trainer import LeanTorchTrainer, has_state_api
 from kiln.validate import load_spec
@@ -89,13 +91,47 @@ def test_an_in_memory_run_starts_no_dataset_manager_and_no_torch_in_its_controll
     )
     idle = ("DatasetManager", "_QueueActor")
     before = [len(list_actors(filters=[("class_name", "=", c)], limit=1000)) for c in idle]
+    earlier = {a.actor_id for a in run_actors()}
     spec = load_spec(ROOT / "jobs/digits-mlp.yaml", ["train.epochs=1"])
     run_job(spec, quiet_view(spec), register=False)
     after = [len(list_actors(filters=[("class_name", "=", c)], limit=1000)) for c in idle]
     assert after == before
+    # nor does any of its processes get a runtime env: they inherit Ray Train's variables
+    started = [a for a in run_actors() if a.actor_id not in earlier]
+    assert sorted(a.class_name for a in started) == sorted(RUN_ACTORS + ("RayTrainWorker",))
+    assert {a.serialized_runtime_env for a in started} <= {"{}", "", None}, started
     assert probe.read_text() == "torch imported: False\n"
     assert [type(p) for p in chosen] == [FixedWorkersNoRequests]
     assert shown == ["report"]
+
+
+RUN_ACTORS = ("EventsController", "RayTrainWorker", "SynchronizationActor")
+
+
+def run_actors() -> list:
+    return [
+        a
+        for c in RUN_ACTORS
+        for a in list_actors(filters=[("class_name", "=", c)], detail=True, limit=1000)
+    ]
+
+
+def test_runtime_envs_hand_ray_train_s_variables_only_where_they_are_not_inherited(monkeypatch):
+    """Off a cluster whose processes inherit them, as Ray does: the variables set here to the
+    controller (with Ray Train's quiet warning), and the controller's to each worker beside
+    the run's own worker_runtime_env. On one (the suite's, as `kiln train` starts it): none."""
+    monkeypatch.setenv("RAY_TRAIN_COLLECTIVE_TIMEOUT_S", "99")
+    own = {"env_vars": {"MINE": "1"}, "config": {"setup_timeout_seconds": 60}}
+    monkeypatch.setenv("KILN_TRAIN_ENV_INHERITED", "0")
+    handed = controller_runtime_env()["env_vars"]
+    assert handed["RAY_TRAIN_COLLECTIVE_TIMEOUT_S"] == "99"
+    assert handed["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] == "0"
+    worker = InheritingWorkerGroup._get_worker_runtime_env(own)
+    assert worker["env_vars"]["MINE"] == "1"
+    assert worker["env_vars"]["RAY_TRAIN_COLLECTIVE_TIMEOUT_S"] == "99"
+    monkeypatch.setenv("KILN_TRAIN_ENV_INHERITED", "1")
+    assert controller_runtime_env() == {}
+    assert InheritingWorkerGroup._get_worker_runtime_env(own) == own
 
 
 def test_a_driver_that_cannot_tell_keeps_the_cleaner():
@@ -137,6 +173,7 @@ import sys
 import ray
 from kiln import data as datasets
 from kiln.train.runner import build_trainer
+from kiln.train.runtime_env import InheritingWorkerGroup, controller_runtime_env
 from kiln.tune import search  # a trial's function builds its run's trainer there
 from kiln.validate import load_spec
 

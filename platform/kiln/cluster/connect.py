@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from kiln.cluster.address import given_address
 from kiln.cluster.local import STARTUP_CONCURRENCY_ENV, local_cluster_running, startup_concurrency
 from kiln.errors import ClusterError
+from kiln.settings import REPORT_POLL
 
 
 def connect(
@@ -122,12 +123,17 @@ def check_reachable(address: str, source: str = "--address") -> None:
 # competed with the command's own start for the CPUs (the Train actors, with their own
 # runtime env, never use them), and `kiln train jobs/digits-cnn.yaml` reached its first
 # epoch 0.4 s sooner without them; its raylet starts a run's processes at once
-# (kiln.cluster.local's `startup_concurrency`).
+# (kiln.cluster.local's `startup_concurrency`); and every process of it inherits Ray Train's
+# variables from its environment, Kiln's report poll and Ray Train's own quiet blocking-get
+# warning among them, so that a run's processes need no runtime env (kiln.train.runtime_env).
 LOCAL_CLUSTER_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "KILN_AUTOSCALING_REQUESTS": "0",
     "RAY_prestart_worker_first_driver": "0",
     STARTUP_CONCURRENCY_ENV: startup_concurrency(),
+    "KILN_TRAIN_ENV_INHERITED": "1",
+    REPORT_POLL[0]: REPORT_POLL[1],
+    "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0",
 }
 
 TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"

@@ -41,13 +41,15 @@ EXCLUDES = [
 ]
 
 # The cluster connects to itself (the Jobs API sets RAY_ADDRESS for the entrypoint) and keeps
-# its own KILN_HOME (a client's local paths mean nothing there); serving secrets stay here.
+# its own KILN_HOME (a client's local paths mean nothing there); serving secrets stay here, and
+# so does what describes the one-machine cluster this side started (connect.LOCAL_CLUSTER_ENV).
 NOT_CARRIED = {
     "KILN_RAY_ADDRESS",
     "KILN_HOME",
     "KILN_API_KEYS",
     "KILN_API_KEYS_FILE",
     "KILN_REDIS_URL",
+    "KILN_TRAIN_ENV_INHERITED",
 }
 
 

@@ -32,6 +32,8 @@ import ray.train
 from ray.actor import ActorHandle
 from ray.train.v2._internal.execution.controller import TrainController
 
+from kiln.train.runtime_env import InheritingWorkerGroup
+
 EVENTS_GROUP = "events"
 ABORT_WAIT_S = 30.0
 
@@ -97,7 +99,10 @@ _KEPT: dict[str, ReportForwarder] = {}  # in a controller's process: its run's f
 
 
 class EventsController(TrainController):
-    """Ray Train's controller, whose reader takes its run's events (from its forwarder)."""
+    """Ray Train's controller, whose reader takes its run's events (from its forwarder), and
+    whose workers are handed Ray Train's variables only where they do not inherit them."""
+
+    worker_group_cls = InheritingWorkerGroup
 
     @ray.method(concurrency_group=EVENTS_GROUP)
     async def take_events(self, key: str, timeout: float) -> list[dict[str, Any]]:

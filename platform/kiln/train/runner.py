@@ -18,7 +18,7 @@ from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from kiln import data as datasets
 from kiln.data import Dataset, StreamedDataset
 from kiln.errors import Interrupted, TrainingError
-from kiln.settings import absolute, get_settings
+from kiln.settings import REPORT_POLL, absolute, get_settings
 from kiln.spec import JobSpec
 from kiln.train import loops
 from kiln.train.progress import ProgressView
@@ -195,16 +195,11 @@ def start_autoscaling_coordinator(spec: JobSpec) -> None:
         log.debug(f"Ray's autoscaling coordinator not started ahead: {e!r}")
 
 
-# Each worker hands its reports to the run's controller through a queue of one, which the
-# controller empties only when it polls the workers: every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
-# 2 s by default. Epochs shorter than that wait for the poll (digits-cnn's 0.5 s epochs took
-# 2 s each). Ray Train reads the interval from the process that calls fit(), where this sets
-# it unless it is set already.
-REPORT_POLL_S = "0.2"
-
-
 def poll_reports_often() -> None:
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", REPORT_POLL_S)
+    """Kiln's report poll (kiln.settings.REPORT_POLL) unless one is set. Ray Train hands the
+    interval of the process that calls fit() to the run's controller (on the cluster that
+    `kiln train` starts, the controller inherits it from the cluster's environment)."""
+    os.environ.setdefault(*REPORT_POLL)
 
 
 def put_for_workers(dataset: Dataset | StreamedDataset) -> ray.ObjectRef:

@@ -22,28 +22,25 @@ config, so that neither the controller nor the process that builds the trainer (
 search's trial) imports torch: `ray.train.torch`'s modules import it, a second of CPU that
 only the workers need. Its controller is Ray's with a method to take the run's events
 (kiln.train.events), created by `_initialize_and_run_controller` (Ray 2.60's own, with that
-class) so that the caller has its handle from the start. The rest is Ray's own.
+class) so that the caller has its handle from the start, and whose runtime env is
+kiln.train.runtime_env's. The rest is Ray's own.
 """
 
 import threading
 from typing import Any
 
 import ray
-from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
 from ray._raylet import RAY_NODE_ID_KEY  # type: ignore[attr-defined]
 from ray.train.v2._internal.callbacks import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import (
     PlacementGroupCleanerCallback,
-)
-from ray.train.v2._internal.constants import (
-    DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
-    get_env_vars_to_propagate,
 )
 from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy, ScalingPolicy
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from kiln.train.backend import TorchWorkersConfig
 from kiln.train.events import EVENTS_GROUP, EventsController, RunEvents
+from kiln.train.runtime_env import controller_runtime_env
 from kiln.train.scaling import FixedWorkersNoRequests
 
 
@@ -75,19 +72,15 @@ class LeanTorchTrainer(DataParallelTrainer):
         """Ray's own (Ray 2.60's DataParallelTrainer), with Kiln's controller, attached to
         `self.events` as it is created, and the scaling policy of `lean_policy`."""
         controller_kwargs["scaling_policy"] = self.lean_policy(controller_kwargs["scaling_policy"])
-        env_vars = get_env_vars_to_propagate()
-        env_vars.setdefault(
-            RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
-            DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
-        )
+        runtime_env = controller_runtime_env()
         actor: Any = ray.remote  # its stubs lack concurrency_groups
         controller_class = actor(
             num_cpus=0,
             label_selector={  # on the node of the process that runs fit()
                 RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()
             },
-            runtime_env={"env_vars": env_vars},
             concurrency_groups={EVENTS_GROUP: 1},
+            **({"runtime_env": runtime_env} if runtime_env else {}),
         )(EventsController)
         controller = controller_class.remote(**controller_kwargs)
         self.events.attach(controller)
