@@ -9,8 +9,8 @@ controller creates inherit its runtime env (the synchronisation actor). On the o
 cluster that `kiln train` and `kiln tune` start (`train_env_inherited`, kiln.cluster.connect),
 every process inherits the environment the cluster was started with, which holds these
 variables (Kiln's defaults among them), so none is handed: measured there, digits-cnn's run
-used 0.9 s less CPU by its first epoch (17.8 and 18.3 s against 16.9 and 17.5 s). Elsewhere
-the variables are handed as Ray does.
+used 17.6 s of CPU by its first epoch against 19.5 s (medians of three runs each, README).
+Elsewhere the variables are handed as Ray does.
 """
 
 from typing import Any
