@@ -69,6 +69,8 @@ def test_a_manifest_names_images_anywhere(digit_folder, tmp_path):
     manifest.write_text("path,label\n" + "\n".join(rows))
     built = build(manifest, size=[8, 8], channels=3)
     assert built.schema.classes == ["seven", "three"] and built.schema.input_shape == [3, 8, 8]
+    square = build(manifest, size=6, channels=1)  # one number is a square, as torchvision's
+    assert square.schema.input_shape == [1, 6, 6]
 
 
 def test_bad_folders_are_refused_naming_the_file(digit_folder, tmp_path):

@@ -5,12 +5,12 @@ import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow.fs
-from pydantic import PositiveInt
+from pydantic import BeforeValidator, PositiveInt
 
 from kiln import preprocess
 from kiln.data.base import DATASETS, Dataset, classification, require_task
@@ -220,6 +220,12 @@ class ImageLayout:
         )
 
 
+# (height, width); one number is a square, as torchvision's Resize reads it
+Size = Annotated[
+    tuple[PositiveInt, PositiveInt], BeforeValidator(lambda v: (v, v) if isinstance(v, int) else v)
+]
+
+
 @DATASETS.register("image_folder")
 def image_folder(
     task: str,
@@ -227,13 +233,14 @@ def image_folder(
     seed: int,
     *,
     path: str,
-    size: tuple[PositiveInt, PositiveInt] = (32, 32),
+    size: Size = (32, 32),
     channels: Literal[1, 3] = 3,
     streaming: bool | Literal["auto"] = "auto",
 ) -> Dataset | StreamedDataset:
     """Your own images: a folder per class, or a CSV manifest `path,label`. Each is decoded,
-    converted to `channels` (1: grey, 3: RGB) and resized to `size` (height, width);
-    validation images are chosen by a seeded hash of their path. Larger sets stream."""
+    converted to `channels` (1: grey, 3: RGB) and resized to `size` (height, width; one
+    number for a square); validation images are chosen by a seeded hash of their path.
+    Larger sets stream."""
     require_task("image_folder", task, ("classification",))
     files = ImageFiles.open(path)
     layout = ImageLayout((int(size[0]), int(size[1])), int(channels))
