@@ -14,6 +14,7 @@ from kiln.spec import ModelSpec
 
 INPUTS = {
     "image": DataSchema("classification", [1, 8, 8], "float32", output_dim=10),
+    "images to draw": DataSchema("generation", [1, 8, 8], "float32", output_dim=10),
     "sequence": DataSchema("forecasting", [24, 1], "float32", output_dim=3),
     "tokens": DataSchema("classification", [16], "int64", output_dim=2, vocab_size=50),
     "table": DataSchema("classification", [30], "float32", output_dim=2),
@@ -67,7 +68,7 @@ def test_every_family_takes_some_input(family):
 
 
 def test_gan_discriminator_scores_images():
-    gan = models.create(ModelSpec(family="gan"), INPUTS["image"])
+    gan = models.create(ModelSpec(family="gan"), INPUTS["images to draw"])
     images = gan(torch.randn(8, gan.latent_dim))
     assert images.shape == (8, 1, 8, 8) and images.abs().max() <= 1
     logits, classes = gan.discriminator(torch.cat([images, images]))
@@ -76,7 +77,7 @@ def test_gan_discriminator_scores_images():
 
 def test_conditional_gan_draws_the_class_asked_for_or_one_from_the_noise():
     params = {"conditional": True, "ema_decay": 0.9}
-    gan = models.create(ModelSpec(family="gan", params=params), INPUTS["image"]).eval()
+    gan = models.create(ModelSpec(family="gan", params=params), INPUTS["images to draw"]).eval()
     z = torch.randn(6, gan.latent_dim)
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
     images = gan(z, labels)
@@ -97,12 +98,13 @@ def test_conditional_gan_draws_the_class_asked_for_or_one_from_the_noise():
 def test_conditional_gan_needs_noise_wide_enough_to_draw_a_class():
     with pytest.raises(SpecError, match="latent_dim"):
         models.create(
-            ModelSpec(family="gan", params={"conditional": True, "latent_dim": 8}), INPUTS["image"]
+            ModelSpec(family="gan", params={"conditional": True, "latent_dim": 8}),
+            INPUTS["images to draw"],
         )
 
 
 def test_an_unconditional_gan_keeps_the_weight_names_registered_versions_have():
-    gan = models.create(ModelSpec(family="gan"), INPUTS["image"])
+    gan = models.create(ModelSpec(family="gan"), INPUTS["images to draw"])
     names = set(gan.state_dict())
     assert not any(
         n.startswith(("average.", "generator.embed", "discriminator.embed")) for n in names
@@ -120,6 +122,42 @@ def test_users_own_model_by_import_path():
     models.check(spec)
     model = models.create(spec, INPUTS["table"])
     assert model(example(INPUTS["table"])).shape == (4, 2)
+
+
+def test_a_lazy_builder_is_sized_by_an_example_before_training():
+    """DDP and the optimizers refuse uninitialised parameters (PyTorch asks for a dummy
+    forward pass first); `create` gives the network sized for its data."""
+    from torch.nn.parameter import is_lazy
+
+    spec = ModelSpec.model_validate({"import": "tests.models.custom:lazy"})
+    model = models.create(spec, INPUTS["image"])
+    assert not any(is_lazy(t) for t in (*model.parameters(), *model.buffers()))
+    assert model.training
+    assert model(example(INPUTS["image"])).shape == (4, 10)
+
+
+@pytest.mark.parametrize(
+    ("builder", "says"),
+    [
+        (
+            "sized_for_other_data",
+            r"does not fit the data \(input shape \[30\], float32\): "
+            r"RuntimeError: mat1 and mat2 shapes cannot be multiplied \(2x30 and 9x4\)$",
+        ),
+        (
+            "one_output",
+            r"gives shape \[2, 1\] for 2 examples .*classification needs shape \[2, 2\]",
+        ),
+        ("a_pair", r"gives a tuple for 2 examples"),
+        ("fails", r"cannot be built for the data .*: KeyError: 'hidden_units'"),
+    ],
+)
+def test_a_network_that_does_not_fit_its_data_is_one_line(builder, says):
+    spec = ModelSpec.model_validate({"import": f"tests.models.custom:{builder}"})
+    with pytest.raises(SpecError, match=says) as refused:
+        models.create(spec, INPUTS["table"])
+    assert refused.value.field == "model.import"
+    assert "\n" not in str(refused.value)
 
 
 def test_import_errors_name_the_path():

@@ -189,6 +189,30 @@ def test_a_job_whose_workers_cannot_start_fails_naming_what_is_missing(fresh_hom
     assert time.monotonic() - started < 60
 
 
+def test_a_users_lazy_model_trains_and_a_misfit_one_ends_its_run_at_once(fresh_home, tmp_path):
+    """A network with lazy layers (nn.LazyLinear) is sized before DDP sees it (DDP refused
+    it, on every restart). One whose first layer is sized for other data is a mistake: one
+    line, the spec's exit code, and no restart (each of the two it had repeated it)."""
+    from kiln.errors import SpecError
+
+    user = ["model.family=null", "model.params={}", "train.epochs=3", "register=null"]
+    _, outcome = train("digits-mlp.yaml", *user, "model.import=tests.models.custom:lazy")
+    assert outcome.metrics["val_accuracy"] > 0.6  # 3 epochs of 16 units; chance is 0.1
+
+    builds = tmp_path / "builds.log"
+    misfit = [*user, "model.import=tests.models.custom:sized_for_other_data"]
+    spec = load_spec(ROOT / "jobs/digits-mlp.yaml", [*misfit, f"model.params.log={builds}"])
+    assert spec.failure.max_failures == 2
+    view = quiet_view(spec)
+    started = time.monotonic()
+    with pytest.raises(SpecError, match=r"does not fit the data \(input shape \[1, 8, 8\]") as e:
+        run_job(spec, view)
+    assert e.value.exit_code == 2
+    assert view.events == []  # no failure shown as "restarting"
+    assert len(builds.read_text().splitlines()) <= 2  # each worker once: no restart
+    print(f"refused in {time.monotonic() - started:.1f} s")
+
+
 def test_a_run_whose_loss_diverges_stops_and_registers_nothing(fresh_home, tmp_path):
     """Plain SGD at a learning rate of 1,000 without gradient clipping: the loss is NaN by
     the end of the first epoch. The run stops there (not after every epoch) and nothing is

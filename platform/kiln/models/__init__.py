@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kiln import tasks
 from kiln.builders import import_object
 from kiln.errors import SpecError
 from kiln.models import families  # noqa: F401  (registers the families)
@@ -59,7 +60,29 @@ def family_params(spec: ModelSpec) -> dict[str, Any]:
 
 def create(spec: ModelSpec, schema: DataSchema) -> "nn.Module":
     """The family's network for this data; behind a log-mel front end when the data are
-    waveforms (kiln.models.speech)."""
+    waveforms (kiln.models.speech). When the task's loop calls `model(inputs)`, two
+    examples pass through it first: that sizes its lazy layers (`nn.LazyLinear`), as
+    PyTorch asks before DDP or an optimizer sees them, and a network that does not fit the
+    data (a layer sized for other data, an output that is not one row of `output_dim` per
+    example), or a builder that fails, is a SpecError: a mistake that a run does not retry
+    (kiln.train.mistakes). Two examples cost milliseconds."""
+    try:
+        model = _build(spec, schema)
+    except SpecError:
+        raise
+    except Exception as e:  # a user's builder may raise anything
+        raise _mistake(spec, schema, "cannot be built for", e) from None
+    if tasks.get(schema.task).model_takes_inputs:
+        try:
+            _try_examples(model, spec, schema)
+        except SpecError:
+            raise
+        except Exception as e:
+            raise _mistake(spec, schema, "does not fit", e) from None
+    return model
+
+
+def _build(spec: ModelSpec, schema: DataSchema) -> "nn.Module":
     if "audio" not in schema.transform:
         return _create(spec, schema)
     from kiln.models import speech
@@ -70,6 +93,49 @@ def create(spec: ModelSpec, schema: DataSchema) -> "nn.Module":
         hint = "data.params.layout: image gives (1, n_mels, frames), sequence (frames, n_mels)"
         raise SpecError(f"{e} ({hint})", field=e.field) from None
     return speech.wrap(schema, body)
+
+
+def _try_examples(model: "nn.Module", spec: ModelSpec, schema: DataSchema) -> None:
+    """Two examples of zeros (a valid token id, a valid image) on the model's own device, in
+    eval mode (no batch statistics, no dropout)."""
+    import torch
+
+    device = next(model.parameters(), torch.empty(0)).device
+    examples = torch.zeros((2, *schema.input_shape), dtype=getattr(torch, schema.input_dtype))
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        output = model(examples.to(device))
+    model.train(training)
+    shape = list(output.shape) if isinstance(output, torch.Tensor) else None
+    if shape != [2, schema.output_dim]:
+        gives = f"shape {shape}" if shape is not None else f"a {type(output).__name__}"
+        raise SpecError(
+            f"{_named(spec)} gives {gives} for 2 examples ({_inputs(schema)}); "
+            f"{schema.task} needs shape [2, {schema.output_dim}]: one row of output_dim per "
+            "example",
+            field=_field(spec),
+        )
+
+
+def _mistake(spec: ModelSpec, schema: DataSchema, what: str, error: Exception) -> SpecError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return SpecError(
+        f"{_named(spec)} {what} the data ({_inputs(schema)}): {type(error).__name__}: {first_line}",
+        field=_field(spec),
+    )
+
+
+def _field(spec: ModelSpec) -> str:
+    return "model.import" if spec.import_path else "model"
+
+
+def _named(spec: ModelSpec) -> str:
+    return spec.import_path or f"model family {spec.family}"
+
+
+def _inputs(schema: DataSchema) -> str:
+    return f"input shape {schema.input_shape}, {schema.input_dtype}"
 
 
 def _create(spec: ModelSpec, schema: DataSchema) -> "nn.Module":

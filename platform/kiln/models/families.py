@@ -105,6 +105,8 @@ def gan(
     moving average of the generator's weights (0: the weights as trained)."""
     from kiln.models.gan import GAN, START
 
+    if schema.task != "generation":
+        raise SpecError(f"gan generates images (task: generation), not {schema.task}")
     if len(schema.input_shape) != 3 or schema.input_shape[1] != schema.input_shape[2]:
         raise SpecError(f"gan needs square images (C, H, W); the data gives {schema.input_shape}")
     channels, size, _ = schema.input_shape

@@ -36,6 +36,13 @@ class Task:
     # worker receives as config["extras"] (the GAN's evaluation classifier).
     prepare: str | None = None
 
+    @property
+    def model_takes_inputs(self) -> bool:
+        """Whether the loop calls `model(inputs)` on a batch of the schema's inputs and learns
+        one row of `output_dim` per example (a task with one criterion); a GAN's or a
+        ranker's loop calls its networks' own methods."""
+        return self.loss is not None
+
     def criterion(self) -> Any:
         """The loss module of a task trained on one (a GAN's or a ranker's loop has its own)."""
         if self.loss is None:

@@ -32,6 +32,7 @@ import ray.train
 from ray.actor import ActorHandle
 from ray.train.v2._internal.execution.controller import TrainController
 
+from kiln.train.mistakes import mistake
 from kiln.train.runtime_env import InheritingWorkerGroup
 
 EVENTS_GROUP = "events"
@@ -68,6 +69,8 @@ class ReportForwarder(ray.train.UserCallback):
         self._put(event)
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        if mistake(worker_exceptions):  # not retried: the run ends with it
+            return
         ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
         first = next(iter(worker_exceptions.values()), None)
         reason = str(first).strip().splitlines()[-1][:160] if first else "unknown"

@@ -40,6 +40,7 @@ from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from kiln.train.backend import TorchWorkersConfig
 from kiln.train.events import EVENTS_GROUP, EventsController, RunEvents
+from kiln.train.mistakes import MistakesEndTheRun
 from kiln.train.runtime_env import controller_runtime_env
 from kiln.train.scaling import FixedWorkersNoRequests
 
@@ -70,8 +71,11 @@ class LeanTorchTrainer(DataParallelTrainer):
 
     def _initialize_and_run_controller(self, **controller_kwargs: Any):
         """Ray's own (Ray 2.60's DataParallelTrainer), with Kiln's controller, attached to
-        `self.events` as it is created, and the scaling policy of `lean_policy`."""
+        `self.events` as it is created, the scaling policy of `lean_policy`, and a failure
+        policy that retries no mistake (kiln.train.mistakes)."""
         controller_kwargs["scaling_policy"] = self.lean_policy(controller_kwargs["scaling_policy"])
+        ray_policy = controller_kwargs["failure_policy"]
+        controller_kwargs["failure_policy"] = MistakesEndTheRun(ray_policy.failure_config)
         runtime_env = controller_runtime_env()
         actor: Any = ray.remote  # its stubs lack concurrency_groups
         controller_class = actor(

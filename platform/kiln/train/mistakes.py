@@ -1,0 +1,27 @@
+"""A mistake ends a run at once: a SpecError raised on a worker (a network that does not fit
+its data, a builder that fails) is repeated by every restart, so Ray Train's retries
+(`failure.max_failures`, meant for lost workers) would only delay the one line that says it.
+
+    controller_kwargs["failure_policy"] = MistakesEndTheRun(failure_config)
+"""
+
+from collections.abc import Mapping
+
+from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
+from ray.train.v2.api.exceptions import TrainingFailedError
+
+from kiln.errors import SpecError
+
+
+def mistake(worker_failures: Mapping[int, BaseException]) -> SpecError | None:
+    """The first mistake among a run's worker failures (ranks that fail later fail on it)."""
+    return next((e for e in worker_failures.values() if isinstance(e, SpecError)), None)
+
+
+class MistakesEndTheRun(DefaultFailurePolicy):
+    """Ray's policy (Ray 2.60's private DefaultFailurePolicy), which retries any worker
+    failure, except a mistake."""
+
+    def _is_retryable_error(self, training_failed_error: TrainingFailedError) -> bool:
+        failures = getattr(training_failed_error, "worker_failures", {})
+        return not mistake(failures) and super()._is_retryable_error(training_failed_error)
