@@ -200,6 +200,16 @@ def test_extends_merges_and_overrides_win(tmp_path):
     assert spec.model.params == {"hidden": [32]}
 
 
+def test_an_override_starts_a_section_that_is_null(tmp_path):
+    """`register: null` in the file, a name given for one run; a value is still no section."""
+    (tmp_path / "job.yaml").write_text(GOOD + "register: null\n")
+    spec = load_spec(tmp_path / "job.yaml", ["register.name=mine", "register.alias=prod"])
+    assert spec.registration is not None
+    assert (spec.registration.name, spec.registration.alias) == ("mine", "prod")
+    with pytest.raises(SpecError, match="train.epochs.max: train.epochs is a value, not a section"):
+        load_spec(tmp_path / "job.yaml", ["train.epochs.max=3"])
+
+
 def test_extends_replaces_a_model_of_another_family():
     merged = deep_merge(
         {"model": {"family": "cnn", "params": {"channels": [8]}}},

@@ -439,7 +439,9 @@ def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
     node = raw
     parts = dotted.split(".")
     for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or `register: null`: the section starts here
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
             raise SpecError(f"{source}: {dotted}: {where} is a value, not a section")
