@@ -2,6 +2,7 @@
 interrupted search resumes without rerunning finished trials."""
 
 import json
+import logging
 import os
 import re
 import signal
@@ -314,6 +315,39 @@ def test_bad_spaces_fail_before_ray_in_one_line(tmp_path, space, message):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert message in lines[0], lines[0]
+
+
+def test_trials_whose_network_does_not_fit_end_at_once_each_in_one_line(fresh_home, capfd):
+    """A mistake (kiln.train.mistakes) ends each trial at its first failure, shown as one line
+    of the search's view rather than Tune's traceback of it; the search ends with the
+    mistake itself (exit code 2), not a list of errors."""
+    from kiln.errors import SpecError
+
+    spec = load_spec(
+        ROOT / "jobs/digits-cnn-tune.yaml",
+        [
+            "model.family=null",
+            "model.params={}",
+            "model.import=tests.models.custom:sized_for_other_data",
+            "tune.space={train.optimizer.lr: {choice: [0.001, 0.01]}}",
+            "tune.num_samples=2",
+            "register=null",
+        ],
+    )
+    mistake = r"tests.models.custom:sized_for_other_data does not fit the data"
+    tune_logs: list[logging.LogRecord] = []  # Ray's handler writes them to the terminal
+    collect = logging.Handler()
+    collect.emit = tune_logs.append  # type: ignore[method-assign]
+    logging.getLogger("ray.tune").addHandler(collect)
+    try:
+        with pytest.raises(SpecError, match=rf"^no trial of digits-cnn-tune-.* ran: {mistake}"):
+            run_search(spec)
+    finally:
+        logging.getLogger("ray.tune").removeHandler(collect)
+    shown = " ".join(capfd.readouterr().out.split())  # rich wraps at 80 columns off a terminal
+    failed = re.findall(rf"trial \w+ failed: kiln.errors.SpecError: {mistake}", shown)
+    assert len(failed) == 2, shown
+    assert [r.getMessage() for r in tune_logs if r.exc_info] == []  # no traceback
 
 
 def test_a_grid_search_on_a_file_uri_runs_every_combination_once_registers_and_resumes(

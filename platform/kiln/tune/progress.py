@@ -4,11 +4,13 @@ of trials (running, stopped early, done, failed) and the best so far.
 Tune pickles its callbacks with the experiment (to resume it), so the view keeps only plain
 state; the terminal display is created when the experiment starts and dropped when pickled."""
 
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.spec import TuneSpec
@@ -79,6 +81,12 @@ class SearchView(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._row(trial)["status"] = "ERROR"
+        if self._live is not None:
+            reason = escape(_last_line(trial.error_file))  # error text may hold [brackets]
+            kept = f"{trial.path}/{trial.run_metadata.error_filename}"  # in the search's storage
+            self._live.console.print(
+                f"[yellow]trial {trial.trial_id} failed: {reason} (traceback: {escape(kept)})"
+            )
         self._refresh()
 
     # drawing ---------------------------------------------------------------------------
@@ -130,3 +138,12 @@ def _short(value: Any) -> str:
     if value is None:
         return ""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _last_line(path: str | None) -> str:
+    """The error's own line: the last of the traceback Tune kept for the trial."""
+    try:
+        lines = Path(path or "").read_text().strip().splitlines()
+    except OSError:
+        return "see the trial's error.txt"
+    return lines[-1][:300] if lines else "unknown error"

@@ -108,6 +108,8 @@ def run_search(
     # its experiment box and a TensorBoard command for Ray's own folder even at verbose=0; its
     # older one (RAY_AIR_NEW_OUTPUT=0, read when the search starts) prints nothing there.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # A failed trial is one line of SearchView's, not Tune's traceback (kept in its error.txt).
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     logging.getLogger("ray.tune.tune").addFilter(_kiln_says_how_to_resume)
     grid = tuner.fit()
     return _finish(spec, grid, name, path, storage, dataset)
@@ -269,8 +271,11 @@ def _finish(
     if not finished:
         if unfinished:
             raise _stopped(name, unfinished, "no results yet")
-        errors = [str(r.error).splitlines()[-1] for r in grid if r.error]
-        raise TrainingError(f"no trial of {name} reported {t.metric}: {errors[:1] or 'no results'}")
+        causes = [getattr(r.error, "cause", r.error) for r in grid if r.error]
+        if causes and isinstance(causes[0], SpecError):  # every trial would repeat it
+            raise SpecError(f"no trial of {name} ran: {causes[0]}", field=causes[0].field)
+        why = str(causes[0]).strip().splitlines()[-1] if causes else "no results"
+        raise TrainingError(f"no trial of {name} reported {t.metric}: {why}")
     table = trials_table(grid, t.metric, t.mode)
     best = grid.get_best_result(t.metric, t.mode, scope="all")
     trial_id = trial_id_of(best)

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from kiln.train.mistakes import mistake
+
 # Tune waits this long for a stopped trial's thread before it hands the process to the next
 # trial (and fails that trial if the thread is still running); its default, 2 s, is shorter
 # than the controller's abort on a busy machine.
@@ -43,7 +45,8 @@ def fit_reporting(trainer: Any, report: Callable[[dict[str, Any]], None]) -> Non
         trainer.events.abort(thread)
         raise
     if "error" in outcome:
-        raise outcome["error"]
+        error = outcome["error"]
+        raise mistake(getattr(error, "worker_failures", {})) or error
 
 
 def _report_each(events: list[dict[str, Any]], report: Callable[[dict[str, Any]], None]) -> None:
