@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -247,13 +248,23 @@ def test_the_process_group_backend_is_ray_s_choice(backend, resources, chosen):
 
 def test_a_forwarder_keeps_events_in_order_and_goes_to_the_controller_under_its_key():
     forwarder = ReportForwarder(in_flight=None)
-    forwarder.after_report(None, [{"epoch": 1}, {"epoch": 1}], None)
-    forwarder.after_exception(None, {1: RuntimeError("boom\nworker 1 died")})
-    forwarder.after_report(None, [{"epoch": 2}], None)
+    one_restart = ray.train.RunConfig(failure_config=ray.train.FailureConfig(max_failures=1))
+    run = SimpleNamespace(run_config=one_restart)
+    forwarder.after_report(run, [{"epoch": 1}, {"epoch": 1}], None)
+    forwarder.after_exception(run, {1: RuntimeError("boom\nworker 1 died")})
+    forwarder.after_report(run, [{"epoch": 2}], None)
+    forwarder.after_exception(run, {0: RuntimeError("worker 0 died")})
     events = forwarder.take(timeout=0)
-    assert [e["kind"] for e in events] == ["report", "failure", "report"]
+    assert [e["kind"] for e in events] == ["report", "failure", "report", "failure"]
     assert [e["metrics"]["epoch"] for e in events if e["kind"] == "report"] == [1, 2]
-    assert events[1] == {"kind": "failure", "ranks": "1", "reason": "worker 1 died"}
+    failure = {"kind": "failure", "ranks": "1", "reason": "worker 1 died", "retried": True}
+    assert events[1] == failure  # the one restart max_failures allows; then none
+    assert events[3] == {
+        "kind": "failure",
+        "ranks": "0",
+        "reason": "worker 0 died",
+        "retried": False,
+    }
     assert forwarder.take(timeout=0) == []
     there = pickle.loads(pickle.dumps(forwarder))  # as the controller unpickles it
     assert (there.key, there.in_flight) == (forwarder.key, None)

@@ -53,6 +53,7 @@ class ReportForwarder(ray.train.UserCallback):
         self._events: list[dict[str, Any]] = []
         self._changed = threading.Condition()
         self._closed = False
+        self._failures = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {"in_flight": self.in_flight, "key": self.key}
@@ -74,7 +75,11 @@ class ReportForwarder(ray.train.UserCallback):
         ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
         first = next(iter(worker_exceptions.values()), None)
         reason = str(first).strip().splitlines()[-1][:160] if first else "unknown"
-        self._put({"kind": "failure", "ranks": ranks, "reason": reason})
+        # As Ray's failure policy counts: a restart while failures stay within max_failures.
+        self._failures += 1
+        allowed = run_context.run_config.failure_config.max_failures
+        retried = allowed == -1 or self._failures <= allowed
+        self._put({"kind": "failure", "ranks": ranks, "reason": reason, "retried": retried})
 
     def _put(self, event: dict[str, Any]) -> None:
         with self._changed:

@@ -58,10 +58,12 @@ class ProgressView:
         self.events.append(event)
         if event["kind"] == "failure":
             reason = escape(event["reason"])  # error text may hold [brackets]
-            self.bar.console.print(
-                f"[yellow]worker {event['ranks']} failed ({reason}); "
+            then = (
                 "restarting from the last checkpoint"
+                if event.get("retried", True)
+                else "no restart left (failure.max_failures)"
             )
+            self.bar.console.print(f"[yellow]worker {event['ranks']} failed ({reason}); {then}")
             return
         m = event["metrics"]
         if self.first_report_s is None:
