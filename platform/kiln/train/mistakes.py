@@ -18,10 +18,16 @@ def mistake(worker_failures: Mapping[int, BaseException]) -> SpecError | None:
     return next((e for e in worker_failures.values() if isinstance(e, SpecError)), None)
 
 
+def mistake_of(error: BaseException) -> SpecError | None:
+    """The mistake that failed a run: `error` is Ray Train's (a WorkerGroupError holds its
+    workers' failures; other errors hold none)."""
+    return mistake(getattr(error, "worker_failures", {}))
+
+
 class MistakesEndTheRun(DefaultFailurePolicy):
     """Ray's policy (Ray 2.60's private DefaultFailurePolicy), which retries any worker
     failure, except a mistake."""
 
     def _is_retryable_error(self, training_failed_error: TrainingFailedError) -> bool:
-        failures = getattr(training_failed_error, "worker_failures", {})
-        return not mistake(failures) and super()._is_retryable_error(training_failed_error)
+        retryable = super()._is_retryable_error(training_failed_error)
+        return retryable and not mistake_of(training_failed_error)

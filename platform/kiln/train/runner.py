@@ -21,7 +21,7 @@ from kiln.errors import Interrupted, TrainingError
 from kiln.settings import REPORT_POLL, absolute, get_settings
 from kiln.spec import JobSpec
 from kiln.train import loops
-from kiln.train.mistakes import mistake
+from kiln.train.mistakes import mistake_of
 from kiln.train.progress import ProgressView
 from kiln.train.sharding import ExactValidation
 from kiln.train.trainer import LeanTorchTrainer, has_state_api
@@ -283,7 +283,7 @@ def _fit_with_progress(
                 f"training workers could not start within {start_timeout_s:g} s "
                 f"(scaling.start_timeout_s): {short}"
             ) from error
-        if spec_error := mistake(getattr(error, "worker_failures", {})):
+        if spec_error := mistake_of(error):
             raise spec_error from None  # one line, as where the run starts
         raise TrainingError(f"training failed: {_root_cause(error)}") from error
     return outcome["result"]

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kiln.train.mistakes import mistake
+from kiln.train.mistakes import mistake_of
 
 # Tune waits this long for a stopped trial's thread before it hands the process to the next
 # trial (and fails that trial if the thread is still running); its default, 2 s, is shorter
@@ -46,7 +46,7 @@ def fit_reporting(trainer: Any, report: Callable[[dict[str, Any]], None]) -> Non
         raise
     if "error" in outcome:
         error = outcome["error"]
-        raise mistake(getattr(error, "worker_failures", {})) or error
+        raise mistake_of(error) or error
 
 
 def _report_each(events: list[dict[str, Any]], report: Callable[[dict[str, Any]], None]) -> None:
