@@ -67,7 +67,7 @@ def test_co2_windows_come_in_time_order_with_a_seasonal_naive_baseline():
 
 def test_seasonal_naive_on_a_known_series():
     series = np.tile(np.arange(4.0), 10)  # period 4, no noise: seasonal naive is exact
-    d = windowed(series, window=8, horizon=2, val_fraction=0.25, season=4)
+    d = windowed([series], window=8, horizon=2, val_fraction=0.25, season=4)
     assert d.baselines["seasonal_naive_val_mae"] == 0.0
     inputs, targets = np.array([[1.0, 2.0, 3.0]]), np.array([[5.0]])
     assert seasonal_naive(inputs, targets, season=2)["seasonal_naive_val_mae"] == 3.0
@@ -142,6 +142,36 @@ class TestFiles:
         frame.to_csv(path, index=False)
         d = build("csv_series", task="forecasting", path=str(path), column="y", time_column="t")
         assert d.baselines["seasonal_naive_val_mae"] < 1e-6  # a pure 12-step season, once sorted
+
+    def test_csv_series_of_several_series_windows_each_on_its_own(self, tmp_path):
+        """Sales of three stores by date, in long format: each store's 12-month season at its
+        own level and phase. Windows of one store only make the seasonal naive forecast exact;
+        read as one series, the file would interleave the stores, and is refused."""
+        months = pd.date_range("2015-01-01", periods=60, freq="MS")
+        stores = [
+            pd.DataFrame(
+                {
+                    "date": months.strftime("%Y-%m-%d"),
+                    "store": name,
+                    "sales": level + np.sin(2 * np.pi * (np.arange(60) + phase) / 12),
+                }
+            )
+            for name, level, phase in [("north", 10, 0), ("south", 500, 3), ("east", 80, 7)]
+        ]
+        short = pd.DataFrame({"date": ["2019-01-01"] * 1, "store": ["new"], "sales": [1.0]})
+        path = tmp_path / "sales.csv"
+        pd.concat([*stores, short]).sample(frac=1, random_state=0).to_csv(path, index=False)
+        spec = dict(task="forecasting", path=str(path), column="sales", time_column="date")
+        d = build("csv_series", **spec, series_column="store", window=12)
+        assert d.baselines["seasonal_naive_val_mae"] < 1e-9  # no window crosses two stores
+        windows = 60 - 12  # per store, the latest 10 (0.2) of them validating
+        assert (len(d.x_train), len(d.x_val)) == (3 * (windows - 10), 3 * 10)
+        assert d.schema.transform["series"] == 3 and d.schema.transform["series_left_out"] == 1
+        with pytest.raises(DataError, match="share their time .*data.params.series_column"):
+            build("csv_series", **spec, window=12)
+        pd.concat(stores).assign(store=None).to_csv(path, index=False)
+        with pytest.raises(DataError, match="180 rows have no 'store'"):
+            build("csv_series", **spec, series_column="store", window=12)
 
     def test_csv_series_of_whole_numbers_then_decimals(self, tmp_path):
         """Sales counted in units for years, then in fractions: past pyarrow's first block

@@ -210,6 +210,21 @@ def test_past_validation_users_both_paths_validate_one_sample_and_train_on_the_s
     assert set(data.build(other_seed, "recommendation").x_val[:, 0]) != set(whole.x_val[:, 0])
 
 
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_csv_of_iso_dates_orders_histories_by_them_on_both_paths(tmp_path):
+    """`2020-03-01` is what most exports write, and pyarrow reads it as a date (date32), not
+    text: both paths failed on it (`dt.tz is not supported for date32`)."""
+    frame = write_shuffled_shards(tmp_path / "numbers")
+    day = pd.Timestamp("2020-01-01") + pd.to_timedelta(frame["time"].rank(method="dense"), "D")
+    (tmp_path / "dates").mkdir()
+    frame.assign(time=day.dt.strftime("%Y-%m-%d")).to_csv(tmp_path / "dates/e.csv", index=False)
+    by_number = build_interactions(tmp_path / "numbers", streaming=False)
+    for streaming in (False, True):
+        by_date = build_interactions(tmp_path / "dates", streaming=streaming)
+        y_val = by_date.extras["y_val"] if streaming else by_date.y_val
+        np.testing.assert_array_equal(y_val, by_number.y_val)
+
+
 def _sorted_rows(a: np.ndarray) -> np.ndarray:
     return a[np.lexsort(a.T[::-1])]
 

@@ -10,11 +10,13 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import psutil
+import pyarrow as pa
 import pytest
 
 from kiln import data, preprocess
@@ -616,6 +618,10 @@ def test_a_time_column_orders_by_what_it_writes():
     assert european.tolist() == [1606780800.0, 1578873600.0]
     offsets = time_order(pd.Series(["2020-03-01T10:00:00+02:00", "2020-03-01T09:00:00Z"]), "t")
     assert offsets.tolist() == [1583049600.0, 1583053200.0]
+    dates = pd.Series(
+        pa.array([date(2020, 12, 1), date(2020, 3, 1)]), dtype=pd.ArrowDtype(pa.date32())
+    )
+    assert time_order(dates, "t").tolist() == [1606780800.0, 1583020800.0]  # pyarrow's ISO dates
     with pytest.raises(DataError, match="t is not dates or numbers"):
         time_order(pd.Series(["soon", "later"]), "t")
 

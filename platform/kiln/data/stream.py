@@ -109,9 +109,10 @@ def time_order(values: pd.Series, what: str) -> np.ndarray:
 
 
 def _unix_seconds(times: pd.Series) -> np.ndarray:
-    if getattr(times.dt, "tz", None) is not None:
-        times = times.dt.tz_convert(None)
-    return times.to_numpy("datetime64[ns]").astype(np.int64) / 1e9
+    """Seconds of any date or time type, numpy's or pyarrow's (which reads a CSV's ISO dates,
+    `2015-01-31`, as date32: no `.dt.tz`); a time without a zone is taken as UTC."""
+    utc = pd.to_datetime(times, utc=True).dt.tz_convert(None)
+    return utc.to_numpy("datetime64[ns]").astype(np.int64) / 1e9
 
 
 def present_labels(frame: pd.DataFrame, column: str) -> np.ndarray:
