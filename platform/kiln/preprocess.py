@@ -64,6 +64,13 @@ def table_columns(transform: dict[str, Any]) -> list[tuple[str, str]]:
     return [(n, "FP32") for n in numbers] + [(n, "BYTES") for n in transform["categories"]]
 
 
+def input_columns(transform: dict[str, Any]) -> list[str]:
+    """The named raw columns a model takes, in order (a table's numbers, then its texts),
+    or none where its input is not named columns (pixels, tokens, a series)."""
+    numbers = transform.get("standardize", {}).get("features", [])
+    return [*numbers, *transform.get("categories", {})]
+
+
 def table_rows(transform: dict[str, Any], columns: dict[str, Any]) -> np.ndarray:
     """A table's raw columns (by name; numbers, texts) as model inputs (N, width): the
     numbers standardised (a missing one: its training mean), then each text column one-hot

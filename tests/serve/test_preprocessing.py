@@ -86,6 +86,7 @@ def test_missing_features_are_filled_with_the_training_mean(raw_serving, raw_inp
     client.close()
     notes = httpx.get(url).json()["parameters"]
     assert notes["missing_values"] == "null or NaN: the feature's training mean"
+    assert notes["features"] == list(load_breast_cancer().feature_names)  # which goes where
 
 
 def test_raw_text_gets_the_offline_models_labels(raw_serving, raw_input_models):

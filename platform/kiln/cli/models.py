@@ -39,6 +39,7 @@ def show(
     json_output: bool = JSON,
 ) -> None:
     """The model card of one version: model, data, metrics, lineage, files."""
+    from kiln import preprocess
     from kiln.registry import ModelRegistry
 
     registry = ModelRegistry.open()
@@ -67,6 +68,8 @@ def show(
     table.add_row("task", card["task"])
     table.add_row("model", f"{model} {card['model']['params'] or ''}")
     table.add_row("input", f"{card['inputs'][0]['datatype']} {card['inputs'][0]['shape']}")
+    if columns := preprocess.input_columns(card["schema"].get("transform") or {}):
+        table.add_row("features", ", ".join(columns))
     table.add_row("output", f"{card['outputs'][0]['datatype']} {card['outputs'][0]['shape']}")
     for key, value in sorted(metrics["best"].items()):
         if key.startswith("val_") or key == "epoch":

@@ -68,6 +68,8 @@ class Predictor:
             self.inputs = [TensorMetadata(name=n, datatype=d, shape=[-1]) for n, d in self.columns]
             self.value_bounds = [None] * len(self.inputs)
             self.notes["inputs"] = "all"
+        elif names := preprocess.input_columns(self.transform):
+            self.notes["features"] = names  # the input's last axis: which column goes where
         # A table's features may be missing (null, NaN): filled as the training rows were
         # (kiln.preprocess).
         self.missing_ok = bool(self.columns) or "standardize" in self.transform
