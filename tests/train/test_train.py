@@ -315,6 +315,28 @@ def test_a_trainer_has_its_workers_reports_polled_often(ray_cluster, monkeypatch
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5"
 
 
+def test_kill_stops_a_run_as_ctrl_c_does(fresh_home):
+    """SIGTERM (`kill`, `timeout`, `ray job stop`, Kubernetes): Ray's driver handler exited
+    at once after a stack dump from Ray's core ('*** SIGTERM received ...'), with no word of
+    the run or how to continue it."""
+    command = [
+        *(sys.executable, "-m", "kiln", "train", str(ROOT / "jobs/digits-mlp.yaml")),
+        *("--set", "train.epochs=30", "--set", "train.early_stopping=null"),
+        *("--set", "register.name=killed"),
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = start_in_foreground(command, env)
+    assert driver.stdout is not None
+    for line in driver.stdout:
+        if line.startswith("epoch   2/"):
+            break
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr[-2000:]
+    assert re.search(r"run (\S+) stopped after epoch \d+; nothing registered", stderr)
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr
+
+
 def test_ctrl_c_stops_a_run_that_then_resumes_from_its_checkpoint(fresh_home):
     command = [
         *(sys.executable, "-m", "kiln", "train", str(ROOT / "jobs/digits-mlp.yaml")),

@@ -4,6 +4,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator, Sequence
@@ -58,7 +59,23 @@ def connect(
         raise ClusterError(
             f"could not join the Ray cluster at {address}: {e}{TOKEN_HINT}"
         ) from None
+    _stop_on_sigterm()
     return starts_one
+
+
+def _stop_on_sigterm() -> None:
+    """`kill`, `timeout`, `ray job stop` and Kubernetes stop a command as Ctrl-C does: a run
+    is aborted and says how to continue it, a search stops as Tune stops on Ctrl-C. Ray's
+    driver handler exits at once, after a stack dump from Ray's core that reads as a crash."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _as_ctrl_c)
+
+
+def _as_ctrl_c(signum: int, frame: Any) -> None:
+    handler = signal.getsignal(signal.SIGINT)  # Tune's while a search runs
+    if not callable(handler):  # ignored (a background job of a script), or the OS default
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
 
 
 @contextlib.contextmanager

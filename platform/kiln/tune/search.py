@@ -110,7 +110,8 @@ def run_search(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # A failed trial is one line of SearchView's, not Tune's traceback (kept in its error.txt).
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
-    logging.getLogger("ray.tune.tune").addFilter(_kiln_says_how_to_resume)
+    for logger in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        logging.getLogger(logger).addFilter(_kiln_says_it)
     grid = tuner.fit()
     return _finish(spec, grid, name, path, storage, dataset)
 
@@ -250,13 +251,18 @@ def _stopped(name: str, unfinished: int, results: str) -> Interrupted:
     )
 
 
-def _kiln_says_how_to_resume(record: logging.LogRecord) -> bool:
-    """Tune's lines on a search it ended early name its Python API (Tuner.restore); Kiln's
-    error names `kiln tune --resume` instead."""
-    return not record.getMessage().startswith(TUNE_INTERRUPTED)
+def _kiln_says_it(record: logging.LogRecord) -> bool:
+    """Tune's lines on a search it ended early name its Python API (Tuner.restore), and a
+    trial stopped or failed before its first epoch is a warning with a FileNotFoundError:
+    Kiln's error names `kiln tune --resume` and counts the trials unfinished or failed."""
+    return not record.getMessage().startswith(TUNE_LINES_KILN_SAYS)
 
 
-TUNE_INTERRUPTED = ("Experiment has been interrupted", "Trials did not complete")
+TUNE_LINES_KILN_SAYS = (
+    "Experiment has been interrupted",
+    "Trials did not complete",
+    "Failed to fetch metrics",
+)
 
 
 def _finish(
