@@ -319,29 +319,18 @@ def test_kill_stops_a_run_as_ctrl_c_does(fresh_home):
     """SIGTERM (`kill`, `timeout`, `ray job stop`, Kubernetes): Ray's driver handler exited
     at once after a stack dump from Ray's core ('*** SIGTERM received ...'), with no word of
     the run or how to continue it."""
-    command = [
-        *(sys.executable, "-m", "kiln", "train", str(ROOT / "jobs/digits-mlp.yaml")),
-        *("--set", "train.epochs=30", "--set", "train.early_stopping=null"),
-        *("--set", "register.name=killed"),
-    ]
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    driver = start_in_foreground(command, env)
-    assert driver.stdout is not None
-    for line in driver.stdout:
-        if line.startswith("epoch   2/"):
-            break
-    driver.send_signal(signal.SIGTERM)
-    _, stderr = driver.communicate(timeout=120)
-    assert driver.returncode == 130, stderr[-2000:]
+    _, stderr, _ = _stopped_at_epoch_2("killed", signal.SIGTERM)
     assert re.search(r"run (\S+) stopped after epoch \d+; nothing registered", stderr)
     assert "SIGTERM received" not in stderr and "Traceback" not in stderr
 
 
-def test_ctrl_c_stops_a_run_that_then_resumes_from_its_checkpoint(fresh_home):
+def _stopped_at_epoch_2(name: str, stop: int) -> tuple[list[str], str, dict[str, str]]:
+    """`kiln train` of 30 digits-mlp epochs, sent `stop` after its second: (command, its
+    stderr, env); it exited 130."""
     command = [
         *(sys.executable, "-m", "kiln", "train", str(ROOT / "jobs/digits-mlp.yaml")),
         *("--set", "train.epochs=30", "--set", "train.early_stopping=null"),
-        *("--set", "register.name=interrupted"),
+        *("--set", f"register.name={name}"),
     ]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     driver = start_in_foreground(command, env)
@@ -349,9 +338,14 @@ def test_ctrl_c_stops_a_run_that_then_resumes_from_its_checkpoint(fresh_home):
     for line in driver.stdout:
         if line.startswith("epoch   2/"):
             break
-    driver.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C
+    driver.send_signal(stop)
     _, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr[-2000:]
+    return command, stderr, env
+
+
+def test_ctrl_c_stops_a_run_that_then_resumes_from_its_checkpoint(fresh_home):
+    command, stderr, env = _stopped_at_epoch_2("interrupted", signal.SIGINT)  # a Ctrl-C
     stopped = re.search(r"run (\S+) stopped after epoch \d+; nothing registered", stderr)
     assert stopped and f"--run-name {stopped[1]}" in stderr and "Traceback" not in stderr
     assert ModelRegistry.open().versions("interrupted") == []
