@@ -127,6 +127,29 @@ def test_embedded_redis_persists_across_restarts(tmp_path):
     server.stop()
 
 
+def test_an_embedded_redis_that_outlives_its_starter_leaves_its_output_alone(tmp_path):
+    """`out=$(kiln serve up --detach)` or `| tee` reads until every holder of the pipe has
+    gone: the Redis that the command leaves running held its stderr, and the caller hung."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    port = free_port()
+    start = (
+        "from pathlib import Path; from kiln.features import EmbeddedRedis; "
+        f"EmbeddedRedis(Path({str(tmp_path)!r}), {port}).start()"
+    )
+    env = {"PYTHONPATH": str(ROOT / "platform"), "PATH": ""}
+    try:
+        started = subprocess.run(
+            [sys.executable, "-c", start], capture_output=True, timeout=30, env=env
+        )
+        assert started.returncode == 0, started.stderr
+    finally:
+        EmbeddedRedis(tmp_path, port).stop()
+
+
 def test_a_password_protected_redis_by_url(tmp_path):
     import subprocess
 

@@ -25,9 +25,11 @@ def load(
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write users' recent histories into Redis, in pipelined batches; idempotent."""
+    from kiln.cluster.connect import connect as connect_ray
     from kiln.features import FeatureStore, connect, redis_for_kiln
     from kiln.features.materialize import interactions_for, recent_histories, write_histories
 
+    connect_ray(dashboard=False)  # files are read through Ray Data, as in training
     history_len, frame = interactions_for(model, path)
     histories = recent_histories(frame, history_len)
     with redis_for_kiln() as url:

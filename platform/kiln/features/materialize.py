@@ -14,8 +14,9 @@ BATCH = 1000  # users per pipelined round trip
 
 
 def interactions_for(model: str, path: Path | None = None) -> tuple[int, Any]:
-    """The model's history length, and the interactions: the file, else the data the model
-    was trained on (its registered spec: a file or the synthetic generator)."""
+    """The model's history length, and the interactions: the file (read with the columns
+    and CSV dialect the model was trained with), else the data the model was trained on
+    (its registered spec: a file or the synthetic generator)."""
     import yaml
 
     from kiln.data.interactions import Synthetic, read_interactions, synthetic_interactions
@@ -27,14 +28,12 @@ def interactions_for(model: str, path: Path | None = None) -> tuple[int, Any]:
     version = registry.resolve(model)
     card = registry.read_json(version, "model.json")
     history_len = int(card["schema"]["transform"]["history_len"])
-    if path is not None:
-        return history_len, read_interactions(str(path), None, None, None)
     spec = parse_spec(yaml.safe_load(registry.read(version, "spec.yaml")), version.ref)
     params = spec.data.params
-    if source := spec.data.path or params.get("path"):
-        user, item, time = (params.get(f"{c}_column") for c in ("user", "item", "time"))
-        csv = CsvDialect.model_validate(params.get("csv", {}))
-        return history_len, read_interactions(source, user, item, time, csv)
+    user, item, time = (params.get(f"{c}_column") for c in ("user", "item", "time"))
+    csv = CsvDialect.model_validate(params.get("csv", {}))
+    if source := path or spec.data.path or params.get("path"):
+        return history_len, read_interactions(str(source), user, item, time, csv)
     synthetic = Synthetic.model_validate(params.get("synthetic", {}))
     return history_len, synthetic_interactions(synthetic, spec.data.seed)
 

@@ -96,7 +96,16 @@ class EmbeddedRedis:
             "--protected-mode",
             "yes",
         ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
+        # It outlives `kiln serve --detach`: holding that command's stdout or stderr would keep
+        # a caller reading them (`$(kiln serve up ...)`, a pipe) waiting for ever. It logs to
+        # redis.log.
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 10
         while not self.running():
             if self.process.poll() is not None or time.monotonic() > deadline:
