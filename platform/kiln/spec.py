@@ -45,6 +45,12 @@ class DataSpec(Strict):
         None, description="your file (CSV/Parquet, local or s3://), for datasets that read one"
     )
     params: dict[str, Any] = Field(default_factory=dict, description="the dataset's parameters")
+    val_path: str | None = Field(
+        None,
+        description="your own validation files, for datasets that read files and split them "
+        "(table, text_csv, image_folder): every row of data.path trains, every row here "
+        "validates, and val_fraction is not used",
+    )
     val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, description="seed of the train/validation split")
     streaming: bool | Literal["auto"] = Field(

@@ -39,8 +39,10 @@ def digit_folder(tmp_path_factory) -> Path:
     return root
 
 
-def build(path, streaming="auto", **params):
-    spec = DataSpec(name="image_folder", path=str(path), params=params, streaming=streaming)
+def build(path, streaming="auto", val_path=None, **params):
+    spec = DataSpec(
+        name="image_folder", path=str(path), val_path=val_path, params=params, streaming=streaming
+    )
     data.check(spec)
     return data.build(spec, "classification")
 
@@ -60,6 +62,22 @@ def test_streamed_and_in_memory_images_are_the_same_tensors(digit_folder):
     )
     pixels = whole.x_train * (np.array(rule["std"]) + 1e-6) + np.array(rule["mean"])
     assert abs(pixels.mean() - rule["mean"][0]) < 1  # normalised by the training pixels
+
+
+def test_a_folder_of_validation_images_validates_every_image_on_both_paths(digit_folder, tmp_path):
+    """A train/ and a val/ folder, as many image sets come: `data.val_path` is the second."""
+    val = tmp_path / "val"
+    for label in "0123456789":
+        (val / label).mkdir(parents=True)
+        for image in sorted((digit_folder / label).iterdir())[:10]:
+            (val / label / image.name).write_bytes(image.read_bytes())
+    for streaming in (False, True):
+        d = build(digit_folder, streaming, val_path=str(val), size=8, channels=1)
+        if streaming:
+            assert d.train_rows == 1797 and d.datasets["val"].count() == 100
+        else:
+            assert (len(d.y_train), len(d.y_val)) == (1797, 100)
+            assert sorted(np.bincount(d.y_val)) == [10] * 10
 
 
 def test_a_manifest_names_images_anywhere(digit_folder, tmp_path):

@@ -299,9 +299,13 @@ def test_streamed_text_trains_and_registers_its_vocabulary(tmp_path, fresh_home)
 # --- bad input: one line naming the file, before any worker starts ---------------------------
 
 
-def build(path: Path | str, streaming: bool | str = "auto", **params):
+def build(path: Path | str, streaming: bool | str = "auto", val_path=None, **params):
     spec = DataSpec(
-        name="table", path=str(path), streaming=streaming, params={"label": "label", **params}
+        name="table",
+        path=str(path),
+        val_path=val_path,
+        streaming=streaming,
+        params={"label": "label", **params},
     )
     data.check(spec)
     return data.build(spec, "classification")
@@ -500,6 +504,34 @@ def people_csv(path: Path, rows: int = 600) -> pd.DataFrame:
     frame.loc[3, "age"] = np.inf
     frame.to_csv(path, index=False)  # NaN: an empty cell
     return frame
+
+
+def test_own_validation_files_validate_every_row_on_both_paths(tmp_path):
+    """`data.val_path`: a fixed validation set (a benchmark's, a later month's) instead of a
+    share of data.path; preprocessing is fitted on data.path alone."""
+    people(600, seed=0).to_csv(tmp_path / "train.csv", index=False)
+    people(200, seed=1).to_csv(tmp_path / "val.csv", index=False)
+    own = {"val_path": str(tmp_path / "val.csv")}
+    whole = build(tmp_path / "train.csv", streaming=False, **own)
+    streamed = build(tmp_path / "train.csv", streaming=True, **own)
+    assert (len(whole.y_train), len(whole.y_val)) == (600, 200)
+    assert streamed.train_rows == 600 and streamed.datasets["val"].count() == 200
+    assert streamed.schema == whole.schema  # fitted on the same rows: all of train.csv
+    split = build(tmp_path / "train.csv", streaming=False)
+    assert split.schema.transform != whole.schema.transform  # a share of it, before
+
+    people(50, seed=2).drop(columns="city").to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(DataError, match=r"other.csv has no column 'city'"):
+        build(tmp_path / "train.csv", val_path=str(tmp_path / "other.csv"))
+    with pytest.raises(DataError, match="file not found") as missing:
+        build(tmp_path / "train.csv", val_path=str(tmp_path / "nothing.csv"))
+    assert missing.value.field == "data.val_path"
+    pd.DataFrame(columns=people(1, seed=0).columns).to_csv(tmp_path / "empty.csv", index=False)
+    for streaming in (False, True):
+        with pytest.raises(DataError, match="empty.csv has no rows|no validation rows"):
+            build(tmp_path / "train.csv", streaming, val_path=str(tmp_path / "empty.csv"))
+    with pytest.raises(DataError, match="digits takes no validation files; .*image_folder"):
+        data.check(DataSpec(name="digits", val_path=str(tmp_path / "val.csv")))
 
 
 def test_missing_values_are_the_training_mean_on_both_paths(tmp_path):

@@ -90,8 +90,9 @@ def build_submission(
     spec_path = inside(working_dir, spec_file, "the job spec")
     for extended in spec_files(spec_file)[1:]:
         inside(working_dir, extended, "a file it extends")
-    if spec.data.path and "://" not in spec.data.path:
-        inside(working_dir, Path(spec.data.path), "data.path")
+    for name, path in (("data.path", spec.data.path), ("data.val_path", spec.data.val_path)):
+        if path and "://" not in path:
+            inside(working_dir, Path(path), name)
     submission_id = new_submission_id(spec.name)
     return Submission(
         submission_id=submission_id,

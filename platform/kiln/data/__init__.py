@@ -40,6 +40,7 @@ class DataSpec(Protocol):
 
     name: str
     path: str | None
+    val_path: str | None
     params: dict[str, Any]
     val_fraction: float
     seed: int
@@ -59,6 +60,8 @@ def check(spec: DataSpec) -> None:
             f"dataset {spec.name} is read in memory; datasets that stream: {known}",
             field="data.streaming",
         )
+    if spec.val_path is not None:
+        _check_val_path(spec.name, spec.val_path)
     takes_path = DATASETS.accepts(spec.name, "path")
     if spec.path is None:
         if takes_path is not None and takes_path.default is inspect.Parameter.empty:
@@ -70,6 +73,19 @@ def check(spec: DataSpec) -> None:
         check_exists(spec.path)
     except DataError as e:
         raise DataError(str(e), field="data.path") from None
+
+
+def _check_val_path(name: str, val_path: str) -> None:
+    if DATASETS.accepts(name, "val_path") is None:
+        known = ", ".join(n for n in DATASETS.names() if DATASETS.accepts(n, "val_path"))
+        raise DataError(
+            f"dataset {name} takes no validation files; datasets that do: {known}",
+            field="data.val_path",
+        )
+    try:
+        check_exists(val_path)
+    except DataError as e:
+        raise DataError(str(e), field="data.val_path") from None
 
 
 def streams(name: str) -> bool:
@@ -87,6 +103,8 @@ def build(spec: DataSpec, task: str) -> Dataset | StreamedDataset:
     params = DATASETS.validate_params(spec.name, spec.params)
     if spec.path is not None:
         params["path"] = spec.path
+    if spec.val_path is not None:
+        params["val_path"] = spec.val_path
     if streams(spec.name):
         params["streaming"] = spec.streaming
     return builder(task, spec.val_fraction, spec.seed, **params)

@@ -34,7 +34,9 @@ class Dataset:
         return digest.hexdigest()
 
 
-DATASETS: Builders[Callable[..., Any]] = Builders("dataset", reserved=("path", "streaming"))
+DATASETS: Builders[Callable[..., Any]] = Builders(
+    "dataset", reserved=("path", "streaming", "val_path")
+)
 
 
 def shuffled_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

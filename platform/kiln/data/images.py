@@ -236,6 +236,7 @@ def image_folder(
     size: Size = (32, 32),
     channels: Literal[1, 3] = 3,
     streaming: bool | Literal["auto"] = "auto",
+    val_path: str | None = None,
 ) -> Dataset | StreamedDataset:
     """Your own images: a folder per class, or a CSV manifest `path,label`. Each is decoded,
     converted to `channels` (1: grey, 3: RGB) and resized to `size` (height, width; one
@@ -244,6 +245,8 @@ def image_folder(
     require_task("image_folder", task, ("classification",))
     files = ImageFiles.open(path)
     layout = ImageLayout((int(size[0]), int(size[1])), int(channels))
-    if should_stream(streaming, files.bytes):
-        return stream(files, layout, val_fraction, seed, key="file")
-    return in_memory(files.frame(), layout, val_fraction, seed, "file", path)
+    val = ImageFiles.open(val_path) if val_path else None
+    if should_stream(streaming, files.bytes + (val.bytes if val else 0)):
+        return stream(files, layout, val_fraction, seed, "file", val)
+    val_frame = val.frame() if val else None
+    return in_memory(files.frame(), layout, val_fraction, seed, "file", path, val_frame)

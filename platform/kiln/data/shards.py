@@ -198,6 +198,15 @@ class Shards:
 
         return re.sub(r"CSV column #(\d+)", name, message)
 
+    def validation(self, val_path: str | None, columns: list[str]) -> "Shards | None":
+        """The user's own validation files (`data.val_path`), read as these are (dialect,
+        numbers read as floats) and holding `columns`; None without them."""
+        if val_path is None:
+            return None
+        val = Shards.open(val_path, self.dialect)
+        val.require(columns)
+        return val.reading_floats(list(self.floats))
+
     def require(self, columns: list[str]) -> None:
         if missing := [c for c in columns if c not in self.schema.names]:
             names = self.schema.names

@@ -225,24 +225,41 @@ def should_stream(streaming: bool | Literal["auto"], size_bytes: int) -> bool:
 
 
 def stream(
-    source: Source, layout: Layout, val_fraction: float, seed: int, key: str | None = None
+    source: Source,
+    layout: Layout,
+    val_fraction: float,
+    seed: int,
+    key: str | None = None,
+    val_source: Source | None = None,
 ) -> StreamedDataset:
-    """A streamed dataset, its preprocessing fitted on the training rows in one pass."""
+    """A streamed dataset, its preprocessing fitted on the training rows in one pass. With a
+    `val_source` (the user's own validation files), every row of `source` trains and every
+    row of `val_source` validates."""
     import ray.data
 
     quiet_ray_data()
+    if val_source is not None:
+        val_fraction, key = 0.0, None  # every row of `source` trains
 
     def part(name: str):
-        return source.dataset(columns_read(layout, key)).map_batches(
+        rows, fraction = (val_source, 1.0) if name == "val" and val_source else (source, None)
+        return rows.dataset(columns_read(layout, key)).map_batches(
             rows_of,
-            fn_kwargs={"part": name, "val_fraction": val_fraction, "seed": seed, "key": key},
+            fn_kwargs={
+                "part": name,
+                "val_fraction": val_fraction if fraction is None else fraction,
+                "seed": seed,
+                "key": key,
+            },
             batch_format="pandas",
             batch_size=None,  # whole blocks: per-batch overhead is Ray Data's largest cost
         )
 
     raw = source.dataset(columns_read(layout, key))
     split = {"val_fraction": val_fraction, "seed": seed, "key": key}
-    layout, train_rows, sample = fit(raw, layout, split, source.explain)
+    layout, train_rows, sample = fit(raw, layout, split, source.explain, val_source is None)
+    if val_source is not None:
+        _require_rows(part("val"), val_source)
     tensors = {"batch_format": "pandas", "batch_size": None, "fn_kwargs": {"layout": layout}}
     datasets: dict[str, ray.data.Dataset] = {
         name: part(name).map_batches(_tensors, **tensors) for name in ("train", "val")
@@ -251,23 +268,50 @@ def stream(
         # Ray Data's default blocks of up to 128 MiB reach a worker two or three an epoch:
         # smaller ones keep reading, transforming and training overlapped.
         dataset.context.target_max_block_size = BLOCK_BYTES
-    digest = hashlib.sha256(
-        f"{source.fingerprint}|{layout.columns}|{val_fraction}|{seed}|{key}".encode()
-    )
+    validation = val_source.fingerprint if val_source else f"{val_fraction}|{seed}|{key}"
+    digest = hashlib.sha256(f"{source.fingerprint}|{layout.columns}|{validation}".encode())
     sample_x = layout.tensors(sample)["x"]
     schema = layout.schema()
     return StreamedDataset(schema, train_rows, digest.hexdigest(), datasets, sample_x=sample_x)
 
 
+def _require_rows(val: Any, val_source: Source) -> None:
+    """The user's validation files hold rows: counted once, before any worker starts (an
+    epoch would otherwise validate on none)."""
+    try:
+        rows = val.count()
+    except Exception as e:  # Ray Data wraps reader errors in its own types
+        why = val_source.explain(e)
+        raise DataError(
+            why if kiln_error_in(e) else f"cannot read the validation rows: {why}"
+        ) from None
+    if rows == 0:
+        raise DataError("no validation rows: the files of data.val_path hold none")
+
+
 def in_memory(
-    frame: pd.DataFrame, layout: Layout, val_fraction: float, seed: int, key: str | None, path: str
+    frame: pd.DataFrame,
+    layout: Layout,
+    val_fraction: float,
+    seed: int,
+    key: str | None,
+    path: str,
+    val_frame: pd.DataFrame | None = None,
 ) -> Dataset:
     """The same split, fit and tensors as `stream`, on a table read whole (its columns:
-    `columns_read`)."""
-    val = in_validation(frame[columns_read(layout, key)], val_fraction, seed, key)
-    train_rows, val_rows = frame[~val], frame[val]
-    if train_rows.empty or val_rows.empty:
-        raise DataError(f"{path}: {too_few_to_split(len(frame), val_fraction, key)}")
+    `columns_read`); with a `val_frame` (the user's validation files), every row of `frame`
+    trains and every row of `val_frame` validates."""
+    if val_frame is None:
+        val = in_validation(frame[columns_read(layout, key)], val_fraction, seed, key)
+        train_rows, val_rows = frame[~val], frame[val]
+        if train_rows.empty or val_rows.empty:
+            raise DataError(f"{path}: {too_few_to_split(len(frame), val_fraction, key)}")
+    elif frame.empty or val_frame.empty:
+        raise DataError(
+            f"no {'training' if frame.empty else 'validation'} rows: its files are empty"
+        )
+    else:
+        train_rows, val_rows = frame, val_frame
     one_block = {name: value[0] for name, value in _summary(train_rows, layout).items()}
     layout = layout.fitted([one_block])  # as `fit` merges the rows Ray Data takes
     a, b = layout.tensors(train_rows), layout.tensors(val_rows)
@@ -305,6 +349,7 @@ def fit(
     layout: Layout,
     split: dict[str, Any],
     explain: Callable[[Exception], str] | None = None,
+    validates: bool = True,
 ) -> tuple[Layout, int, pd.DataFrame]:
     """One pass over the rows: each block is split (`split`: `in_validation`'s arguments),
     its training rows summarised where they are read (by the layout: counts, sums, labels,
@@ -318,7 +363,8 @@ def fit(
     the lowest of those (bottom-k sampling), so the sample spans every shard, where the first
     rows read would be one shard's, and the driver holds one sample at a time, not one per
     block.
-    `explain`: a failed read in one line (the source's `explain`)."""
+    `explain`: a failed read in one line (the source's `explain`). `validates`: whether
+    the split must leave validation rows (not where the user's own files validate)."""
     summaries = raw.map_batches(
         _summary,
         fn_kwargs={"layout": layout, "split": split},
@@ -342,7 +388,7 @@ def fit(
     rows = sum(int(part["rows"]) for part in parts)
     if rows == 0:
         raise DataError("no training rows: the data are empty or val_fraction takes them all")
-    if sum(int(part.pop("val_rows")) for part in parts) == 0:
+    if sum(int(part.pop("val_rows")) for part in parts) == 0 and validates:
         why = too_few_to_split(rows, split["val_fraction"], split["key"])
         raise DataError(f"no validation rows: {why}")
     fitted = layout.fitted([p for p in parts if int(p["rows"])])

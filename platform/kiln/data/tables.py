@@ -185,6 +185,7 @@ def table(
     split_key: str | None = None,
     streaming: bool | Literal["auto"] = "auto",
     max_categories: PositiveInt = 64,
+    val_path: str | None = None,
 ) -> Dataset | StreamedDataset:
     """Your own CSV or Parquet table (a file, a folder of part files or a glob). `features`
     defaults to every other column of numbers (decimals too) or text. A missing (or infinite)
@@ -200,10 +201,12 @@ def table(
     shards = Shards.open(path, csv)
     layout = _layout(shards, task, label, features, image_shape, split_key, max_categories)
     shards = shards.reading_floats(layout.numbers)
-    if should_stream(streaming, shards.bytes):
-        return stream(shards, layout, val_fraction, seed, split_key)
+    val = shards.validation(val_path, layout.columns)
+    if should_stream(streaming, shards.bytes + (val.bytes if val else 0)):
+        return stream(shards, layout, val_fraction, seed, split_key, val)
     frame = read_table(shards, columns=columns_read(layout, split_key))
-    data = in_memory(frame, layout, val_fraction, seed, split_key, path)
+    val_frame = read_table(val, columns=layout.columns) if val else None
+    data = in_memory(frame, layout, val_fraction, seed, split_key, path, val_frame)
     if task == "regression":
         data.baselines = mean_baseline(data.y_val, data.schema.target_scale)
     return data

@@ -94,6 +94,7 @@ def text_csv(
     split_key: str | None = None,
     streaming: bool | Literal["auto"] = "auto",
     csv: CsvDialect = CsvDialect(),
+    val_path: str | None = None,
 ) -> Dataset | StreamedDataset:
     """Validation rows are chosen by a seeded hash of the row (or of the `split_key` column);
     larger files stream."""
@@ -101,10 +102,12 @@ def text_csv(
     shards = Shards.open(path, csv)
     shards.require([text_column, label_column, *([split_key] if split_key else [])])
     layout = TextLayout(text_column, label_column, max_len, max_vocab)
-    if should_stream(streaming, shards.bytes):
-        return stream(shards, layout, val_fraction, seed, split_key)
+    val = shards.validation(val_path, layout.columns)
+    if should_stream(streaming, shards.bytes + (val.bytes if val else 0)):
+        return stream(shards, layout, val_fraction, seed, split_key, val)
     frame = read_table(shards, columns=columns_read(layout, split_key))
-    return in_memory(frame, layout, val_fraction, seed, split_key, path)
+    val_frame = read_table(val, columns=layout.columns) if val else None
+    return in_memory(frame, layout, val_fraction, seed, split_key, path, val_frame)
 
 
 def build_vocab(counts: Counter[str], max_vocab: int) -> dict[str, int]:
