@@ -29,8 +29,8 @@ def load(
     from kiln.features import FeatureStore, connect, redis_for_kiln
     from kiln.features.materialize import interactions_for, recent_histories, write_histories
 
-    connect_ray(dashboard=False)  # files are read through Ray Data, as in training
-    history_len, frame = interactions_for(model, path)
+    # files are read through Ray Data, as in training; generated data need no Ray
+    history_len, frame = interactions_for(model, path, lambda: connect_ray(dashboard=False))
     histories = recent_histories(frame, history_len)
     with redis_for_kiln() as url:
         store = FeatureStore(connect(url, timeout_s=10), history_len, namespace)

@@ -13,10 +13,13 @@ from kiln.features.store import FeatureStore
 BATCH = 1000  # users per pipelined round trip
 
 
-def interactions_for(model: str, path: Path | None = None) -> tuple[int, Any]:
+def interactions_for(
+    model: str, path: Path | None = None, before_reading: Callable[[], object] = lambda: None
+) -> tuple[int, Any]:
     """The model's history length, and the interactions: the file (read with the columns
     and CSV dialect the model was trained with), else the data the model was trained on
-    (its registered spec: a file or the synthetic generator)."""
+    (its registered spec: a file or the synthetic generator). `before_reading` runs before
+    a file is read (through Ray Data): the CLI starts Ray there, not for generated data."""
     import yaml
 
     from kiln.data.interactions import Synthetic, read_interactions, synthetic_interactions
@@ -33,6 +36,7 @@ def interactions_for(model: str, path: Path | None = None) -> tuple[int, Any]:
     user, item, time = (params.get(f"{c}_column") for c in ("user", "item", "time"))
     csv = CsvDialect.model_validate(params.get("csv", {}))
     if source := path or spec.data.path or params.get("path"):
+        before_reading()
         return history_len, read_interactions(str(source), user, item, time, csv)
     synthetic = Synthetic.model_validate(params.get("synthetic", {}))
     return history_len, synthetic_interactions(synthetic, spec.data.seed)
