@@ -239,24 +239,26 @@ def stream(
 
     quiet_ray_data()
     if val_source is not None:
-        val_fraction, key = 0.0, None  # every row of `source` trains
+        key = None
+    sources = {"train": source, "val": val_source or source}
+    # with the user's own validation files, every row of `source` trains and every row of
+    # theirs validates; else each part is its side of the hashed split
+    fractions = {"train": 0.0, "val": 1.0} if val_source else dict.fromkeys(sources, val_fraction)
 
     def part(name: str):
-        rows, fraction = (val_source, 1.0) if name == "val" and val_source else (source, None)
-        return rows.dataset(columns_read(layout, key)).map_batches(
-            rows_of,
-            fn_kwargs={
-                "part": name,
-                "val_fraction": val_fraction if fraction is None else fraction,
-                "seed": seed,
-                "key": key,
-            },
-            batch_format="pandas",
-            batch_size=None,  # whole blocks: per-batch overhead is Ray Data's largest cost
+        return (
+            sources[name]
+            .dataset(columns_read(layout, key))
+            .map_batches(
+                rows_of,
+                fn_kwargs={"part": name, "val_fraction": fractions[name], "seed": seed, "key": key},
+                batch_format="pandas",
+                batch_size=None,  # whole blocks: per-batch overhead is Ray Data's largest cost
+            )
         )
 
     raw = source.dataset(columns_read(layout, key))
-    split = {"val_fraction": val_fraction, "seed": seed, "key": key}
+    split = {"val_fraction": fractions["train"], "seed": seed, "key": key}
     layout, train_rows, sample = fit(raw, layout, split, source.explain, val_source is None)
     if val_source is not None:
         _require_rows(part("val"), val_source)
@@ -306,11 +308,7 @@ def in_memory(
         train_rows, val_rows = frame[~val], frame[val]
         if train_rows.empty or val_rows.empty:
             raise DataError(f"{path}: {too_few_to_split(len(frame), val_fraction, key)}")
-    elif frame.empty or val_frame.empty:
-        raise DataError(
-            f"no {'training' if frame.empty else 'validation'} rows: its files are empty"
-        )
-    else:
+    else:  # each holds rows: read_table and ImageFiles.open refuse empty files
         train_rows, val_rows = frame, val_frame
     one_block = {name: value[0] for name, value in _summary(train_rows, layout).items()}
     layout = layout.fitted([one_block])  # as `fit` merges the rows Ray Data takes
