@@ -123,12 +123,12 @@ def fresh_home(tmp_path, monkeypatch) -> Path:
 
 
 def run_kiln(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess:
-    """`kiln ARGS` in a new process, from the repo root, as a user runs it."""
+    """`kiln ARGS` in a new process, from the repo root (or `cwd`), as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "kiln", *args],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

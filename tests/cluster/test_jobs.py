@@ -68,6 +68,41 @@ def test_a_gpu_the_cluster_lacks_is_refused_before_submitting(cluster):
     assert submitted(cluster) == []
 
 
+def a_project(tmp_path, files: dict[str, bytes]):
+    """A user's directory: a job spec on its own data/train.csv, and `files`."""
+    (tmp_path / "job.yaml").write_text(
+        "name: mine\ntask: classification\n"
+        "data: {name: table, path: data/train.csv, params: {label: label}}\n"
+        "model: {family: mlp}\nregister: {name: mine}\n"
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/train.csv").write_text("a,label\n" + "1.0,0\n2.0,1\n" * 20)
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    return tmp_path
+
+
+def test_data_that_gitignore_leaves_out_is_refused_before_submitting(cluster, tmp_path):
+    project = a_project(tmp_path, {".gitignore": b"data/\n"})
+    args = ("submit", "job.yaml", "--shared-storage")
+    done = run_kiln(*args, env=cluster["env"], cwd=project, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "data.path data/train.csv would not be uploaded with the job: .gitignore" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert submitted(cluster) == []
+
+
+def test_an_upload_over_the_jobs_api_cap_is_one_line(cluster, tmp_path):
+    """Just over the cap, the estimate lets it go: the cluster's 413 is then the same line."""
+    project = a_project(tmp_path, {"data/extra.bin": os.urandom(101 * 2**20)})
+    args = ("submit", "job.yaml", "--shared-storage")
+    done = run_kiln(*args, env=cluster["env"], cwd=project, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "over the 100 MiB that Ray's Jobs API takes: largest data/extra.bin" in done.stderr
+    assert "Traceback" not in done.stderr and "413" not in done.stderr
+    assert submitted(cluster) == []
+
+
 def test_submit_follow_trains_on_two_nodes_and_registers(cluster):
     done = kiln(
         cluster,

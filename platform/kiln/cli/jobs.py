@@ -50,6 +50,7 @@ def submit(
     from kiln.cluster.dashboard import alive_nodes
     from kiln.cluster.jobs import Jobs
     from kiln.cluster.submission import build_submission, storage_uris
+    from kiln.cluster.upload import check_upload
     from kiln.validate import load_spec
 
     spec = load_spec(spec_file, set_)
@@ -63,6 +64,7 @@ def submit(
         extra_env=dict(_pair(item) for item in env),
         extra_excludes=exclude,
     )
+    check_upload(job.working_dir, job.needs, job.excludes)
     address = resolve_address(address)
     jobs = Jobs(address)
     nodes = alive_nodes(address)

@@ -14,7 +14,8 @@ from typing import Any
 
 from kiln.cluster.dashboard import answered_by, describe, open_client
 from kiln.cluster.submission import Submission
-from kiln.errors import ClusterError, JobNotFoundError, KilnError
+from kiln.cluster.upload import too_large, uploaded_files
+from kiln.errors import ClusterError, JobNotFoundError, KilnError, PreflightError
 
 # `kiln jobs status`, `kiln jobs logs --follow` and `kiln submit --follow` exit with these.
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 5, "PENDING": 6, "RUNNING": 6}
@@ -30,8 +31,16 @@ class Jobs:
         self.client = open_client(JobSubmissionClient, address)
 
     def submit(self, submission: Submission) -> str:
-        with answered_by(self.address):
-            return str(self.client.submit_job(**submission.to_ray()))
+        try:
+            with answered_by(self.address):
+                return str(self.client.submit_job(**submission.to_ray()))
+        except ClusterError as e:
+            if "status code 413" not in str(e):
+                raise
+            files = uploaded_files(submission.working_dir, submission.excludes)
+            raise PreflightError(
+                too_large(submission.working_dir, files, "the cluster refused its zip")
+            ) from None
 
     def list(self) -> list[dict[str, Any]]:
         with answered_by(self.address):

@@ -61,6 +61,7 @@ class Submission:
     env_vars: dict[str, str]
     metadata: dict[str, str]
     excludes: list[str] = field(default_factory=lambda: list(EXCLUDES))
+    needs: list[tuple[str, str]] = field(default_factory=list)  # (what, path in working_dir)
 
     def to_ray(self) -> dict[str, Any]:
         """Keyword arguments of `JobSubmissionClient.submit_job`."""
@@ -88,11 +89,12 @@ def build_submission(
 ) -> Submission:
     working_dir = (working_dir or Path.cwd()).resolve()
     spec_path = inside(working_dir, spec_file, "the job spec")
+    needs = [("the job spec", spec_path)]
     for extended in spec_files(spec_file)[1:]:
-        inside(working_dir, extended, "a file it extends")
+        needs.append(("a file it extends", inside(working_dir, extended, "a file it extends")))
     for name, path in (("data.path", spec.data.path), ("data.val_path", spec.data.val_path)):
         if path and "://" not in path:
-            inside(working_dir, Path(path), name)
+            needs.append((name, inside(working_dir, Path(path), name)))
     submission_id = new_submission_id(spec.name)
     return Submission(
         submission_id=submission_id,
@@ -101,6 +103,7 @@ def build_submission(
         env_vars={**kiln_env(), **(extra_env or {})},
         metadata=metadata(spec, spec_path, command, overrides, working_dir),
         excludes=EXCLUDES + (extra_excludes or []),
+        needs=needs,
     )
 
 
