@@ -83,3 +83,28 @@ def test_onnx_export_prints_one_line(digits_cnn, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("wrote ") and path.stat().st_size > 0
     assert done.stderr == ""
+
+
+def test_delete_versions_from_the_terminal(tmp_path, monkeypatch, capsys):
+    from kiln.registry import ModelRegistry
+
+    monkeypatch.setenv("KILN_REGISTRY", str(tmp_path / "registry"))
+    registry = ModelRegistry.open()
+    for alias in ("production", None, None):
+        registry.register("m", {"model.json": b"{}"}, alias=alias)
+    assert kiln_json(capsys, "models", "delete", "m@2", "m@3") == [
+        {"name": "m", "version": 2, "aliases_deleted": []},
+        {"name": "m", "version": 3, "aliases_deleted": []},
+    ]
+    for args, code, message in [
+        (["m@1"], 1, "m@1 is @production: point production at another version first"),
+        (["m@production"], 2, "name the version to delete by its number"),
+        (["m@7"], 3, "m has no version 7 to delete"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["models", "delete", *args])
+        assert exit_info.value.code == code
+        assert message in capsys.readouterr().err
+    main(["models", "delete", "m@1", "--with-aliases"])
+    assert capsys.readouterr().out.strip() == "deleted m@1 and @production"
+    assert kiln_json(capsys, "models", "list") == []  # no versions left: not listed

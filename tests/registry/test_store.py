@@ -185,3 +185,30 @@ def test_an_object_store_registry_resolves_and_reports_what_is_missing(registry)
     ]:
         with pytest.raises(ModelNotFoundError, match=re.escape(message)):
             registry.resolve(ref)
+
+
+@pytest.mark.parametrize("store", ["local", "object store"])
+def test_a_deleted_version_is_gone_and_its_number_never_comes_back(registry, store):
+    if store == "object store":
+        from pyarrow._fs import _MockFileSystem
+
+        registry.fs, registry.root, registry.local = _MockFileSystem(), "bucket/registry", False
+    registry.register("m", files("1"), alias="production")
+    registry.register("m", files("2"), run_id="run-2")
+    registry.register("m", files("3"), alias="staging")
+
+    with pytest.raises(RegistryError, match=r"m@3 is @staging: point staging at another"):
+        registry.delete("m", 3)
+    assert registry.delete("m", 2) == []
+    assert registry.versions("m") == [1, 3]
+    with pytest.raises(ModelNotFoundError, match=re.escape("no version 2 (it was deleted)")):
+        registry.resolve("m@2")
+    assert registry.delete("m", 3, with_aliases=True) == ["staging"]
+    assert registry.aliases("m") == {"production": 1} and registry.resolve("m").version == 1
+    assert registry.register("m", files("4")).version == 4  # never 2 or 3 again
+    # the run that registered version 2 registers anew, and the deleted files are gone
+    assert registry.register("m", files("2"), run_id="run-2").version == 5
+    leftover = registry._list(f"{registry.root}/m/2", recursive=True)
+    assert [i.base_name for i in leftover if i.type == pafs.FileType.File] == ["DELETED.json"]
+    with pytest.raises(ModelNotFoundError, match="no version 2 to delete"):
+        registry.delete("m", 2)

@@ -1,4 +1,4 @@
-"""`kiln models list | show | promote | export`: the model registry from the terminal."""
+"""`kiln models list | show | promote | delete | export`: the model registry from the terminal."""
 
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,9 @@ def list_models(json_output: bool = JSON) -> None:
 
     registry = ModelRegistry.open()
     rows: list[dict[str, Any]] = [
-        {"name": n, "versions": registry.versions(n), "aliases": registry.aliases(n)}
+        {"name": n, "versions": versions, "aliases": registry.aliases(n)}
         for n in registry.models()
+        if (versions := registry.versions(n))  # not one whose every version was deleted
     ]
     if json_output:
         print_json(rows)
@@ -104,6 +105,36 @@ def promote(
         print_json({"name": name, "version": version, "alias": alias})
     else:
         console.print(f"{name}@{alias} → version {version}")
+
+
+@app.command()
+def delete(
+    refs: list[str] = typer.Argument(..., help="NAME@VERSION, one or more"),
+    with_aliases: bool = typer.Option(
+        False, "--with-aliases", help="also delete the aliases that point at them"
+    ),
+    json_output: bool = JSON,
+) -> None:
+    """Delete versions (their numbers are never reused); refused while an alias points at one."""
+    from kiln.errors import SpecError
+    from kiln.registry import ModelRegistry
+
+    registry = ModelRegistry.open()
+    versions = []
+    for ref in refs:
+        name, _, tag = ref.partition("@")
+        if not tag.isdigit():
+            raise SpecError(f"{ref}: name the version to delete by its number (NAME@VERSION)")
+        versions.append((name, int(tag)))
+    deleted = []
+    for name, version in versions:
+        aliases = registry.delete(name, version, with_aliases)
+        deleted.append({"name": name, "version": version, "aliases_deleted": aliases})
+        if not json_output:
+            also = f" and {', '.join('@' + a for a in aliases)}" if aliases else ""
+            console.print(f"deleted {name}@{version}{also}")
+    if json_output:
+        print_json(deleted)
 
 
 @app.command()

@@ -10,6 +10,7 @@ Layout, one folder per version, complete once its MANIFEST.json (written last) e
                             lineage.json  curves.png  MANIFEST.json (sha256 of each file)
     <root>/<name>/aliases/<alias>.json    {"version": 3}, replaced atomically
     <root>/<name>/runs/<run_id>.json      the version a training run registered (idempotence)
+    <root>/<name>/<version>/DELETED.json  all that stays of a deleted version
 
 Aliases are written to a temporary name and renamed over the old one, so a reader sees the
 old or the new alias, never a torn one. Version numbers are claimed with an exclusive mkdir on
@@ -31,6 +32,7 @@ from kiln.errors import IntegrityError, ModelNotFoundError, RegistryError
 from kiln.settings import absolute, get_settings
 
 MANIFEST = "MANIFEST.json"
+TOMBSTONE = "DELETED.json"  # what stays of a deleted version: its number is never reused
 WEIGHTS = "weights.safetensors"
 REFERENCE = "reference.npy"  # training inputs that live traffic is compared with (drift)
 REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]*)(@(?P<tag>[A-Za-z0-9._-]+))?$")
@@ -105,7 +107,10 @@ class ModelRegistry:
         if manifest is None:
             if not (versions := self.versions(name)):
                 raise self._no_model(name)
-            raise ModelNotFoundError(f"{name} has no version {version} ({_listed(versions)})")
+            deleted = " (it was deleted)" if self._exists(f"{path}/{TOMBSTONE}") else ""
+            raise ModelNotFoundError(
+                f"{name} has no version {version}{deleted} ({_listed(versions)})"
+            )
         return ModelVersion(name, version, path, manifest)
 
     def _latest(self, name: str) -> ModelVersion:
@@ -182,6 +187,38 @@ class ModelRegistry:
             raise ModelNotFoundError(f"{name} has no version {version} to promote")
         record = {"version": version, "updated_at": time.time()}
         self._write_atomic(f"{self.root}/{name}/aliases/{alias}.json", record)
+
+    def delete(self, name: str, version: int, with_aliases: bool = False) -> list[str]:
+        """Removes a version; returns the aliases removed with it (only with `with_aliases`:
+        an alias is what serving and users follow, so one pointing here refuses). Its manifest
+        goes first, so readers stop seeing the version at once, and a tombstone stays, so its
+        number is never given to another model: a pinned `name@3` must not start meaning a
+        different one. A run that registered it may register again."""
+        if not self._complete(name, version):
+            raise ModelNotFoundError(f"{name} has no version {version} to delete")
+        pointing = sorted(a for a, v in self.aliases(name).items() if v == version)
+        if pointing and not with_aliases:
+            aliases = ", ".join(f"@{a}" for a in pointing)
+            raise RegistryError(
+                f"{name}@{version} is {aliases}: point {pointing[0]} at another version first "
+                f"(kiln models promote {name} VERSION --alias {pointing[0]}), or delete the "
+                "alias with it (--with-aliases)"
+            )
+        for alias in pointing:
+            self.fs.delete_file(f"{self.root}/{name}/aliases/{alias}.json")
+        path = self._dir(name, version)
+        self.fs.delete_file(f"{path}/{MANIFEST}")
+        self._write_bytes(f"{path}/{TOMBSTONE}", json_bytes({"deleted_at": time.time()}))
+        for info in self._list(path, recursive=True):
+            if info.type == pafs.FileType.File and info.base_name != TOMBSTONE:
+                self.fs.delete_file(info.path)
+        for info in self._list(f"{self.root}/{name}/runs"):
+            if (
+                info.base_name.endswith(".json")
+                and self._read_json(info.path)["version"] == version
+            ):
+                self.fs.delete_file(info.path)
+        return pointing
 
     # --- storage helpers -------------------------------------------------------------------
 
