@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ import ray
 
 from kiln import data as datasets
 from kiln.cli import main
+from kiln.errors import RegistryError
 from kiln.registry import ModelRegistry
 from kiln.registry.loading import load_model
 from kiln.train import run_job
@@ -113,6 +115,42 @@ def test_train_json_output(capsys):
     assert result["model"] == "bc-json" and result["version"] == 1
     assert 0.5 < result["metrics"]["val_accuracy"] <= 1.0
     assert os.path.isdir(result["run_path"])
+
+
+def test_a_registry_that_fails_keeps_the_run_to_register_later(fresh_home, monkeypatch):
+    """A registry that cannot be written is refused before training; one that fails when
+    the run registers (an outage, a permission taken away) names the finished run, and the
+    same job with its --run-name registers it without training again."""
+    from kiln.train import publish as publishing
+
+    spec = load_spec(
+        ROOT / "jobs/tabular-breast-cancer.yaml", ["train.epochs=2", "register.name=bc-late"]
+    )
+    monkeypatch.setenv("KILN_REGISTRY", "/dev/null/registry")
+    with pytest.raises(RegistryError, match="cannot write to registry /dev/null/registry"):
+        run_job(spec, quiet_view(spec))
+
+    registry = fresh_home / "registry"
+    monkeypatch.setenv("KILN_REGISTRY", str(registry))
+    publish = publishing.publish
+
+    def after_an_outage(*args, **kwargs):
+        shutil.rmtree(registry)
+        registry.write_text("")  # the registry's folder is now a file: writes fail for real
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(publishing, "publish", after_an_outage)
+    with pytest.raises(RegistryError) as failed:
+        run_job(spec, quiet_view(spec))
+    run_name = re.search(r"--run-name (\S+)$", str(failed.value))[1]
+    assert f"Run {run_name} finished and keeps its checkpoints in" in str(failed.value)
+
+    monkeypatch.setattr(publishing, "publish", publish)
+    registry.unlink()
+    view = quiet_view(spec)
+    outcome = run_job(spec, view, run_name=run_name)
+    assert outcome.version == 1 and outcome.run_name == run_name
+    assert not [e for e in view.events if e["kind"] == "report"]  # no epoch trained again
 
 
 def train_worker_pids() -> list[int]:

@@ -214,6 +214,15 @@ def small_search(name: str) -> tuple[list[str], dict[str, str]]:
     return [*tune, "--quiet", *job], env
 
 
+def test_a_registry_that_cannot_be_written_is_refused_before_any_trial(fresh_home):
+    command, env = small_search("unregistrable")
+    env["KILN_REGISTRY"] = "/dev/null/registry"
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: cannot write to registry /dev/null/registry"), done.stderr
+    assert not (fresh_home / "runs" / "tune" / "unregistrable").exists()
+
+
 def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home):
     command, env = small_search("resumable")
     driver = subprocess.Popen(

@@ -17,7 +17,8 @@ from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
 from kiln import data as datasets
 from kiln.data import Dataset, StreamedDataset
-from kiln.errors import Interrupted, TrainingError
+from kiln.errors import Interrupted, RegistryError, TrainingError
+from kiln.registry import ModelRegistry
 from kiln.settings import REPORT_POLL, absolute, get_settings
 from kiln.spec import JobSpec
 from kiln.train import loops
@@ -68,6 +69,8 @@ def run_job(
     """Train `spec` on the connected Ray cluster and register the best checkpoint."""
     run_name = run_name or new_run_name(spec)
     storage = absolute(spec.storage_path or get_settings().storage_uri)
+    if register and spec.registration is not None:
+        ModelRegistry.open().check_writable()
     start_autoscaling_coordinator(spec)
     dataset = datasets.build(spec.data, spec.task)
     trainer = build_trainer(
@@ -97,7 +100,13 @@ def run_job(
     if register and spec.registration is not None:
         from kiln.train.publish import publish
 
-        version = publish(spec, dataset, checkpoint, outcome)
+        try:
+            version = publish(spec, dataset, checkpoint, outcome)
+        except (RegistryError, OSError) as e:
+            raise RegistryError(
+                f"{e}. Run {run_name} finished and keeps its checkpoints in {outcome.run_path}: "
+                f"register its best with the same command and --run-name {run_name}"
+            ) from None
         outcome.version, outcome.alias = version.version, spec.registration.alias
     return outcome
 

@@ -22,7 +22,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from kiln import data as datasets
 from kiln import plots
 from kiln.data import Dataset, StreamedDataset
-from kiln.errors import Interrupted, SpecError, TrainingError
+from kiln.errors import Interrupted, RegistryError, SpecError, TrainingError
+from kiln.registry import ModelRegistry
 from kiln.settings import absolute, get_settings
 from kiln.spec import Domain, JobSpec, TuneSpec, apply_overrides
 from kiln.train.runner import (
@@ -69,6 +70,8 @@ def run_search(
     storage = absolute(spec.storage_path or get_settings().storage_uri)
     root = f"{storage}/tune"
     name = name or (_latest_search(root, spec.name) if resume else None) or _new_name(spec)
+    if spec.registration is not None:
+        ModelRegistry.open().check_writable()
     start_autoscaling_coordinator(spec)  # its first trial's Train run would wait for it
     dataset = None if searches_data(spec.tune) else datasets.build(spec.data, spec.task)
     trainable = tune.with_resources(
@@ -301,9 +304,15 @@ def _finish(
     if spec.registration is not None:
         run = best.metrics.get("run_name") or f"{name}-{trial_id}"  # PBT: its latest run
         chain = population.chain_of(best.checkpoint)
-        outcome.model = _register_best(
-            spec, config, f"{storage}/{run}", outcome, curves, dataset, chain
-        )
+        try:
+            outcome.model = _register_best(
+                spec, config, f"{storage}/{run}", outcome, curves, dataset, chain
+            )
+        except (RegistryError, OSError) as e:
+            raise RegistryError(
+                f"{e}. Search {name} finished (results: {path}/results.csv): register its best "
+                f"with the same command and --resume --name {name}"
+            ) from None
     return outcome
 
 
