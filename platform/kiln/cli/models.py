@@ -8,7 +8,9 @@ from rich.table import Table
 
 from kiln.cli.output import console, number, print_json
 
-app = typer.Typer(help="Registered models: versions, aliases, cards, export.", no_args_is_help=True)
+app = typer.Typer(
+    help="Registered models: versions, aliases, cards, export, deletion.", no_args_is_help=True
+)
 
 JSON = typer.Option(False, "--json", help="JSON on stdout")
 
