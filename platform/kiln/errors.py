@@ -46,6 +46,10 @@ class RegistryError(KilnError):
     pass
 
 
+class StorageError(KilnError):
+    """Run storage or the registry cannot be written."""
+
+
 class ModelNotFoundError(RegistryError):
     exit_code = 3
 

@@ -19,7 +19,7 @@ import ray
 
 from kiln import data as datasets
 from kiln.cli import main
-from kiln.errors import RegistryError
+from kiln.errors import RegistryError, StorageError
 from kiln.registry import ModelRegistry
 from kiln.registry.loading import load_model
 from kiln.train import run_job
@@ -127,7 +127,7 @@ def test_a_registry_that_fails_keeps_the_run_to_register_later(fresh_home, monke
         ROOT / "jobs/tabular-breast-cancer.yaml", ["train.epochs=2", "register.name=bc-late"]
     )
     monkeypatch.setenv("KILN_REGISTRY", "/dev/null/registry")
-    with pytest.raises(RegistryError, match="cannot write to registry /dev/null/registry"):
+    with pytest.raises(StorageError, match="cannot write to the registry /dev/null/registry"):
         run_job(spec, quiet_view(spec))
 
     registry = fresh_home / "registry"

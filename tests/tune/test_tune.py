@@ -214,13 +214,16 @@ def small_search(name: str) -> tuple[list[str], dict[str, str]]:
     return [*tune, "--quiet", *job], env
 
 
-def test_a_registry_that_cannot_be_written_is_refused_before_any_trial(fresh_home):
-    command, env = small_search("unregistrable")
-    env["KILN_REGISTRY"] = "/dev/null/registry"
+@pytest.mark.parametrize(
+    "place, what", [("KILN_REGISTRY", "registry"), ("KILN_STORAGE", "run storage")]
+)
+def test_storage_that_cannot_be_written_is_refused_before_any_trial(fresh_home, place, what):
+    command, env = small_search("unwritable")
+    env[place] = "/dev/null/kiln"  # pyarrow's traceback, for run storage
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("error: cannot write to registry /dev/null/registry"), done.stderr
-    assert not (fresh_home / "runs" / "tune" / "unregistrable").exists()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"error: cannot write to the {what} /dev/null/kiln"), done.stderr
+    assert not (fresh_home / "runs" / "tune" / "unwritable").exists()
 
 
 def test_interrupted_search_resumes_without_rerunning_finished_trials(fresh_home):

@@ -63,17 +63,6 @@ class ModelRegistry:
     def open(cls, uri: str | None = None) -> "ModelRegistry":
         return cls(uri or get_settings().registry_uri)
 
-    def check_writable(self) -> None:
-        """Writes and removes a small file: a registry that cannot be reached or written (a
-        bucket's name or permissions) is found before a run trains for hours, not after."""
-        probe = f"{self.root}/.write-check-{uuid.uuid4().hex}"
-        try:
-            self.fs.create_dir(self.root, recursive=True)
-            self._write_bytes(probe, b"")
-            self.fs.delete_file(probe)
-        except OSError as e:
-            raise RegistryError(f"cannot write to registry {self.uri}: {e}") from None
-
     # --- reading ---------------------------------------------------------------------------
 
     def models(self) -> list[str]:

@@ -18,9 +18,9 @@ from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from kiln import data as datasets
 from kiln.data import Dataset, StreamedDataset
 from kiln.errors import Interrupted, RegistryError, TrainingError
-from kiln.registry import ModelRegistry
 from kiln.settings import REPORT_POLL, absolute, get_settings
 from kiln.spec import JobSpec
+from kiln.storage import check_writable
 from kiln.train import loops
 from kiln.train.mistakes import mistake_of
 from kiln.train.progress import ProgressView
@@ -69,8 +69,9 @@ def run_job(
     """Train `spec` on the connected Ray cluster and register the best checkpoint."""
     run_name = run_name or new_run_name(spec)
     storage = absolute(spec.storage_path or get_settings().storage_uri)
+    check_writable(storage, "run storage")
     if register and spec.registration is not None:
-        ModelRegistry.open().check_writable()
+        check_writable(get_settings().registry_uri, "registry")
     start_autoscaling_coordinator(spec)
     dataset = datasets.build(spec.data, spec.task)
     trainer = build_trainer(

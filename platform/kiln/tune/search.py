@@ -23,9 +23,9 @@ from kiln import data as datasets
 from kiln import plots
 from kiln.data import Dataset, StreamedDataset
 from kiln.errors import Interrupted, RegistryError, SpecError, TrainingError
-from kiln.registry import ModelRegistry
 from kiln.settings import absolute, get_settings
 from kiln.spec import Domain, JobSpec, TuneSpec, apply_overrides
+from kiln.storage import check_writable
 from kiln.train.runner import (
     TrainOutcome,
     best_checkpoint,
@@ -68,10 +68,11 @@ def run_search(
     if spec.tune is None:
         raise SpecError(f"{spec.name}: no `tune` section; add one (see jobs/digits-cnn-tune.yaml)")
     storage = absolute(spec.storage_path or get_settings().storage_uri)
+    check_writable(storage, "run storage")
+    if spec.registration is not None:
+        check_writable(get_settings().registry_uri, "registry")
     root = f"{storage}/tune"
     name = name or (_latest_search(root, spec.name) if resume else None) or _new_name(spec)
-    if spec.registration is not None:
-        ModelRegistry.open().check_writable()
     start_autoscaling_coordinator(spec)  # its first trial's Train run would wait for it
     dataset = None if searches_data(spec.tune) else datasets.build(spec.data, spec.task)
     trainable = tune.with_resources(
