@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -151,6 +152,46 @@ def test_a_registry_that_fails_keeps_the_run_to_register_later(fresh_home, monke
     outcome = run_job(spec, view, run_name=run_name)
     assert outcome.version == 1 and outcome.run_name == run_name
     assert not [e for e in view.events if e["kind"] == "report"]  # no epoch trained again
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB filesystem of its own (tmpfs), where a few checkpoints fill it."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_run_at_once_and_it_continues_once_freed(
+    fresh_home, small_disk, monkeypatch
+):
+    """Restarts would write the same checkpoint to the same full disk: the run ends at the
+    first failure, saying where and how to continue; with room again it continues from its
+    last checkpoint."""
+    monkeypatch.setenv("KILN_STORAGE", str(small_disk / "runs"))
+    overrides = ["train.epochs=8", "train.early_stopping=null", "checkpoint.keep=8"]
+    spec = load_spec(ROOT / "jobs/digits-cnn.yaml", overrides)
+    view = quiet_view(spec)
+    with pytest.raises(StorageError) as full:
+        run_job(spec, view)
+    message = str(full.value)
+    assert "no space left on device" in message and f"run storage {small_disk}/runs" in message
+    assert not [e for e in view.events if e["kind"] == "failure"]  # no restart was tried
+    epochs = [e["metrics"]["epoch"] for e in view.events if e["kind"] == "report"]
+    assert epochs and f"stopped after epoch {epochs[-1]}" in message
+    run_name = re.search(r"--run-name (\S+)$", message)[1]
+
+    subprocess.run(["mount", "-o", "remount,size=64M", str(small_disk)], check=True)
+    resumed = run_job(spec, quiet_view(spec), run_name=run_name)
+    assert resumed.version == 1 and resumed.history[-1]["epoch"] == 8
+    assert resumed.history[-1]["resumed_from"] == epochs[-1]  # its last reported checkpoint
 
 
 def train_worker_pids() -> list[int]:

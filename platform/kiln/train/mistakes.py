@@ -1,10 +1,12 @@
 """A mistake ends a run at once: a SpecError raised on a worker (a network that does not fit
 its data, a builder that fails) is repeated by every restart, so Ray Train's retries
 (`failure.max_failures`, meant for lost workers) would only delay the one line that says it.
+So does a full disk or quota: every restart would write the same checkpoint to it.
 
     controller_kwargs["failure_policy"] = MistakesEndTheRun(failure_config)
 """
 
+import errno
 from collections.abc import Mapping
 
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
@@ -24,10 +26,24 @@ def mistake_of(error: BaseException) -> SpecError | None:
     return mistake(getattr(error, "worker_failures", {}))
 
 
+FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def no_space(worker_failures: Mapping[int, BaseException]) -> OSError | None:
+    """A worker's write that found no space left (on its device, or in its quota)."""
+    failures = worker_failures.values()
+    return next((e for e in failures if isinstance(e, OSError) and e.errno in FULL), None)
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    return no_space(getattr(error, "worker_failures", {}))
+
+
 class MistakesEndTheRun(DefaultFailurePolicy):
     """Ray's policy (Ray 2.60's private DefaultFailurePolicy), which retries any worker
-    failure, except a mistake."""
+    failure, except a mistake or a full disk."""
 
     def _is_retryable_error(self, training_failed_error: TrainingFailedError) -> bool:
         retryable = super()._is_retryable_error(training_failed_error)
-        return retryable and not mistake_of(training_failed_error)
+        ends = mistake_of(training_failed_error) or disk_full(training_failed_error)
+        return retryable and not ends

@@ -17,12 +17,12 @@ from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
 from kiln import data as datasets
 from kiln.data import Dataset, StreamedDataset
-from kiln.errors import Interrupted, RegistryError, TrainingError
+from kiln.errors import Interrupted, RegistryError, StorageError, TrainingError
 from kiln.settings import REPORT_POLL, absolute, get_settings
 from kiln.spec import JobSpec
 from kiln.storage import check_writable
 from kiln.train import loops
-from kiln.train.mistakes import mistake_of
+from kiln.train.mistakes import disk_full, mistake_of
 from kiln.train.progress import ProgressView
 from kiln.train.sharding import ExactValidation
 from kiln.train.trainer import LeanTorchTrainer, has_state_api
@@ -82,6 +82,12 @@ def run_job(
         result = _fit_with_progress(trainer, view, needed, spec.scaling.start_timeout_s)
     except KeyboardInterrupt:  # Ctrl-C, after the run is aborted
         raise _interrupted(run_name, view) from None
+    except StorageError as e:  # a full disk: the checkpoints so far are kept
+        raise StorageError(
+            f"run {run_name} stopped {_stopped_when(view)}: {e} (run storage {storage}). Free "
+            f"space, then continue it from its last checkpoint with the same command and "
+            f"--run-name {run_name}"
+        ) from None
 
     history = run_history(result.checkpoint)
     refuse_diverged(history)
@@ -113,12 +119,15 @@ def run_job(
 
 
 def _interrupted(run_name: str, view: ProgressView) -> Interrupted:
-    epochs = [e["metrics"]["epoch"] for e in view.events if e["kind"] == "report"]
-    when = f"after epoch {epochs[-1]}" if epochs else "before its first epoch"
     return Interrupted(
-        f"run {run_name} stopped {when}; nothing registered. Continue it from its last "
-        f"checkpoint with the same command and --run-name {run_name}"
+        f"run {run_name} stopped {_stopped_when(view)}; nothing registered. Continue it from "
+        f"its last checkpoint with the same command and --run-name {run_name}"
     )
+
+
+def _stopped_when(view: ProgressView) -> str:
+    epochs = [e["metrics"]["epoch"] for e in view.events if e["kind"] == "report"]
+    return f"after epoch {epochs[-1]}" if epochs else "before its first epoch"
 
 
 def build_trainer(
@@ -295,6 +304,8 @@ def _fit_with_progress(
             ) from error
         if spec_error := mistake_of(error):
             raise spec_error from None  # one line, as where the run starts
+        if full := disk_full(error):
+            raise StorageError(f"no space left on device: {full}") from error
         raise TrainingError(f"training failed: {_root_cause(error)}") from error
     return outcome["result"]
 
