@@ -3,6 +3,7 @@ it without a failed request, and a version that cannot load is refused while the
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -105,3 +106,36 @@ def test_promotion_under_load(serving, digits_models, http):
     print(
         f"\n{len(client.answers)} requests during two promotions, 0 failed; switched at #{switch}"
     )
+
+
+def test_the_endpoint_follows_promotions_after_the_registry_failed_for_a_while(
+    serving, digits_models, http
+):
+    """The alias file unreadable (an OSError from the registry's filesystem, as from a bucket
+    that does not answer) for a few watch ticks: the endpoint answers throughout, and follows
+    the next promotion once the registry reads again."""
+    registry = digits_models
+    alias = Path(registry.root) / "digits-cnn" / "aliases" / "production.json"
+    fives = copy_of(registry, "digits-cnn@1", biased_towards(registry, 5))
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    client = SteadyClient(f"{serving}/v2/models/digits-cnn/infer", infer_body(x))
+    client.start()
+    try:
+        saved = alias.read_bytes()
+        alias.unlink()
+        alias.mkdir()  # reading it fails with an OSError that is not "not found"
+        time.sleep(2.0)  # four ticks of the watcher (watch_interval_s 0.5)
+        alias.rmdir()
+        alias.write_bytes(saved)
+        registry.promote("digits-cnn", fives, "production")
+        client.wait_for(lambda: client.answers[-1][1] == str(fives))
+    finally:
+        client.stopped.set()
+        client.join()
+        if alias.is_dir():
+            alias.rmdir()
+        registry.promote("digits-cnn", 1, "production")
+        client.wait_for(
+            lambda: http.get("/v2/models/digits-cnn").json()["parameters"]["version"] == 1
+        )
+    assert all(status == 200 for status, _, _ in client.answers), client.answers[-3:]

@@ -370,7 +370,10 @@ class ModelEndpoint:
                 if (drift := self.drift) is not None:
                     drift.export({self.current.version, *self.others})
                 access.flush()
-            except KilnError as e:  # e.g. the alias was deleted: keep serving what we have
+            except Exception as e:  # the watcher must outlive any tick
+                # The alias deleted, the registry's bucket unreachable for a while (an
+                # OSError from the filesystem, which ended this thread: the endpoint then
+                # never followed another promotion): keep serving, look again next tick.
                 log.warning(f"{self.name}: cannot follow {self.ref}: {e}")
             # Ray exports a gauge only while it is being set: say it again every tick.
             self.metrics.loaded(self.current.version, self.current.load_seconds, serving=True)
