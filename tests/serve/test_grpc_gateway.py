@@ -32,16 +32,22 @@ class Ingress(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(answer)
 
 
-async def relayed(calls):
-    """`calls(call)` against a gateway in front of an Ingress; call(method, message or bytes,
-    metadata) gives what the ingress saw, or the status code and details of the failure."""
+async def a_gateway() -> tuple[int, list[grpc.aio.Server]]:
+    """A gateway in front of an Ingress: the gateway's port, and both servers."""
     ingress = grpc.aio.server()
     ingress.add_generic_rpc_handlers([Ingress()])
     upstream = free_port()
     ingress.add_insecure_port(f"127.0.0.1:{upstream}")
     await ingress.start()
-    gateway_port = free_port()
-    gateway = await GrpcGateway(f"127.0.0.1:{upstream}", "kiln").serve("127.0.0.1", gateway_port)
+    port = free_port()
+    gateway = await GrpcGateway(f"127.0.0.1:{upstream}", "kiln").serve("127.0.0.1", port)
+    return port, [gateway, ingress]
+
+
+async def relayed(calls):
+    """`calls(call)` against a gateway in front of an Ingress; call(method, message or bytes,
+    metadata) gives what the ingress saw, or the status code and details of the failure."""
+    gateway_port, servers = await a_gateway()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}") as channel:
 
         async def call(method, message, metadata=()):
@@ -58,8 +64,8 @@ async def relayed(calls):
         try:
             return await calls(call)
         finally:
-            await gateway.stop(None)
-            await ingress.stop(None)
+            for server in servers:
+                await server.stop(None)
 
 
 def test_each_call_goes_to_the_application_its_message_names():
@@ -104,3 +110,39 @@ def test_a_call_refused_here_or_upstream_says_why(method, body, code, details):
 
     got_code, got_details = asyncio.run(relayed(calls))
     assert got_code == getattr(grpc.StatusCode, code) and details in (got_details or "")
+
+
+def test_a_client_without_the_proto_file_finds_and_calls_the_protocol():
+    """grpcurl's way: the service and its messages from server reflection, then a call made
+    with them alone: ModelMetadata for digits-cnn reaches the ingress as that application (it
+    answers with the application's name in field 1, which is ModelMetadataResponse's name)."""
+    from google.protobuf import descriptor_pool, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    def by_reflection(address: str) -> tuple[set[str], str]:
+        with grpc.insecure_channel(address) as channel:
+            database = ProtoReflectionDescriptorDatabase(channel)
+            service = descriptor_pool.DescriptorPool(database).FindServiceByName(
+                "inference.GRPCInferenceService"
+            )
+            method = service.FindMethodByName("ModelMetadata")
+            request = message_factory.GetMessageClass(method.input_type)(name="digits-cnn")
+            answer = channel.unary_unary(f"/{service.full_name}/{method.name}")(
+                request.SerializeToString(), timeout=10
+            )
+            response = message_factory.GetMessageClass(method.output_type).FromString(answer)
+            return set(database.get_services()), response.name
+
+    async def through_a_gateway() -> tuple[set[str], str]:
+        port, servers = await a_gateway()
+        try:
+            return await asyncio.to_thread(by_reflection, f"127.0.0.1:{port}")
+        finally:
+            for server in servers:
+                await server.stop(None)
+
+    services, answered_by = asyncio.run(through_a_gateway())
+    assert "inference.GRPCInferenceService" in services
+    assert answered_by == "digits-cnn"

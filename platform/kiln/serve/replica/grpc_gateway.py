@@ -23,6 +23,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError
+from grpc_reflection.v1alpha import reflection
 
 from kiln.errors import RequestError, ServeError
 from kiln.serve.replica.protos import open_inference_pb2 as pb
@@ -99,6 +100,10 @@ class GrpcGateway(grpc.GenericRpcHandler):
     async def serve(self, host: str, port: int) -> grpc.aio.Server:
         server = grpc.aio.server(options=UNLIMITED)
         server.add_generic_rpc_handlers([self])
+        # Server reflection: grpcurl, Postman and Evans list and call the protocol's methods
+        # without its .proto file (from Kiln's own descriptor pool, see `make protos`).
+        names = [SERVICE.full_name, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server, pool=pb.DESCRIPTOR.pool)
         if not server.add_insecure_port(f"{host}:{port}"):
             raise ServeError(f"grpc_gateway_port {port}: cannot listen on {host}:{port}")
         await server.start()
