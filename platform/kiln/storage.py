@@ -8,7 +8,14 @@ import uuid
 import pyarrow.fs as pafs
 
 from kiln.errors import StorageError
-from kiln.settings import absolute
+from kiln.settings import absolute, get_settings
+
+
+def check_places(storage: str, registers: bool) -> None:
+    """Run storage, and the registry when the run or search registers its result."""
+    check_writable(storage, "run storage")
+    if registers:
+        check_writable(get_settings().registry_uri, "registry")
 
 
 def check_writable(uri: str, what: str) -> None:

@@ -32,7 +32,7 @@ import ray.train
 from ray.actor import ActorHandle
 from ray.train.v2._internal.execution.controller import TrainController
 
-from kiln.train.mistakes import mistake, no_space
+from kiln.train.mistakes import ends_the_run
 from kiln.train.runtime_env import InheritingWorkerGroup
 
 EVENTS_GROUP = "events"
@@ -70,7 +70,7 @@ class ReportForwarder(ray.train.UserCallback):
         self._put(event)
 
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
-        if mistake(worker_exceptions) or no_space(worker_exceptions):  # the run ends with it
+        if ends_the_run(worker_exceptions):  # not retried: the run ends with it
             return
         ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
         first = next(iter(worker_exceptions.values()), None)

@@ -39,11 +39,16 @@ def disk_full(error: BaseException) -> OSError | None:
     return no_space(getattr(error, "worker_failures", {}))
 
 
+def ends_the_run(worker_failures: Mapping[int, BaseException]) -> BaseException | None:
+    """A failure that every restart would repeat: a mistake, or no space left."""
+    return mistake(worker_failures) or no_space(worker_failures)
+
+
 class MistakesEndTheRun(DefaultFailurePolicy):
     """Ray's policy (Ray 2.60's private DefaultFailurePolicy), which retries any worker
     failure, except a mistake or a full disk."""
 
     def _is_retryable_error(self, training_failed_error: TrainingFailedError) -> bool:
         retryable = super()._is_retryable_error(training_failed_error)
-        ends = mistake_of(training_failed_error) or disk_full(training_failed_error)
-        return retryable and not ends
+        failures = getattr(training_failed_error, "worker_failures", {})
+        return retryable and not ends_the_run(failures)

@@ -20,7 +20,7 @@ from kiln.data import Dataset, StreamedDataset
 from kiln.errors import Interrupted, RegistryError, StorageError, TrainingError
 from kiln.settings import REPORT_POLL, absolute, get_settings
 from kiln.spec import JobSpec
-from kiln.storage import check_writable
+from kiln.storage import check_places
 from kiln.train import loops
 from kiln.train.mistakes import disk_full, mistake_of
 from kiln.train.progress import ProgressView
@@ -69,9 +69,7 @@ def run_job(
     """Train `spec` on the connected Ray cluster and register the best checkpoint."""
     run_name = run_name or new_run_name(spec)
     storage = absolute(spec.storage_path or get_settings().storage_uri)
-    check_writable(storage, "run storage")
-    if register and spec.registration is not None:
-        check_writable(get_settings().registry_uri, "registry")
+    check_places(storage, registers=register and spec.registration is not None)
     start_autoscaling_coordinator(spec)
     dataset = datasets.build(spec.data, spec.task)
     trainer = build_trainer(

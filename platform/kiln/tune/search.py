@@ -25,7 +25,7 @@ from kiln.data import Dataset, StreamedDataset
 from kiln.errors import Interrupted, RegistryError, SpecError, TrainingError
 from kiln.settings import absolute, get_settings
 from kiln.spec import Domain, JobSpec, TuneSpec, apply_overrides
-from kiln.storage import check_writable
+from kiln.storage import check_places
 from kiln.train.runner import (
     TrainOutcome,
     best_checkpoint,
@@ -68,9 +68,7 @@ def run_search(
     if spec.tune is None:
         raise SpecError(f"{spec.name}: no `tune` section; add one (see jobs/digits-cnn-tune.yaml)")
     storage = absolute(spec.storage_path or get_settings().storage_uri)
-    check_writable(storage, "run storage")
-    if spec.registration is not None:
-        check_writable(get_settings().registry_uri, "registry")
+    check_places(storage, registers=spec.registration is not None)
     root = f"{storage}/tune"
     name = name or (_latest_search(root, spec.name) if resume else None) or _new_name(spec)
     start_autoscaling_coordinator(spec)  # its first trial's Train run would wait for it
