@@ -25,12 +25,21 @@ def test_a_usage_error_is_one_message_and_exit_2(argv, says, capsys):
     assert "Traceback" not in err
 
 
-def test_a_command_group_without_its_command_shows_its_help(capsys):
+@pytest.mark.parametrize("group", ["models", "serve", "rollout", "features", "jobs", "k8s"])
+def test_a_command_group_without_its_command_shows_its_help(group, capsys):
     with pytest.raises(SystemExit):
-        main(["models"])
+        main([group])
     out = capsys.readouterr()
-    assert "Usage: kiln models" in out.out + out.err
+    assert f"Usage: kiln {group}" in out.out + out.err
     assert "Traceback" not in out.out + out.err
+
+
+def test_help_wraps_a_docstring_to_the_terminal_not_at_its_line_breaks(capsys, monkeypatch):
+    """A summary written over two source lines reads as one sentence in the command list."""
+    monkeypatch.setenv("COLUMNS", "200")
+    main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "(adding or updating only its own), wait until it is healthy" in out
 
 
 def test_an_error_is_printed_as_it_reads_whatever_brackets_it_holds(capsys):

@@ -25,13 +25,12 @@ from kiln.cli import (
     train,
     tune,
 )
-from kiln.cli.output import err_console
+from kiln.cli.output import commands, err_console
 from kiln.errors import KilnError
 
-app = typer.Typer(
+app = commands(
+    "Train, tune and serve deep-learning models on Ray.",
     name="kiln",
-    help="Train, tune and serve deep-learning models on Ray.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )

@@ -10,9 +10,9 @@ from pathlib import Path
 import typer
 from rich.progress import Progress
 
-from kiln.cli.output import console, print_json
+from kiln.cli.output import commands, console, print_json
 
-app = typer.Typer(help="The online feature cache (Redis).", no_args_is_help=True)
+app = commands("The online feature cache (Redis).")
 MODEL = typer.Option(..., "--model", help="the recommender the features are for (NAME@TAG)")
 NAMESPACE = typer.Option("kiln", "--namespace", help="key prefix, as in the serving config")
 

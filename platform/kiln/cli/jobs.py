@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from kiln.cli.output import console, err_console, print_json
+from kiln.cli.output import commands, console, err_console, print_json
 from kiln.errors import SpecError
 
 ADDRESS_HELP = (
@@ -21,7 +21,7 @@ ADDRESS_HELP = (
     "or the cluster kiln up started)"
 )
 
-app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop.", no_args_is_help=True)
+app = commands("Jobs on a Ray cluster: list, status, logs, stop.")
 
 
 def submit(

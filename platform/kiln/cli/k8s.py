@@ -9,10 +9,10 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from kiln.cli.output import console, print_json
+from kiln.cli.output import commands, console, print_json
 from kiln.errors import SpecError
 
-app = typer.Typer(help="KubeRay manifests: render serveConfigV2, validate.", no_args_is_help=True)
+app = commands("KubeRay manifests: render serveConfigV2, validate.")
 
 
 @app.command()

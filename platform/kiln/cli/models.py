@@ -6,11 +6,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from kiln.cli.output import console, number, print_json
+from kiln.cli.output import commands, console, number, print_json
 
-app = typer.Typer(
-    help="Registered models: versions, aliases, cards, export, deletion.", no_args_is_help=True
-)
+app = commands("Registered models: versions, aliases, cards, export, deletion.")
 
 JSON = typer.Option(False, "--json", help="JSON on stdout")
 

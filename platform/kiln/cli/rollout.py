@@ -8,9 +8,9 @@ the candidate's version, abort points the candidate alias back at the control's 
 import typer
 from rich.table import Table
 
-from kiln.cli.output import console, number, print_json
+from kiln.cli.output import commands, console, number, print_json
 
-app = typer.Typer(help="Rollouts: per-arm figures and a significance test; end one.")
+app = commands("Rollouts: per-arm figures and a significance test; end one.")
 JSON = typer.Option(False, "--json")
 CONTROL = typer.Option("production", "--control", help="the arm the others are compared with")
 CANDIDATE = typer.Option("candidate", "--candidate", help="the arm under test")

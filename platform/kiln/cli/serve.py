@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from kiln.cli.output import console, print_json
+from kiln.cli.output import commands, console, print_json
 from kiln.errors import ServeError, SpecError
 from kiln.settings import get_settings
 
@@ -34,10 +34,8 @@ class ConfigOrCommand(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(
-    cls=ConfigOrCommand,
-    help="Serve registered models: kiln serve CONFIG | status | shutdown.",
-    no_args_is_help=True,
+app = commands(
+    "Serve registered models: kiln serve CONFIG | status | shutdown.", cls=ConfigOrCommand
 )
 STOP_GRACE_S = 20  # Serve's shutdown on a local `kiln serve up`: 5 s drain, then requests end
 ADDRESS = typer.Option(
