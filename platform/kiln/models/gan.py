@@ -45,7 +45,8 @@ class Generator(nn.Module):
         """(B, latent) and, when conditional, (B,) class indices -> (B, C, H, W) in [-1, 1]."""
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels)], dim=1)
-        return self.blocks(self.project(z).view(len(z), self.width, START, START))
+        # unflatten, not view(len(z), ...): an exported generator takes any batch size
+        return self.blocks(self.project(z).unflatten(1, (self.width, START, START)))
 
 
 class MinibatchStd(nn.Module):
