@@ -1,14 +1,19 @@
-"""Joining a Ray cluster at an address: a wrong one fails in one line, at once."""
+"""Joining a Ray cluster at an address: a wrong one fails in one line, at once. Without an
+address, the cluster `ray start` recorded is joined, and none other."""
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
 from kiln.cluster.address import given_address
-from kiln.cluster.connect import check_reachable
+from kiln.cluster.connect import LOCAL_CLUSTER_ENV, check_reachable
 from kiln.errors import ClusterError
-from tests.conftest import run_kiln
+from tests.conftest import ROOT, run_kiln
 
 
 def closed_port() -> int:
@@ -66,3 +71,31 @@ def test_kiln_train_at_a_wrong_address_is_one_line_and_no_wait():
     assert result.returncode == 1
     assert result.stderr.startswith("error: no Ray cluster answers at 127.0.0.1:")
     assert "Traceback" not in result.stderr
+
+
+CONNECT_AND_SAY = """
+import json, os, ray
+from kiln.cluster.connect import connect
+started = connect()
+said = {"started": started, "gcs": ray.get_runtime_context().gcs_address}
+said["local_settings"] = os.environ.get("KILN_TRAIN_ENV_INHERITED") == "1"
+print(json.dumps(said))
+"""
+
+
+def test_a_cluster_another_process_started_for_itself_is_not_taken_for_a_shared_one(
+    ray_cluster,
+):
+    """This test session's Ray is such a cluster (ray.init, as `kiln train` or a foreground
+    `kiln serve` starts one): Ray starts another beside it, and Kiln must know it did (its
+    local settings, the metrics port, Ctrl-C stopping only what it started)."""
+    code = ["-c", CONNECT_AND_SAY]
+    given = {"RAY_ADDRESS", "KILN_RAY_ADDRESS", *LOCAL_CLUSTER_ENV}  # as a new terminal has
+    env = {k: v for k, v in os.environ.items() if k not in given}
+    done = subprocess.run(
+        [sys.executable, *code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said["gcs"] != ray_cluster.get_runtime_context().gcs_address
+    assert said == {**said, "started": True, "local_settings": True}

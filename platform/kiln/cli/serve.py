@@ -278,11 +278,11 @@ def _cluster(address: str | None, detach: bool) -> tuple[str, bool]:
     import ray
 
     from kiln.cluster.connect import connect
-    from kiln.cluster.local import local_cluster_running
 
-    running = local_cluster_running()
-    connect(get_settings().ray_address, metrics_export_port=METRICS_PORT)
-    return "http://" + ray._private.worker.get_dashboard_url(), not running
+    # Whether connect started it: a cluster that KILN_RAY_ADDRESS names is not this process's,
+    # and Ctrl-C must not shut down Serve there (every application on it).
+    started = connect(get_settings().ray_address, metrics_export_port=METRICS_PORT)
+    return "http://" + ray._private.worker.get_dashboard_url(), started
 
 
 def _stop_local_ray() -> None:

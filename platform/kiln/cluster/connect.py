@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kiln.cluster.address import given_address
-from kiln.cluster.local import STARTUP_CONCURRENCY_ENV, local_cluster_running, startup_concurrency
+from kiln.cluster.local import STARTUP_CONCURRENCY_ENV, joinable_cluster, startup_concurrency
 from kiln.errors import ClusterError
 from kiln.settings import REPORT_POLL
 
@@ -35,7 +35,12 @@ def connect(
     if ray.is_initialized():
         return False
     source, address = given_address(address)
-    starts_one = address == "local" or (not address and not local_cluster_running())
+    # Decided as Ray decides, then said to Ray: `ray.init()` joins only the cluster `ray start`
+    # recorded, and starts its own beside a cluster another command started for itself (whose
+    # GCS runs here too). Judged by any GCS, a `kiln train` beside a `kiln serve` took the
+    # cluster Ray then started for it as someone else's: without Kiln's settings for a local
+    # cluster, and `kiln serve` beside a `kiln train` without its metrics port.
+    starts_one = address == "local" or (not address and not joinable_cluster())
     if starts_one:
         logging.getLogger(TOKEN_SETUP_LOGGER).addFilter(quiet_default_token_notice)
         for name, value in LOCAL_CLUSTER_ENV.items():
@@ -49,7 +54,7 @@ def connect(
     try:
         with importing(preload):
             ray.init(
-                address=address,
+                address="local" if starts_one else address,
                 logging_level=logging.WARNING,
                 log_to_driver=show_logs,  # worker logs stay in /tmp/ray/session_latest/logs
                 configure_logging=True,

@@ -346,3 +346,14 @@ def local_cluster_running() -> bool:
     from ray._private.services import find_gcs_addresses
 
     return bool(find_gcs_addresses())
+
+
+def joinable_cluster() -> bool:
+    """Whether a Ray cluster runs here that Ray joins when given no address: the one the last
+    `ray start` recorded (`kiln up`, `kiln serve --detach`), still running. A cluster that
+    another command started for itself with ray.init (a `kiln train`, a `kiln serve` in the
+    foreground) is that process's own: Ray never joins it, and it goes when the process ends."""
+    from ray._private.services import find_bootstrap_address, find_gcs_addresses
+
+    recorded = find_bootstrap_address(None)
+    return bool(recorded) and recorded in find_gcs_addresses()
