@@ -14,7 +14,7 @@ def train(
     address: str = typer.Option(
         None,
         help="an existing Ray cluster's GCS, HOST:6379 (default: KILN_RAY_ADDRESS, else the "
-        "cluster running on this machine, else a new local one)",
+        "cluster `kiln up` or `ray start` runs on this machine, else a new local one)",
     ),
     run_name: str = typer.Option(None, help="resume this run, or give a new run this name"),
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),

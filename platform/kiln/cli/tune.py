@@ -15,7 +15,7 @@ def tune(
     address: str = typer.Option(
         None,
         help="an existing Ray cluster's GCS, HOST:6379 (default: KILN_RAY_ADDRESS, else the "
-        "cluster running on this machine, else a new local one)",
+        "cluster `kiln up` or `ray start` runs on this machine, else a new local one)",
     ),
     json_output: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
