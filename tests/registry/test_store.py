@@ -63,6 +63,18 @@ def test_a_run_registers_once(registry):
     assert first.version == again.version == 1 and registry.versions("m") == [1]
 
 
+def test_a_run_registered_again_gets_its_alias_unless_a_newer_version_has_it(registry):
+    """A job stopped between registering and promoting, then retried, ends promoted; a run
+    registered again after a newer version was promoted leaves the newer one there."""
+    registry.register("m", files("1"), alias="staging")
+    registry.register("m", files("2"), run_id="run-b")  # stopped before its alias was written
+    assert registry.register("m", files("2"), alias="staging", run_id="run-b").version == 2
+    assert registry.aliases("m") == {"staging": 2}
+    registry.register("m", files("3"), alias="staging")
+    assert registry.register("m", files("2"), alias="staging", run_id="run-b").version == 2
+    assert registry.aliases("m") == {"staging": 3}
+
+
 def test_truncated_weights_are_refused(registry):
     version = registry.register("m", files("1"))
     path = f"{version.path}/{WEIGHTS}"

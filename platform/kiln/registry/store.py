@@ -163,8 +163,12 @@ class ModelRegistry:
         run_id: str | None = None,
     ) -> ModelVersion:
         """Store a new version. A run that already registered (a retried job) gets its version
-        back instead of a second one."""
+        back instead of a second one, and its alias where the alias is missing or older: a job
+        that stopped between the two writes ends as if it had not stopped, and a version
+        promoted since is not rolled back."""
         if run_id and (existing := self._version_of_run(name, run_id)) is not None:
+            if alias and self.aliases(name).get(alias, 0) < existing:
+                self.promote(name, existing, alias)
             return self.resolve(f"{name}@{existing}")
         version = self._claim_version(name)
         path = self._dir(name, version)

@@ -33,7 +33,9 @@ def publish(
     outcome,
     extra_files: dict[str, bytes] | None = None,
     extra_lineage: dict[str, Any] | None = None,
-) -> ModelVersion:
+) -> tuple[ModelVersion, str | None]:
+    """The version, and the spec's alias where it points at it (a run registered again keeps
+    an alias that was promoted to a newer version since)."""
     with checkpoint.as_directory() as folder:
         weights = Path(folder, MODEL_FILE).read_bytes()
         artifacts = {p.name: p.read_bytes() for p in sorted(Path(folder, ARTIFACTS).glob("*"))}
@@ -57,7 +59,9 @@ def publish(
         files["confusion.png"] = confusion_png(json.loads(artifacts["confusion.json"]))
     registry = ModelRegistry.open()
     alias = spec.registration.alias if spec.registration else None
-    return registry.register(spec.model_name, files, alias=alias, run_id=outcome.run_name)
+    version = registry.register(spec.model_name, files, alias=alias, run_id=outcome.run_name)
+    points_here = alias and registry.aliases(spec.model_name).get(alias) == version.version
+    return version, alias if points_here else None
 
 
 def id_files(dataset: Dataset | StreamedDataset) -> dict[str, bytes]:

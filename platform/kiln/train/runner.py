@@ -106,13 +106,13 @@ def run_job(
         from kiln.train.publish import publish
 
         try:
-            version = publish(spec, dataset, checkpoint, outcome)
+            version, alias = publish(spec, dataset, checkpoint, outcome)
         except (RegistryError, OSError) as e:
             raise RegistryError(
                 f"{e}. Run {run_name} finished and keeps its checkpoints in {outcome.run_path}: "
                 f"register its best with the same command and --run-name {run_name}"
             ) from None
-        outcome.version, outcome.alias = version.version, spec.registration.alias
+        outcome.version, outcome.alias = version.version, alias
     return outcome
 
 

@@ -423,11 +423,10 @@ def _register_best(
         "tune_results.csv": search.trials.to_csv(index=False).encode(),
         "tune_curves.png": curves,
     }
-    version = publish(
+    version, outcome.alias = publish(
         trial_spec, dataset, checkpoint, outcome, extra_files=files, extra_lineage=lineage
     )
     outcome.version = version.version
-    outcome.alias = trial_spec.registration.alias if trial_spec.registration else None
     return outcome
 
 
