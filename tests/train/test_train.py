@@ -377,6 +377,18 @@ def test_resources_the_runs_own_placement_group_holds_are_not_a_shortfall():
         remove_placement_group(group)
 
 
+def test_a_shortfall_blames_other_jobs_only_for_what_the_cluster_has():
+    from kiln.train.runner import lacking
+
+    assert lacking("CPU", 2, 1, 4) == (
+        "2 CPU (free 1 of 4: other jobs or Serve replicas hold the rest)"
+    )
+    assert lacking("CPU", 2, 1, 1) == (
+        "2 CPU (the cluster has 1 in all: add nodes, or lower scaling.num_workers or "
+        "resources_per_worker)"
+    )
+
+
 def test_a_trainer_has_its_workers_reports_polled_often(ray_cluster, monkeypatch, tmp_path):
     """Ray Train's controller takes a worker's report only when it polls (every 2 s by
     default), and a worker with a report waiting blocks: digits-cnn's 0.5 s epochs took 2 s

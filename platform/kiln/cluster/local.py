@@ -353,7 +353,14 @@ def joinable_cluster() -> bool:
     `ray start` recorded (`kiln up`, `kiln serve --detach`), still running. A cluster that
     another command started for itself with ray.init (a `kiln train`, a `kiln serve` in the
     foreground) is that process's own: Ray never joins it, and it goes when the process ends."""
-    from ray._private.services import find_bootstrap_address, find_gcs_addresses
+    from ray._private.services import find_bootstrap_address
 
-    recorded = find_bootstrap_address(None)
-    return bool(recorded) and recorded in find_gcs_addresses()
+    recorded = find_bootstrap_address(None)  # HOST:PORT of its GCS; `ray stop` removes it
+    if not recorded:
+        return False
+    host, _, port = recorded.rpartition(":")
+    try:  # a cluster killed without `ray stop` leaves the record behind
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        return False
+    return True

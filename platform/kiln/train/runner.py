@@ -320,10 +320,19 @@ def shortfall(needed: dict[str, float], groups_before: set[str]) -> str | None:
     if not short:
         return None
     return "the workers need " + ", ".join(
-        f"{amount:g} {name} (free {free.get(name, 0.0):g} of {total.get(name, 0.0):g}: "
-        "other jobs or Serve replicas hold the rest)"
+        lacking(name, amount, free.get(name, 0.0), total.get(name, 0.0))
         for name, amount in short.items()
     )
+
+
+def lacking(name: str, amount: float, free: float, total: float) -> str:
+    if total < amount:  # no job holds what was never there: only new nodes bring it
+        return (
+            f"{amount:g} {name} (the cluster has {total:g} in all: add nodes, or lower "
+            "scaling.num_workers or resources_per_worker)"
+        )
+    holders = "other jobs or Serve replicas hold the rest"
+    return f"{amount:g} {name} (free {free:g} of {total:g}: {holders})"
 
 
 def placed(needed: dict[str, float], groups_before: set[str]) -> bool:
