@@ -52,13 +52,20 @@ def test_more_workers_than_fit_are_refused():
     check_resources(spec("scaling.num_workers=[2, 4]"), CPU_NODES, "http://head:8265")  # elastic
 
 
-def test_local_storage_is_refused_on_several_nodes_unless_shared():
+def test_local_storage_is_refused_on_several_machines_unless_shared():
     local = {"registry": "/home/me/.kiln/registry"}
-    with pytest.raises(PreflightError, match="local path, and the cluster has 3 nodes"):
-        check_storage(local, CPU_NODES, shared=False)
-    check_storage(local, CPU_NODES, shared=True)
-    check_storage(local, CPU_NODES[:1], shared=False)  # one node: one disk
-    check_storage({"registry": "s3://bucket/registry"}, CPU_NODES, shared=False)
+    hosts = [{**node, "node_ip": f"10.0.0.{i}"} for i, node in enumerate(CPU_NODES)]
+    with pytest.raises(PreflightError, match="local path, and the cluster's 3 nodes run on 3"):
+        check_storage(local, hosts, shared=False)
+    check_storage(local, hosts, shared=True)
+    check_storage(local, hosts[:1], shared=False)  # one node: one disk
+    check_storage({"registry": "s3://bucket/registry"}, hosts, shared=False)
+
+
+def test_nodes_of_one_machine_share_its_disk():
+    """`kiln up` starts a head and workers as processes of this machine: one IP, one disk."""
+    local = {"registry": "/home/me/.kiln/registry"}
+    check_storage(local, [{**node, "node_ip": "127.0.0.1"} for node in CPU_NODES], shared=False)
 
 
 @pytest.mark.usefixtures("ray_cluster")

@@ -1,7 +1,7 @@
 """Checks made before a job is submitted, against the cluster's own view of itself, for what
 would otherwise fail minutes later on the cluster, or wait forever for resources it lacks.
 
-    check_storage({"registry": "/home/me/.kiln/registry"}, nodes, shared=False)  # 2+ nodes: no
+    check_storage({"registry": "/home/me/.kiln/registry"}, nodes, shared=False)  # 2+ hosts: no
     check_resources(spec, nodes, address)                                      # no GPU: refused
 """
 
@@ -88,18 +88,25 @@ def check_cluster_started_here(spec: JobSpec) -> None:
 
 
 def check_storage(uris: dict[str, str], nodes: list[dict[str, Any]], shared: bool) -> None:
-    """On several nodes, a local path is a different disk on each: checkpoints written on one
-    node are missing on the next, and the registry ends up split."""
-    if shared or len(nodes) < 2:
+    """On several machines, a local path is a different disk on each: checkpoints written on
+    one node are missing on the next, and the registry ends up split. Nodes on one machine
+    (`kiln up` starts each as a process here, all with its IP) share its disk."""
+    hosts = machines(nodes)
+    if shared or hosts < 2:
         return
     for what, uri in uris.items():
         if "://" not in uri or uri.startswith("file://"):
             raise PreflightError(
-                f"{what} {uri} is a local path, and the cluster has {len(nodes)} nodes: each "
-                "would write to its own disk. Use shared storage (s3://, gs://, or a "
-                "filesystem every node mounts, then pass --shared-storage); set it with "
-                "KILN_REGISTRY / KILN_STORAGE or the spec's storage_path"
+                f"{what} {uri} is a local path, and the cluster's {len(nodes)} nodes run on "
+                f"{hosts} machines: each would write to its own disk. Use shared storage "
+                "(s3://, gs://, or a filesystem every node mounts, then pass --shared-storage); "
+                "set it with KILN_REGISTRY / KILN_STORAGE or the spec's storage_path"
             )
+
+
+def machines(nodes: list[dict[str, Any]]) -> int:
+    """How many machines the nodes run on, by their IPs (a node without one counts alone)."""
+    return len({node.get("node_ip") or f"node {i}" for i, node in enumerate(nodes)})
 
 
 def summed(nodes: list[Resources]) -> Resources:
