@@ -144,6 +144,16 @@ def test_validate_command_accepts_all_jobs():
     assert done.stdout.count("ok ") == len(JOBS)
 
 
+def test_validate_for_scripts_is_one_json_list_and_the_same_exit_code(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\n")
+    done = run_kiln("validate", str(JOBS[0]), str(broken), "--json")
+    assert done.returncode == 2 and done.stderr == ""
+    first, second = json.loads(done.stdout)
+    assert first["ok"] is True and first["file"] == str(JOBS[0])
+    assert second["ok"] is False and "task: required field is missing" in second["error"]
+
+
 def test_broken_specs_fail_in_one_line_without_ray(tmp_path):
     files = {}
     for name, (text, overrides, _) in BROKEN.items():

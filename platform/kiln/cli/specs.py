@@ -5,23 +5,33 @@ from pathlib import Path
 
 import typer
 
-from kiln.cli.output import console
+from kiln.cli.output import console, print_json
 from kiln.errors import KilnError, SpecError
 
 
 def validate(
     files: list[Path] = typer.Argument(..., help="job specs and serving configs to check"),
     set_: list[str] = typer.Option([], "--set", help="override a job spec's field: PATH=VALUE"),
+    json_output: bool = typer.Option(
+        False, "--json", help="one JSON object per file on stdout: file, ok, what or error"
+    ),
 ) -> None:
     """Check job specs and serving configs without starting Ray; one line per broken file, exit
     code 2. A serving config's models must be in its registry."""
-    broken = []
+    results = []
     for path in files:
         try:
-            console.print(f"[green]ok[/green] {path} ({_checked(path, set_)})")
+            results.append({"file": str(path), "ok": True, "what": _checked(path, set_)})
         except KilnError as e:
-            broken.append(str(e))
-    if broken:
+            results.append({"file": str(path), "ok": False, "error": str(e)})
+        if not json_output and results[-1]["ok"]:
+            console.print(f"[green]ok[/green] {path} ({results[-1]['what']})")
+    broken = [r["error"] for r in results if not r["ok"]]
+    if json_output:
+        print_json(results)
+        if broken:
+            raise typer.Exit(SpecError.exit_code)
+    elif broken:
         raise SpecError("\n".join(broken))
 
 
