@@ -26,7 +26,7 @@ def validate(
             results.append({"file": str(path), "ok": False, "error": str(e)})
         if not json_output and results[-1]["ok"]:
             console.print(f"[green]ok[/green] {path} ({results[-1]['what']})")
-    broken = [r["error"] for r in results if not r["ok"]]
+    broken = [str(r["error"]) for r in results if not r["ok"]]
     if json_output:
         print_json(results)
         if broken:
