@@ -5,14 +5,18 @@ import importlib
 import logging
 import os
 import signal
-import socket
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from kiln.cluster.address import given_address
-from kiln.cluster.local import STARTUP_CONCURRENCY_ENV, joinable_cluster, startup_concurrency
+from kiln.cluster.local import (
+    STARTUP_CONCURRENCY_ENV,
+    joinable_cluster,
+    startup_concurrency,
+    unreachable,
+)
 from kiln.errors import ClusterError
 from kiln.settings import REPORT_POLL
 
@@ -130,10 +134,8 @@ def check_reachable(address: str, source: str = "--address") -> None:
         host, port = None, None
     if not host or not port:
         raise ClusterError(f"{address} is not a Ray cluster address (HOST:PORT)")
-    try:
-        socket.create_connection((host, port), timeout=REACH_TIMEOUT_S).close()
-    except OSError as e:
-        raise ClusterError(f"no Ray cluster answers at {address}: {e.strerror or e}") from None
+    if why := unreachable(host, port, REACH_TIMEOUT_S):
+        raise ClusterError(f"no Ray cluster answers at {address}: {why}")
 
 
 # A cluster this process starts is this one machine: none of its nodes is drained for

@@ -359,8 +359,14 @@ def joinable_cluster() -> bool:
     if not recorded:
         return False
     host, _, port = recorded.rpartition(":")
-    try:  # a cluster killed without `ray stop` leaves the record behind
-        socket.create_connection((host, int(port)), timeout=2).close()
-    except (OSError, ValueError):
-        return False
-    return True
+    # a cluster killed without `ray stop` leaves the record behind
+    return port.isdigit() and unreachable(host, int(port), timeout_s=2) is None
+
+
+def unreachable(host: str, port: int, timeout_s: float) -> str | None:
+    """Why nothing answers at HOST:PORT, or None when something does."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        return str(e.strerror or e)
+    return None

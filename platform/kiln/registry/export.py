@@ -33,13 +33,13 @@ def export_model(loaded: LoadedModel, format: str, output: Path) -> int:
     if format not in FORMATS:
         raise KilnError(f"unknown export format {format!r}; known: {', '.join(FORMATS)}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    module = loaded.module.eval()
+    module, example = loaded.module.eval(), example_input(loaded)
     if format == "torchscript":
         with torch.inference_mode(), _quiet_exporter():  # TorchScript is deprecated in torch
-            traced = torch.jit.trace(module, example_input(loaded), check_trace=False)
+            traced = torch.jit.trace(module, example, check_trace=False)
         traced.save(str(output))
     else:
-        _onnx(module, example_input(loaded), output)
+        _onnx(module, example, output)
     check_batch_sizes(module, example_input(loaded, batch=CHECK_BATCH), format, output)
     return output.stat().st_size
 
